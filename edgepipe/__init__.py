@@ -1,0 +1,26 @@
+"""edgepipe: compress a Keras model with TF-MOT, convert it to full-integer TFLite, verify it, deploy it.
+
+Importing edgepipe does not import TensorFlow; the modules that need it import it through
+``edgepipe.keras_compat`` when they are used.
+"""
+
+from edgepipe.errors import (
+    ConfigError,
+    ConformanceError,
+    ConversionError,
+    EdgepipeError,
+    GateFailed,
+    ModelError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "ConformanceError",
+    "ConversionError",
+    "EdgepipeError",
+    "GateFailed",
+    "ModelError",
+    "__version__",
+]

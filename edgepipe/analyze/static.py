@@ -1,0 +1,85 @@
+"""Parameters, multiply-accumulates and activation memory of a TFLite model, per operator and in total.
+
+Read from the flatbuffer, so the float and the int8 model are measured the same way. Activation memory is
+the largest total size of the non-constant tensors alive at once when the operators run in file order (a
+tensor lives from the op that produces it, or the start for a graph input, to its last reader, or the end for
+a graph output). The interpreter's arena can do a little better by running some ops in place; this is the
+figure that compares models fairly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgepipe.tflite_model import Op, TfliteModel
+
+
+def macs(model: TfliteModel, op: Op) -> int:
+    """Multiply-accumulates of one operator for one inference (batch as in the file, normally 1)."""
+    ins, outs = model.op_inputs(op), model.op_outputs(op)
+    if not outs:
+        return 0
+    out_elements = outs[0].elements
+    if op.name == "FULLY_CONNECTED" and len(ins) > 1:
+        return out_elements * ins[1].shape[-1]
+    if op.name == "CONV_2D" and len(ins) > 1:  # filter [out_c, kh, kw, in_c / groups]
+        _, kh, kw, in_c = ins[1].shape
+        return out_elements * kh * kw * in_c
+    if op.name == "DEPTHWISE_CONV_2D" and len(ins) > 1:  # filter [1, kh, kw, out_c]
+        return out_elements * ins[1].shape[1] * ins[1].shape[2]
+    if op.name == "TRANSPOSE_CONV" and len(ins) > 2:  # inputs: output shape, filter [out_c, kh, kw, in_c], input
+        out_c, kh, kw, _ = ins[1].shape
+        return ins[2].elements * kh * kw * out_c
+    if op.name == "BATCH_MATMUL" and len(ins) > 1:
+        return out_elements * ins[0].shape[-1]
+    return 0
+
+
+def analyze(model: TfliteModel) -> dict[str, Any]:
+    """Per-op rows and totals: params, MACs, constant bytes, activation bytes alive while the op runs."""
+    lifetime = _lifetimes(model)
+    counted: set[int] = set()
+    rows = []
+    for op in model.ops:
+        constants = [t for t in model.op_inputs(op) if t.is_constant and t.index not in counted]
+        counted.update(t.index for t in constants)
+        live = sum(model.tensors[t].nbytes for t, (start, end) in lifetime.items() if start <= op.index <= end)
+        output = model.op_outputs(op)
+        rows.append({
+            "index": op.index,
+            "op": op.name,
+            "output": output[0].name if output else "",
+            "params": int(sum(t.elements for t in constants)),
+            "param_bytes": int(sum(t.nbytes for t in constants)),
+            "macs": int(macs(model, op)),
+            "live_activation_bytes": int(live),
+        })
+    peak_row = max(rows, key=lambda r: r["live_activation_bytes"]) if rows else None
+    return {
+        "layers": rows,
+        "total": {
+            "params": int(np.sum([r["params"] for r in rows])) if rows else 0,
+            "param_bytes": int(np.sum([r["param_bytes"] for r in rows])) if rows else 0,
+            "macs": int(np.sum([r["macs"] for r in rows])) if rows else 0,
+            "peak_activation_bytes": peak_row["live_activation_bytes"] if peak_row else 0,
+            "peak_at_op": peak_row["index"] if peak_row else None,
+            "ops": len(rows),
+        },
+    }
+
+
+def _lifetimes(model: TfliteModel) -> dict[int, tuple[int, int]]:
+    """First and last op index at which each activation tensor must be in memory."""
+    end_of_graph = len(model.ops)
+    first: dict[int, int] = {i: -1 for i in model.inputs}
+    last: dict[int, int] = {i: end_of_graph for i in model.outputs}
+    for op in model.ops:
+        for t in op.outputs:
+            if t >= 0:
+                first.setdefault(t, op.index)
+        for t in op.inputs:
+            if t >= 0 and not model.tensors[t].is_constant:
+                last[t] = max(last.get(t, op.index), op.index)
+    return {t: (first[t], last.get(t, first[t])) for t in first if not model.tensors[t].is_constant}

@@ -1,0 +1,132 @@
+"""``edgepipe optimize RECIPE --out DIR``: run a recipe and print the per-stage table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from edgepipe.cli.console import stderr, stdout
+from edgepipe.progress import Progress
+
+
+class ConsoleProgress(Progress):
+    """Phases as ticked lines with their duration, training as a live epoch bar with loss and accuracy."""
+
+    def __init__(self) -> None:
+        self._phase: str | None = None
+        self._phase_started = 0.0
+        self._bar: RichBar | None = None
+        self._task: Any = None
+
+    def phase(self, text: str) -> None:
+        self.finish()
+        self._phase, self._phase_started = text, time.perf_counter()
+        stderr.print(f"[cyan]>[/] {text}", highlight=False)
+
+    def finish(self) -> None:
+        if self._phase is not None:
+            seconds = time.perf_counter() - self._phase_started
+            stderr.print(f"  [green]done[/] {self._phase} [dim]({seconds:.1f}s)[/]", highlight=False)
+            self._phase = None
+
+    def training_started(self, label: str, epochs: int) -> None:
+        self._bar = RichBar(
+            TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(), console=stderr, transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(f"{label}: epoch", total=epochs, metrics="")
+
+    def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
+        if self._bar is not None:
+            metrics = f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}"
+            self._bar.update(self._task, completed=epoch, metrics=metrics)
+
+    def training_done(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def note(self, text: str) -> None:
+        stderr.print(f"  [yellow]note:[/] {text}", highlight=False)
+
+
+def optimize(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/ for presets).")] = Path("edgepipe.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")]
+    = Path("runs/latest"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
+) -> None:
+    """Run a recipe: train the TF-MOT stages, convert to full-integer TFLite, verify, check the gates."""
+    from edgepipe.optimize import pipeline  # imports TensorFlow lazily, after argument parsing
+
+    progress = Progress() if quiet else ConsoleProgress()
+    prepared = pipeline.prepare(recipe)
+    try:
+        outcome = pipeline.run(prepared, out, progress)
+    finally:
+        if isinstance(progress, ConsoleProgress):
+            progress.finish()
+    print_summary(outcome.result)
+    stdout.print(f"wrote [bold]{outcome.directory}[/] (final model: {outcome.directory / pipeline.FINAL_MODEL})",
+                 highlight=False)
+
+
+def _unique_per_layer(weights: list[dict[str, Any]]) -> str:
+    return " ".join(
+        f"{row['layer']}:{row['unique']}" + (f"({row['max_unique_per_channel']}/ch)"
+                                             if row.get("max_unique_per_channel") else "")
+        for row in weights
+    )
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """The per-stage table: accuracy, sizes, ratio to the float model, sparsity, unique weights per layer."""
+    baseline = result["baseline"]
+    float_gzip = baseline["tflite"]["gzip_bytes"]
+    table = Table(title=f"edgepipe optimize: {result['recipe']['name']}", title_justify="left")
+    for column in ("stage", "keras acc", "tflite acc", ".tflite bytes", "gzip bytes", "gzip ratio", "sparsity",
+                   "unique weights per layer"):
+        table.add_column(column, justify="left" if column in ("stage", "unique weights per layer") else "right",
+                         overflow="fold")
+    float_tflite = baseline["tflite"]
+    table.add_row("float", f"{baseline['keras_accuracy']:.4f}", f"{float_tflite['accuracy']:.4f}",
+                  f"{float_tflite['bytes']:,}", f"{float_gzip:,}", "1.0x", f"{float_tflite['sparsity']:.1%}",
+                  _unique_per_layer(float_tflite["weights"]))
+    for stage in result["stages"]:
+        tflite = stage["tflite"]
+        scheme = stage["details"].get("scheme")
+        table.add_row(f"{stage['index']}. {stage['name']}" + (f" ({scheme})" if scheme else ""),
+                      f"{stage['keras_accuracy']:.4f}", f"{tflite['accuracy']:.4f}", f"{tflite['bytes']:,}",
+                      f"{tflite['gzip_bytes']:,}", f"{stage['gzip_ratio_vs_float']:.1f}x",
+                      f"{tflite['sparsity']:.1%}", _unique_per_layer(tflite["weights"]))
+    stdout.print(table)
+    final = result["final"]
+    agreement = final["agreement"]
+    conformance = final["conformance"]
+    stdout.print(
+        f"final: {final['path']}  {conformance['io_type']} in/out, "
+        + ("integer-only" if conformance["passed"] else "[red]NOT integer-only[/]")
+        + f"  accuracy {agreement['tflite_accuracy']:.4f} vs float {agreement['float_keras_accuracy']:.4f}"
+        + f" (drop {agreement['accuracy_drop_points']:+.2f} points), top-1 agreement {agreement['top1_agreement']:.4f}",
+        highlight=False,
+    )
+    totals = result["analysis"]
+    stdout.print(
+        f"analysis: params {totals['float']['total']['params']:,} -> {totals['final']['total']['params']:,}, "
+        f"MACs {totals['final']['total']['macs']:,}, peak activations "
+        f"{totals['float']['total']['peak_activation_bytes']:,} B -> "
+        f"{totals['final']['total']['peak_activation_bytes']:,} B",
+        highlight=False,
+    )
+    for gate in result["gates"]:
+        mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        stdout.print(f"gate {gate['gate']}: {mark} ({gate['meaning']} {gate['value']}, limit {gate['limit']})",
+                     highlight=False)

@@ -1,0 +1,195 @@
+"""The recipe: which model, which data, which TF-MOT stages in which order, and which gates must hold.
+
+A recipe is validated data (pydantic, unknown fields refused). Its resolved form — defaults filled in, stage
+fine-tuning settings merged — is copied into every result so that a run can be reproduced from its JSON alone.
+
+Field names are the recipe's YAML keys; see ``recipes/*.yaml`` for documented presets.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# A Python entry point such as ``edgepipe.examples.digits:load``.
+ENTRY_POINT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class _Strict(BaseModel):
+    """Refuse unknown fields: a typo in a recipe must be an error, never a silently ignored setting."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainSettings(_Strict):
+    """How long and how hard to train; used for baseline training and for each stage's fine-tuning."""
+
+    epochs: int = Field(default=2, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1, le=65536)
+    learning_rate: float = Field(default=1e-4, gt=0, le=10)
+
+
+class FineTuneOverride(_Strict):
+    """Per-stage override of the recipe-wide ``fine_tune`` settings; unset fields inherit."""
+
+    epochs: int | None = Field(default=None, ge=1, le=1000)
+    batch_size: int | None = Field(default=None, ge=1, le=65536)
+    learning_rate: float | None = Field(default=None, gt=0, le=10)
+
+    def over(self, base: TrainSettings) -> TrainSettings:
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class ModelSource(_Strict):
+    """Where the float model comes from.
+
+    ``source`` is a ``.keras`` / ``.h5`` file, a SavedModel directory written by Keras, or a Python factory
+    ``module:function`` returning a Keras model. Set ``train`` when the model still has to be trained (a factory
+    that returns a fresh architecture); a model that is already trained needs no ``train`` section.
+    """
+
+    source: str = Field(min_length=1)
+    train: TrainSettings | None = None
+
+
+class DataSource(_Strict):
+    """Where the data comes from: an ``.npz`` with ``x_train, y_train, x_test, y_test``, or ``module:function``."""
+
+    source: str = Field(min_length=1)
+
+
+class LayerSelection(_Strict):
+    """Which layers a stage touches. Patterns are shell globs matched against layer names and class names.
+
+    An empty ``include`` means every layer the technique supports. ``exclude`` wins over ``include``.
+    """
+
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class _StageBase(_Strict):
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)
+    fine_tune: FineTuneOverride = Field(default_factory=FineTuneOverride)
+
+
+class PruneStage(_StageBase):
+    """Magnitude pruning: the smallest weights are set to zero while fine-tuning, then the wrappers are removed."""
+
+    kind: Literal["prune"]
+    target_sparsity: float = Field(default=0.8, gt=0.0, lt=1.0)
+    schedule: Literal["polynomial_decay", "constant"] = "polynomial_decay"
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # Fraction of the fine-tuning steps over which a polynomial schedule ramps up to the target; the rest of the
+    # epochs let accuracy recover at the final sparsity.
+    ramp_fraction: float = Field(default=0.7, gt=0.0, le=1.0)
+    frequency_steps: int | None = Field(default=None, ge=1)
+    block_size: tuple[int, int] = (1, 1)
+    # "2:4" structured sparsity (2 zeros in every 4 consecutive weights), as TF-MOT's sparsity_m_by_n.
+    structure: Literal["unstructured", "2:4"] = "unstructured"
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+
+    @field_validator("block_size")
+    @classmethod
+    def _positive_block(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("block_size must be two positive integers, e.g. [1, 4]")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PruneStage:
+        if self.structure == "2:4" and self.block_size != (1, 1):
+            raise ValueError("structure '2:4' cannot be combined with block_size; use one or the other")
+        if self.initial_sparsity >= self.target_sparsity:
+            raise ValueError("initial_sparsity must be below target_sparsity")
+        return self
+
+
+class ClusterStage(_StageBase):
+    """Weight clustering: each layer's weights share ``clusters`` values (per channel with ``per_channel``)."""
+
+    kind: Literal["cluster"]
+    clusters: int = Field(default=16, ge=2, le=256)
+    init: Literal["kmeans_plus_plus", "density_based", "linear", "random"] = "kmeans_plus_plus"
+    per_channel: bool = False
+    # "auto": keep the zeros of an earlier prune stage (sparsity-preserving clustering) when there was one.
+    preserve_sparsity: Literal["auto"] | bool = "auto"
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+
+
+class QatStage(_StageBase):
+    """Quantization-aware training. ``scheme: auto`` picks TF-MOT's collaborative scheme from the earlier stages:
+    PQAT after prune, CQAT after cluster, PCQAT after both, plain 8-bit QAT otherwise."""
+
+    kind: Literal["qat"]
+    scheme: Literal["auto", "default", "prune_preserve", "cluster_preserve", "prune_cluster_preserve"] = "auto"
+    # Layers left un-annotated; the converter still quantizes them from the representative data set.
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+
+
+class PtqStage(_StageBase):
+    """Post-training full-integer quantization only: the no-training baseline."""
+
+    kind: Literal["ptq"]
+
+
+Stage = Annotated[PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")]
+
+
+class ConvertSettings(_Strict):
+    """Full-integer conversion: calibration samples drawn from the training split, and the I/O type."""
+
+    representative_samples: int = Field(default=256, ge=1, le=100_000)
+    io_type: Literal["int8", "uint8"] = "int8"
+
+
+class Gates(_Strict):
+    """Limits the final model must meet; a failed gate fails ``edgepipe optimize`` (exit code 6)."""
+
+    # Percentage points: float Keras accuracy minus final int8 TFLite accuracy, on the test split.
+    max_accuracy_drop: float | None = Field(default=1.0, ge=0)
+    max_tflite_bytes: int | None = Field(default=None, ge=1)
+    max_gzip_bytes: int | None = Field(default=None, ge=1)
+    # Float TFLite gzip bytes divided by final gzip bytes must reach this.
+    min_gzip_ratio: float | None = Field(default=None, gt=0)
+    # Fraction of test samples on which the float Keras model and the final model give the same top-1 answer.
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+
+
+class Recipe(_Strict):
+    """A whole optimization recipe, as written in YAML."""
+
+    name: str = Field(min_length=1, max_length=80)
+    description: str = ""
+    seed: int = 0
+    model: ModelSource
+    data: DataSource
+    fine_tune: TrainSettings = Field(default_factory=TrainSettings)
+    stages: list[Stage] = Field(min_length=1)
+    convert: ConvertSettings = Field(default_factory=ConvertSettings)
+    gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_order(cls, stages: list[Stage]) -> list[Stage]:
+        kinds = [s.kind for s in stages]
+        quantizing = [i for i, k in enumerate(kinds) if k in ("qat", "ptq")]
+        if len(quantizing) > 1:
+            raise ValueError("at most one quantization stage (qat or ptq) per recipe")
+        if quantizing and quantizing[0] != len(kinds) - 1:
+            raise ValueError(f"the {kinds[quantizing[0]]} stage must be the last stage: quantization ends the chain")
+        if "prune" in kinds and "cluster" in kinds and kinds.index("prune") > kinds.index("cluster"):
+            raise ValueError("prune must come before cluster (pruning after clustering destroys the clusters)")
+        names = [stage_name(s) for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}: give repeated stages a distinct 'name'")
+        return stages
+
+    def fine_tune_for(self, stage: Stage) -> TrainSettings:
+        return stage.fine_tune.over(self.fine_tune)
+
+
+def stage_name(stage: Stage) -> str:
+    """The name a stage is reported and stored under: its ``name``, or its ``kind``."""
+    return stage.name or stage.kind

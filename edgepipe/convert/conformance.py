@@ -1,0 +1,88 @@
+"""Is the converted model integer-only? Read from the flatbuffer, op by op.
+
+A model passes when its inputs and outputs have the integer type asked for and no operator touches a float
+tensor. Two kinds of finding are listed by operator and tensor name:
+
+- ``float_op``: an operator with a float input, output or weight — it would run a float kernel on the board;
+- ``island``: a DEQUANTIZE (integer -> float) or a QUANTIZE from float, the edges of a float region inside
+  an otherwise integer graph. (A QUANTIZE from int8 to uint8 or back is a requantization and is fine.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from edgepipe.tflite_model import Op, TfliteModel
+
+FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
+
+
+@dataclass
+class Finding:
+    kind: str  # "float_op" | "island"
+    op_index: int
+    op: str
+    tensors: list[str]
+    detail: str
+
+
+@dataclass
+class ConformanceReport:
+    io_type: str
+    input_types: list[str]
+    output_types: list[str]
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        io_ok = all(t == self.io_type for t in [*self.input_types, *self.output_types])
+        return io_ok and not self.findings
+
+    def problems(self) -> list[str]:
+        """One short line per problem, for error messages."""
+        lines = []
+        for kind, types in (("input", self.input_types), ("output", self.output_types)):
+            lines += [f"{kind} {i} is {t}, not {self.io_type}" for i, t in enumerate(types) if t != self.io_type]
+        lines += [f"{f.kind} #{f.op_index} {f.op} ({', '.join(f.tensors)}): {f.detail}" for f in self.findings]
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "io_type": self.io_type,
+            "input_types": self.input_types,
+            "output_types": self.output_types,
+            "float_ops": [asdict(f) for f in self.findings if f.kind == "float_op"],
+            "islands": [asdict(f) for f in self.findings if f.kind == "island"],
+        }
+
+
+def check(model: TfliteModel, io_type: str = "int8") -> ConformanceReport:
+    report = ConformanceReport(
+        io_type=io_type,
+        input_types=[model.tensors[i].dtype for i in model.inputs],
+        output_types=[model.tensors[i].dtype for i in model.outputs],
+    )
+    for op in model.ops:
+        finding = _inspect(model, op)
+        if finding:
+            report.findings.append(finding)
+    return report
+
+
+def _inspect(model: TfliteModel, op: Op) -> Finding | None:
+    ins, outs = model.op_inputs(op), model.op_outputs(op)
+    in_types = {t.dtype for t in ins}
+    out_types = {t.dtype for t in outs}
+    if op.name == "DEQUANTIZE":
+        return Finding("island", op.index, op.name, [t.name for t in [*ins, *outs]],
+                       f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}")
+    if op.name == "QUANTIZE" and in_types & FLOAT_TYPES:
+        return Finding("island", op.index, op.name, [t.name for t in [*ins, *outs]],
+                       f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}")
+    floats = [t for t in [*ins, *outs] if t.dtype in FLOAT_TYPES]
+    if floats:
+        return Finding("float_op", op.index, op.name, [t.name for t in floats],
+                       "runs on " + "/".join(sorted({t.dtype for t in floats})) + " tensors")
+    return None

@@ -1,0 +1,73 @@
+"""What actually survived into the converted weights: sparsity and unique values, per layer.
+
+Measured on the constant weight tensors of the flatbuffer (not on the Keras model), because that is what the
+board stores and what gzip sees. For int8 weights a zero is the tensor's zero point (0 for TFLite's symmetric
+weight quantization). ``max_unique_per_channel`` matters for per-channel quantized convolutions, whose
+channels each have their own scale: clustering to N values gives at most N per channel there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from edgepipe.tflite_model import Op, Tensor, TfliteModel
+
+# Operators whose second input is the weight tensor (filter / kernel).
+WEIGHTED_OPS = {"FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "TRANSPOSE_CONV", "BATCH_MATMUL"}
+
+
+def weight_tensor(model: TfliteModel, op: Op) -> Tensor | None:
+    if op.name not in WEIGHTED_OPS:
+        return None
+    index = 1  # FULLY_CONNECTED, CONV_*: (input, filter, bias); TRANSPOSE_CONV: (shape, filter, input)
+    if len(op.inputs) <= index or op.inputs[index] < 0:
+        return None
+    tensor = model.tensors[op.inputs[index]]
+    return tensor if tensor.is_constant else None
+
+
+def layer_name(tensor_name: str, keras_layers: Iterable[str]) -> str:
+    """Best-effort Keras layer for a converted tensor name ("model/quant_dense_1/MatMul;..." -> "dense_1")."""
+    segments: set[str] = set()
+    for part in tensor_name.replace(";", "/").split("/"):
+        segments.update({part, part.removeprefix("quant_")})
+    candidates = [name for name in keras_layers if name in segments]
+    return max(candidates, key=len) if candidates else tensor_name.split(";")[0]
+
+
+def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[dict[str, Any]]:
+    names = list(keras_layers)
+    rows = []
+    for op in model.ops:
+        tensor = weight_tensor(model, op)
+        if tensor is None or tensor.data is None:
+            continue
+        values = tensor.data
+        zero = int(tensor.zero_point[0]) if tensor.zero_point is not None and tensor.zero_point.size else 0
+        zero_mask = values == (zero if np.issubdtype(values.dtype, np.integer) else 0.0)
+        axis = tensor.quantized_dimension if values.ndim else 0
+        per_channel = (
+            max(len(np.unique(np.take(values, c, axis=axis))) for c in range(values.shape[axis]))
+            if values.ndim and tensor.scale is not None and tensor.scale.size > 1 else None
+        )
+        rows.append({
+            "layer": layer_name(tensor.name, names),
+            "op": op.name,
+            "tensor": tensor.name,
+            "dtype": tensor.dtype,
+            "shape": list(tensor.shape),
+            "count": int(values.size),
+            "sparsity": round(float(zero_mask.mean()), 6),
+            "unique": int(len(np.unique(values))),
+            "max_unique_per_channel": per_channel,
+        })
+    return rows
+
+
+def overall_sparsity(rows: list[dict[str, Any]]) -> float:
+    """Zeros over all weights of all weighted layers."""
+    total = sum(r["count"] for r in rows)
+    return round(sum(r["sparsity"] * r["count"] for r in rows) / total, 6) if total else 0.0

@@ -1,0 +1,1 @@
+"""Bundled example data sets and model factories, usable as ``module:function`` in recipes."""

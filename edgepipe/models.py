@@ -1,0 +1,163 @@
+"""Keras models: loading a model source, checking TF-MOT can wrap it, copying, compiling and training.
+
+Everything here works on tf_keras (Keras 2) models; a Keras 3 model is converted on load where that is
+faithful (see ``keras_compat.convert_keras3``) and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.config.recipe import TrainSettings
+from edgepipe.data import Dataset
+from edgepipe.errors import ConfigError, ModelError
+from edgepipe.keras_compat import convert_keras3, is_keras3_model, keras
+from edgepipe.progress import Progress
+from edgepipe.sources import EntryPoint
+
+
+def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None,
+                field: str = "model.source") -> Any:
+    """The float tf_keras model named by a recipe, checked for what TF-MOT needs."""
+    if isinstance(source, EntryPoint):
+        factory = source.load(file, field)
+        try:
+            model = factory()
+        except Exception as exc:
+            raise ModelError(f"{file}: {field}: {source} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        model = _load_file(source, data)
+    if is_keras3_model(model):
+        model = convert_keras3(model, data.x_test[:64])
+    k = keras()
+    if not isinstance(model, k.Model):
+        raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
+    check_wrappable(model)
+    if not model.built:
+        model.build((None, *data.input_shape))
+    expected = tuple(model.input_shape[1:])
+    if len(expected) != len(data.input_shape) or any(
+        e is not None and e != d for e, d in zip(expected, data.input_shape, strict=False)
+    ):
+        raise ConfigError.at(file, "data.source", f"samples have shape {data.input_shape} but the model expects "
+                             f"{expected}")
+    return model
+
+
+def _load_file(path: Path, data: Dataset) -> Any:
+    k = keras()
+    if path.is_dir():
+        if not (path / "keras_metadata.pb").exists():
+            raise ModelError(
+                f"{path} is a SavedModel without Keras metadata (exported for inference only); TF-MOT needs a "
+                "trainable Keras model",
+                hint="save the model with model.save('model.keras') from tf_keras, or give a module:function factory",
+            )
+        return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
+    if path.suffix == ".keras":
+        if _keras_file_version(path).startswith("3."):
+            import keras as keras3  # the Keras 3 package that TensorFlow installs
+
+            return _guarded_load(lambda: keras3.saving.load_model(path, compile=False), path)
+        return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
+    if path.suffix in (".h5", ".hdf5"):
+        return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
+    raise ModelError(f"{path}: unknown model format {path.suffix!r}",
+                     hint="give a .keras or .h5 file, a Keras SavedModel directory, or module:function")
+
+
+def _keras_file_version(path: Path) -> str:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return str(json.loads(archive.read("metadata.json")).get("keras_version", ""))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as exc:
+        raise ModelError(f"{path} is not a valid .keras file: {exc}") from None
+
+
+def _guarded_load(load: Any, path: Path) -> Any:
+    try:
+        return load()
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot load model {path}: {first}") from None
+
+
+def check_wrappable(model: Any) -> None:
+    """TF-MOT wraps only Sequential and Functional models; say so before any training starts."""
+    k = keras()
+    if not isinstance(model, k.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise ModelError(
+            f"model {model.name!r} is a subclassed Keras model ({type(model).__name__}); TF-MOT can wrap only "
+            "Sequential and Functional models",
+            hint="rebuild it with keras.Sequential or the functional API (keras.Model(inputs, outputs))",
+        )
+
+
+def copy_model(model: Any) -> Any:
+    """An independent copy with the same weights.
+
+    TF-MOT's wrappers share layer objects with the model they wrap, so every stage works on a copy: without it
+    the float baseline would silently turn into the pruned model.
+    """
+    k = keras()
+    twin = k.models.clone_model(model)
+    twin.build(model.input_shape)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def ends_with_softmax(model: Any) -> bool:
+    last = model.layers[-1]
+    if type(last).__name__ == "Softmax":
+        return True
+    activation = getattr(last, "activation", None)
+    return getattr(activation, "__name__", "") == "softmax"
+
+
+def compile_classifier(model: Any, learning_rate: float) -> None:
+    """Adam + sparse categorical cross-entropy (from logits unless the model ends in softmax) + accuracy."""
+    k = keras()
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate),
+        loss=k.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model)),
+        metrics=["accuracy"],
+    )
+
+
+def train(model: Any, data: Dataset, settings: TrainSettings, progress: Progress, label: str,
+          callbacks: list[Any] | None = None) -> dict[str, list[float]]:
+    """Compile and fit on the training split, reporting each epoch; returns the per-epoch history."""
+    k = keras()
+
+    class _Report(k.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            progress.epoch_done(epoch + 1, {key: float(v) for key, v in (logs or {}).items()})
+
+    compile_classifier(model, settings.learning_rate)
+    progress.training_started(label, settings.epochs)
+    try:
+        history = model.fit(
+            data.x_train, data.y_train, epochs=settings.epochs, batch_size=settings.batch_size,
+            shuffle=True, verbose=0, callbacks=[*(callbacks or []), _Report()],
+        )
+    finally:
+        progress.training_done()
+    return {key: [round(float(v), 6) for v in values] for key, values in history.history.items()}
+
+
+def accuracy(model: Any, data: Dataset) -> float:
+    """Top-1 accuracy on the test split."""
+    return float(np.mean(predict(model, data.x_test) == data.y_test))
+
+
+def predict(model: Any, x: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(x, batch_size=512, verbose=0)).argmax(axis=-1)
+
+
+def steps_per_epoch(data: Dataset, batch_size: int) -> int:
+    return -(-len(data.x_train) // batch_size)

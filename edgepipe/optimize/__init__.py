@@ -1,0 +1,1 @@
+"""Optimization stages (one module per TF-MOT technique) and the ``edgepipe optimize`` pipeline."""

@@ -1,0 +1,65 @@
+"""Weight clustering (TF-MOT ``cluster_weights``): wrap -> fine-tune -> strip.
+
+After a prune stage, sparsity-preserving clustering keeps the zeros (``preserve_sparsity: auto``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgepipe.config.recipe import ClusterStage
+from edgepipe.errors import ModelError
+from edgepipe.keras_compat import tfmot
+from edgepipe.models import copy_model, train
+from edgepipe.optimize.base import StageContext, StageOutcome, choose_layers, wrap_layers
+
+_INIT = {
+    "kmeans_plus_plus": "KMEANS_PLUS_PLUS",
+    "density_based": "DENSITY_BASED",
+    "linear": "LINEAR",
+    "random": "RANDOM",
+}
+
+
+def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
+    clustering = tfmot().clustering.keras
+    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
+        ClusteringRegistry,
+    )
+
+    preserve = ctx.history.pruned if stage.preserve_sparsity == "auto" else bool(stage.preserve_sparsity)
+    init = getattr(clustering.CentroidInitialization, _INIT[stage.init])
+    work = copy_model(model)
+
+    def supports(layer: Any) -> bool:
+        if not ClusteringRegistry.supports(layer):
+            return False
+        # Every clustered weight needs at least as many values as clusters (TF-MOT skips small convs silently).
+        return all(w.shape.num_elements() >= stage.clusters for w in layer.trainable_weights if len(w.shape) > 1)
+
+    chosen, unsupported = choose_layers(work, stage.layers, supports, "clustered", ctx.where)
+
+    def wrap(layer: Any) -> Any | None:
+        if layer.name not in chosen:
+            return None
+        try:
+            return clustering.cluster_weights(
+                layer, number_of_clusters=stage.clusters, cluster_centroids_init=init,
+                preserve_sparsity=preserve, cluster_per_channel=stage.per_channel,
+            )
+        except ValueError as exc:
+            raise ModelError(
+                f"{ctx.where}: layer {layer.name!r} ({type(layer).__name__}) cannot be clustered: {exc}",
+                hint=f"add {layer.name!r} to {ctx.where}.layers.exclude",
+            ) from None
+
+    wrapped = wrap_layers(work, wrap)
+    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label)
+    stripped = clustering.strip_clustering(wrapped)
+    ctx.history.clustered = True
+    return StageOutcome(
+        model=stripped,
+        details={"clusters": stage.clusters, "init": stage.init, "per_channel": stage.per_channel,
+                 "preserve_sparsity": preserve, "layers": chosen, "skipped_unsupported": unsupported},
+        training=history,
+    )

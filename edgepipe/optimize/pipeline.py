@@ -1,0 +1,234 @@
+"""``edgepipe optimize``: recipe -> float baseline -> stages in order -> full-integer model -> checks -> result.
+
+Two phases, so that bad input costs a second and leaves nothing behind:
+
+1. ``prepare`` reads and validates the recipe, resolves the model and data sources and loads and checks the
+   data. Every problem here is a ConfigError naming the file and the field; no directory is created.
+2. ``run`` trains and converts inside a ``RunDirectory``: ``--out`` appears only when the run is complete.
+
+The result (``optimize.json``, schema ``edgepipe.optimize/1``) holds every stage's measurements, the recipe as
+resolved, and the provenance of the tools and inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepipe import models
+from edgepipe.config import Recipe, load_model, stage_name
+from edgepipe.convert import conformance
+from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
+from edgepipe.data import Dataset, load_dataset
+from edgepipe.errors import ConformanceError, GateFailed
+from edgepipe.keras_compat import keras
+from edgepipe.optimize import cluster, gates, measure, prune, ptq, qat
+from edgepipe.optimize.base import History, StageContext, StageOutcome
+from edgepipe.progress import Progress
+from edgepipe.provenance import host, now, sha256_file, tool_versions
+from edgepipe.rundir import MARKER, RunDirectory
+from edgepipe.sources import EntryPoint, resolve
+
+SCHEMA = "edgepipe.optimize/1"
+FINAL_MODEL = "model.tflite"
+
+TECHNIQUES: dict[str, Callable[[Any, Any, StageContext], StageOutcome]] = {
+    "prune": prune.apply,
+    "cluster": cluster.apply,
+    "qat": qat.apply,
+    "ptq": ptq.apply,
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A recipe whose every input has been checked; nothing has been trained or written yet."""
+
+    recipe: Recipe
+    recipe_path: Path
+    model_source: Path | EntryPoint
+    data: Dataset
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: dict[str, Any]
+    directory: Path
+
+    @property
+    def passed(self) -> bool:
+        return self.result["status"] == "passed"
+
+
+def prepare(recipe_path: Path) -> Prepared:
+    file = str(recipe_path)
+    recipe = load_model(recipe_path, Recipe)
+    base = recipe_path.resolve().parent
+    model_source = resolve(recipe.model.source, base, file, "model.source",
+                           "a .keras or .h5 file, a Keras SavedModel directory, or module:function")
+    data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
+    if isinstance(model_source, EntryPoint):
+        model_source.load(file, "model.source")  # fail on a wrong factory name now, not after loading data
+    data = load_dataset(data_source, file)
+    return Prepared(recipe, recipe_path, model_source, data)
+
+
+def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe with defaults filled in and each stage's effective fine-tuning settings."""
+    document = recipe.model_dump(mode="json")
+    for stage, raw in zip(recipe.stages, document["stages"], strict=True):
+        raw["name"] = stage_name(stage)
+        raw["fine_tune"] = recipe.fine_tune_for(stage).model_dump(mode="json") if stage.kind != "ptq" else None
+    return document
+
+
+def run(prepared: Prepared, out: Path, progress: Progress | None = None) -> Outcome:
+    progress = progress or Progress()
+    directory = RunDirectory(out)
+    with directory as work:
+        result = _optimize(prepared, work, progress)
+        report = result["final"]["conformance"]
+        gate_rows = result["gates"]
+        suffix = "" if result["status"] == "passed" else ".failed"
+        (work / MARKER).write_text(json.dumps(result, indent=2) + "\n")
+        final_dir = directory.commit(suffix)
+    if not report["passed"]:
+        raise ConformanceError(
+            "the final model is not integer-only: " + "; ".join(_problems(report)[:5]),
+            hint=f"the run was kept in {final_dir} for inspection",
+        )
+    if result["status"] != "passed":
+        raise GateFailed(
+            f"{prepared.recipe_path}: gates failed: {gates.describe_failures(gate_rows)}",
+            hint=f"the run was kept in {final_dir} for inspection; relax the recipe's gates or its stages",
+        )
+    return Outcome(result, final_dir)
+
+
+def _problems(report: dict[str, Any]) -> list[str]:
+    lines = [f"{kind} types {types}" for kind, types in (("input", report["input_types"]),
+                                                           ("output", report["output_types"]))
+             if any(t != report["io_type"] for t in types)]
+    for finding in [*report["float_ops"], *report["islands"]]:
+        lines.append(f"{finding['op']} #{finding['op_index']} ({', '.join(finding['tensors'][:2])})")
+    return lines
+
+
+def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, Any]:
+    recipe, data = prepared.recipe, prepared.data
+    started = time.perf_counter()
+    keras().utils.set_random_seed(recipe.seed)
+    shutil.copyfile(prepared.recipe_path, work / "recipe.yaml")
+
+    progress.phase("loading the model")
+    model = models.load_source(prepared.model_source, data, str(prepared.recipe_path))
+    baseline_training: dict[str, list[float]] = {}
+    if recipe.model.train:
+        baseline_training = models.train(model, data, recipe.model.train, progress, "training the float model")
+    layer_names = [layer.name for layer in model.layers]
+    representative = data.representative(recipe.convert.representative_samples, recipe.seed)
+
+    progress.phase("measuring the float model")
+    reference = models.predict(model, data.x_test)
+    float_accuracy = measure.keras_accuracy(model, data)
+    float_tflite = measure.measure_tflite(to_float_tflite(model), work / "float" / "model.tflite", work, data,
+                                          layer_names)
+    baseline = {
+        "keras_accuracy": float_accuracy,
+        "keras_model": _save_keras(model, work / "float" / "model.keras", work),
+        "training": baseline_training,
+        "tflite": measure.public(float_tflite),
+    }
+    float_gzip = float_tflite["gzip_bytes"]
+
+    history = History()
+    stages: list[dict[str, Any]] = []
+    current = model
+    final_entry: dict[str, Any] = {}
+    for index, stage in enumerate(recipe.stages):
+        name = stage_name(stage)
+        label = f"stage {index + 1}/{len(recipe.stages)}: {name}"
+        progress.phase(label)
+        stage_started = time.perf_counter()
+        ctx = StageContext(data=data, train=recipe.fine_tune_for(stage), seed=recipe.seed, progress=progress,
+                           history=history, where=f"{prepared.recipe_path}: stages[{index}]", label=label)
+        outcome = TECHNIQUES[stage.kind](current, stage, ctx)
+        folder = work / "stages" / f"{index + 1}-{name}"
+        progress.phase(f"{label}: converting to full-integer TFLite")
+        content = to_int8_tflite(outcome.model, representative, recipe.convert.io_type)
+        final_entry = measure.measure_tflite(content, folder / "model.tflite", work, data, layer_names, reference)
+        stages.append({
+            "index": index + 1,
+            "name": name,
+            "kind": stage.kind,
+            "details": outcome.details,
+            "keras_accuracy": measure.keras_accuracy(outcome.model, data),
+            "keras_model": _save_keras(outcome.model, folder / "model.keras", work),
+            "training": outcome.training,
+            "tflite": measure.public(final_entry),
+            "gzip_ratio_vs_float": round(float_gzip / final_entry["gzip_bytes"], 4),
+            "seconds": round(time.perf_counter() - stage_started, 2),
+        })
+        current = outcome.model
+
+    progress.phase("verifying the final model")
+    final_content = (work / final_entry["path"]).read_bytes()
+    (work / FINAL_MODEL).write_bytes(final_content)
+    report = conformance.check(final_entry["_model"], recipe.convert.io_type)
+    final = {
+        **measure.public(final_entry),
+        "path": FINAL_MODEL,
+        "from_stage": stages[-1]["name"],
+        "gzip_ratio_vs_float": stages[-1]["gzip_ratio_vs_float"],
+        "conformance": report.to_dict(),
+        "agreement": {
+            "float_keras_accuracy": float_accuracy,
+            "tflite_accuracy": final_entry["accuracy"],
+            "accuracy_drop_points": round((float_accuracy - final_entry["accuracy"]) * 100, 4),
+            "top1_agreement": final_entry["agreement_with_float_keras"],
+            "test_samples": len(data.x_test),
+        },
+    }
+    gate_rows = gates.check(recipe.gates, float_accuracy, final_entry, float_gzip)
+    passed = report.passed and all(row["passed"] for row in gate_rows)
+    return {
+        "schema": SCHEMA,
+        "status": "passed" if passed else ("not_integer_only" if not report.passed else "gate_failed"),
+        "created": now(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "recipe": resolved_recipe(recipe),
+        "provenance": {
+            "recipe_file": str(prepared.recipe_path),
+            "recipe_sha256": sha256_file(prepared.recipe_path),
+            "model_source": str(prepared.model_source),
+            "model_source_sha256": sha256_file(prepared.model_source)
+            if isinstance(prepared.model_source, Path) and prepared.model_source.is_file() else None,
+            "data": data.summary(),
+            "tools": tool_versions(),
+            "host": host(),
+        },
+        "baseline": baseline,
+        "stages": stages,
+        "final": final,
+        "analysis": {"float": measure.analysis(float_tflite), "final": measure.analysis(final_entry)},
+        "gates": gate_rows,
+    }
+
+
+def _save_keras(model: Any, path: Path, root: Path) -> str | None:
+    """Save a stage's Keras model; a model TF-MOT cannot serialise is recorded as not saved, not fatal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        from edgepipe.keras_compat import tfmot
+
+        with tfmot().quantization.keras.quantize_scope():
+            model.save(path, include_optimizer=False)
+    except Exception:  # serialisation of some TF-MOT wrappers is unsupported; the .tflite is what matters
+        path.unlink(missing_ok=True)
+        return None
+    return str(path.relative_to(root))

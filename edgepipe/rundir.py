@@ -1,0 +1,56 @@
+"""An output directory that appears only when the run is complete.
+
+Work happens in a hidden sibling (``.<name>.partial-<pid>``). ``commit()`` swaps it into place with renames on
+the same file system, so ``--out`` either holds a previous complete run or the new complete run, never half of
+one. On failure the partial directory is removed, or moved to ``<out>.failed`` when the run finished but a
+gate failed (so the user can inspect why). A directory that is not an edgepipe run is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+
+from edgepipe.errors import ConfigError
+
+MARKER = "optimize.json"
+
+
+class RunDirectory:
+    def __init__(self, out: Path) -> None:
+        self.out = out.resolve()
+        self.partial = self.out.parent / f".{self.out.name}.partial-{os.getpid()}"
+        self._done = False
+
+    def check_target(self) -> None:
+        """Refuse to replace a directory edgepipe did not write (checked before any work starts)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise ConfigError(f"--out {self.out}: exists and is not a directory")
+        if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MARKER).exists():
+            raise ConfigError(f"--out {self.out}: directory exists and is not an edgepipe run; not overwriting it",
+                              hint="choose another --out, or empty the directory")
+
+    def __enter__(self) -> Path:
+        self.check_target()
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir()
+        return self.partial
+
+    def commit(self, suffix: str = "") -> Path:
+        """Move the finished run into place (``suffix=".failed"`` for a run whose gates failed)."""
+        final = self.out.with_name(self.out.name + suffix)
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        self.partial.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        self._done = True
+        return final
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if not self._done:
+            shutil.rmtree(self.partial, ignore_errors=True)
