@@ -76,8 +76,12 @@ def load_dataset(source: Path | EntryPoint, file: str | None = None, field: str 
         if isinstance(produced, Dataset):
             return produced
         if not isinstance(produced, Mapping):
-            raise ConfigError.at(file, field, f"{source} returned {type(produced).__name__}, expected a Dataset "
-                                 "or a mapping with x_train, y_train, x_test, y_test")
+            raise ConfigError.at(
+                file,
+                field,
+                f"{source} returned {type(produced).__name__}, expected a Dataset "
+                "or a mapping with x_train, y_train, x_test, y_test",
+            )
         return from_arrays(produced, str(source), file, field)
     return _load_npz(source, file, field)
 
@@ -94,27 +98,37 @@ def _load_npz(path: Path, file: str | None, field: str) -> Dataset:
     return from_arrays(arrays, path.stem, file, field, origin=str(path))
 
 
-def from_arrays(arrays: Mapping[str, Any], name: str, file: str | None, field: str,
-                origin: str | None = None) -> Dataset:
+def from_arrays(
+    arrays: Mapping[str, Any], name: str, file: str | None, field: str, origin: str | None = None
+) -> Dataset:
     """Check the four arrays for presence, matching lengths, numeric features and integer labels."""
     origin = origin or name
     missing = [key for key in REQUIRED_ARRAYS if key not in arrays]
     if missing:
         found = ", ".join(sorted(arrays)) or "nothing"
-        raise ConfigError.at(file, field, f"{origin} has no array {', '.join(repr(m) for m in missing)} "
-                             f"(found: {found}; expected {', '.join(REQUIRED_ARRAYS)})")
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin} has no array {', '.join(repr(m) for m in missing)} "
+            f"(found: {found}; expected {', '.join(REQUIRED_ARRAYS)})",
+        )
     checked: dict[str, np.ndarray] = {}
     for split in ("train", "test"):
         x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
         if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-            raise ConfigError.at(file, field, f"{origin}: x_{split} must be a numeric array of shape "
-                                 f"(samples, ...), got dtype {x.dtype} shape {x.shape}")
+            raise ConfigError.at(
+                file,
+                field,
+                f"{origin}: x_{split} must be a numeric array of shape "
+                f"(samples, ...), got dtype {x.dtype} shape {x.shape}",
+            )
         if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)):
             y = y.argmax(axis=1)  # one-hot labels
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
         if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
-            raise ConfigError.at(file, field, f"{origin}: y_{split} must hold integer class labels, "
-                                 f"got dtype {y.dtype} shape {y.shape}")
+            raise ConfigError.at(
+                file, field, f"{origin}: y_{split} must hold integer class labels, got dtype {y.dtype} shape {y.shape}"
+            )
         if len(x) != len(y):
             raise ConfigError.at(file, field, f"{origin}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
         if len(x) == 0:
@@ -123,6 +137,10 @@ def from_arrays(arrays: Mapping[str, Any], name: str, file: str | None, field: s
             raise ConfigError.at(file, field, f"{origin}: y_{split} has negative labels")
         checked[f"x_{split}"], checked[f"y_{split}"] = x.astype(np.float32), y.astype(np.int64)
     if checked["x_train"].shape[1:] != checked["x_test"].shape[1:]:
-        raise ConfigError.at(file, field, f"{origin}: x_train samples have shape {checked['x_train'].shape[1:]} "
-                             f"but x_test samples {checked['x_test'].shape[1:]}")
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin}: x_train samples have shape {checked['x_train'].shape[1:]} "
+            f"but x_test samples {checked['x_test'].shape[1:]}",
+        )
     return Dataset(name=name, **checked)

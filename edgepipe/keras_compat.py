@@ -36,7 +36,7 @@ def tf() -> ModuleType:
         from edgepipe.native_log import captured_stderr
 
         with captured_stderr():
-            import tensorflow  # noqa: F401
+            import tensorflow
     import tensorflow
 
     return tensorflow
@@ -96,6 +96,11 @@ def convert_keras3(model: Any, sample: Any) -> Any:
         config = dict(layer.get_config())
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = layer.dtype
+        for key, value in list(config.items()):
+            # Initializers only matter before training, and the trained weights are copied below; Keras 3 adds
+            # arguments to them that tf_keras lacks, so they are passed by class name.
+            if key.endswith("_initializer") and isinstance(value, dict):
+                config[key] = value.get("class_name")
         accepted = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable", "dtype"}
         dropped = {k: v for k, v in config.items() if k not in accepted and v not in (None, False, {}, [])}
         if dropped:

@@ -21,8 +21,7 @@ from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
 
 
-def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None,
-                field: str = "model.source") -> Any:
+def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None, field: str = "model.source") -> Any:
     """The float tf_keras model named by a recipe, checked for what TF-MOT needs."""
     if isinstance(source, EntryPoint):
         factory = source.load(file, field)
@@ -44,8 +43,9 @@ def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = Non
     if len(expected) != len(data.input_shape) or any(
         e is not None and e != d for e, d in zip(expected, data.input_shape, strict=False)
     ):
-        raise ConfigError.at(file, "data.source", f"samples have shape {data.input_shape} but the model expects "
-                             f"{expected}")
+        raise ConfigError.at(
+            file, "data.source", f"samples have shape {data.input_shape} but the model expects {expected}"
+        )
     return model
 
 
@@ -67,8 +67,10 @@ def _load_file(path: Path, data: Dataset) -> Any:
         return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
     if path.suffix in (".h5", ".hdf5"):
         return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
-    raise ModelError(f"{path}: unknown model format {path.suffix!r}",
-                     hint="give a .keras or .h5 file, a Keras SavedModel directory, or module:function")
+    raise ModelError(
+        f"{path}: unknown model format {path.suffix!r}",
+        hint="give a .keras or .h5 file, a Keras SavedModel directory, or module:function",
+    )
 
 
 def _keras_file_version(path: Path) -> str:
@@ -129,8 +131,14 @@ def compile_classifier(model: Any, learning_rate: float) -> None:
     )
 
 
-def train(model: Any, data: Dataset, settings: TrainSettings, progress: Progress, label: str,
-          callbacks: list[Any] | None = None) -> dict[str, list[float]]:
+def train(
+    model: Any,
+    data: Dataset,
+    settings: TrainSettings,
+    progress: Progress,
+    label: str,
+    callbacks: list[Any] | None = None,
+) -> dict[str, list[float]]:
     """Compile and fit on the training split, reporting each epoch; returns the per-epoch history."""
     k = keras()
 
@@ -142,8 +150,13 @@ def train(model: Any, data: Dataset, settings: TrainSettings, progress: Progress
     progress.training_started(label, settings.epochs)
     try:
         history = model.fit(
-            data.x_train, data.y_train, epochs=settings.epochs, batch_size=settings.batch_size,
-            shuffle=True, verbose=0, callbacks=[*(callbacks or []), _Report()],
+            data.x_train,
+            data.y_train,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            shuffle=True,
+            verbose=0,
+            callbacks=[*(callbacks or []), _Report()],
         )
     finally:
         progress.training_done()

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import Any
 
 TOOLS = (
-    "edgepipe", "tensorflow-cpu", "tensorflow", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
-    "numpy", "pydantic", "scikit-learn",
+    "edgepipe",
+    "tensorflow-cpu",
+    "tensorflow",
+    "tf-keras",
+    "tensorflow-model-optimization",
+    "ai-edge-litert",
+    "numpy",
+    "pydantic",
+    "scikit-learn",
 )
 
 

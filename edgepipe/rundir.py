@@ -29,8 +29,10 @@ class RunDirectory:
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out}: exists and is not a directory")
         if self.out.is_dir() and any(self.out.iterdir()) and not (self.out / MARKER).exists():
-            raise ConfigError(f"--out {self.out}: directory exists and is not an edgepipe run; not overwriting it",
-                              hint="choose another --out, or empty the directory")
+            raise ConfigError(
+                f"--out {self.out}: directory exists and is not an edgepipe run; not overwriting it",
+                hint="choose another --out, or empty the directory",
+            )
 
     def __enter__(self) -> Path:
         self.check_target()
@@ -50,7 +52,8 @@ class RunDirectory:
         self._done = True
         return final
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         if not self._done:
             shutil.rmtree(self.partial, ignore_errors=True)

@@ -18,9 +18,18 @@ from edgepipe.errors import ModelError
 FILE_IDENTIFIER = b"TFL3"
 
 _NUMPY = {
-    "FLOAT32": np.float32, "FLOAT16": np.float16, "FLOAT64": np.float64, "INT8": np.int8, "UINT8": np.uint8,
-    "INT16": np.int16, "UINT16": np.uint16, "INT32": np.int32, "UINT32": np.uint32, "INT64": np.int64,
-    "UINT64": np.uint64, "BOOL": np.bool_,
+    "FLOAT32": np.float32,
+    "FLOAT16": np.float16,
+    "FLOAT64": np.float64,
+    "INT8": np.int8,
+    "UINT8": np.uint8,
+    "INT16": np.int16,
+    "UINT16": np.uint16,
+    "INT32": np.int32,
+    "UINT32": np.uint32,
+    "INT64": np.int64,
+    "UINT64": np.uint64,
+    "BOOL": np.bool_,
 }
 
 
@@ -109,7 +118,8 @@ def _parse(content: bytes) -> TfliteModel:
         tensors = tuple(_tensor(model, graph.Tensors(i), i, type_names, content) for i in range(graph.TensorsLength()))
         ops = tuple(_op(graph.Operators(i), i, codes) for i in range(graph.OperatorsLength()))
         return TfliteModel(
-            tensors=tensors, ops=ops,
+            tensors=tensors,
+            ops=ops,
             inputs=tuple(int(t) for t in graph.InputsAsNumpy()),
             outputs=tuple(int(t) for t in graph.OutputsAsNumpy()),
             subgraphs=model.SubgraphsLength(),
@@ -136,7 +146,7 @@ def _tensor(model: object, tensor: object, index: int, type_names: dict[int, str
         if buffer.DataLength():
             raw = buffer.DataAsNumpy().tobytes()
         elif buffer.Offset() > 1:  # large models keep buffers after the flatbuffer
-            raw = content[buffer.Offset(): buffer.Offset() + buffer.Size()]
+            raw = content[buffer.Offset() : buffer.Offset() + buffer.Size()]
         numpy_type = _NUMPY.get(dtype.upper())
         if raw is not None and numpy_type is not None:
             data = np.frombuffer(raw, dtype=numpy_type).reshape(shape)

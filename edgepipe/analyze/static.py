@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepipe.convert.weights import WEIGHTED_OPS
 from edgepipe.tflite_model import Op, TfliteModel
 
 
@@ -37,25 +38,41 @@ def macs(model: TfliteModel, op: Op) -> int:
     return 0
 
 
+def _is_parameter(op: Op, position: int, dtype: str) -> bool:
+    """Weights and biases count as parameters; int32/int64 constants of other ops are shapes and axes."""
+    if dtype not in ("int32", "int64"):
+        return True
+    return op.name in WEIGHTED_OPS and position == 2  # the int32 bias of a quantized FC / conv
+
+
 def analyze(model: TfliteModel) -> dict[str, Any]:
     """Per-op rows and totals: params, MACs, constant bytes, activation bytes alive while the op runs."""
     lifetime = _lifetimes(model)
     counted: set[int] = set()
     rows = []
     for op in model.ops:
-        constants = [t for t in model.op_inputs(op) if t.is_constant and t.index not in counted]
+        constants = [
+            model.tensors[t]
+            for position, t in enumerate(op.inputs)
+            if t >= 0
+            and model.tensors[t].is_constant
+            and t not in counted
+            and _is_parameter(op, position, model.tensors[t].dtype)
+        ]
         counted.update(t.index for t in constants)
         live = sum(model.tensors[t].nbytes for t, (start, end) in lifetime.items() if start <= op.index <= end)
         output = model.op_outputs(op)
-        rows.append({
-            "index": op.index,
-            "op": op.name,
-            "output": output[0].name if output else "",
-            "params": int(sum(t.elements for t in constants)),
-            "param_bytes": int(sum(t.nbytes for t in constants)),
-            "macs": int(macs(model, op)),
-            "live_activation_bytes": int(live),
-        })
+        rows.append(
+            {
+                "index": op.index,
+                "op": op.name,
+                "output": output[0].name if output else "",
+                "params": int(sum(t.elements for t in constants)),
+                "param_bytes": int(sum(t.nbytes for t in constants)),
+                "macs": int(macs(model, op)),
+                "live_activation_bytes": int(live),
+            }
+        )
     peak_row = max(rows, key=lambda r: r["live_activation_bytes"]) if rows else None
     return {
         "layers": rows,

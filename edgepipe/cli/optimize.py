@@ -38,8 +38,13 @@ class ConsoleProgress(Progress):
 
     def training_started(self, label: str, epochs: int) -> None:
         self._bar = RichBar(
-            TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[metrics]}"),
-            TimeElapsedColumn(), console=stderr, transient=True,
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            TimeElapsedColumn(),
+            console=stderr,
+            transient=True,
         )
         self._bar.start()
         self._task = self._bar.add_task(f"{label}: epoch", total=epochs, metrics="")
@@ -60,8 +65,9 @@ class ConsoleProgress(Progress):
 
 def optimize(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/ for presets).")] = Path("edgepipe.yaml"),
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")]
-    = Path("runs/latest"),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")
+    ] = Path("runs/latest"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Run a recipe: train the TF-MOT stages, convert to full-integer TFLite, verify, check the gates."""
@@ -75,14 +81,15 @@ def optimize(
         if isinstance(progress, ConsoleProgress):
             progress.finish()
     print_summary(outcome.result)
-    stdout.print(f"wrote [bold]{outcome.directory}[/] (final model: {outcome.directory / pipeline.FINAL_MODEL})",
-                 highlight=False)
+    stdout.print(
+        f"wrote [bold]{outcome.directory}[/] (final model: {outcome.directory / pipeline.FINAL_MODEL})", highlight=False
+    )
 
 
 def _unique_per_layer(weights: list[dict[str, Any]]) -> str:
     return " ".join(
-        f"{row['layer']}:{row['unique']}" + (f"({row['max_unique_per_channel']}/ch)"
-                                             if row.get("max_unique_per_channel") else "")
+        f"{row['layer']}:{row['unique']}"
+        + (f"({row['max_unique_per_channel']}/ch)" if row.get("max_unique_per_channel") else "")
         for row in weights
     )
 
@@ -92,21 +99,43 @@ def print_summary(result: dict[str, Any]) -> None:
     baseline = result["baseline"]
     float_gzip = baseline["tflite"]["gzip_bytes"]
     table = Table(title=f"edgepipe optimize: {result['recipe']['name']}", title_justify="left")
-    for column in ("stage", "keras acc", "tflite acc", ".tflite bytes", "gzip bytes", "gzip ratio", "sparsity",
-                   "unique weights per layer"):
-        table.add_column(column, justify="left" if column in ("stage", "unique weights per layer") else "right",
-                         overflow="fold")
+    for column in (
+        "stage",
+        "keras acc",
+        "tflite acc",
+        ".tflite bytes",
+        "gzip bytes",
+        "gzip ratio",
+        "sparsity",
+        "unique weights per layer",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("stage", "unique weights per layer") else "right", overflow="fold"
+        )
     float_tflite = baseline["tflite"]
-    table.add_row("float", f"{baseline['keras_accuracy']:.4f}", f"{float_tflite['accuracy']:.4f}",
-                  f"{float_tflite['bytes']:,}", f"{float_gzip:,}", "1.0x", f"{float_tflite['sparsity']:.1%}",
-                  _unique_per_layer(float_tflite["weights"]))
+    table.add_row(
+        "float",
+        f"{baseline['keras_accuracy']:.4f}",
+        f"{float_tflite['accuracy']:.4f}",
+        f"{float_tflite['bytes']:,}",
+        f"{float_gzip:,}",
+        "1.0x",
+        f"{float_tflite['sparsity']:.1%}",
+        _unique_per_layer(float_tflite["weights"]),
+    )
     for stage in result["stages"]:
         tflite = stage["tflite"]
         scheme = stage["details"].get("scheme")
-        table.add_row(f"{stage['index']}. {stage['name']}" + (f" ({scheme})" if scheme else ""),
-                      f"{stage['keras_accuracy']:.4f}", f"{tflite['accuracy']:.4f}", f"{tflite['bytes']:,}",
-                      f"{tflite['gzip_bytes']:,}", f"{stage['gzip_ratio_vs_float']:.1f}x",
-                      f"{tflite['sparsity']:.1%}", _unique_per_layer(tflite["weights"]))
+        table.add_row(
+            f"{stage['index']}. {stage['name']}" + (f" ({scheme})" if scheme else ""),
+            f"{stage['keras_accuracy']:.4f}",
+            f"{tflite['accuracy']:.4f}",
+            f"{tflite['bytes']:,}",
+            f"{tflite['gzip_bytes']:,}",
+            f"{stage['gzip_ratio_vs_float']:.1f}x",
+            f"{tflite['sparsity']:.1%}",
+            _unique_per_layer(tflite["weights"]),
+        )
     stdout.print(table)
     final = result["final"]
     agreement = final["agreement"]
@@ -128,5 +157,6 @@ def print_summary(result: dict[str, Any]) -> None:
     )
     for gate in result["gates"]:
         mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
-        stdout.print(f"gate {gate['gate']}: {mark} ({gate['meaning']} {gate['value']}, limit {gate['limit']})",
-                     highlight=False)
+        stdout.print(
+            f"gate {gate['gate']}: {mark} ({gate['meaning']} {gate['value']}, limit {gate['limit']})", highlight=False
+        )

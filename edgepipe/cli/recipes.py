@@ -23,6 +23,9 @@ def list_recipes() -> None:
     for path in sorted(PRESETS.glob("*.yaml")):
         recipe = load_model(path, Recipe)
         stages = " -> ".join(stage.kind for stage in recipe.stages)
-        table.add_row(str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path), stages,
-                      recipe.description.strip().splitlines()[0] if recipe.description else "")
+        table.add_row(
+            str(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path),
+            stages,
+            recipe.description.strip().splitlines()[0] if recipe.description else "",
+        )
     stdout.print(table)

@@ -65,7 +65,9 @@ def substitute_environment(value: Any, file: str, location: str = "", env: Mappi
         if default is not None:
             return default
         raise ConfigError.at(
-            file, location, f"environment variable {name} is not set",
+            file,
+            location,
+            f"environment variable {name} is not set",
             hint=f"export {name}=... or write ${{{name}:-default}}",
         )
 

@@ -76,13 +76,28 @@ def _inspect(model: TfliteModel, op: Op) -> Finding | None:
     in_types = {t.dtype for t in ins}
     out_types = {t.dtype for t in outs}
     if op.name == "DEQUANTIZE":
-        return Finding("island", op.index, op.name, [t.name for t in [*ins, *outs]],
-                       f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}")
+        return Finding(
+            "island",
+            op.index,
+            op.name,
+            [t.name for t in [*ins, *outs]],
+            f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}",
+        )
     if op.name == "QUANTIZE" and in_types & FLOAT_TYPES:
-        return Finding("island", op.index, op.name, [t.name for t in [*ins, *outs]],
-                       f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}")
+        return Finding(
+            "island",
+            op.index,
+            op.name,
+            [t.name for t in [*ins, *outs]],
+            f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}",
+        )
     floats = [t for t in [*ins, *outs] if t.dtype in FLOAT_TYPES]
     if floats:
-        return Finding("float_op", op.index, op.name, [t.name for t in floats],
-                       "runs on " + "/".join(sorted({t.dtype for t in floats})) + " tensors")
+        return Finding(
+            "float_op",
+            op.index,
+            op.name,
+            [t.name for t in floats],
+            "runs on " + "/".join(sorted({t.dtype for t in floats})) + " tensors",
+        )
     return None

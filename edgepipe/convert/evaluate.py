@@ -46,7 +46,7 @@ def run(model_content: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
     batch = BATCH if list(source.get("shape_signature", [1]))[:1] == [-1] else 1
     outputs = []
     for start in range(0, len(x), batch):
-        chunk = x[start: start + batch]
+        chunk = x[start : start + batch]
         interpreter.resize_tensor_input(source["index"], [len(chunk), *source["shape"][1:]])
         interpreter.allocate_tensors()
         details_in = interpreter.get_input_details()[0]

@@ -49,7 +49,7 @@ def to_int8_tflite(model: Any, representative: np.ndarray, io_type: str = "int8"
 
     def calibration() -> Iterator[list[np.ndarray]]:
         for i in range(len(samples)):
-            yield [samples[i: i + 1]]
+            yield [samples[i : i + 1]]
 
     converter.representative_dataset = calibration
     converter.target_spec.supported_ops = [tensorflow.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -51,19 +51,22 @@ def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[d
         axis = tensor.quantized_dimension if values.ndim else 0
         per_channel = (
             max(len(np.unique(np.take(values, c, axis=axis))) for c in range(values.shape[axis]))
-            if values.ndim and tensor.scale is not None and tensor.scale.size > 1 else None
+            if values.ndim and tensor.scale is not None and tensor.scale.size > 1
+            else None
         )
-        rows.append({
-            "layer": layer_name(tensor.name, names),
-            "op": op.name,
-            "tensor": tensor.name,
-            "dtype": tensor.dtype,
-            "shape": list(tensor.shape),
-            "count": int(values.size),
-            "sparsity": round(float(zero_mask.mean()), 6),
-            "unique": int(len(np.unique(values))),
-            "max_unique_per_channel": per_channel,
-        })
+        rows.append(
+            {
+                "layer": layer_name(tensor.name, names),
+                "op": op.name,
+                "tensor": tensor.name,
+                "dtype": tensor.dtype,
+                "shape": list(tensor.shape),
+                "count": int(values.size),
+                "sparsity": round(float(zero_mask.mean()), 6),
+                "unique": len(np.unique(values)),
+                "max_unique_per_channel": per_channel,
+            }
+        )
     return rows
 
 

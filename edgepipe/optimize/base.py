@@ -60,7 +60,9 @@ def check_patterns(model: Any, selection: LayerSelection, where: str) -> None:
         for pattern in getattr(selection, key):
             if not any(matches(layer, [pattern]) for layer in model.layers):
                 listing = ", ".join(f"{layer.name} ({type(layer).__name__})" for layer in model.layers)
-                raise ConfigError(f"{where}.layers.{key}: pattern {pattern!r} matches no layer; the model has: {listing}")
+                raise ConfigError(
+                    f"{where}.layers.{key}: pattern {pattern!r} matches no layer; the model has: {listing}"
+                )
 
 
 def is_selected(layer: Any, selection: LayerSelection) -> bool:
@@ -89,8 +91,9 @@ def wrap_layers(model: Any, wrap: Callable[[Any], Any | None]) -> Any:
     return k.models.clone_model(model, clone_function=clone)
 
 
-def choose_layers(model: Any, selection: LayerSelection, supports: Callable[[Any], bool], technique: str,
-                  where: str) -> tuple[list[str], list[str]]:
+def choose_layers(
+    model: Any, selection: LayerSelection, supports: Callable[[Any], bool], technique: str, where: str
+) -> tuple[list[str], list[str]]:
     """Split the layers with weights into (chosen, skipped-as-unsupported).
 
     A layer the recipe names explicitly but TF-MOT cannot handle is an error; an unsupported layer picked up
@@ -111,7 +114,9 @@ def choose_layers(model: Any, selection: LayerSelection, supports: Callable[[Any
         else:
             unsupported.append(layer.name)
     if not chosen:
-        raise ModelError(f"{where}: no layer of the model can be {technique}",
-                         hint=f"check {where}.layers; layers with weights: "
-                              + ", ".join(layer.name for layer in model.layers if has_weights(layer)))
+        raise ModelError(
+            f"{where}: no layer of the model can be {technique}",
+            hint=f"check {where}.layers; layers with weights: "
+            + ", ".join(layer.name for layer in model.layers if has_weights(layer)),
+        )
     return chosen, unsupported

@@ -44,8 +44,11 @@ def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
             return None
         try:
             return clustering.cluster_weights(
-                layer, number_of_clusters=stage.clusters, cluster_centroids_init=init,
-                preserve_sparsity=preserve, cluster_per_channel=stage.per_channel,
+                layer,
+                number_of_clusters=stage.clusters,
+                cluster_centroids_init=init,
+                preserve_sparsity=preserve,
+                cluster_per_channel=stage.per_channel,
             )
         except ValueError as exc:
             raise ModelError(
@@ -59,7 +62,13 @@ def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
     ctx.history.clustered = True
     return StageOutcome(
         model=stripped,
-        details={"clusters": stage.clusters, "init": stage.init, "per_channel": stage.per_channel,
-                 "preserve_sparsity": preserve, "layers": chosen, "skipped_unsupported": unsupported},
+        details={
+            "clusters": stage.clusters,
+            "init": stage.init,
+            "per_channel": stage.per_channel,
+            "preserve_sparsity": preserve,
+            "layers": chosen,
+            "skipped_unsupported": unsupported,
+        },
         training=history,
     )

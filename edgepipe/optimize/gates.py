@@ -16,18 +16,30 @@ def check(gates: Gates, float_accuracy: float, final: dict[str, Any], float_gzip
         "max_tflite_bytes": (final["bytes"], lambda v, limit: v <= limit, ".tflite bytes"),
         "max_gzip_bytes": (final["gzip_bytes"], lambda v, limit: v <= limit, "gzip bytes"),
         "min_gzip_ratio": (ratio, lambda v, limit: v >= limit, "gzip ratio to the float TFLite model"),
-        "min_agreement": (final.get("agreement_with_float_keras"), lambda v, limit: v >= limit,
-                          "top-1 agreement with the float Keras model"),
+        "min_agreement": (
+            final.get("agreement_with_float_keras"),
+            lambda v, limit: v >= limit,
+            "top-1 agreement with the float Keras model",
+        ),
     }
     rows = []
     for name, limit in gates.model_dump().items():
         if limit is None:
             continue
         value, ok, meaning = measured[name]
-        rows.append({"gate": name, "meaning": meaning, "limit": limit, "value": value,
-                     "passed": bool(value is not None and ok(value, limit))})
+        rows.append(
+            {
+                "gate": name,
+                "meaning": meaning,
+                "limit": limit,
+                "value": value,
+                "passed": bool(value is not None and ok(value, limit)),
+            }
+        )
     return rows
 
 
 def describe_failures(rows: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{r['gate']}: {r['meaning']} is {r['value']}, limit {r['limit']}" for r in rows if not r["passed"])
+    return "; ".join(
+        f"{r['gate']}: {r['meaning']} is {r['value']}, limit {r['limit']}" for r in rows if not r["passed"]
+    )

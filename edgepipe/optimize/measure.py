@@ -34,8 +34,9 @@ def size_entry(content: bytes, path: Path, root: Path) -> dict[str, Any]:
     }
 
 
-def measure_tflite(content: bytes, path: Path, root: Path, data: Dataset, layer_names: list[str],
-                   reference: np.ndarray | None = None) -> dict[str, Any]:
+def measure_tflite(
+    content: bytes, path: Path, root: Path, data: Dataset, layer_names: list[str], reference: np.ndarray | None = None
+) -> dict[str, Any]:
     """Write ``content`` to ``path`` and measure it; ``reference`` = float Keras predictions for agreement."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)

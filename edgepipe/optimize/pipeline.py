@@ -69,8 +69,13 @@ def prepare(recipe_path: Path) -> Prepared:
     file = str(recipe_path)
     recipe = load_model(recipe_path, Recipe)
     base = recipe_path.resolve().parent
-    model_source = resolve(recipe.model.source, base, file, "model.source",
-                           "a .keras or .h5 file, a Keras SavedModel directory, or module:function")
+    model_source = resolve(
+        recipe.model.source,
+        base,
+        file,
+        "model.source",
+        "a .keras or .h5 file, a Keras SavedModel directory, or module:function",
+    )
     data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
     if isinstance(model_source, EntryPoint):
         model_source.load(file, "model.source")  # fail on a wrong factory name now, not after loading data
@@ -111,9 +116,11 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None) -> Outc
 
 
 def _problems(report: dict[str, Any]) -> list[str]:
-    lines = [f"{kind} types {types}" for kind, types in (("input", report["input_types"]),
-                                                           ("output", report["output_types"]))
-             if any(t != report["io_type"] for t in types)]
+    lines = [
+        f"{kind} types {types}"
+        for kind, types in (("input", report["input_types"]), ("output", report["output_types"]))
+        if any(t != report["io_type"] for t in types)
+    ]
     for finding in [*report["float_ops"], *report["islands"]]:
         lines.append(f"{finding['op']} #{finding['op_index']} ({', '.join(finding['tensors'][:2])})")
     return lines
@@ -136,8 +143,9 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
     progress.phase("measuring the float model")
     reference = models.predict(model, data.x_test)
     float_accuracy = measure.keras_accuracy(model, data)
-    float_tflite = measure.measure_tflite(to_float_tflite(model), work / "float" / "model.tflite", work, data,
-                                          layer_names)
+    float_tflite = measure.measure_tflite(
+        to_float_tflite(model), work / "float" / "model.tflite", work, data, layer_names
+    )
     baseline = {
         "keras_accuracy": float_accuracy,
         "keras_model": _save_keras(model, work / "float" / "model.keras", work),
@@ -155,25 +163,34 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
         label = f"stage {index + 1}/{len(recipe.stages)}: {name}"
         progress.phase(label)
         stage_started = time.perf_counter()
-        ctx = StageContext(data=data, train=recipe.fine_tune_for(stage), seed=recipe.seed, progress=progress,
-                           history=history, where=f"{prepared.recipe_path}: stages[{index}]", label=label)
+        ctx = StageContext(
+            data=data,
+            train=recipe.fine_tune_for(stage),
+            seed=recipe.seed,
+            progress=progress,
+            history=history,
+            where=f"{prepared.recipe_path}: stages[{index}]",
+            label=label,
+        )
         outcome = TECHNIQUES[stage.kind](current, stage, ctx)
         folder = work / "stages" / f"{index + 1}-{name}"
         progress.phase(f"{label}: converting to full-integer TFLite")
         content = to_int8_tflite(outcome.model, representative, recipe.convert.io_type)
         final_entry = measure.measure_tflite(content, folder / "model.tflite", work, data, layer_names, reference)
-        stages.append({
-            "index": index + 1,
-            "name": name,
-            "kind": stage.kind,
-            "details": outcome.details,
-            "keras_accuracy": measure.keras_accuracy(outcome.model, data),
-            "keras_model": _save_keras(outcome.model, folder / "model.keras", work),
-            "training": outcome.training,
-            "tflite": measure.public(final_entry),
-            "gzip_ratio_vs_float": round(float_gzip / final_entry["gzip_bytes"], 4),
-            "seconds": round(time.perf_counter() - stage_started, 2),
-        })
+        stages.append(
+            {
+                "index": index + 1,
+                "name": name,
+                "kind": stage.kind,
+                "details": outcome.details,
+                "keras_accuracy": measure.keras_accuracy(outcome.model, data),
+                "keras_model": _save_keras(outcome.model, folder / "model.keras", work),
+                "training": outcome.training,
+                "tflite": measure.public(final_entry),
+                "gzip_ratio_vs_float": round(float_gzip / final_entry["gzip_bytes"], 4),
+                "seconds": round(time.perf_counter() - stage_started, 2),
+            }
+        )
         current = outcome.model
 
     progress.phase("verifying the final model")
@@ -207,7 +224,8 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
             "recipe_sha256": sha256_file(prepared.recipe_path),
             "model_source": str(prepared.model_source),
             "model_source_sha256": sha256_file(prepared.model_source)
-            if isinstance(prepared.model_source, Path) and prepared.model_source.is_file() else None,
+            if isinstance(prepared.model_source, Path) and prepared.model_source.is_file()
+            else None,
             "data": data.summary(),
             "tools": tool_versions(),
             "host": host(),

@@ -22,21 +22,31 @@ def schedule_for(stage: PruneStage, total_steps: int, per_epoch: int) -> tuple[A
     if stage.structure == "2:4":
         # The m-by-n mask fixes the pattern (50 %); the schedule only says when masks are updated.
         return sparsity.ConstantSparsity(0.5, begin_step=0, frequency=frequency), {
-            "schedule": "constant", "target_sparsity": 0.5, "frequency_steps": frequency,
+            "schedule": "constant",
+            "target_sparsity": 0.5,
+            "frequency_steps": frequency,
         }
     if stage.schedule == "constant":
         return sparsity.ConstantSparsity(stage.target_sparsity, begin_step=0, frequency=frequency), {
-            "schedule": "constant", "target_sparsity": stage.target_sparsity, "frequency_steps": frequency,
+            "schedule": "constant",
+            "target_sparsity": stage.target_sparsity,
+            "frequency_steps": frequency,
         }
     ramp = max(frequency, int(total_steps * stage.ramp_fraction) // frequency * frequency)
     if ramp > total_steps:
         frequency = ramp = max(1, total_steps)
     return sparsity.PolynomialDecay(
-        initial_sparsity=stage.initial_sparsity, final_sparsity=stage.target_sparsity,
-        begin_step=0, end_step=ramp, frequency=frequency,
+        initial_sparsity=stage.initial_sparsity,
+        final_sparsity=stage.target_sparsity,
+        begin_step=0,
+        end_step=ramp,
+        frequency=frequency,
     ), {
-        "schedule": "polynomial_decay", "initial_sparsity": stage.initial_sparsity,
-        "target_sparsity": stage.target_sparsity, "end_step": ramp, "frequency_steps": frequency,
+        "schedule": "polynomial_decay",
+        "initial_sparsity": stage.initial_sparsity,
+        "target_sparsity": stage.target_sparsity,
+        "end_step": ramp,
+        "frequency_steps": frequency,
         "total_steps": total_steps,
     }
 
@@ -70,13 +80,17 @@ def apply(model: Any, stage: PruneStage, ctx: StageContext) -> StageOutcome:
         raise
     except ValueError as exc:  # TF-MOT checks some layers (e.g. m-by-n on conv) only when the model is built
         raise ModelError(f"{ctx.where}: TF-MOT cannot prune this model: {exc}") from None
-    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label,
-                    callbacks=[sparsity.UpdatePruningStep()])
+    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, callbacks=[sparsity.UpdatePruningStep()])
     stripped = sparsity.strip_pruning(wrapped)
     ctx.history.pruned = True
     return StageOutcome(
         model=stripped,
-        details={**schedule_info, "structure": stage.structure, "block_size": list(stage.block_size),
-                 "layers": chosen, "skipped_unsupported": unsupported},
+        details={
+            **schedule_info,
+            "structure": stage.structure,
+            "block_size": list(stage.block_size),
+            "layers": chosen,
+            "skipped_unsupported": unsupported,
+        },
         training=history,
     )

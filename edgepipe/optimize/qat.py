@@ -80,12 +80,13 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
                 f"{ctx.where}: layer {layer.name!r} ({type(layer).__name__}) is not supported by TF-MOT's "
                 "8-bit quantization-aware training",
                 hint=f"add {layer.name!r} to {ctx.where}.layers.exclude (the converter then quantizes it from "
-                     "the representative data), or use a ptq stage instead of qat",
+                "the representative data), or use a ptq stage instead of qat",
             )
         annotated_names.append(layer.name)
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
-        raise ModelError(f"{ctx.where}: no layer with weights is left to train with quantization",
-                         hint=f"check {ctx.where}.layers")
+        raise ModelError(
+            f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
+        )
 
     def annotate(layer: Any) -> Any:
         if layer.name in annotated_names:
@@ -97,12 +98,18 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         with quantization.quantize_scope():
             quantized = quantization.quantize_apply(annotated, _scheme(scheme))
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ModelError(f"{ctx.where}: TF-MOT cannot apply {SCHEME_NAMES[scheme]} to this model: {exc}",
-                         hint=f"leave the offending layer out with {ctx.where}.layers.exclude") from None
+        raise ModelError(
+            f"{ctx.where}: TF-MOT cannot apply {SCHEME_NAMES[scheme]} to this model: {exc}",
+            hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
+        ) from None
     history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label)
     return StageOutcome(
         model=quantized,
-        details={"scheme": SCHEME_NAMES[scheme], "scheme_requested": stage.scheme,
-                 "layers": annotated_names, "left_out": left_out},
+        details={
+            "scheme": SCHEME_NAMES[scheme],
+            "scheme_requested": stage.scheme,
+            "layers": annotated_names,
+            "left_out": left_out,
+        },
         training=history,
     )

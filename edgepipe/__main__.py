@@ -1,0 +1,5 @@
+"""``python -m edgepipe`` is the same as the ``edgepipe`` command."""
+
+from edgepipe.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""The acceptance's bad inputs, through the real command: one line, distinct exit code, no traceback, no run dir."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, write_recipe
+from test_config import GOOD
+
+BAD = {
+    "unknown field": (GOOD.replace("target_sparsity", "target_sparsty"), "stages[0].target_sparsty"),
+    "wrong type": (GOOD.replace("target_sparsity: 0.5", "target_sparsity: lots"), "stages[0].target_sparsity"),
+    "missing model file": (GOOD.replace("edgepipe.examples.digits:tiny_mlp", "missing.keras"), "model.source"),
+    "npz lacking y_test": (GOOD.replace("edgepipe.examples.digits:load", "d.npz"), "data.source"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipe_fails_cleanly(tmp_path: Path, case: str) -> None:
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(4, int), x_test=x)
+    body, field = BAD[case]
+    recipe = write_recipe(tmp_path, body)
+    out = tmp_path / "run"
+    result = run_cli("optimize", str(recipe), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert str(recipe) in errors[0] and field in errors[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not out.exists()
+    assert not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_missing_recipe_file(tmp_path: Path) -> None:
+    result = run_cli("optimize", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml: file not found" in result.stderr
+
+
+def test_help_and_import_do_not_load_tensorflow() -> None:
+    probe = "import sys, edgepipe, edgepipe.cli, edgepipe.config; print('tensorflow' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
+    help_probe = (
+        "import sys\nfrom edgepipe.cli import app\n"
+        "try:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'no TF')"
+    )
+    result = subprocess.run([sys.executable, "-c", help_probe], capture_output=True, text=True, cwd=REPO)
+    assert result.stdout.strip().endswith("no TF") and "optimize" in result.stdout

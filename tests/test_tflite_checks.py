@@ -1,0 +1,105 @@
+"""Reading flatbuffers, conformance findings, and refusing malformed or Keras 3 models with a reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgepipe.convert import conformance
+from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
+from edgepipe.errors import ModelError
+from edgepipe.tflite_model import TfliteModel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def float_content(trained_mlp: Any) -> bytes:
+    return to_float_tflite(trained_mlp)
+
+
+def test_float_model_fails_conformance_naming_ops_and_tensors(float_content: bytes) -> None:
+    report = conformance.check(TfliteModel.read(float_content))
+    assert not report.passed
+    assert report.input_types == ["float32"]
+    float_ops = [f for f in report.findings if f.kind == "float_op"]
+    assert {f.op for f in float_ops} >= {"FULLY_CONNECTED"}
+    assert any("dense_1" in name for f in float_ops for name in f.tensors)
+    assert any("input 0 is float32, not int8" in line for line in report.problems())
+
+
+def test_dequantize_island_is_found(trained_mlp: Any, digits: Any) -> None:
+    """Dynamic-range-free float16 weights give DEQUANTIZE ops: an island in an otherwise checked graph."""
+    from edgepipe.keras_compat import tf
+
+    converter = tf().lite.TFLiteConverter.from_keras_model(trained_mlp)
+    converter.optimizations = [tf().lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf().float16]
+    report = conformance.check(TfliteModel.read(converter.convert()))
+    islands = [f for f in report.findings if f.kind == "island"]
+    assert islands and all(f.op == "DEQUANTIZE" for f in islands)
+
+
+def test_int8_model_passes(trained_mlp: Any, digits: Any) -> None:
+    report = conformance.check(TfliteModel.read(to_int8_tflite(trained_mlp, digits.representative(32, 0))))
+    assert report.passed and report.findings == []
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 16, b"garbage!" * 10, b"1234TFL3" + b"\xff" * 64])
+def test_malformed_flatbuffers_raise_model_error(content: bytes) -> None:
+    with pytest.raises(ModelError):
+        TfliteModel.read(content)
+
+
+def test_truncated_model_raises_model_error(float_content: bytes) -> None:
+    with pytest.raises(ModelError):
+        TfliteModel.read(float_content[: len(float_content) // 3])
+
+
+def test_keras3_sequential_is_converted_faithfully(tmp_path: Path, digits: Any) -> None:
+    import keras as keras3
+
+    from edgepipe.keras_compat import keras
+    from edgepipe.models import load_source
+
+    original = keras3.Sequential(
+        [
+            keras3.layers.Input((8, 8, 1)),
+            keras3.layers.Flatten(),
+            keras3.layers.Dense(12, activation="relu"),
+            keras3.layers.Dense(10),
+        ]
+    )
+    path = tmp_path / "k3.keras"
+    original.save(path)
+    model = load_source(path, digits)
+    assert isinstance(model, keras().Model)
+    np.testing.assert_allclose(
+        model.predict(digits.x_test[:20], verbose=0), np.asarray(original(digits.x_test[:20])), atol=1e-5
+    )
+
+
+def test_keras3_functional_is_refused_with_reason(tmp_path: Path, digits: Any) -> None:
+    import keras as keras3
+
+    from edgepipe.models import load_source
+
+    inputs = keras3.Input((8, 8, 1))
+    original = keras3.Model(inputs, keras3.layers.Dense(10)(keras3.layers.Flatten()(inputs)))
+    path = tmp_path / "k3f.keras"
+    original.save(path)
+    with pytest.raises(ModelError, match="Keras 3 Functional model") as caught:
+        load_source(path, digits)
+    assert "tf_keras" in (caught.value.hint or "")
+
+
+def test_corrupt_keras_file_is_a_model_error(tmp_path: Path, digits: Any) -> None:
+    from edgepipe.models import load_source
+
+    path = tmp_path / "broken.keras"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match=r"not a valid \.keras file"):
+        load_source(path, digits)
