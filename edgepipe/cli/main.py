@@ -5,7 +5,6 @@ This is the only place with process-wide side effects (TensorFlow's log level), 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -41,9 +40,6 @@ def version() -> None:
 
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # TF-MOT's PCQAT trains centroids, not the original kernels, so TensorFlow warns "Gradients do not exist"
-    # every epoch; edgepipe's own messages say what matters.
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     try:
         app(standalone_mode=False)
     except EdgepipeError as exc:

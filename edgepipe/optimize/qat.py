@@ -12,6 +12,9 @@ of the earlier stages is lost. The QAT model converts directly; there is nothing
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 from edgepipe.config.recipe import QatStage
@@ -34,6 +37,25 @@ SCHEME_NAMES = {
     "cluster_preserve": "CQAT",
     "prune_cluster_preserve": "PCQAT",
 }
+
+
+class _CentroidGradientFilter(logging.Filter):
+    """CQAT/PCQAT train the cluster centroids, not the original kernels, so TensorFlow warns every epoch that
+    the kernels get no gradient. It is expected; hide exactly that message while the stage trains."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Gradients do not exist for variables" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_centroid_gradient_warning() -> Iterator[None]:
+    logger = logging.getLogger("tensorflow")
+    quiet = _CentroidGradientFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def choose_scheme(requested: str, history: History) -> str:
@@ -102,7 +124,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: TF-MOT cannot apply {SCHEME_NAMES[scheme]} to this model: {exc}",
             hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
         ) from None
-    history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label)
+    with _without_centroid_gradient_warning():
+        history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label)
     return StageOutcome(
         model=quantized,
         details={
