@@ -208,3 +208,18 @@ def test_subclassed_model_is_refused(digits: Any) -> None:
     with pytest.raises(ModelError, match="subclassed") as caught:
         check_wrappable(Custom())
     assert "functional API" in (caught.value.hint or "")
+
+
+def test_per_channel_clustering_of_a_too_small_conv_is_named(digits: Any) -> None:
+    """conv_1 of the digits CNN has 9 weights per output channel: 16 clusters per channel cannot exist."""
+    from edgepipe.examples.digits import cnn
+
+    stage = ClusterStage(kind="cluster", clusters=16, per_channel=True, layers=LayerSelection(include=["conv_1"]))
+    with pytest.raises(ModelError, match=r"layer 'conv_1' \(Conv2D\) cannot be clustered") as caught:
+        cluster.apply(cnn(), stage, context(digits, epochs=1))
+    assert "layers.include" in (caught.value.hint or "")
+    # Picked up only by "all layers", the same layer is skipped and reported instead.
+    outcome = cluster.apply(
+        cnn(), ClusterStage(kind="cluster", clusters=16, per_channel=True), context(digits, epochs=1)
+    )
+    assert "conv_1" in outcome.details["skipped_unsupported"] and "conv_2" in outcome.details["layers"]

@@ -34,8 +34,16 @@ def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
     def supports(layer: Any) -> bool:
         if not ClusteringRegistry.supports(layer):
             return False
-        # Every clustered weight needs at least as many values as clusters (TF-MOT skips small convs silently).
-        return all(w.shape.num_elements() >= stage.clusters for w in layer.trainable_weights if len(w.shape) > 1)
+        # Every clustered weight needs at least as many values as clusters; per channel, in every channel
+        # (TF-MOT skips small convolutions silently, or fails inside k-means++ with a TensorFlow traceback).
+        per_channel = stage.per_channel and type(layer).__name__ == "Conv2D"
+        for weight in layer.trainable_weights:
+            if len(weight.shape) < 2:
+                continue
+            values = weight.shape.num_elements() // (weight.shape[-1] if per_channel else 1)
+            if values < stage.clusters:
+                return False
+        return True
 
     chosen, unsupported = choose_layers(work, stage.layers, supports, "clustered", ctx.where)
 
@@ -43,17 +51,22 @@ def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
         if layer.name not in chosen:
             return None
         try:
-            return clustering.cluster_weights(
+            wrapper = clustering.cluster_weights(
                 layer,
                 number_of_clusters=stage.clusters,
                 cluster_centroids_init=init,
                 preserve_sparsity=preserve,
                 cluster_per_channel=stage.per_channel,
             )
-        except ValueError as exc:
+            # Centroids are initialised when the wrapper is built; build it here so that a failure (too few
+            # non-zero weights per channel for k-means++, say) is reported against this layer.
+            wrapper.build(layer.input_shape)
+            return wrapper
+        except Exception as exc:  # TF-MOT raises ValueError, TensorFlow InvalidArgumentError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
-                f"{ctx.where}: layer {layer.name!r} ({type(layer).__name__}) cannot be clustered: {exc}",
-                hint=f"add {layer.name!r} to {ctx.where}.layers.exclude",
+                f"{ctx.where}: layer {layer.name!r} ({type(layer).__name__}) cannot be clustered: {first}",
+                hint=f"add {layer.name!r} to {ctx.where}.layers.exclude, or use fewer clusters",
             ) from None
 
     wrapped = wrap_layers(work, wrap)
