@@ -75,15 +75,8 @@ def _inspect(model: TfliteModel, op: Op) -> Finding | None:
     ins, outs = model.op_inputs(op), model.op_outputs(op)
     in_types = {t.dtype for t in ins}
     out_types = {t.dtype for t in outs}
-    if op.name == "DEQUANTIZE":
-        return Finding(
-            "island",
-            op.index,
-            op.name,
-            [t.name for t in [*ins, *outs]],
-            f"converts {'/'.join(sorted(in_types))} to {'/'.join(sorted(out_types))}",
-        )
-    if op.name == "QUANTIZE" and in_types & FLOAT_TYPES:
+    # DEQUANTIZE always leaves the integer domain; QUANTIZE from a float type enters it.
+    if op.name == "DEQUANTIZE" or (op.name == "QUANTIZE" and in_types & FLOAT_TYPES):
         return Finding(
             "island",
             op.index,
