@@ -144,3 +144,36 @@ def from_arrays(
             f"but x_test samples {checked['x_test'].shape[1:]}",
         )
     return Dataset(name=name, **checked)
+
+
+EVAL_DATA = "eval.npz"
+
+
+def write_eval_data(path: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The evaluation split as a device agent reads it: ``x`` float32, ``y`` int64, nothing pickled.
+
+    Written with fixed zip timestamps (numpy's), so equal arrays give equal bytes and the same sha256: the
+    board's content-addressed cache then never receives the same data twice.
+    """
+    np.savez_compressed(path, x=np.ascontiguousarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.int64))
+    return {"samples": len(x), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+
+
+def read_eval_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``x, y`` from an evaluation ``.npz`` (keys ``x``/``y`` or ``x_test``/``y_test``), checked."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+            pair = ("x", "y") if {"x", "y"} <= names else ("x_test", "y_test")
+            if not set(pair) <= names:
+                raise ConfigError.at(
+                    str(path), None, f"needs arrays x and y (or x_test and y_test); has {sorted(names)}"
+                )
+            x, y = archive[pair[0]], archive[pair[1]]
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError.at(str(path), None, f"not a readable .npz file: {exc}") from None
+    if len(x) != len(y) or len(x) == 0:
+        raise ConfigError.at(str(path), None, f"x has {len(x)} samples and y {len(y)}; need equal, non-zero counts")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+        raise ConfigError.at(str(path), "y", f"expected one integer class label per sample, got {y.dtype} {y.shape}")
+    return x.astype(np.float32), y.astype(np.int64)

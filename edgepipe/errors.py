@@ -8,9 +8,25 @@ Infrastructure failures and model/regression failures get different exit codes s
     ├── ModelError                3  the model cannot be loaded or TF-MOT cannot handle it (names layer, reason)
     ├── ConversionError           4  the TFLite converter refused the model
     ├── ConformanceError          5  the converted model is not integer-only (lists float ops / islands)
-    └── GateFailed                6  a measured gate of the recipe failed (accuracy drop, size, agreement)
+    ├── GateFailed                6  a measured gate of the recipe failed (accuracy drop, size, agreement)
+    ├── DeviceModelError         20  the model failed ON THE BOARD (the board itself is fine)
+    │   ├── InvalidModel         21  the runtime refused the file: empty, truncated, wrong identifier, corrupt
+    │   ├── UnsupportedOp        22  a valid model with an operator the board's runtime does not have
+    │   ├── ModelCrash           23  the interpreter crashed or returned an error while running
+    │   ├── ModelTimeout         24  the model exceeded the agent's time limit
+    │   ├── ModelOutOfMemory     25  the model exceeded the agent's memory limit
+    │   └── AccuracyMismatch     26  the board's accuracy differs from the host's beyond the tolerance
+    └── InfrastructureError      10  the board or the way to it failed, not the model: retrying may help
+        ├── ConnectError         11  unreachable host, refused connection, failed authentication
+        ├── HostKeyError         12  the host key is unknown (and not trusted on first use) or has CHANGED
+        ├── TransferError        13  an upload or download failed or arrived corrupted
+        ├── DeadlineExceeded     14  the job's overall deadline passed; the remote command was killed
+        ├── CommandError         15  a command on the board failed (or ended without an exit status)
+        └── AgentError           16  the agent is missing, broken, or speaks another protocol version
 
     (130: interrupted with Ctrl-C; 70: an internal error, i.e. a bug: please report the traceback.)
+
+Exit codes 10-16 mean "fix or retry the set-up"; 20-26 mean "this model does not work on this board".
 
 Every error carries ``hint``: what the user can do about it. The CLI prints ``error: <message>`` and, when
 present, ``hint: <hint>`` — one line each, never a traceback.
@@ -68,3 +84,86 @@ class GateFailed(EdgepipeError):
 
 INTERRUPTED_EXIT_CODE = 130
 INTERNAL_ERROR_EXIT_CODE = 70
+
+
+class DeviceModelError(EdgepipeError):
+    """The model failed on the board; the agent classified it (``error_class`` is the agent's name for it)."""
+
+    exit_code = 20
+    error_class = "ModelError"
+
+
+class InvalidModel(DeviceModelError):
+    exit_code = 21
+    error_class = "InvalidModel"
+
+
+class UnsupportedOp(DeviceModelError):
+    exit_code = 22
+    error_class = "UnsupportedOp"
+
+
+class ModelCrash(DeviceModelError):
+    exit_code = 23
+    error_class = "ModelCrash"
+
+
+class ModelTimeout(DeviceModelError):
+    exit_code = 24
+    error_class = "ModelTimeout"
+
+
+class ModelOutOfMemory(DeviceModelError):
+    exit_code = 25
+    error_class = "ModelOutOfMemory"
+
+
+class AccuracyMismatch(DeviceModelError):
+    exit_code = 26
+    error_class = "AccuracyMismatch"
+
+
+class InfrastructureError(EdgepipeError):
+    """The board, the network or the agent failed; the model may be fine. CI may retry these."""
+
+    exit_code = 10
+
+
+class ConnectError(InfrastructureError):
+    exit_code = 11
+
+
+class HostKeyError(InfrastructureError):
+    exit_code = 12
+
+
+class TransferError(InfrastructureError):
+    exit_code = 13
+
+
+class DeadlineExceeded(InfrastructureError):
+    exit_code = 14
+
+
+class CommandError(InfrastructureError):
+    """A command on the board failed; carries what it printed so the message can show it."""
+
+    exit_code = 15
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        returncode: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class AgentError(InfrastructureError):
+    exit_code = 16

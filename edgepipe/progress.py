@@ -22,3 +22,15 @@ class Progress:
 
     def note(self, text: str) -> None:
         """Something the user should read (a choice made on their behalf, a warning)."""
+
+    def upload_started(self, name: str, total: int) -> None:
+        """``name`` (``total`` bytes) is being sent to the board."""
+
+    def upload_advanced(self, done: int, total: int) -> None:
+        """``done`` of ``total`` bytes of the current upload have been sent."""
+
+    def upload_skipped(self, name: str, total: int) -> None:
+        """The board already holds ``name`` (same sha256): nothing is sent."""
+
+    def agent_event(self, event: Mapping[str, object]) -> None:
+        """The device agent reported a step (``{"event": "phase", "phase": "warmup", ...}``)."""

@@ -10,8 +10,11 @@ import sys
 
 import typer
 
+from edgepipe.cli import agent as agent_command
+from edgepipe.cli import deploy as deploy_command
 from edgepipe.cli import optimize as optimize_command
 from edgepipe.cli import recipes as recipes_command
+from edgepipe.cli import targets as targets_command
 from edgepipe.cli.console import stderr
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, INTERRUPTED_EXIT_CODE, EdgepipeError
 
@@ -23,7 +26,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("optimize")(optimize_command.optimize)
+app.command("deploy")(deploy_command.deploy)
 app.add_typer(recipes_command.app, name="recipes")
+app.add_typer(targets_command.app, name="targets")
+app.add_typer(agent_command.app, name="agent")
 
 
 @app.command("version")
@@ -48,7 +54,7 @@ def main() -> None:
             stderr.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        stderr.print("[red]interrupted[/]: nothing was written to the output directory")
+        stderr.print("[red]interrupted[/]: nothing half-written was left in place of a result")
         sys.exit(INTERRUPTED_EXIT_CODE)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -33,8 +33,9 @@ def quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> n
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
-def run(model_content: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Dequantized outputs of the model for every sample of ``x``, in batches when the model allows."""
+def raw_outputs(model_content: bytes, x: np.ndarray, threads: int = 1) -> tuple[np.ndarray, float, int]:
+    """The model's first output, as the interpreter wrote it (int8 for a full-integer model), plus its scale
+    and zero point. Batches of 256 when the model's batch is dynamic: the device agent chunks the same way."""
     from ai_edge_litert.interpreter import Interpreter
 
     try:
@@ -50,14 +51,18 @@ def run(model_content: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
         interpreter.resize_tensor_input(source["index"], [len(chunk), *source["shape"][1:]])
         interpreter.allocate_tensors()
         details_in = interpreter.get_input_details()[0]
-        details_out = interpreter.get_output_details()[0]
         scale, zero = details_in["quantization"]
         interpreter.set_tensor(details_in["index"], quantize(chunk, details_in["dtype"], scale, zero))
         interpreter.invoke()
-        raw = interpreter.get_tensor(details_out["index"])
-        out_scale, out_zero = details_out["quantization"]
-        outputs.append((raw.astype(np.float32) - out_zero) * out_scale if out_scale else raw.astype(np.float32))
-    return np.concatenate(outputs).reshape(len(x), -1)
+        outputs.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
+    out_scale, out_zero = interpreter.get_output_details()[0]["quantization"]
+    return np.concatenate(outputs).reshape(len(x), -1), float(out_scale), int(out_zero)
+
+
+def run(model_content: bytes, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Dequantized outputs of the model for every sample of ``x``."""
+    raw, scale, zero_point = raw_outputs(model_content, x, threads)
+    return (raw.astype(np.float32) - zero_point) * scale if scale else raw.astype(np.float32)
 
 
 def evaluate(model_content: bytes, x: np.ndarray, y: np.ndarray) -> Evaluation:

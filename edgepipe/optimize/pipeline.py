@@ -24,7 +24,7 @@ from edgepipe import models
 from edgepipe.config import Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
-from edgepipe.data import Dataset, load_dataset
+from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
 from edgepipe.optimize import cluster, gates, measure, prune, ptq, qat
@@ -196,6 +196,7 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
     progress.phase("verifying the final model")
     final_content = (work / final_entry["path"]).read_bytes()
     (work / FINAL_MODEL).write_bytes(final_content)
+    eval_data = write_eval_data(work / EVAL_DATA, data.x_test, data.y_test)
     report = conformance.check(final_entry["_model"], recipe.convert.io_type)
     final = {
         **measure.public(final_entry),
@@ -235,6 +236,7 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
         "final": final,
         "analysis": {"float": measure.analysis(float_tflite), "final": measure.analysis(final_entry)},
         "gates": gate_rows,
+        "eval_data": {"path": EVAL_DATA, **eval_data},
     }
 
 

@@ -1,0 +1,636 @@
+#!/usr/bin/env python3
+"""edgepipe's device agent: measures one TFLite model on the board it runs on and answers with one JSON result.
+
+It is ONE file that needs only the Python standard library, numpy and a TFLite runtime: ``ai_edge_litert``,
+``tflite_runtime`` or TensorFlow's ``tf.lite`` (found by itself, in that order unless the job names one). edgepipe
+copies it to the board; nothing else of edgepipe is installed there.
+
+Commands::
+
+    python3 edgepipe_agent.py run -        read a job (JSON) on stdin, print a result (JSON) on stdout
+    python3 edgepipe_agent.py probe        print the board's state and the runtimes it has (JSON)
+    python3 edgepipe_agent.py version      print the agent version and the protocols it speaks
+
+While it works, ``run`` writes progress events to stderr, one JSON object per line, such as
+``{"event": "phase", "phase": "warmup", "runs": 10}``. Lines that are not JSON are the runtime's own log.
+
+Job, protocol ``edgepipe.job/1``::
+
+    protocol        "edgepipe.job/1" (required; any other value is refused with error class BadJob)
+    model           path of the .tflite file on the board (required)
+    data            path of an .npz with ``x`` (float32 samples) and ``y`` (int labels), or null
+    reference       path of an .npy with the host's raw (integer) outputs for ``x``, or null
+    outputs         path where the agent saves its own raw outputs for ``x`` (.npy), or null
+    runtime         "auto" | "ai_edge_litert" | "tflite_runtime" | "tensorflow"        (default "auto")
+    threads         interpreter threads                                                  (default 1)
+    xnnpack         apply the XNNPACK delegate (false: built-in kernels only)            (default true)
+    warmup_runs     untimed runs after the first inference                               (default 10)
+    runs            timed runs, at least                                                 (default 200)
+    min_seconds     keep timing until this much time has passed, too                     (default 1.0)
+    max_runs        never more timed runs than this (bounds the size of the result)      (default 20000)
+    time_limit_s    wall-time limit of the sandboxed child                               (default 300)
+    memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
+
+Result, protocol ``edgepipe.result/1``::
+
+    protocol, agent_version
+    status          "ok" | "error"
+    error           null, or {"class": ..., "message": ...}; classes:
+                      BadJob            the job is not valid JSON, has an unknown protocol or a wrong field
+                      RuntimeMissing    no TFLite runtime can be imported on the board
+                      InvalidModel      not a TFLite flatbuffer (empty, truncated, wrong identifier, corrupt)
+                      UnsupportedOp     a valid model with an operator this runtime does not have
+                      DataMismatch      the evaluation data does not fit the model's input
+                      InvokeFailed      the interpreter returned an error while running
+                      ModelCrash        the child died from a signal (segmentation fault, abort, ...)
+                      ModelTimeout      the child exceeded time_limit_s and was killed
+                      ModelOutOfMemory  the child exceeded memory_limit_mb
+                      AgentFailure      a bug in this agent (the message holds the traceback's last line)
+    board           machine, cpu model, cores, governor, MHz, temperature, throttling (vcgencmd), kernel,
+                    os, python, numpy; "emulated" when the agent runs under QEMU user-mode emulation
+    runtime         {"name", "version", "threads", "xnnpack"}
+    model           {"bytes", "inputs": [...], "outputs": [...]} as the runtime reports them
+    timing          load_ms, first_inference_ms, warmup_ms [...], latency_ms {count, min, p50, p90, p99, max,
+                    mean, std}, samples_ms [...] (every timed run, in order)
+    memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
+    accuracy        {samples, correct, accuracy, agreement: {top1, max_abs_diff}} (agreement only with reference)
+    sandbox         {pid, exit, signal, wall_s, stderr_tail}
+
+Model errors (everything but BadJob and AgentFailure) are results, not agent failures: ``run`` prints the result
+and exits 0. It exits 2 only when it could not even read the job, after printing a BadJob result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from importlib import metadata
+from typing import Any
+
+AGENT_VERSION = "1.0.0"
+JOB_PROTOCOL = "edgepipe.job/1"
+RESULT_PROTOCOL = "edgepipe.result/1"
+RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow"}
+JOB_DEFAULTS: dict[str, Any] = {
+    "data": None,
+    "reference": None,
+    "outputs": None,
+    "runtime": "auto",
+    "threads": 1,
+    "xnnpack": True,
+    "warmup_runs": 10,
+    "runs": 200,
+    "min_seconds": 1.0,
+    "max_runs": 20000,
+    "time_limit_s": 300.0,
+    "memory_limit_mb": 2048,
+}
+# The interpreter's messages are the only signal these runtimes give for an unknown operator.
+UNSUPPORTED_OP_MARKERS = ("Didn't find op for builtin opcode", "unresolved custom op", "Op builtin_code out of range")
+OUT_OF_MEMORY_MARKERS = ("std::bad_alloc", "MemoryError", "out of memory")
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+
+
+class JobFailed(Exception):
+    """A classified failure; becomes the result's ``error``."""
+
+    def __init__(self, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------------------- the board
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    # A Raspberry Pi names itself in "Model"; x86 in "model name"; other ARM boards in "Hardware".
+    return fields.get("Model") or fields.get("model name") or fields.get("Hardware") or platform.processor() or None
+
+
+def _throttling() -> dict[str, Any] | None:
+    """``vcgencmd get_throttled`` on a Raspberry Pi: bits 0-3 happen now, bits 16-19 happened since boot."""
+    tool = shutil.which("vcgencmd")
+    if tool is None:
+        return None
+    try:
+        done = subprocess.run([tool, "get_throttled"], capture_output=True, text=True, timeout=5, check=False)
+        value = int(done.stdout.strip().partition("=")[2], 16)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {"raw": None}
+    return {
+        "raw": hex(value),
+        "under_voltage_now": bool(value & 0x1),
+        "frequency_capped_now": bool(value & 0x2),
+        "throttled_now": bool(value & 0x4),
+        "soft_temperature_limit_now": bool(value & 0x8),
+        "throttled_since_boot": bool(value & 0x40000) or bool(value & 0x10000),
+    }
+
+
+def _temperature_c() -> float | None:
+    raw = _read("/sys/class/thermal/thermal_zone0/temp")
+    return round(int(raw) / 1000, 1) if raw and raw.lstrip("-").isdigit() else None
+
+
+def _emulated() -> bool:
+    """QEMU user mode reports the guest machine but leaves its own name in the auxiliary vector's platform."""
+    return "qemu" in (_read("/proc/self/cmdline") or "").lower() or os.environ.get("EDGEPIPE_EMULATED") == "1"
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def board_state() -> dict[str, Any]:
+    """What the board is and how it is running right now; none of it needs root, missing parts are null."""
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq"
+    current_khz = _read(f"{cpufreq}/scaling_cur_freq")
+    max_khz = _read(f"{cpufreq}/cpuinfo_max_freq")
+    os_release = dict(line.split("=", 1) for line in (_read("/etc/os-release") or "").splitlines() if "=" in line).get(
+        "PRETTY_NAME"
+    )
+    meminfo = {
+        k: int(v.split()[0]) for k, v in (ln.split(":", 1) for ln in (_read("/proc/meminfo") or "").splitlines())
+    }
+    return {
+        "machine": platform.machine(),
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "governor": _read(f"{cpufreq}/scaling_governor"),
+        "mhz_current": int(current_khz) // 1000 if current_khz and current_khz.isdigit() else None,
+        "mhz_max": int(max_khz) // 1000 if max_khz and max_khz.isdigit() else None,
+        "temperature_c": _temperature_c(),
+        "throttling": _throttling(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "memory_total_kb": meminfo.get("MemTotal"),
+        "memory_available_kb": meminfo.get("MemAvailable"),
+        "kernel": platform.release(),
+        "os": os_release.strip('"') if os_release else None,
+        "hostname": platform.node(),
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "emulated": _emulated(),
+    }
+
+
+def available_runtimes() -> dict[str, str | None]:
+    """Runtime module -> installed version, without importing any of them (importing TensorFlow takes seconds)."""
+    from importlib.util import find_spec
+
+    return {name: _version(DISTRIBUTIONS[name]) or "unknown" for name in RUNTIMES if find_spec(name) is not None}
+
+
+def probe(workdir: str) -> dict[str, Any]:
+    free = shutil.disk_usage(workdir if os.path.isdir(workdir) else os.path.expanduser("~")).free
+    return {
+        "protocol": RESULT_PROTOCOL,
+        "agent_version": AGENT_VERSION,
+        "board": board_state(),
+        "runtimes": available_runtimes(),
+        "executable": sys.executable,
+        "free_disk_bytes": free,
+    }
+
+
+# ------------------------------------------------------------------------------------ the sandboxed child
+def _vmhwm_kb() -> int | None:
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return None
+
+
+def _emit(event: str, **fields: Any) -> None:
+    sys.stderr.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stderr.flush()
+
+
+def _import_runtime(preference: str) -> tuple[Any, Any, str, str | None]:
+    """(Interpreter class, OpResolverType or None, module name, version) of the first runtime that imports."""
+    names = RUNTIMES if preference == "auto" else (preference,)
+    problems = []
+    for name in names:
+        try:
+            if name == "tensorflow":
+                import tensorflow as tf  # type: ignore[import-not-found]
+
+                module: Any = tf.lite
+                resolver = getattr(tf.lite.experimental, "OpResolverType", None)
+            else:
+                module = __import__(f"{name}.interpreter", fromlist=["Interpreter"])
+                resolver = getattr(module, "OpResolverType", None)
+            return module.Interpreter, resolver, name, _version(DISTRIBUTIONS[name])
+        except ImportError as exc:
+            problems.append(f"{name}: {exc}")
+    raise JobFailed("RuntimeMissing", "no TFLite runtime can be imported (" + "; ".join(problems) + ")")
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), on a sorted list."""
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+    count = len(ordered)
+    mean = sum(ordered) / count
+    variance = sum((s - mean) ** 2 for s in ordered) / (count - 1) if count > 1 else 0.0
+    return {
+        "count": count,
+        "min": ordered[0],
+        "p50": _percentile(ordered, 50),
+        "p90": _percentile(ordered, 90),
+        "p99": _percentile(ordered, 99),
+        "max": ordered[-1],
+        "mean": mean,
+        "std": variance**0.5,
+    }
+
+
+def _quantize(np: Any, x: Any, detail: dict[str, Any]) -> Any:
+    """Float samples -> the input tensor's type, with the model's own scale and zero point."""
+    dtype = detail["dtype"]
+    scale, zero_point = detail["quantization"]
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    if not scale:
+        raise JobFailed("DataMismatch", "the model's integer input has no quantization scale")
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def _tensor_info(detail: dict[str, Any]) -> dict[str, Any]:
+    scale, zero_point = detail["quantization"]
+    return {
+        "name": detail["name"],
+        "dtype": detail["dtype"].__name__,
+        "shape": [int(d) for d in detail["shape"]],
+        "scale": float(scale),
+        "zero_point": int(zero_point),
+    }
+
+
+def _load_model(job: dict[str, Any], interpreter_class: Any, resolver: Any) -> tuple[Any, int]:
+    path = job["model"]
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise JobFailed("InvalidModel", f"cannot read the model file: {exc}") from None
+    if len(head) == 0:
+        raise JobFailed("InvalidModel", "the model file is empty")
+    if len(head) < 8 or head[4:8] != b"TFL3":
+        raise JobFailed("InvalidModel", "not a TFLite model: the file identifier 'TFL3' is missing")
+    options: dict[str, Any] = {"model_path": path, "num_threads": int(job["threads"])}
+    if not job["xnnpack"] and resolver is not None:
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interpreter = interpreter_class(**options)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        text = str(exc)
+        kind = "UnsupportedOp" if any(m in text for m in UNSUPPORTED_OP_MARKERS) else "InvalidModel"
+        raise JobFailed(kind, f"the runtime refused the model: {text.strip()}") from None
+    return interpreter, os.path.getsize(path)
+
+
+def _invoke(interpreter: Any) -> None:
+    try:
+        interpreter.invoke()
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed("InvokeFailed", f"invoke() failed: {str(exc).strip()}") from None
+
+
+def _time_runs(interpreter: Any, job: dict[str, Any]) -> list[float]:
+    """The timed loop: nothing but invoke() between the two clock reads, as a bare loop would do."""
+    runs, max_runs, min_ns = int(job["runs"]), int(job["max_runs"]), float(job["min_seconds"]) * 1e9
+    invoke = interpreter.invoke
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    started = clock()
+    try:
+        while len(samples) < max_runs and (len(samples) < runs or clock() - started < min_ns):
+            t0 = clock()
+            invoke()
+            samples.append(clock() - t0)
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed("InvokeFailed", f"invoke() failed: {str(exc).strip()}") from None
+    return [s / 1e6 for s in samples]
+
+
+def _evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
+    with np.load(job["data"], allow_pickle=False) as archive:
+        x, y = archive["x"], archive["y"]
+    source = interpreter.get_input_details()[0]
+    expected = [int(d) for d in source["shape"][1:]]
+    if list(x.shape[1:]) != expected:
+        raise JobFailed("DataMismatch", f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}")
+    batch = 256 if list(source.get("shape_signature", [1]))[:1] == [-1] else 1
+    raw_outputs = []
+    for start in range(0, len(x), batch):
+        chunk = x[start : start + batch]
+        if batch > 1:
+            interpreter.resize_tensor_input(source["index"], [len(chunk), *expected])
+            interpreter.allocate_tensors()
+        details_in = interpreter.get_input_details()[0]
+        interpreter.set_tensor(details_in["index"], _quantize(np, chunk, details_in))
+        _invoke(interpreter)
+        output = interpreter.get_output_details()[0]
+        raw_outputs.append(interpreter.get_tensor(output["index"]).reshape(len(chunk), -1).copy())
+    raw = np.concatenate(raw_outputs)
+    predictions = raw.argmax(axis=1)
+    correct = int((predictions == y).sum())
+    report: dict[str, Any] = {"samples": len(x), "correct": correct, "accuracy": correct / len(x)}
+    if job["outputs"]:
+        np.save(job["outputs"], raw, allow_pickle=False)
+    if job["reference"]:
+        reference = np.load(job["reference"], allow_pickle=False).reshape(len(x), -1)
+        if reference.shape != raw.shape:
+            raise JobFailed("DataMismatch", f"reference outputs {reference.shape} do not match {raw.shape}")
+        report["agreement"] = {
+            "top1": float((reference.argmax(axis=1) == predictions).mean()),
+            "max_abs_diff": float(np.abs(reference.astype(np.float64) - raw.astype(np.float64)).max()),
+        }
+    return report
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Everything that touches the model; runs only inside the sandboxed child."""
+    _emit("phase", phase="import-runtime")
+    import numpy as np
+
+    interpreter_class, resolver, name, version = _import_runtime(job["runtime"])
+    xnnpack = bool(job["xnnpack"]) or resolver is None
+    result: dict[str, Any] = {
+        "runtime": {"name": name, "version": version, "threads": int(job["threads"]), "xnnpack": xnnpack},
+        "memory": {"vmhwm_kb": {"before_load": _vmhwm_kb()}, "limit_mb": job["memory_limit_mb"]},
+    }
+    _emit("phase", phase="load")
+    t0 = time.perf_counter()
+    interpreter, size = _load_model(job, interpreter_class, resolver)
+    load_ms = (time.perf_counter() - t0) * 1000
+    source = interpreter.get_input_details()[0]
+    if list(source["shape"][:1]) != [1] and len(source["shape"]) > 0:
+        interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+    result["memory"]["vmhwm_kb"]["after_load"] = _vmhwm_kb()
+    result["model"] = {
+        "bytes": size,
+        "inputs": [_tensor_info(d) for d in interpreter.get_input_details()],
+        "outputs": [_tensor_info(d) for d in interpreter.get_output_details()],
+    }
+    sample = np.zeros(source["shape"], dtype=source["dtype"])
+    if job["data"]:
+        with np.load(job["data"], allow_pickle=False) as archive:
+            first = archive["x"][:1]
+        if list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
+            sample = _quantize(np, first, source)
+    interpreter.set_tensor(source["index"], sample)
+
+    _emit("phase", phase="first-inference")
+    t0 = time.perf_counter()
+    _invoke(interpreter)
+    first_ms = (time.perf_counter() - t0) * 1000
+    _emit("phase", phase="warmup", runs=int(job["warmup_runs"]))
+    warmup = []
+    for _ in range(int(job["warmup_runs"])):
+        t0 = time.perf_counter()
+        _invoke(interpreter)
+        warmup.append((time.perf_counter() - t0) * 1000)
+    _emit("phase", phase="measure", runs=job["runs"], min_seconds=job["min_seconds"], max_runs=job["max_runs"])
+    samples = _time_runs(interpreter, job)
+    result["memory"]["vmhwm_kb"]["after_runs"] = _vmhwm_kb()
+    result["timing"] = {
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "warmup_ms": warmup,
+        "latency_ms": summarize(samples),
+        "samples_ms": samples,
+    }
+    if job["data"]:
+        _emit("phase", phase="evaluate")
+        result["accuracy"] = _evaluate(np, interpreter, job)
+    return result
+
+
+def sandbox_main() -> int:
+    """Child entry point: read the job on stdin, write ``{"ok": ...}`` or ``{"error": ...}`` on stdout."""
+    job = json.loads(sys.stdin.read())
+    try:
+        answer: dict[str, Any] = {"ok": measure(job)}
+    except JobFailed as exc:
+        answer = {"error": {"class": exc.error_class, "message": exc.message}}
+    except MemoryError:
+        answer = {"error": {"class": "ModelOutOfMemory", "message": "ran out of memory (MemoryError)"}}
+    except Exception as exc:  # a bug here or in the runtime's Python layer: say which, keep answering
+        line = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        answer = {"error": {"class": "AgentFailure", "message": f"unexpected error in the sandbox: {line}"}}
+    sys.stdout.write(json.dumps(answer))
+    sys.stdout.flush()
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- the supervisor
+def _limits(memory_limit_mb: int) -> Any:
+    def apply() -> None:
+        limit = int(memory_limit_mb) * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing model must not fill the disk with cores
+
+    return apply
+
+
+def _relay(stream: Any, tail: list[str]) -> None:
+    """Forward the child's JSON events to our stderr; keep its other lines (runtime logs) for the result."""
+    for raw in iter(stream.readline, b""):
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        if line.startswith('{"event"'):
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        else:
+            tail.append(line)
+            del tail[:-20]
+
+
+def supervise(job: dict[str, Any]) -> dict[str, Any]:
+    """Run ``measure`` in a child with a wall-time and memory limit, and classify however it ends."""
+    command = [sys.executable, "-I", os.path.abspath(__file__), "_sandbox"]
+    started = time.monotonic()
+    child = subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=_limits(job["memory_limit_mb"]),
+        close_fds=True,
+    )
+    tail: list[str] = []
+    relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
+    relay.start()
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(child.stdout.read()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    _CHILDREN.append(child)
+    assert child.stdin is not None
+    try:
+        child.stdin.write(json.dumps(job).encode())
+        child.stdin.close()
+    except BrokenPipeError:
+        pass
+    timed_out = False
+    try:
+        child.wait(timeout=float(job["time_limit_s"]))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        child.kill()
+        child.wait()
+    reader.join(5)
+    relay.join(5)
+    wall = time.monotonic() - started
+    code = child.returncode
+    sandbox = {
+        "pid": child.pid,
+        "exit": code,
+        "signal": signal.Signals(-code).name if code < 0 else None,
+        "wall_s": round(wall, 3),
+        "stderr_tail": tail[-10:],
+    }
+    answer = _parse(output[0] if output else b"")
+    log = "\n".join(tail)
+    if timed_out:
+        error = {"class": "ModelTimeout", "message": f"killed after the {job['time_limit_s']} s time limit"}
+    elif answer is not None:
+        error = answer.get("error")
+    elif any(marker in log for marker in OUT_OF_MEMORY_MARKERS) or code == -signal.SIGKILL:
+        # A SIGKILL we did not send comes, on Linux, from the kernel's OOM killer.
+        error = {"class": "ModelOutOfMemory", "message": f"exceeded the {job['memory_limit_mb']} MB memory limit"}
+    elif code < 0 and -code in CRASH_SIGNALS:
+        error = {"class": "ModelCrash", "message": f"the interpreter died with {signal.Signals(-code).name}"}
+    elif code < 0:
+        error = {"class": "ModelCrash", "message": f"the interpreter was killed by {signal.Signals(-code).name}"}
+    else:
+        last = tail[-1] if tail else "no output"
+        error = {"class": "ModelCrash", "message": f"the sandbox exited with status {code} and no result: {last}"}
+    result = dict(answer["ok"]) if answer is not None and "ok" in answer else {}
+    result.update({"status": "error" if error else "ok", "error": error, "sandbox": sandbox})
+    return result
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        answer = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    """Deadline or hang-up from the host: the child must not outlive us."""
+    for child in _CHILDREN:
+        if child.poll() is None:
+            child.kill()
+    sys.exit(128 + signum)
+
+
+def check_job(raw: str) -> dict[str, Any]:
+    try:
+        job = json.loads(raw)
+    except ValueError as exc:
+        raise JobFailed("BadJob", f"the job is not valid JSON: {exc}") from None
+    if not isinstance(job, dict):
+        raise JobFailed("BadJob", "the job must be a JSON object")
+    protocol = job.get("protocol")
+    if protocol != JOB_PROTOCOL:
+        raise JobFailed(
+            "BadJob",
+            f"job protocol {protocol!r} is not supported by agent {AGENT_VERSION}, which speaks {JOB_PROTOCOL}; "
+            "deploy with a matching edgepipe, or reinstall the agent",
+        )
+    unknown = sorted(set(job) - set(JOB_DEFAULTS) - {"protocol", "model"})
+    if unknown:
+        raise JobFailed("BadJob", f"unknown job field(s): {', '.join(unknown)}")
+    if not isinstance(job.get("model"), str):
+        raise JobFailed("BadJob", "the job needs 'model', the path of a .tflite file")
+    merged = {**JOB_DEFAULTS, **job}
+    if merged["runtime"] not in ("auto", *RUNTIMES):
+        raise JobFailed("BadJob", f"runtime {merged['runtime']!r}: expected auto or one of {', '.join(RUNTIMES)}")
+    for field in ("threads", "runs", "max_runs", "memory_limit_mb"):
+        if not isinstance(merged[field], int) or merged[field] < 1:
+            raise JobFailed("BadJob", f"{field} must be a positive integer (got {merged[field]!r})")
+    for field in ("warmup_runs",):
+        if not isinstance(merged[field], int) or merged[field] < 0:
+            raise JobFailed("BadJob", f"{field} must be a non-negative integer (got {merged[field]!r})")
+    for field in ("min_seconds", "time_limit_s"):
+        if not isinstance(merged[field], (int, float)) or merged[field] < 0:
+            raise JobFailed("BadJob", f"{field} must be a non-negative number (got {merged[field]!r})")
+    return merged
+
+
+def run(raw_job: str) -> tuple[dict[str, Any], int]:
+    base: dict[str, Any] = {"protocol": RESULT_PROTOCOL, "agent_version": AGENT_VERSION}
+    try:
+        job = check_job(raw_job)
+    except JobFailed as exc:
+        return {**base, "status": "error", "error": {"class": exc.error_class, "message": exc.message}}, 2
+    base["board"] = board_state()
+    return {**base, **supervise(job)}, 0
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "help"
+    if command == "_sandbox":
+        return sandbox_main()
+    if command == "version":
+        print(json.dumps({"agent_version": AGENT_VERSION, "job": JOB_PROTOCOL, "result": RESULT_PROTOCOL}))
+        return 0
+    if command == "probe":
+        print(json.dumps(probe(argv[2] if len(argv) > 2 else os.getcwd())))
+        return 0
+    if command == "run":
+        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGHUP, _terminate)
+        source = argv[2] if len(argv) > 2 else "-"
+        raw = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()  # noqa: SIM115
+        result, code = run(raw)
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+        return code
+    sys.stderr.write(__doc__ or "")
+    return 0 if command in ("help", "-h", "--help") else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

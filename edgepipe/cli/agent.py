@@ -1,0 +1,35 @@
+"""``edgepipe agent install --target NAME``: prepare a fresh board (venv, numpy, TFLite runtime, agent)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgepipe.cli.console import stdout
+
+app = typer.Typer(help="The device agent that measures models on a board.", no_args_is_help=True)
+
+
+@app.command("install")
+def install(
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name or .yaml file.")],
+) -> None:
+    """Create a virtual environment on the board with numpy and a TFLite runtime, and send the agent."""
+    from edgepipe.cli.optimize import ConsoleProgress
+    from edgepipe.deploy.board import install_runtime
+    from edgepipe.targets import load_target
+
+    chosen = load_target(target)
+    progress = ConsoleProgress()
+    try:
+        report = install_runtime(chosen, progress)
+    finally:
+        progress.finish()
+    runtimes = ", ".join(f"{name} {version}" for name, version in report["runtimes"].items())
+    board = report["board"]
+    stdout.print(
+        f"agent {report['agent_version']} ready on {chosen.name}: {board['machine']}, Python {board['python']}, "
+        f"numpy {board['numpy']}, {runtimes}",
+        highlight=False,
+    )

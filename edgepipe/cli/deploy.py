@@ -1,0 +1,176 @@
+"""``edgepipe deploy --target NAME RUN_DIR`` (or ``--model m.tflite --data eval.npz``): measure on a board."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
+from rich.progress import Progress as RichBar
+from rich.table import Table
+
+from edgepipe.cli.console import stderr, stdout
+from edgepipe.cli.optimize import ConsoleProgress
+from edgepipe.progress import Progress
+
+AGENT_PHASES = {
+    "import-runtime": "importing the TFLite runtime",
+    "load": "loading the model",
+    "first-inference": "first inference",
+    "warmup": "warming up",
+    "measure": "measuring",
+    "evaluate": "evaluating accuracy",
+}
+
+
+class DeployProgress(ConsoleProgress):
+    """Adds an upload bar (bytes, speed) and the agent's own steps to the phase lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._upload: RichBar | None = None
+        self._upload_task: Any = None
+
+    def upload_started(self, name: str, total: int) -> None:
+        self._upload = RichBar(
+            TextColumn(f"  sending {name}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr,
+            transient=True,
+        )
+        self._upload.start()
+        self._upload_task = self._upload.add_task(name, total=total)
+        self._upload_name, self._upload_total = name, total
+
+    def upload_advanced(self, done: int, total: int) -> None:
+        if self._upload is not None:
+            self._upload.update(self._upload_task, completed=done)
+            if done >= total:
+                self._upload.stop()
+                self._upload = None
+                stderr.print(f"  sent {self._upload_name} [dim]({total:,} bytes)[/]", highlight=False)
+
+    def upload_skipped(self, name: str, total: int) -> None:
+        stderr.print(f"  {name} already on the board [dim]({total:,} bytes not sent)[/]", highlight=False)
+
+    def agent_event(self, event: Mapping[str, object]) -> None:
+        if event.get("event") != "phase":
+            return
+        text = AGENT_PHASES.get(str(event.get("phase")), str(event.get("phase")))
+        if event.get("phase") == "measure":
+            text += (
+                f" (at least {event.get('runs')} runs and {event.get('min_seconds')} s,"
+                f" at most {event.get('max_runs')} runs)"
+            )
+        elif event.get("phase") == "warmup":
+            text += f" ({event.get('runs')} runs)"
+        stderr.print(f"  agent: {text}", highlight=False)
+
+
+def deploy(
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="Run directory written by 'edgepipe optimize' (model.tflite + eval.npz).")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name (targets/*.yaml) or file.")] = "local",
+    model: Annotated[Path | None, typer.Option("--model", help="Any .tflite file instead of a run directory.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Evaluation .npz (x/y or x_test/y_test) for accuracy.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (default: deploy-TARGET.json).")] = None,
+    runs: Annotated[int | None, typer.Option(help="Timed runs, at least (overrides the target).")] = None,
+    min_seconds: Annotated[float | None, typer.Option(help="Keep timing for at least this long.")] = None,
+    eval_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
+    deadline: Annotated[float | None, typer.Option(help="Overall deadline of the job on the board, seconds.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
+) -> None:
+    """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
+    from edgepipe.deploy import deploy as run_deploy
+    from edgepipe.targets import load_target
+
+    chosen = load_target(target)
+    overrides = {k: v for k, v in {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples}.items() if v}
+    measure = chosen.measure.model_copy(update=overrides)
+    progress: Progress = Progress() if quiet else DeployProgress()
+    try:
+        outcome = run_deploy(
+            chosen,
+            run_dir=run_dir,
+            model=model,
+            data=data,
+            out=out,
+            measure=measure,
+            deadline_s=deadline,
+            progress=progress,
+        )
+    finally:
+        if isinstance(progress, ConsoleProgress):
+            progress.finish()
+    print_result(outcome.result)
+    stdout.print(f"wrote [bold]{outcome.path}[/]", highlight=False)
+
+
+def print_result(result: dict[str, Any]) -> None:
+    device = result["device"]
+    timing, memory = device["timing"], device["memory"]["vmhwm_kb"]
+    latency = timing["latency_ms"]
+    board, runtime = device["board"], device["runtime"]
+    title = f"edgepipe deploy: {result['target']['name']} ({board.get('cpu_model') or board['machine']})"
+    table = Table("measure", "value", title=title, title_justify="left", box=None, pad_edge=False)
+    table.add_row(
+        "runtime",
+        f"{runtime['name']} {runtime['version']}, {runtime['threads']} thread(s), "
+        f"XNNPACK {'on' if runtime['xnnpack'] else 'off'}",
+    )
+    table.add_row("load / first inference", f"{timing['load_ms']:.2f} ms / {timing['first_inference_ms']:.3f} ms")
+    table.add_row(
+        "latency p50 / p90 / p99",
+        f"{_ms(latency['p50'])} / {_ms(latency['p90'])} / {_ms(latency['p99'])}",
+    )
+    table.add_row(
+        "latency min / mean ± std / max",
+        f"{_ms(latency['min'])} / {_ms(latency['mean'])} ± {_ms(latency['std'])} / {_ms(latency['max'])}"
+        f"  [dim]({latency['count']:,} runs)[/]",
+    )
+    table.add_row(
+        "peak RSS (VmHWM)",
+        f"{_mb(memory['before_load'])} before load, {_mb(memory['after_load'])} loaded, "
+        f"{_mb(memory['after_runs'])} after runs",
+    )
+    checks = result["checks"]
+    if checks["device_accuracy"] is not None:
+        host = checks["host_accuracy"]
+        versus = f" vs host {host:.4f} ({checks['accuracy_delta_points']:+.2f} points)" if host is not None else ""
+        agreement = checks["top1_agreement_with_host"]
+        table.add_row(
+            "accuracy",
+            f"{checks['device_accuracy']:.4f} on {result['data']['samples']} samples{versus}"
+            + (f", top-1 agreement {agreement:.4f}" if agreement is not None else ""),
+        )
+    state = [
+        board.get("governor") and f"governor {board['governor']}",
+        board.get("mhz_current") and f"{board['mhz_current']} MHz",
+        board.get("temperature_c") and f"{board['temperature_c']} °C",
+    ]
+    throttling = board.get("throttling")
+    if throttling:
+        state.append("THROTTLED" if throttling.get("throttled_now") else f"throttling {throttling.get('raw')}")
+    table.add_row("board", ", ".join(s for s in state if s) or "no frequency/thermal data readable")
+    transfer = result["transfer"]
+    table.add_row(
+        "transfer",
+        f"{transfer['uploaded_bytes']:,} bytes sent ({', '.join(transfer['sent']) or 'nothing'}); "
+        f"already on board: {', '.join(transfer['already_on_board']) or 'nothing'}",
+    )
+    stdout.print(table)
+
+
+def _ms(value: float) -> str:
+    return f"{value * 1000:.1f} µs" if value < 1 else f"{value:.2f} ms"
+
+
+def _mb(kb: int | None) -> str:
+    return f"{kb / 1024:.1f} MB" if kb is not None else "n/a"

@@ -1,0 +1,5 @@
+"""Deploying a model to a board: content-addressed uploads, the device agent's job, the result record."""
+
+from edgepipe.deploy.runner import SCHEMA, DeployOutcome, deploy
+
+__all__ = ["SCHEMA", "DeployOutcome", "deploy"]

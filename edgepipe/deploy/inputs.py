@@ -1,0 +1,121 @@
+"""What a deploy sends: the model, the evaluation data and the host's reference outputs, staged as files.
+
+From a run directory of ``edgepipe optimize`` it takes ``model.tflite`` and ``eval.npz``; from files it takes
+any ``.tflite`` and an ``.npz`` (``x``/``y`` or ``x_test``/``y_test``). The host runs the same model on the same
+data with its own LiteRT interpreter first: that accuracy is what the board's must equal, and the raw outputs
+go to the board so the agent can report agreement output by output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepipe.data import EVAL_DATA, read_eval_data, write_eval_data
+from edgepipe.errors import ConfigError
+from edgepipe.provenance import sha256_file
+from edgepipe.rundir import MARKER
+
+
+@dataclass(frozen=True)
+class Staged:
+    path: Path
+    sha256: str
+    suffix: str
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+@dataclass(frozen=True)
+class DeployInputs:
+    model: Staged
+    data: Staged | None
+    reference: Staged | None
+    samples: int
+    host_accuracy: float | None
+    host: dict[str, Any] | None  # the agent's result on this machine
+    run_dir: Path | None
+    source: dict[str, Any]
+
+
+def resolve_sources(
+    run_dir: Path | None, model: Path | None, data: Path | None
+) -> tuple[Path, Path | None, Path | None]:
+    """(model file, data file, run directory) from the command line's choices, with clear errors."""
+    if run_dir is not None and model is not None:
+        raise ConfigError("give either a run directory or --model, not both")
+    if run_dir is None and model is None:
+        raise ConfigError(
+            "nothing to deploy", hint="pass a run directory of 'edgepipe optimize', or --model m.tflite --data eval.npz"
+        )
+    if run_dir is not None:
+        if not (run_dir / MARKER).is_file():
+            raise ConfigError(
+                f"{run_dir} is not a run directory of 'edgepipe optimize' (no {MARKER})",
+                hint="pass the --out directory of an optimize run, or use --model",
+            )
+        eval_file = run_dir / EVAL_DATA
+        if data is None and not eval_file.is_file():
+            raise ConfigError(
+                f"{run_dir} has no {EVAL_DATA} (written by edgepipe optimize since the deploy release)",
+                hint="re-run edgepipe optimize, or pass --data eval.npz",
+            )
+        return run_dir / "model.tflite", data or eval_file, run_dir
+    assert model is not None
+    if not model.is_file():
+        raise ConfigError(f"--model {model}: file not found")
+    if data is not None and not data.is_file():
+        raise ConfigError(f"--data {data}: file not found")
+    return model, data, None
+
+
+def stage(
+    model_file: Path, data_file: Path | None, run_dir: Path | None, staging: Path, eval_samples: int | None
+) -> DeployInputs:
+    """Stage the files to upload in ``staging`` and evaluate the model on the host first.
+
+    The host evaluation runs the same agent, sandboxed, with the host's own runtime (a model from elsewhere
+    never runs inside edgepipe's process). If the host cannot run the model either, it is still sent: how the
+    board's runtime reacts is what the user asked for, and the agent classifies it there.
+    """
+    model = Staged(model_file, sha256_file(model_file), ".tflite")
+    source: dict[str, Any] = {"model": str(model_file), "run_dir": str(run_dir) if run_dir else None}
+    if run_dir is not None:
+        optimize = json.loads((run_dir / MARKER).read_text())
+        source["recipe"] = optimize.get("recipe", {}).get("name")
+        source["optimize_accuracy"] = optimize.get("final", {}).get("accuracy")
+    if data_file is None:
+        return DeployInputs(model, None, None, 0, None, None, run_dir, source)
+    x, y = read_eval_data(data_file)
+    if eval_samples is not None:
+        x, y = x[:eval_samples], y[:eval_samples]
+    data_path = staging / "eval.npz"
+    info = write_eval_data(data_path, x, y)
+    data = Staged(data_path, info["sha256"], ".npz")
+    source["data"] = str(data_file)
+    host = _host_run(model_file, data_path, staging / "reference.npy")
+    if host["status"] != "ok":
+        source["host_problem"] = f"{host['error']['class']}: {host['error']['message']}"
+        return DeployInputs(model, data, None, len(x), None, host, run_dir, source)
+    reference = Staged(staging / "reference.npy", sha256_file(staging / "reference.npy"), ".npy")
+    return DeployInputs(model, data, reference, len(x), host["accuracy"]["accuracy"], host, run_dir, source)
+
+
+def _host_run(model_file: Path, data_file: Path, outputs: Path) -> dict[str, Any]:
+    """Accuracy and raw outputs on this machine, through the agent (one timed run: only outputs matter)."""
+    from edgepipe.config.target import MeasureSettings, Target
+    from edgepipe.deploy.agent import AGENT_FILE
+    from edgepipe.deploy.job import build_job, run_job
+    from edgepipe.transport.local import LocalTransport
+
+    host = Target(name="host", transport="local")
+    measure = MeasureSettings(warmup_runs=0, runs=1, min_seconds=0, max_runs=1, time_limit_s=600)
+    job = build_job(host, measure, str(model_file.resolve()), str(data_file.resolve()), None, str(outputs.resolve()))
+    result = run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline_s=900)
+    result.pop("timing", None)  # one run says nothing about speed
+    return result

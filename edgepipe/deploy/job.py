@@ -1,0 +1,89 @@
+"""One agent job: build it (protocol ``edgepipe.job/1``), run it through a transport, read its result.
+
+The job goes to the agent on stdin; its result comes back on stdout and its progress events on stderr, read
+line by line while it runs. A result the agent could not produce (no JSON, a foreign protocol) is an
+AgentError: the board or the agent is broken, not the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from edgepipe.config.target import MeasureSettings, Target
+from edgepipe.errors import AgentError
+from edgepipe.progress import Progress
+from edgepipe.transport.base import Transport
+
+JOB_PROTOCOL = "edgepipe.job/1"
+RESULT_PROTOCOL = "edgepipe.result/1"
+
+
+def build_job(
+    target: Target,
+    measure: MeasureSettings,
+    model: str,
+    data: str | None = None,
+    reference: str | None = None,
+    outputs: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "protocol": JOB_PROTOCOL,
+        "model": model,
+        "data": data,
+        "reference": reference,
+        "outputs": outputs,
+        "runtime": target.runtime,
+        "threads": target.threads,
+        "xnnpack": target.xnnpack,
+        "warmup_runs": measure.warmup_runs,
+        "runs": measure.runs,
+        "min_seconds": measure.min_seconds,
+        "max_runs": measure.max_runs,
+        "time_limit_s": measure.time_limit_s,
+        "memory_limit_mb": measure.memory_limit_mb,
+    }
+
+
+def run_job(
+    transport: Transport,
+    python: str,
+    agent_path: str,
+    job: Mapping[str, Any],
+    deadline_s: float,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    progress = progress or Progress()
+
+    def on_line(line: str) -> None:
+        if line.startswith('{"event"'):
+            with contextlib.suppress(ValueError):
+                progress.agent_event(json.loads(line))
+
+    outcome = transport.run(
+        [python, agent_path, "run", "-"],
+        timeout=deadline_s,
+        stdin=json.dumps(job).encode(),
+        on_stderr_line=on_line,
+    )
+    try:
+        result = json.loads(outcome.stdout.strip().splitlines()[-1]) if outcome.stdout.strip() else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        tail = [ln for ln in outcome.stderr.strip().splitlines() if not ln.startswith('{"event"')][-3:]
+        raise AgentError(
+            f"the agent on {transport.describe()} gave no result (exit {outcome.returncode}): "
+            + (" | ".join(tail) or "no output"),
+            hint="run 'edgepipe targets check' for this target; 'edgepipe agent install' prepares a fresh board",
+        )
+    if result.get("protocol") != RESULT_PROTOCOL:
+        raise AgentError(
+            f"the agent answered with protocol {result.get('protocol')!r}; this edgepipe reads {RESULT_PROTOCOL}"
+        )
+    error = result.get("error") or {}
+    if error.get("class") == "BadJob":
+        raise AgentError(f"the agent refused the job: {error.get('message')}")
+    return result

@@ -1,0 +1,241 @@
+"""``edgepipe deploy``: stage, connect, send what the board lacks, run the agent, check, write one result file.
+
+Explicit timed steps, with the clean-up in ``finally`` (TVM's runner). However a deploy ends, it ends with a
+result record: ``deploy-<target>.json`` when it passed, ``deploy-<target>.failed.json`` (with the error's class)
+when the model or the infrastructure failed, so a device farm never loses a job. A failure never replaces a
+good result; a success removes a stale failure of the same target. Both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgepipe.config.target import MeasureSettings, Target
+from edgepipe.deploy.agent import agent_info, agent_python, helper_python, install_agent
+from edgepipe.deploy.cache import RemoteCache
+from edgepipe.deploy.inputs import DeployInputs, resolve_sources, stage
+from edgepipe.deploy.job import build_job, run_job
+from edgepipe.errors import (
+    AccuracyMismatch,
+    AgentError,
+    ConfigError,
+    DeviceModelError,
+    EdgepipeError,
+    InfrastructureError,
+    InvalidModel,
+    ModelCrash,
+    ModelOutOfMemory,
+    ModelTimeout,
+    UnsupportedOp,
+)
+from edgepipe.progress import Progress
+from edgepipe.provenance import host, now, tool_versions
+from edgepipe.transport import open_transport
+
+SCHEMA = "edgepipe.deploy/1"
+
+AGENT_ERRORS: dict[str, tuple[type[EdgepipeError], str]] = {
+    "InvalidModel": (InvalidModel, "the file is not a valid TFLite model; re-export it (optimize writes one)"),
+    "UnsupportedOp": (
+        UnsupportedOp,
+        "the board's runtime lacks an operator of this model: install a newer runtime (edgepipe agent install) "
+        "or convert with built-in int8 operators only",
+    ),
+    "InvokeFailed": (ModelCrash, "the interpreter refused to run the model; check its inputs and operators"),
+    "ModelCrash": (ModelCrash, "the runtime crashed on this model; try another runtime version or rebuild the model"),
+    "ModelTimeout": (ModelTimeout, "raise the target's measure.time_limit_s, or lower measure.runs / min_seconds"),
+    "ModelOutOfMemory": (
+        ModelOutOfMemory,
+        "raise the target's measure.memory_limit_mb if the board has the memory, or deploy a smaller model",
+    ),
+    "DataMismatch": (ConfigError, "the evaluation data does not fit the model's input; check --data"),
+    "RuntimeMissing": (AgentError, "install a TFLite runtime on the board: edgepipe agent install --target NAME"),
+    "AgentFailure": (AgentError, "this is a bug in the device agent; please report the message"),
+}
+
+
+@dataclass(frozen=True)
+class DeployOutcome:
+    result: dict[str, Any]
+    path: Path
+
+
+def result_path(target: Target, run_dir: Path | None, model_file: Path, out: Path | None) -> Path:
+    if out is not None:
+        return out
+    if run_dir is not None:
+        return run_dir / f"deploy-{target.name}.json"
+    return model_file.with_name(f"{model_file.stem}.deploy-{target.name}.json")
+
+
+def failed_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".json") + ".failed.json")
+
+
+def deploy(
+    target: Target,
+    *,
+    run_dir: Path | None = None,
+    model: Path | None = None,
+    data: Path | None = None,
+    out: Path | None = None,
+    measure: MeasureSettings | None = None,
+    deadline_s: float | None = None,
+    progress: Progress | None = None,
+) -> DeployOutcome:
+    progress = progress or Progress()
+    measure = measure or target.measure
+    deadline = deadline_s or target.deadline_s
+    model_file, data_file, run_dir = resolve_sources(run_dir, model, data)
+    path = result_path(target, run_dir, model_file, out)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgepipe-deploy-") as staging:
+        progress.phase("evaluating the model on this machine (sandboxed)")
+        inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
+        record = _record(target, measure, inputs)
+        try:
+            device, transfer = _on_board(target, measure, deadline, inputs, progress)
+        except InfrastructureError as exc:
+            record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
+            _write(failed_path(path), record)
+            exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
+            raise
+    record["device"] = device
+    record["transfer"] = transfer
+    record["checks"] = checks = _checks(inputs, device, measure)
+    record["seconds"] = _since(started)
+    failure = _failure(device, checks, target)
+    if failure is not None:
+        record.update(status="failed", error=_error_entry(failure, "model"))
+        _write(failed_path(path), record)
+        failure.hint = (failure.hint + "; " if failure.hint else "") + f"details in {failed_path(path)}"
+        raise failure
+    record["status"] = "passed"
+    _write(path, record)
+    failed_path(path).unlink(missing_ok=True)
+    return DeployOutcome(record, path)
+
+
+def _on_board(
+    target: Target, measure: MeasureSettings, deadline: float, inputs: DeployInputs, progress: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    progress.phase(f"connecting to {target.name} ({target.where()})")
+    started = time.perf_counter()
+    with open_transport(target) as transport:
+        first_use = getattr(transport, "first_use", None)
+        if first_use:
+            progress.note(f"trusted on first use and recorded in {target.known_hosts}: {first_use}")
+        cache = RemoteCache(transport, target.workdir, helper_python(target), progress)
+        progress.phase("sending what the board does not have yet")
+        agent_path = install_agent(transport, cache, target)
+        remote_model = cache.ensure(
+            inputs.model.path, cache.blob_path(inputs.model.sha256, ".tflite"), inputs.model.sha256, "model"
+        )
+        remote_data = remote_reference = None
+        if inputs.data is not None:
+            remote_data = cache.ensure(
+                inputs.data.path, cache.blob_path(inputs.data.sha256, ".npz"), inputs.data.sha256, "eval data"
+            )
+        if inputs.reference is not None:
+            remote_reference = cache.ensure(
+                inputs.reference.path,
+                cache.blob_path(inputs.reference.sha256, ".npy"),
+                inputs.reference.sha256,
+                "reference outputs",
+            )
+        transfer_s = time.perf_counter() - started
+        progress.phase(f"running the agent on {target.name}")
+        job = build_job(target, measure, remote_model, remote_data, remote_reference)
+        device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
+        socket = getattr(transport, "socket", None)
+        transfer = {
+            "uploaded_bytes": transport.bytes_uploaded,
+            "sent": cache.sent,
+            "already_on_board": cache.reused,
+            "seconds": round(transfer_s, 3),
+            "wire_bytes_sent": socket.sent if socket is not None else None,
+            "agent_path": agent_path,
+            "model_path": remote_model,
+        }
+    return device, transfer
+
+
+def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings) -> dict[str, Any]:
+    accuracy = (device.get("accuracy") or {}).get("accuracy")
+    checks: dict[str, Any] = {
+        "host_accuracy": inputs.host_accuracy,
+        "device_accuracy": accuracy,
+        "accuracy_tolerance_points": measure.accuracy_tolerance,
+        "accuracy_delta_points": None,
+        "accuracy_matches_host": None,
+        "top1_agreement_with_host": ((device.get("accuracy") or {}).get("agreement") or {}).get("top1"),
+    }
+    if accuracy is not None and inputs.host_accuracy is not None:
+        delta = round((accuracy - inputs.host_accuracy) * 100, 4)
+        checks["accuracy_delta_points"] = delta
+        checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
+    return checks
+
+
+def _failure(device: dict[str, Any], checks: dict[str, Any], target: Target) -> EdgepipeError | None:
+    error = device.get("error")
+    if error:
+        kind, hint = AGENT_ERRORS.get(error.get("class", ""), (DeviceModelError, None))
+        hint = hint.replace("NAME", target.name) if hint else None
+        return kind(f"on {target.name}: {error.get('class')}: {error.get('message')}", hint=hint)
+    if checks["accuracy_matches_host"] is False:
+        return AccuracyMismatch(
+            f"on {target.name}: accuracy {checks['device_accuracy']:.4f} differs from the host's "
+            f"{checks['host_accuracy']:.4f} by {checks['accuracy_delta_points']:+.2f} points "
+            f"(tolerance {checks['accuracy_tolerance_points']})",
+            hint="the board's runtime computes differently: compare runtime versions, or raise accuracy_tolerance",
+        )
+    return None
+
+
+def _record(target: Target, measure: MeasureSettings, inputs: DeployInputs) -> dict[str, Any]:
+    info = agent_info()
+    return {
+        "schema": SCHEMA,
+        "status": "running",
+        "created": now(),
+        "target": {
+            **target.model_dump(mode="json", exclude={"measure", "agent_install"}),
+            "where": target.where(),
+        },
+        "measure": measure.model_dump(mode="json"),
+        "model": {"sha256": inputs.model.sha256, "bytes": inputs.model.size, **inputs.source},
+        "data": {
+            "samples": inputs.samples,
+            "sha256": inputs.data.sha256 if inputs.data else None,
+        },
+        "host_reference": inputs.host,
+        "provenance": {
+            "tools": tool_versions(),
+            "host": host(),
+            "agent": {"version": info.version, "sha256": info.sha256, "protocol": info.job_protocol},
+        },
+        "error": None,
+    }
+
+
+def _error_entry(exc: EdgepipeError, kind: str) -> dict[str, Any]:
+    return {"class": type(exc).__name__, "kind": kind, "exit_code": exc.exit_code, "message": exc.message}
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 2)
+
+
+def _write(path: Path, record: dict[str, Any]) -> None:
+    """Write next to the destination, then rename: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(temporary, path)

@@ -1,0 +1,306 @@
+"""The ``ssh`` transport (paramiko): verified host keys, explicit keys, timeouts everywhere, quoted commands.
+
+- Host keys are checked against the target's ``known_hosts``. An unknown host is refused unless the target says
+  ``trust_on_first_use: true`` (then its key is recorded); a changed key is always refused.
+- Only the key file named by the target, and the SSH agent only when ``use_agent: true``, are tried.
+- Connect, banner, auth and channel timeouts are set; a failed TCP connect is retried (safe: nothing ran yet).
+- A command runs under coreutils ``timeout`` on the board, so it dies with its deadline even when this side
+  loses the connection; this side stops waiting a little later and says so.
+- paramiko's exceptions are translated to edgepipe's here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import shlex
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+from edgepipe.config.target import Target
+from edgepipe.errors import CommandError, ConnectError, DeadlineExceeded, HostKeyError, TransferError
+from edgepipe.transport.base import KILL_GRACE_S, CommandResult, LineCallback, ProgressCallback, Transport
+
+TIMEOUT_EXIT = 124  # coreutils timeout: the command timed out
+KILLED_EXIT = 137  # ... and had to be killed with SIGKILL
+
+
+class CountingSocket:
+    """A socket that counts the bytes crossing it, so tests can see exactly what a deploy sent."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sent = 0
+        self.received = 0
+
+    def send(self, data: bytes) -> int:
+        count = self._sock.send(data)
+        self.sent += count
+        return count
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+        self.sent += len(data)
+
+    def recv(self, size: int) -> bytes:
+        data = self._sock.recv(size)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return key.fingerprint  # "SHA256:..." like OpenSSH prints it
+
+
+class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        raise HostKeyError(
+            f"host {hostname} is not in {self.known_hosts} (it offered {key.get_name()} key {fingerprint(key)})",
+            hint=f"check that fingerprint on the board ('ssh-keygen -lf /etc/ssh/ssh_host_{_short(key)}_key.pub'), "
+            f"then add it with 'ssh-keyscan -p PORT HOST >> {self.known_hosts}', "
+            "or set trust_on_first_use: true in the target",
+        )
+
+
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+        self.recorded: str | None = None
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with self.known_hosts.open("a", encoding="utf-8") as handle:
+            handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        self.recorded = f"{hostname} {key.get_name()} {fingerprint(key)}"
+
+
+def _short(key: paramiko.PKey) -> str:
+    return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(key.get_name(), "ecdsa")
+
+
+class SshTransport(Transport):
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.bytes_uploaded = 0
+        self.client = paramiko.SSHClient()
+        self.socket: CountingSocket | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self.first_use: str | None = None
+        self._connect()
+
+    def describe(self) -> str:
+        return self.target.where()
+
+    # ------------------------------------------------------------------------------------------- connect
+    def _connect(self) -> None:
+        target = self.target
+        known_hosts = target.known_hosts
+        if known_hosts.is_file():
+            try:
+                self.client.load_host_keys(str(known_hosts))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostKeyError(f"cannot read known_hosts {known_hosts}: {exc}") from None
+        elif not target.trust_on_first_use:
+            raise HostKeyError(
+                f"known_hosts file {known_hosts} does not exist, so {target.host} cannot be verified",
+                hint="create it with ssh-keyscan after checking the fingerprint, or set trust_on_first_use: true",
+            )
+        policy = _TrustOnFirstUse(known_hosts) if target.trust_on_first_use else _RefuseUnknownHost(known_hosts)
+        self.client.set_missing_host_key_policy(policy)
+        sock = self._open_socket()
+        try:
+            self.client.connect(
+                hostname=target.host or "",
+                port=target.port,
+                username=target.user,
+                key_filename=str(target.key) if target.key else None,
+                allow_agent=target.use_agent,
+                look_for_keys=False,
+                timeout=target.connect_timeout_s,
+                banner_timeout=target.connect_timeout_s,
+                auth_timeout=target.connect_timeout_s,
+                channel_timeout=target.connect_timeout_s,
+                sock=sock,  # type: ignore[arg-type]
+            )
+        except HostKeyError:
+            self.client.close()
+            raise
+        except paramiko.BadHostKeyException as exc:
+            self.client.close()
+            raise HostKeyError(
+                f"the host key of {target.host}:{target.port} has CHANGED: {known_hosts} expects "
+                f"{fingerprint(exc.expected_key)}, the host offered {fingerprint(exc.key)}. This can be a "
+                "re-installed board, or someone in the middle",
+                hint=f"if the board was re-imaged, verify the new fingerprint and remove the old line from "
+                f"{known_hosts} ('ssh-keygen -R \"[{target.host}]:{target.port}\" -f {known_hosts}')",
+            ) from None
+        except paramiko.AuthenticationException as exc:
+            self.client.close()
+            raise ConnectError(
+                f"authentication as {target.user} on {target.host}:{target.port} failed: {exc}",
+                hint=f"check that the public half of {target.key} is in ~{target.user}/.ssh/authorized_keys "
+                "on the board (ssh-copy-id), or set use_agent",
+            ) from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            self.client.close()
+            raise ConnectError(
+                f"SSH handshake with {target.host}:{target.port} failed: {exc or type(exc).__name__}",
+                hint="is an SSH server (not another service) listening on that port?",
+            ) from None
+        self.socket = sock
+        self.first_use = getattr(policy, "recorded", None)
+
+    def _open_socket(self) -> CountingSocket:
+        """TCP connect with retries and back-off; only this step is retried (nothing has run yet)."""
+        target = self.target
+        problem: OSError | None = None
+        for attempt in range(target.connect_attempts):
+            if attempt:
+                time.sleep(min(2.0**attempt, 8.0))
+            try:
+                return CountingSocket(
+                    socket.create_connection((target.host, target.port), timeout=target.connect_timeout_s)
+                )
+            except OSError as exc:
+                problem = exc
+                if isinstance(exc, socket.gaierror):
+                    break  # a name that does not resolve will not resolve on retry
+        raise ConnectError(
+            f"cannot reach {target.host}:{target.port} after {target.connect_attempts} attempt(s): {problem}",
+            hint="is the board on, on the network, and running sshd? check host and port in the target",
+        )
+
+    # ------------------------------------------------------------------------------------------- commands
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        stdin: bytes | None = None,
+        on_stderr_line: LineCallback | None = None,
+    ) -> CommandResult:
+        started = time.monotonic()
+        remote = ["timeout", f"--kill-after={KILL_GRACE_S:g}", f"{timeout:.3f}", *argv]
+        command = shlex.join(remote)
+        try:
+            channel = self.client.get_transport().open_session(timeout=self.target.connect_timeout_s)  # type: ignore[union-attr]
+            channel.exec_command(command)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
+            raise ConnectError(f"cannot start {argv[0]} on {self.describe()}: {exc or type(exc).__name__}") from None
+        out, err = bytearray(), bytearray()
+        pending = b""
+        give_up = started + timeout + KILL_GRACE_S + 5
+        try:
+            while True:
+                if channel.recv_ready():
+                    out += channel.recv(65536)
+                    continue
+                if channel.recv_stderr_ready():
+                    chunk = channel.recv_stderr(65536)
+                    err += chunk
+                    if on_stderr_line is not None:
+                        *lines, pending = (pending + chunk).split(b"\n")
+                        for line in lines:
+                            on_stderr_line(line.decode("utf-8", "replace"))
+                    continue
+                if channel.exit_status_ready() or channel.closed or (channel.eof_received and channel.closed):
+                    break
+                if time.monotonic() > give_up:
+                    channel.close()
+                    raise DeadlineExceeded(
+                        f"{argv[0]} did not answer within its {timeout:.0f} s deadline on {self.describe()}",
+                        hint="raise the target's deadline_s or --deadline, or lower the measured runs",
+                    )
+                select.select([channel], [], [], 0.2)
+            while channel.recv_ready():  # data can arrive just before the exit status
+                out += channel.recv(65536)
+            while channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise ConnectError(f"the connection to {self.describe()} broke while {argv[0]} ran: {exc}") from None
+        status = channel.recv_exit_status() if channel.exit_status_ready() else -1
+        channel.close()
+        stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        if status == -1:
+            raise CommandError(
+                f"{argv[0]} on {self.describe()} ended without an exit status (the connection or sshd dropped it)",
+                hint="retry; if it repeats, check the board's sshd log and memory (dmesg)",
+                stdout=stdout,
+                stderr=stderr,
+            )
+        if status in (TIMEOUT_EXIT, KILLED_EXIT) and time.monotonic() - started >= timeout:
+            raise DeadlineExceeded(
+                f"{argv[0]} did not finish within its {timeout:.0f} s deadline on {self.describe()}; it was killed",
+                hint="raise the target's deadline_s or --deadline, or lower the measured runs",
+            )
+        return CommandResult(tuple(argv), status, stdout, stderr, time.monotonic() - started)
+
+    # ---------------------------------------------------------------------------------------------- files
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client.open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise TransferError(f"cannot open SFTP on {self.describe()}: {exc}") from None
+            self._sftp.get_channel().settimeout(self.target.connect_timeout_s * 3)  # type: ignore[union-attr]
+        return self._sftp
+
+    def put(self, local: Path, remote: str, *, progress: ProgressCallback | None = None) -> None:
+        done = 0
+
+        def count(sent: int, total: int) -> None:
+            nonlocal done
+            self.bytes_uploaded += sent - done
+            done = sent
+            if progress:
+                progress(sent, total)
+
+        try:
+            with local.open("rb") as source:
+                self.sftp.putfo(source, remote, local.stat().st_size, callback=count, confirm=True)
+        except TransferError:
+            raise
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+            raise TransferError(
+                f"uploading {local.name} to {self.describe()}:{remote} failed after {done} bytes: "
+                f"{exc or type(exc).__name__}",
+                hint="the board's disk is full: free space or change the target's workdir"
+                if full
+                else "check the connection and free disk on the board, then deploy again (finished files are kept)",
+            ) from None
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            self.sftp.get(remote, str(local))
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransferError(f"downloading {remote} from {self.describe()} failed: {exc}") from None
+
+    def exists(self, remote: str) -> int | None:
+        try:
+            return self.sftp.stat(remote).st_size
+        except FileNotFoundError:
+            return None
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransferError(f"cannot look at {remote} on {self.describe()}: {exc}") from None
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+        self.client.close()
