@@ -315,19 +315,54 @@ def _load_model(job: dict[str, Any], interpreter_class: Any, resolver: Any) -> t
         options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         interpreter = interpreter_class(**options)
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed(_refusal_class(str(exc)), f"the runtime refused the model: {_clean(exc)}") from None
+    try:
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
-        text = str(exc)
-        kind = "UnsupportedOp" if any(m in text for m in UNSUPPORTED_OP_MARKERS) else "InvalidModel"
-        raise JobFailed(kind, f"the runtime refused the model: {text.strip()}") from None
+        kind = _refusal_class(str(exc))
+        if kind == "InvalidModel" and _tensor_bytes(interpreter) > _headroom(job["memory_limit_mb"]):
+            raise JobFailed(
+                "ModelOutOfMemory",
+                f"allocating tensors failed: they need about {_tensor_bytes(interpreter) / 2**20:.0f} MB and "
+                f"{_headroom(job['memory_limit_mb']) / 2**20:.0f} MB of the {job['memory_limit_mb']} MB limit are left",
+            ) from None
+        raise JobFailed(kind, f"the runtime cannot allocate the model's tensors: {_clean(exc)}") from None
     return interpreter, os.path.getsize(path)
+
+
+def _refusal_class(text: str) -> str:
+    return "UnsupportedOp" if any(m in text for m in UNSUPPORTED_OP_MARKERS) else "InvalidModel"
+
+
+def _clean(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _tensor_bytes(interpreter: Any) -> int:
+    """What the model's tensors need, from their shapes (known before allocation)."""
+    total = 0
+    for detail in interpreter.get_tensor_details():
+        count = 1
+        for dim in detail["shape"]:
+            count *= max(int(dim), 1)
+        total += count * detail["dtype"]().itemsize
+    return total
+
+
+def _headroom(limit_mb: int) -> int:
+    """Address space left under the limit (RLIMIT_AS counts VmSize)."""
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmSize:"):
+            return int(limit_mb) * 2**20 - int(line.split()[1]) * 1024
+    return int(limit_mb) * 2**20
 
 
 def _invoke(interpreter: Any) -> None:
     try:
         interpreter.invoke()
     except (ValueError, RuntimeError) as exc:
-        raise JobFailed("InvokeFailed", f"invoke() failed: {str(exc).strip()}") from None
+        raise JobFailed("InvokeFailed", f"invoke() failed: {_clean(exc)}") from None
 
 
 def _time_runs(interpreter: Any, job: dict[str, Any]) -> list[float]:
@@ -343,7 +378,7 @@ def _time_runs(interpreter: Any, job: dict[str, Any]) -> list[float]:
             invoke()
             samples.append(clock() - t0)
     except (ValueError, RuntimeError) as exc:
-        raise JobFailed("InvokeFailed", f"invoke() failed: {str(exc).strip()}") from None
+        raise JobFailed("InvokeFailed", f"invoke() failed: {_clean(exc)}") from None
     return [s / 1e6 for s in samples]
 
 

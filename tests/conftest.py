@@ -39,6 +39,32 @@ def trained_mlp(digits: Any) -> Any:
     return model
 
 
+TINY = """
+name: tiny-chain
+model: {source: edgepipe.examples.digits:tiny_mlp, train: {epochs: 15, learning_rate: 0.005}}
+data: {source: edgepipe.examples.digits:load}
+fine_tune: {epochs: 2, learning_rate: 0.0005}
+stages:
+  - kind: prune
+    target_sparsity: 0.5
+  - kind: cluster
+    clusters: 16
+  - kind: qat
+convert: {representative_samples: 64}
+gates: {max_accuracy_drop: 10}
+"""
+
+
+@pytest.fixture(scope="session")
+def optimized_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A run directory of ``edgepipe optimize`` (prune -> cluster -> PCQAT on a tiny MLP); treat it as read-only."""
+    from edgepipe.optimize import pipeline
+
+    folder = tmp_path_factory.mktemp("run")
+    outcome = pipeline.run(pipeline.prepare(write_recipe(folder, TINY)), folder / "out")
+    return outcome.directory, outcome.result
+
+
 def write_recipe(folder: Path, body: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())
@@ -60,3 +86,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
 
 def weights_digest(model: Any) -> list[np.ndarray]:
     return [np.array(w, copy=True) for w in model.get_weights()]
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """OpenSSH's sshd on 127.0.0.1 with fresh host and user keys: the "board" of the SSH tests."""
+    from edgepipe.transport.loopback import LoopbackSshd
+
+    with LoopbackSshd(tmp_path_factory.mktemp("sshd")) as host:
+        yield host
+
+
+@pytest.fixture
+def loopback_env(sshd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The EDGEPIPE_LOOPBACK_* values of ``targets/loopback.yaml`` for this test (own board directory)."""
+    import os
+
+    env = {
+        "EDGEPIPE_LOOPBACK_PORT": str(sshd.port),
+        "EDGEPIPE_LOOPBACK_USER": sshd.user,
+        "EDGEPIPE_LOOPBACK_KEY": str(sshd.key),
+        "EDGEPIPE_LOOPBACK_KNOWN_HOSTS": str(sshd.known_hosts),
+        "EDGEPIPE_LOOPBACK_PYTHON": sys.executable,
+        "EDGEPIPE_LOOPBACK_BOOTSTRAP_PYTHON": os.path.realpath(sys.executable),
+        "EDGEPIPE_LOOPBACK_WORKDIR": str(tmp_path / "board"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import TINY, run_cli, write_recipe
 
 from edgepipe.convert import evaluate
 from edgepipe.errors import ConfigError, GateFailed
@@ -16,27 +16,10 @@ from edgepipe.tflite_model import TfliteModel
 
 pytestmark = pytest.mark.slow
 
-TINY = """
-name: tiny-chain
-model: {source: edgepipe.examples.digits:tiny_mlp, train: {epochs: 15, learning_rate: 0.005}}
-data: {source: edgepipe.examples.digits:load}
-fine_tune: {epochs: 2, learning_rate: 0.0005}
-stages:
-  - kind: prune
-    target_sparsity: 0.5
-  - kind: cluster
-    clusters: 16
-  - kind: qat
-convert: {representative_samples: 64}
-gates: {max_accuracy_drop: 10}
-"""
-
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    folder = tmp_path_factory.mktemp("run")
-    outcome = pipeline.run(pipeline.prepare(write_recipe(folder, TINY)), folder / "out")
-    return outcome.directory, outcome.result
+def finished(optimized_run: tuple[Path, dict]) -> tuple[Path, dict]:
+    return optimized_run
 
 
 def test_run_directory_holds_every_artifact(finished: tuple[Path, dict]) -> None:

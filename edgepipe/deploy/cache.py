@@ -5,42 +5,58 @@ Layout under the target's ``workdir``::
     blobs/<sha256>.<ext>                    models, evaluation data, reference outputs
     agent/edgepipe_agent-<version>-<sha12>.py
 
-A file at a final path is complete and has the sha256 in its name: the board's own Python checked it before
-``os.replace`` moved it there (atomic on one file system). An upload cut short leaves only
-``<final>.partial-<random>``, which a later upload removes once it is an hour old.
+A file is streamed to a small receiver run by the board's own Python (stdlib only). It writes
+``<final>.partial-<pid>`` while hashing what arrives, and renames it into place (``os.replace``, atomic on one
+file system) only when the byte count and the sha256 match; otherwise it deletes it. So a file at a final path
+is always complete, and its name is its hash. An upload cut short leaves nothing: the receiver sees the end of
+its input early, and removes its partial file; only if the receiver itself is killed does a partial file stay,
+and a later upload to that folder removes it once it is an hour old. Hashing while receiving costs no second
+pass over the file, and the whole upload is one command: one round trip.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
-from edgepipe.errors import TransferError
+from edgepipe.errors import CommandError, ConnectError, TransferError
 from edgepipe.progress import Progress
 from edgepipe.provenance import sha256_file
 from edgepipe.transport.base import Transport
 
 STALE_PARTIAL_S = 3600
-COMMAND_TIMEOUT_S = 120.0
+SLOWEST_LINK_BYTES_PER_S = 250_000  # the upload deadline allows a link this slow
 
-# Runs on the board with its own Python (stdlib only): check the hash, then rename, or delete and say why.
-VERIFY_AND_PLACE = """
-import hashlib, json, os, sys, time
-STALE = STALE_SECONDS
-tmp, expected, final = sys.argv[1:4]
-digest = hashlib.sha256()
-with open(tmp, "rb") as handle:
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
+RECEIVE = """
+import errno, hashlib, json, os, sys, time
+final, expected, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 folder = os.path.dirname(final) or "."
+os.makedirs(folder, exist_ok=True)
+tmp = "%s.partial-%d" % (final, os.getpid())
 for name in os.listdir(folder):
     stale = os.path.join(folder, name)
-    if ".partial-" in name and stale != tmp and time.time() - os.path.getmtime(stale) > STALE:
-        os.remove(stale)
-if digest.hexdigest() != expected:
+    try:
+        if ".partial-" in name and time.time() - os.path.getmtime(stale) > STALE_SECONDS:
+            os.remove(stale)
+    except OSError:
+        pass
+digest, received = hashlib.sha256(), 0
+try:
+    with open(tmp, "wb") as out:
+        while True:
+            block = sys.stdin.buffer.read1(1 << 20)
+            if not block:
+                break
+            out.write(block)
+            digest.update(block)
+            received += len(block)
+except OSError as exc:
     os.remove(tmp)
-    print(json.dumps({"ok": False, "got": digest.hexdigest()}))
+    print(json.dumps({"ok": False, "error": str(exc), "full": exc.errno == errno.ENOSPC}))
+    sys.exit(4)
+if received != size or digest.hexdigest() != expected:
+    os.remove(tmp)
+    print(json.dumps({"ok": False, "received": received, "got": digest.hexdigest()}))
     sys.exit(3)
 os.replace(tmp, final)
 print(json.dumps({"ok": True}))
@@ -55,7 +71,8 @@ class RemoteCache:
         self.progress = progress or Progress()
         self.sent: list[str] = []
         self.reused: list[str] = []
-        self._made: set[str] = set()
+        self.uploaded_bytes = 0  # payload bytes streamed to the board, including attempts that failed
+        self._streamed = 0
 
     def blob_path(self, sha256: str, suffix: str) -> str:
         return f"{self.workdir}/blobs/{sha256}{suffix}"
@@ -69,26 +86,52 @@ class RemoteCache:
             self.reused.append(label)
             self.progress.upload_skipped(label, size)
             return remote
-        folder = remote.rsplit("/", 1)[0]
-        if folder not in self._made:
-            self.transport.run_check(["mkdir", "-p", folder], timeout=COMMAND_TIMEOUT_S)
-            self._made.add(folder)
-        temporary = f"{remote}.partial-{secrets.token_hex(6)}"
         self.progress.upload_started(label, size)
-        self.transport.put(local, temporary, progress=self.progress.upload_advanced)
-        check = self.transport.run(
-            [self.python, "-c", VERIFY_AND_PLACE, temporary, sha256, remote], timeout=COMMAND_TIMEOUT_S
-        )
-        if check.returncode != 0:
-            try:
-                got = json.loads(check.stdout)["got"]
-            except (ValueError, KeyError, TypeError):
-                got = None
+        self._streamed = 0
+        try:
+            with local.open("rb") as source:
+                done = self.transport.run(
+                    [self.python, "-c", RECEIVE, remote, sha256, str(size)],
+                    timeout=120 + size / SLOWEST_LINK_BYTES_PER_S,
+                    stdin=source,
+                    on_stdin_progress=self._count,
+                )
+        except (CommandError, ConnectError) as exc:
             raise TransferError(
-                f"{label} arrived corrupted on {self.transport.describe()} (sha256 {got} instead of {sha256})"
-                if got
-                else f"checking {label} on {self.transport.describe()} failed: {(check.stderr or check.stdout)[-300:]}",
-                hint="deploy again; if it repeats, check the board's disk and memory",
+                f"the upload of {label} to {self.transport.describe()} was cut off: {exc.message}",
+                hint="deploy again: nothing incomplete was left in place, and what arrived whole is not re-sent",
+            ) from None
+        answer = _answer(done.stdout)
+        if not done.ok:
+            if answer.get("full"):
+                raise TransferError(
+                    f"the board's disk is full: {label} could not be stored ({answer.get('error')})",
+                    hint="free space on the board, or point the target's workdir at a larger file system",
+                )
+            if "got" in answer:
+                raise TransferError(
+                    f"{label} arrived incomplete or corrupted on {self.transport.describe()}: "
+                    f"{answer['received']:,} of {size:,} bytes, sha256 {answer['got'][:16]}... "
+                    f"instead of {sha256[:16]}...",
+                    hint="deploy again; if it repeats, check the link and the board's memory",
+                )
+            raise TransferError(
+                f"storing {label} on {self.transport.describe()} failed (exit {done.returncode}): "
+                f"{(done.stderr or done.stdout).strip()[-300:]}",
+                hint=f"check that {self.python} runs on the board and the target's workdir is writable",
             )
         self.sent.append(label)
         return remote
+
+    def _count(self, done: int, total: int) -> None:
+        self.uploaded_bytes += done - self._streamed
+        self._streamed = done
+        self.progress.upload_advanced(done, total)
+
+
+def _answer(stdout: str) -> dict[str, object]:
+    try:
+        answer = json.loads(stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+    return answer if isinstance(answer, dict) else {}

@@ -155,7 +155,7 @@ def _on_board(
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         socket = getattr(transport, "socket", None)
         transfer = {
-            "uploaded_bytes": transport.bytes_uploaded,
+            "uploaded_bytes": cache.uploaded_bytes,
             "sent": cache.sent,
             "already_on_board": cache.reused,
             "seconds": round(transfer_s, 3),

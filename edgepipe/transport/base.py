@@ -8,17 +8,22 @@ board are either absolute or relative to the login user's home directory, for ev
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 from edgepipe.errors import CommandError
 
 LineCallback = Callable[[str], None]
 ProgressCallback = Callable[[int, int], None]  # (bytes done, bytes total)
 
+Stdin = bytes | BinaryIO | None  # a small payload, or an open file streamed in chunks
+
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL when a deadline passes
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -37,9 +42,6 @@ class CommandResult:
 class Transport(abc.ABC):
     """A connection to one board. Use as a context manager so ``close`` always runs."""
 
-    #: payload bytes this transport has uploaded with ``put`` (tests and benchmarks read it)
-    bytes_uploaded: int = 0
-
     @abc.abstractmethod
     def describe(self) -> str:
         """``user@host:port`` or ``local``: for messages."""
@@ -50,16 +52,18 @@ class Transport(abc.ABC):
         argv: Sequence[str],
         *,
         timeout: float,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         on_stderr_line: LineCallback | None = None,
+        on_stdin_progress: ProgressCallback | None = None,
     ) -> CommandResult:
         """Run ``argv`` on the board; it is killed when ``timeout`` seconds pass (DeadlineExceeded).
 
-        stdout and stderr are read at the same time, so a command filling one cannot block on the other;
-        complete stderr lines are also handed to ``on_stderr_line`` as they arrive.
+        ``stdin`` is written from its own thread while stdout and stderr are read at the same time, so no
+        stream can block another; complete stderr lines go to ``on_stderr_line`` as they arrive, and the
+        bytes of stdin sent so far to ``on_stdin_progress``.
         """
 
-    def run_check(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
+    def run_check(self, argv: Sequence[str], *, timeout: float, stdin: Stdin = None) -> CommandResult:
         """``run``, raising CommandError (with what the command printed) when it exits non-zero."""
         result = self.run(argv, timeout=timeout, stdin=stdin)
         if not result.ok:
@@ -95,3 +99,22 @@ class Transport(abc.ABC):
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def feed(source: Stdin, write: Callable[[bytes], None], progress: ProgressCallback | None = None) -> int:
+    """Write ``source`` in chunks through ``write``, reporting progress; returns the bytes written."""
+    if source is None:
+        return 0
+    if isinstance(source, bytes):
+        write(source)
+        if progress:
+            progress(len(source), len(source))
+        return len(source)
+    total = os.fstat(source.fileno()).st_size
+    sent = 0
+    while chunk := source.read(CHUNK):
+        write(chunk)
+        sent += len(chunk)
+        if progress:
+            progress(sent, total)
+    return sent

@@ -18,15 +18,21 @@ from pathlib import Path
 from typing import IO
 
 from edgepipe.errors import DeadlineExceeded, TransferError
-from edgepipe.transport.base import KILL_GRACE_S, CommandResult, LineCallback, ProgressCallback, Transport
-
-CHUNK = 1 << 20
+from edgepipe.transport.base import (
+    CHUNK,
+    KILL_GRACE_S,
+    CommandResult,
+    LineCallback,
+    ProgressCallback,
+    Stdin,
+    Transport,
+    feed,
+)
 
 
 class LocalTransport(Transport):
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or Path.home()
-        self.bytes_uploaded = 0
 
     def describe(self) -> str:
         return "local"
@@ -39,8 +45,9 @@ class LocalTransport(Transport):
         argv: Sequence[str],
         *,
         timeout: float,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         on_stderr_line: LineCallback | None = None,
+        on_stdin_progress: ProgressCallback | None = None,
     ) -> CommandResult:
         started = time.monotonic()
         process = subprocess.Popen(
@@ -57,15 +64,10 @@ class LocalTransport(Transport):
             threading.Thread(target=_drain, args=(process.stdout, out, None), daemon=True),
             threading.Thread(target=_drain, args=(process.stderr, err, on_stderr_line), daemon=True),
         ]
+        if stdin is not None:
+            readers.append(threading.Thread(target=_write, args=(process, stdin, on_stdin_progress), daemon=True))
         for reader in readers:
             reader.start()
-        if stdin is not None:
-            assert process.stdin is not None
-            try:
-                process.stdin.write(stdin)
-                process.stdin.close()
-            except BrokenPipeError:
-                pass
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -95,7 +97,6 @@ class LocalTransport(Transport):
                 while chunk := source.read(CHUNK):
                     sink.write(chunk)
                     done += len(chunk)
-                    self.bytes_uploaded += len(chunk)
                     if progress:
                         progress(done, total)
         except OSError as exc:
@@ -115,6 +116,15 @@ class LocalTransport(Transport):
 
     def close(self) -> None:
         pass
+
+
+def _write(process: subprocess.Popen[bytes], stdin: Stdin, progress: ProgressCallback | None) -> None:
+    assert process.stdin is not None
+    try:
+        feed(stdin, process.stdin.write, progress)
+        process.stdin.close()
+    except (BrokenPipeError, ValueError):
+        pass  # the command exited without reading everything: its exit status tells why
 
 
 def _drain(stream: IO[bytes] | None, sink: list[bytes], on_line: LineCallback | None) -> None:

@@ -148,3 +148,27 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, secon
             time.sleep(0.05)
     process.kill()
     raise EdgepipeError(f"sshd did not listen on 127.0.0.1:{port} within {seconds:.0f} s")
+
+
+def main() -> None:
+    """``python -m edgepipe.transport.loopback [DIR]``: a board stand-in to try ``--target loopback`` by hand."""
+    import sys
+    import tempfile
+
+    directory = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="edgepipe-sshd-"))
+    with LoopbackSshd(directory) as host:
+        print(f"sshd listens on 127.0.0.1:{host.port} (pid {host.pid}); in another shell:\n")
+        print(f"export EDGEPIPE_LOOPBACK_PORT={host.port} EDGEPIPE_LOOPBACK_USER={host.user}")
+        print(f"export EDGEPIPE_LOOPBACK_KEY={host.key} EDGEPIPE_LOOPBACK_KNOWN_HOSTS={host.known_hosts}")
+        print(f"export EDGEPIPE_LOOPBACK_PYTHON={sys.executable}")
+        print("edgepipe targets check loopback && edgepipe deploy --target loopback runs/digits\n")
+        print("Ctrl-C stops it.", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import errno
 import select
 import shlex
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,15 @@ import paramiko
 
 from edgepipe.config.target import Target
 from edgepipe.errors import CommandError, ConnectError, DeadlineExceeded, HostKeyError, TransferError
-from edgepipe.transport.base import KILL_GRACE_S, CommandResult, LineCallback, ProgressCallback, Transport
+from edgepipe.transport.base import (
+    KILL_GRACE_S,
+    CommandResult,
+    LineCallback,
+    ProgressCallback,
+    Stdin,
+    Transport,
+    feed,
+)
 
 TIMEOUT_EXIT = 124  # coreutils timeout: the command timed out
 KILLED_EXIT = 137  # ... and had to be killed with SIGKILL
@@ -86,14 +95,45 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
         self.recorded = f"{hostname} {key.get_name()} {fingerprint(key)}"
 
 
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _prefer_gcm(sock: Any, **options: Any) -> paramiko.Transport:
+    """AES-GCM first when the server offers it (every OpenSSH since 6.2): one authenticated pass per packet
+    instead of CTR plus HMAC, which measurably speeds up uploads; paramiko's own order follows as fallback."""
+    transport = paramiko.Transport(sock, **options)
+    security = transport.get_security_options()
+    available = tuple(security.ciphers)
+    security.ciphers = tuple(c for c in PREFERRED_CIPHERS if c in available) + tuple(
+        c for c in available if c not in PREFERRED_CIPHERS
+    )
+    return transport
+
+
 def _short(key: paramiko.PKey) -> str:
     return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(key.get_name(), "ecdsa")
+
+
+class _Writer(threading.Thread):
+    """Sends a command's stdin while the caller reads its output; a failure to send is kept, not raised here
+    (the command's exit status, or the missing one, tells the caller what happened)."""
+
+    def __init__(self, channel: paramiko.Channel, stdin: Stdin, progress: ProgressCallback | None) -> None:
+        super().__init__(daemon=True)
+        self.channel, self.stdin, self.progress = channel, stdin, progress
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            feed(self.stdin, self.channel.sendall, self.progress)
+            self.channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.error = exc
 
 
 class SshTransport(Transport):
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.bytes_uploaded = 0
         self.client = paramiko.SSHClient()
         self.socket: CountingSocket | None = None
         self._sftp: paramiko.SFTPClient | None = None
@@ -133,6 +173,7 @@ class SshTransport(Transport):
                 auth_timeout=target.connect_timeout_s,
                 channel_timeout=target.connect_timeout_s,
                 sock=sock,  # type: ignore[arg-type]
+                transport_factory=_prefer_gcm,
             )
         except HostKeyError:
             self.client.close()
@@ -188,8 +229,9 @@ class SshTransport(Transport):
         argv: Sequence[str],
         *,
         timeout: float,
-        stdin: bytes | None = None,
+        stdin: Stdin = None,
         on_stderr_line: LineCallback | None = None,
+        on_stdin_progress: ProgressCallback | None = None,
     ) -> CommandResult:
         started = time.monotonic()
         remote = ["timeout", f"--kill-after={KILL_GRACE_S:g}", f"{timeout:.3f}", *argv]
@@ -197,11 +239,10 @@ class SshTransport(Transport):
         try:
             channel = self.client.get_transport().open_session(timeout=self.target.connect_timeout_s)  # type: ignore[union-attr]
             channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
         except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
             raise ConnectError(f"cannot start {argv[0]} on {self.describe()}: {exc or type(exc).__name__}") from None
+        writer = _Writer(channel, stdin, on_stdin_progress)
+        writer.start()
         out, err = bytearray(), bytearray()
         pending = b""
         give_up = started + timeout + KILL_GRACE_S + 5
@@ -226,7 +267,8 @@ class SshTransport(Transport):
                         f"{argv[0]} did not answer within its {timeout:.0f} s deadline on {self.describe()}",
                         hint="raise the target's deadline_s or --deadline, or lower the measured runs",
                     )
-                select.select([channel], [], [], 0.2)
+                # The channel's fileno wakes select() on data, not on the exit status: poll briefly.
+                select.select([channel], [], [], 0.005)
             while channel.recv_ready():  # data can arrive just before the exit status
                 out += channel.recv(65536)
             while channel.recv_stderr_ready():
@@ -235,6 +277,7 @@ class SshTransport(Transport):
             raise ConnectError(f"the connection to {self.describe()} broke while {argv[0]} ran: {exc}") from None
         status = channel.recv_exit_status() if channel.exit_status_ready() else -1
         channel.close()
+        writer.join(5)
         stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
         if status == -1:
             raise CommandError(
@@ -266,7 +309,6 @@ class SshTransport(Transport):
 
         def count(sent: int, total: int) -> None:
             nonlocal done
-            self.bytes_uploaded += sent - done
             done = sent
             if progress:
                 progress(sent, total)

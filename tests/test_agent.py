@@ -1,0 +1,157 @@
+"""The device agent on this machine, through the local transport: protocol, measurements, sandbox, errors.
+
+Every model here is real (an optimized int8 model from TF-MOT, broken copies of it, a model too big for its
+memory limit) and every run goes through the real agent file, its sandboxed child and the LiteRT runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from malformed import malformed_models
+
+from edgepipe.config.target import MeasureSettings, Target
+from edgepipe.data import read_eval_data
+from edgepipe.deploy.agent import AGENT_FILE, agent_info
+from edgepipe.deploy.job import build_job, run_job
+from edgepipe.errors import AgentError
+from edgepipe.transport.local import LocalTransport
+
+pytestmark = pytest.mark.slow
+
+LOCAL = Target(name="local", transport="local")
+QUICK = MeasureSettings(warmup_runs=2, runs=50, min_seconds=0, max_runs=200, time_limit_s=60)
+
+
+def agent_job(model: Path, data: Path | None = None, **changes: Any) -> dict[str, Any]:
+    measure = QUICK.model_copy(update={k: v for k, v in changes.items() if k in QUICK.model_fields})
+    job = build_job(LOCAL, measure, str(model), str(data) if data else None)
+    job.update({k: v for k, v in changes.items() if k not in QUICK.model_fields})
+    return job
+
+
+def run_agent(job: dict[str, Any], deadline: float = 120) -> dict[str, Any]:
+    return run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline)
+
+
+def test_result_has_latency_memory_accuracy_and_board(optimized_run: tuple[Path, dict]) -> None:
+    directory, optimize = optimized_run
+    result = run_agent(agent_job(directory / "model.tflite", directory / "eval.npz"))
+    assert result["status"] == "ok" and result["error"] is None
+    assert result["protocol"] == "edgepipe.result/1" and result["agent_version"] == agent_info().version
+    latency, samples = result["timing"]["latency_ms"], result["timing"]["samples_ms"]
+    assert latency["count"] == len(samples) >= 50
+    assert latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert latency["p50"] == pytest.approx(float(np.percentile(samples, 50)))
+    assert latency["std"] == pytest.approx(float(np.std(samples, ddof=1)))
+    assert len(result["timing"]["warmup_ms"]) == 2 and result["timing"]["load_ms"] > 0
+    hwm = result["memory"]["vmhwm_kb"]
+    assert 0 < hwm["before_load"] <= hwm["after_load"] <= hwm["after_runs"]
+    # The same test split, the same runtime: the agent's accuracy is the host-side TFLite accuracy of optimize.
+    assert result["accuracy"]["accuracy"] == pytest.approx(optimize["final"]["accuracy"], abs=1e-6)
+    assert result["accuracy"]["samples"] == optimize["eval_data"]["samples"]
+    board = result["board"]
+    assert board["machine"] == os.uname().machine and board["cores"] == os.cpu_count()
+    assert board["python"] == sys.version.split()[0] and board["emulated"] is False
+    assert result["runtime"]["name"] == "ai_edge_litert" and result["runtime"]["threads"] == 1
+    assert result["model"]["inputs"][0]["dtype"] == "int8"
+
+
+def test_agreement_with_reference_outputs_and_saved_outputs(optimized_run: tuple[Path, dict], tmp_path: Path) -> None:
+    directory, _ = optimized_run
+    outputs = tmp_path / "outputs.npy"
+    first = run_agent(agent_job(directory / "model.tflite", directory / "eval.npz", outputs=str(outputs)))
+    raw = np.load(outputs)
+    x, y = read_eval_data(directory / "eval.npz")
+    assert raw.dtype == np.int8 and raw.shape == (len(x), 10)
+    assert first["accuracy"]["correct"] == int((raw.argmax(1) == y).sum())
+    # Reference outputs with one sample's answer moved: agreement must see exactly that one.
+    changed = raw.copy()
+    changed[0] = np.roll(changed[0], 1)
+    np.save(tmp_path / "reference.npy", changed)
+    second = run_agent(
+        agent_job(directory / "model.tflite", directory / "eval.npz", reference=str(tmp_path / "reference.npy"))
+    )
+    agreement = second["accuracy"]["agreement"]
+    assert agreement["top1"] == pytest.approx(1 - 1 / len(x))
+    assert agreement["max_abs_diff"] == float(np.abs(changed.astype(int) - raw.astype(int)).max()) > 0
+
+
+def test_threads_and_xnnpack_switch_are_honoured(optimized_run: tuple[Path, dict]) -> None:
+    directory, _ = optimized_run
+    result = run_agent(agent_job(directory / "model.tflite", threads=2, xnnpack=False))
+    assert result["status"] == "ok"
+    assert result["runtime"]["threads"] == 2 and result["runtime"]["xnnpack"] is False
+    assert "XNNPACK" not in " ".join(result["sandbox"]["stderr_tail"])  # the delegate was not applied
+
+
+def test_unknown_job_protocol_is_refused_with_a_clear_message(optimized_run: tuple[Path, dict]) -> None:
+    directory, _ = optimized_run
+    job = {**agent_job(directory / "model.tflite"), "protocol": "edgepipe.job/99"}
+    with pytest.raises(AgentError, match=r"edgepipe.job/99.*not supported.*speaks edgepipe.job/1"):
+        run_agent(job)
+    done = subprocess.run(
+        [sys.executable, str(AGENT_FILE), "run", "-"], input=json.dumps(job), capture_output=True, text=True
+    )
+    assert done.returncode == 2 and json.loads(done.stdout)["error"]["class"] == "BadJob"
+
+
+@pytest.mark.parametrize(
+    "name", ["empty", "truncated", "random-bytes", "wrong-identifier", "garbage-with-identifier", "unknown-op"]
+)
+def test_malformed_models_are_classified_and_the_next_job_passes(
+    optimized_run: tuple[Path, dict], tmp_path: Path, name: str
+) -> None:
+    directory, _ = optimized_run
+    content, expected = malformed_models((directory / "model.tflite").read_bytes())[name]
+    broken = tmp_path / f"{name}.tflite"
+    broken.write_bytes(content)
+    started = time.monotonic()
+    result = run_agent(agent_job(broken, directory / "eval.npz"))
+    assert result["status"] == "error" and result["error"]["class"] == expected, result["error"]
+    assert time.monotonic() - started < QUICK.time_limit_s
+    assert run_agent(agent_job(directory / "model.tflite"))["status"] == "ok"
+
+
+def test_time_limit_kills_the_sandboxed_child(optimized_run: tuple[Path, dict]) -> None:
+    directory, _ = optimized_run
+    started = time.monotonic()
+    result = run_agent(agent_job(directory / "model.tflite", min_seconds=60, max_runs=10**9, time_limit_s=2))
+    assert result["error"]["class"] == "ModelTimeout" and time.monotonic() - started < 30
+    assert result["sandbox"]["signal"] == "SIGKILL"
+    assert not Path(f"/proc/{result['sandbox']['pid']}").exists()
+
+
+def test_memory_limit_is_enforced_and_classified(tmp_path: Path) -> None:
+    from edgepipe.keras_compat import tf
+
+    tensorflow = tf()
+
+    @tensorflow.function(input_signature=[tensorflow.TensorSpec([1, 4096, 4096], tensorflow.float32)])
+    def scale(x: Any) -> Any:
+        return tensorflow.nn.relu(x * 2.0 + 1.0)
+
+    converter = tensorflow.lite.TFLiteConverter.from_concrete_functions([scale.get_concrete_function()], scale)
+    model = tmp_path / "big.tflite"
+    model.write_bytes(converter.convert())  # 3 tensors of 64 MB each
+    small = run_agent(agent_job(model, runs=2, memory_limit_mb=256))
+    assert small["error"]["class"] == "ModelOutOfMemory", small["error"]
+    roomy = run_agent(agent_job(model, runs=2, memory_limit_mb=4096))
+    assert roomy["status"] == "ok" and roomy["memory"]["vmhwm_kb"]["after_runs"] > 192 * 1024
+
+
+def test_probe_reports_runtimes_and_free_disk(tmp_path: Path) -> None:
+    from importlib import metadata
+
+    done = subprocess.run([sys.executable, str(AGENT_FILE), "probe", str(tmp_path)], capture_output=True, text=True)
+    report = json.loads(done.stdout)
+    assert report["runtimes"]["ai_edge_litert"] == metadata.version("ai-edge-litert")
+    assert report["free_disk_bytes"] > 0 and report["board"]["machine"] == os.uname().machine

@@ -1,0 +1,80 @@
+"""``edgepipe deploy --target local``: the embedded default, through the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def local_env(tmp_path: Path) -> dict[str, str]:
+    return {"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")}
+
+
+def test_deploy_local_writes_a_result_matching_the_host(
+    optimized_run: tuple[Path, dict], local_env: dict, tmp_path: Path
+) -> None:
+    directory, optimize = optimized_run
+    run_copy = tmp_path / "run"
+    shutil.copytree(directory, run_copy)
+    done = run_cli("deploy", "--target", "local", str(run_copy), "--runs", "300", env=local_env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((run_copy / "deploy-local.json").read_text())
+    assert result["schema"] == "edgepipe.deploy/1" and result["status"] == "passed"
+    latency = result["device"]["timing"]["latency_ms"]
+    assert latency["count"] >= 300 and latency["p50"] <= latency["p99"]
+    assert result["device"]["memory"]["vmhwm_kb"]["after_load"] > 0
+    assert result["checks"]["device_accuracy"] == pytest.approx(optimize["final"]["accuracy"], abs=1e-6)
+    assert result["checks"]["host_accuracy"] == result["checks"]["device_accuracy"]
+    assert result["model"]["recipe"] == "tiny-chain" and result["provenance"]["agent"]["version"]
+    for line in ("latency p50 / p90 / p99", "peak RSS (VmHWM)", "accuracy", "wrote"):
+        assert line in done.stdout
+    for step in ("connecting to local", "sent model", "agent: warming up", "agent: measuring"):
+        assert step in done.stderr
+
+
+def test_any_tflite_file_without_data_measures_latency_only(
+    optimized_run: tuple[Path, dict], local_env: dict, tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    model = tmp_path / "m.tflite"
+    shutil.copyfile(directory / "model.tflite", model)
+    done = run_cli("deploy", "--model", str(model), env=local_env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "m.deploy-local.json").read_text())
+    assert result["device"]["timing"]["latency_ms"]["count"] > 0 and "accuracy" not in result["device"]
+
+
+def test_nothing_to_deploy_and_missing_files_are_config_errors(
+    optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    assert run_cli("deploy").returncode == 2
+    missing = run_cli("deploy", "--model", str(tmp_path / "nope.tflite"))
+    assert missing.returncode == 2 and "file not found" in missing.stderr
+    not_a_run = run_cli("deploy", str(tmp_path))
+    assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
+    both = run_cli("deploy", str(directory), "--model", str(directory / "model.tflite"))
+    assert both.returncode == 2 and "not both" in both.stderr
+
+
+def test_model_failure_exit_code_and_failed_record_keep_the_good_result(
+    optimized_run: tuple[Path, dict], local_env: dict, tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    model = tmp_path / "m.tflite"
+    shutil.copyfile(directory / "model.tflite", model)
+    assert run_cli("deploy", "--model", str(model), env=local_env).returncode == 0
+    good = (tmp_path / "m.deploy-local.json").read_text()
+    model.write_bytes(model.read_bytes()[:100])  # the same path, now truncated
+    done = run_cli("deploy", "--model", str(model), env=local_env)
+    assert done.returncode == 21 and "InvalidModel" in done.stderr and "Traceback" not in done.stderr
+    assert (tmp_path / "m.deploy-local.json").read_text() == good
+    failed = json.loads((tmp_path / "m.deploy-local.failed.json").read_text())
+    assert failed["status"] == "failed" and failed["error"]["class"] == "InvalidModel"
