@@ -1,6 +1,6 @@
 """Measurement fidelity: does the agent report the latency a bare loop and LiteRT's own benchmark see?
 
-    .venv/bin/python bench/measure_fidelity.py [--rounds 7] [--threads 1]
+    .venv/bin/python bench/measure_fidelity.py [--rounds 11] [--threads 1] [--cpus 1]
 
 For each model, three measurements of the same file with the same thread count, interleaved round by round
 (this machine is shared and noisy, so only side-by-side ratios mean anything):
@@ -12,16 +12,19 @@ For each model, three measurements of the same file with the same thread count, 
            JSON rounds to 0.01 ms, too coarse for a 2 µs model, so it runs through a wrapper that turns the
            rounding off; nothing else of the tool changes.
 
-All use a zero input tensor, XNNPACK on, and the median of the timed runs. Printed: each round's medians, then
-the median over rounds of agent/bare and agent/litert. Models: the digits int8 model (``runs/digits`` if present,
-else the ptq-int8 preset is run into bench/out) and a MobileNetV2-class int8 model (alpha 0.35, 96x96x3,
-random weights: latency does not depend on the weights' values), built once into bench/out.
+All use a zero input tensor, XNNPACK on, and the median of the timed runs, and all are pinned to the same
+CPU(s): the two cores of this shared VM run at different speeds at times, which would otherwise decide the
+per-round ratio. Printed: each round's medians, then the median over rounds of agent/bare and agent/litert,
+and litert - bare in µs per run. Models: the digits int8 model (``runs/digits`` if present, else the ptq-int8
+preset is run into bench/out) and a MobileNetV2-class int8 model (alpha 0.35, 96x96x3, random weights:
+latency does not depend on the weights' values), built once into bench/out.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -136,9 +139,18 @@ def litert_median(model: Path, threads: int, warmup: int, runs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--cpus",
+        default=None,
+        help="comma-separated CPUs to pin all three to (children inherit it); default: the last --threads CPUs",
+    )
     args = parser.parse_args()
+    usable = sorted(os.sched_getaffinity(0))
+    cpus = {int(c) for c in args.cpus.split(",")} if args.cpus else set(usable[-args.threads :])
+    os.sched_setaffinity(0, cpus)  # on a shared 2-core VM the cores differ; compare on the same one(s)
+    print(f"pinned to CPU(s) {sorted(cpus)} of {usable}")
     models = {"digits int8 MLP": (digits_model(), 20000), "MobileNetV2-0.35 96px int8": (mobilenet_model(), 300)}
     summary = []
     for label, (model, runs) in models.items():
@@ -147,7 +159,7 @@ def main() -> None:
         print(
             f"{'round':>5} {'agent ms':>12} {'bare ms':>12} {'litert ms':>12} {'agent/bare':>11} {'agent/litert':>13}"
         )
-        to_bare, to_tool = [], []
+        to_bare, to_tool, tool_extra = [], [], []
         for index in range(args.rounds):
             order = [agent_median, bare_median, litert_median]
             order = order[index % 3 :] + order[: index % 3]  # rotate who goes first
@@ -155,13 +167,18 @@ def main() -> None:
             agent, bare, tool = medians["agent_median"], medians["bare_median"], medians["litert_median"]
             to_bare.append(agent / bare)
             to_tool.append(agent / tool)
+            tool_extra.append((tool - bare) * 1000)
             print(
                 f"{index + 1:>5} {agent:>12.5f} {bare:>12.5f} {tool:>12.5f} {agent / bare:>11.3f} {agent / tool:>13.3f}"
             )
-        summary.append((label, statistics.median(to_bare), statistics.median(to_tool)))
+        summary.append((label, statistics.median(to_bare), statistics.median(to_tool), statistics.median(tool_extra)))
     print("\nmedian over rounds (1.000 = identical; acceptance: within 0.95-1.05, goal 0.97-1.03)")
-    for label, bare, tool in summary:
-        print(f"  {label:<28} agent/bare {bare:.3f}   agent/litert {tool:.3f}")
+    for label, bare, tool, extra in summary:
+        print(f"  {label:<28} agent/bare {bare:.3f}   agent/litert {tool:.3f}   (litert - bare: {extra:+.2f} µs/run)")
+    print(
+        "litert runs CompiledModel.run_by_name(signature, buffer dicts) per inference, the agent and the bare loop"
+        "\nInterpreter.invoke(); a difference that stays the same in µs across models is that API's own overhead."
+    )
 
 
 if __name__ == "__main__":
