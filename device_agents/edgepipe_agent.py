@@ -80,7 +80,11 @@ AGENT_VERSION = "1.0.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
-DISTRIBUTIONS = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow"}
+DISTRIBUTIONS = {
+    "ai_edge_litert": ("ai-edge-litert",),
+    "tflite_runtime": ("tflite-runtime",),
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-aarch64", "tf-nightly"),
+}
 JOB_DEFAULTS: dict[str, Any] = {
     "data": None,
     "reference": None,
@@ -159,11 +163,14 @@ def _emulated() -> bool:
     return "qemu" in (_read("/proc/self/cmdline") or "").lower() or os.environ.get("EDGEPIPE_EMULATED") == "1"
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
+def _version(*distributions: str) -> str | None:
+    """The installed version of the first of ``distributions`` (one module can ship under several names)."""
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def board_state() -> dict[str, Any]:
@@ -203,7 +210,7 @@ def available_runtimes() -> dict[str, str | None]:
     """Runtime module -> installed version, without importing any of them (importing TensorFlow takes seconds)."""
     from importlib.util import find_spec
 
-    return {name: _version(DISTRIBUTIONS[name]) or "unknown" for name in RUNTIMES if find_spec(name) is not None}
+    return {name: _version(*DISTRIBUTIONS[name]) or "unknown" for name in RUNTIMES if find_spec(name) is not None}
 
 
 def probe(workdir: str) -> dict[str, Any]:
@@ -245,7 +252,7 @@ def _import_runtime(preference: str) -> tuple[Any, Any, str, str | None]:
             else:
                 module = __import__(f"{name}.interpreter", fromlist=["Interpreter"])
                 resolver = getattr(module, "OpResolverType", None)
-            return module.Interpreter, resolver, name, _version(DISTRIBUTIONS[name])
+            return module.Interpreter, resolver, name, _version(*DISTRIBUTIONS[name])
         except ImportError as exc:
             problems.append(f"{name}: {exc}")
     raise JobFailed("RuntimeMissing", "no TFLite runtime can be imported (" + "; ".join(problems) + ")")

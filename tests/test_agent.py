@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +129,34 @@ def test_time_limit_kills_the_sandboxed_child(optimized_run: tuple[Path, dict]) 
     assert result["error"]["class"] == "ModelTimeout" and time.monotonic() - started < 30
     assert result["sandbox"]["signal"] == "SIGKILL"
     assert not Path(f"/proc/{result['sandbox']['pid']}").exists()
+
+
+def test_a_crashing_interpreter_is_classified_and_the_agent_still_answers(optimized_run: tuple[Path, dict]) -> None:
+    """The sandboxed child dies from SIGSEGV in the middle of its timed runs, as a crashing kernel would."""
+    directory, _ = optimized_run
+    job = agent_job(directory / "model.tflite", min_seconds=60, max_runs=10**9)
+    agent = subprocess.Popen(
+        [sys.executable, str(AGENT_FILE), "run", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert agent.stdin is not None and agent.stderr is not None
+    agent.stdin.write(json.dumps(job))
+    agent.stdin.close()
+    for line in agent.stderr:  # wait until the child is measuring
+        if '"phase": "measure"' in line:
+            break
+    child = subprocess.run(["pgrep", "-P", str(agent.pid)], capture_output=True, text=True).stdout.split()
+    assert len(child) == 1
+    os.kill(int(child[0]), signal.SIGSEGV)
+    assert agent.stdout is not None
+    result = json.loads(agent.stdout.read())
+    agent.wait(60)
+    assert agent.returncode == 0 and result["status"] == "error"
+    assert result["error"]["class"] == "ModelCrash" and "SIGSEGV" in result["error"]["message"]
+    assert result["sandbox"]["signal"] == "SIGSEGV" and "board" in result
 
 
 def test_memory_limit_is_enforced_and_classified(tmp_path: Path) -> None:

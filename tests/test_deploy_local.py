@@ -62,6 +62,10 @@ def test_nothing_to_deploy_and_missing_files_are_config_errors(
     assert not_a_run.returncode == 2 and "not a run directory" in not_a_run.stderr
     both = run_cli("deploy", str(directory), "--model", str(directory / "model.tflite"))
     assert both.returncode == 2 and "not both" in both.stderr
+    zero = run_cli("deploy", "--runs", "0", "--model", str(directory / "model.tflite"))
+    assert zero.returncode == 2 and "runs: Input should be greater than or equal to 1" in zero.stderr
+    unknown = run_cli("deploy", "--target", "rpi5", "--model", str(directory / "model.tflite"))
+    assert unknown.returncode == 2 and "unknown target 'rpi5'" in unknown.stderr
 
 
 def test_model_failure_exit_code_and_failed_record_keep_the_good_result(

@@ -258,3 +258,30 @@ def test_agent_install_prepares_a_fresh_board(
     assert deployed.returncode == 0, deployed.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["device"]["accuracy"]["accuracy"] == pytest.approx(optimize["final"]["accuracy"], abs=1e-6)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Any:
+    """A 512 KB tmpfs mounted where the board keeps its blobs (needs root; the test is skipped, visibly, without)."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_full_disk_on_the_board_is_a_transfer_error_that_leaves_nothing(
+    megabyte_model: Path, optimized_run: tuple[Path, dict], loopback_env: dict, tiny_disk: Path, tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    target = load_target("loopback").model_copy(update={"workdir": str(tiny_disk)})
+    with pytest.raises(InfrastructureError) as failed:
+        deploy(target, model=megabyte_model, data=directory / "eval.npz", out=tmp_path / "r.json")
+    assert failed.value.exit_code == 13 and "disk is full" in failed.value.message
+    assert "free space" in (failed.value.hint or "")
+    assert sorted(p.name for p in (tiny_disk / "blobs").iterdir()) == []  # no partial, no final model
+    assert not (tmp_path / "r.json").exists()

@@ -24,8 +24,10 @@ def install(
     progress = ConsoleProgress()
     try:
         report = install_runtime(chosen, progress)
-    finally:
-        progress.finish()
+    except BaseException:
+        progress.finish(failed=True)
+        raise
+    progress.finish()
     runtimes = ", ".join(f"{name} {version}" for name, version in report["runtimes"].items())
     board = report["board"]
     stdout.print(

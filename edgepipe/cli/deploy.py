@@ -32,8 +32,12 @@ class DeployProgress(ConsoleProgress):
         super().__init__()
         self._upload: RichBar | None = None
         self._upload_task: Any = None
+        self._upload_name, self._upload_total = "", 0
 
     def upload_started(self, name: str, total: int) -> None:
+        self._upload_name, self._upload_total = name, total
+        if not stderr.is_terminal:  # logs (CI, device farms) get the one "sent" line, no bar redraws
+            return
         self._upload = RichBar(
             TextColumn(f"  sending {name}"),
             BarColumn(),
@@ -44,15 +48,15 @@ class DeployProgress(ConsoleProgress):
         )
         self._upload.start()
         self._upload_task = self._upload.add_task(name, total=total)
-        self._upload_name, self._upload_total = name, total
 
     def upload_advanced(self, done: int, total: int) -> None:
         if self._upload is not None:
             self._upload.update(self._upload_task, completed=done)
-            if done >= total:
+        if done >= total:
+            if self._upload is not None:
                 self._upload.stop()
                 self._upload = None
-                stderr.print(f"  sent {self._upload_name} [dim]({total:,} bytes)[/]", highlight=False)
+            stderr.print(f"  sent {self._upload_name} [dim]({total:,} bytes)[/]", highlight=False)
 
     def upload_skipped(self, name: str, total: int) -> None:
         stderr.print(f"  {name} already on the board [dim]({total:,} bytes not sent)[/]", highlight=False)
@@ -88,12 +92,15 @@ def deploy(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
+    from edgepipe.config.loading import validate
+    from edgepipe.config.target import MeasureSettings
     from edgepipe.deploy import deploy as run_deploy
     from edgepipe.targets import load_target
 
     chosen = load_target(target)
-    overrides = {k: v for k, v in {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples}.items() if v}
-    measure = chosen.measure.model_copy(update=overrides)
+    chosen_settings = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples}
+    overrides = {name: value for name, value in chosen_settings.items() if value is not None}
+    measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
     try:
         outcome = run_deploy(
@@ -106,9 +113,12 @@ def deploy(
             deadline_s=deadline,
             progress=progress,
         )
-    finally:
+    except BaseException:
         if isinstance(progress, ConsoleProgress):
-            progress.finish()
+            progress.finish(failed=True)
+        raise
+    if isinstance(progress, ConsoleProgress):
+        progress.finish()
     print_result(outcome.result)
     stdout.print(f"wrote [bold]{outcome.path}[/]", highlight=False)
 

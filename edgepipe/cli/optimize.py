@@ -30,10 +30,12 @@ class ConsoleProgress(Progress):
         self._phase, self._phase_started = text, time.perf_counter()
         stderr.print(f"[cyan]>[/] {text}", highlight=False)
 
-    def finish(self) -> None:
+    def finish(self, failed: bool = False) -> None:
+        """Close the current phase line: ``done`` with its duration, or ``failed`` when an error ends it."""
         if self._phase is not None:
             seconds = time.perf_counter() - self._phase_started
-            stderr.print(f"  [green]done[/] {self._phase} [dim]({seconds:.1f}s)[/]", highlight=False)
+            verdict = "[red]failed[/]" if failed else "[green]done[/]"
+            stderr.print(f"  {verdict} {self._phase} [dim]({seconds:.1f}s)[/]", highlight=False)
             self._phase = None
 
     def training_started(self, label: str, epochs: int) -> None:
@@ -77,9 +79,12 @@ def optimize(
     prepared = pipeline.prepare(recipe)
     try:
         outcome = pipeline.run(prepared, out, progress)
-    finally:
+    except BaseException:
         if isinstance(progress, ConsoleProgress):
-            progress.finish()
+            progress.finish(failed=True)
+        raise
+    if isinstance(progress, ConsoleProgress):
+        progress.finish()
     print_summary(outcome.result)
     stdout.print(
         f"wrote [bold]{outcome.directory}[/] (final model: {outcome.directory / pipeline.FINAL_MODEL})", highlight=False

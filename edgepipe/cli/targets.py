@@ -52,7 +52,7 @@ def check(
     target = load_target(name)
     progress = ConsoleProgress()
     rows = check_target(target, progress)
-    progress.finish()
+    progress.finish(failed=any(row.status == "fail" for row in rows))
     table = Table("check", "result", "detail", title=f"target {target.name}", title_justify="left", box=None)
     for row in rows:
         table.add_row(row.name, f"[{STYLE[row.status]}]{row.status}[/]", row.detail)
