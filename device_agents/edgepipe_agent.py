@@ -11,6 +11,9 @@ Commands::
     python3 edgepipe_agent.py probe        print the board's state and the runtimes it has (JSON)
     python3 edgepipe_agent.py version      print the agent version and the protocols it speaks
 
+Environment: ``EDGEPIPE_AGENT_LAUNCHER`` (a JSON list) prefixes the command that starts the sandboxed child,
+for emulators the kernel cannot start by itself; ``EDGEPIPE_EMULATED=1`` marks the board state as emulated.
+
 While it works, ``run`` writes progress events to stderr, one JSON object per line, such as
 ``{"event": "phase", "phase": "warmup", "runs": 10}``. Lines that are not JSON are the runtime's own log.
 
@@ -159,8 +162,8 @@ def _temperature_c() -> float | None:
 
 
 def _emulated() -> bool:
-    """QEMU user mode reports the guest machine but leaves its own name in the auxiliary vector's platform."""
-    return "qemu" in (_read("/proc/self/cmdline") or "").lower() or os.environ.get("EDGEPIPE_EMULATED") == "1"
+    """Set by the host's emulator transport: QEMU user mode shows the guest's view of /proc, not itself."""
+    return os.environ.get("EDGEPIPE_EMULATED") == "1"
 
 
 def _version(*distributions: str) -> str | None:
@@ -512,6 +515,15 @@ def _limits(memory_limit_mb: int) -> Any:
     return apply
 
 
+def _launcher() -> list[str]:
+    """What to put before ``sys.executable`` to start another Python like this one: nothing on a board. Under
+    QEMU user-mode emulation without binfmt the kernel cannot run an aarch64 binary by itself, so the host
+    sets ``EDGEPIPE_AGENT_LAUNCHER`` to the emulator command (a JSON list, e.g. ``["qemu-aarch64-static",
+    "-L", "/image"]``)."""
+    launcher = os.environ.get("EDGEPIPE_AGENT_LAUNCHER")
+    return [str(part) for part in json.loads(launcher)] if launcher else []
+
+
 def _relay(stream: Any, tail: list[str]) -> None:
     """Forward the child's JSON events to our stderr; keep its other lines (runtime logs) for the result."""
     for raw in iter(stream.readline, b""):
@@ -526,7 +538,7 @@ def _relay(stream: Any, tail: list[str]) -> None:
 
 def supervise(job: dict[str, Any]) -> dict[str, Any]:
     """Run ``measure`` in a child with a wall-time and memory limit, and classify however it ends."""
-    command = [sys.executable, "-I", os.path.abspath(__file__), "_sandbox"]
+    command = [*_launcher(), sys.executable, "-I", os.path.abspath(__file__), "_sandbox"]
     started = time.monotonic()
     child = subprocess.Popen(
         command,

@@ -128,7 +128,10 @@ def print_result(result: dict[str, Any]) -> None:
     timing, memory = device["timing"], device["memory"]["vmhwm_kb"]
     latency = timing["latency_ms"]
     board, runtime = device["board"], device["runtime"]
-    title = f"edgepipe deploy: {result['target']['name']} ({board.get('cpu_model') or board['machine']})"
+    emulated = bool(board.get("emulated"))
+    where = f"{board['machine']}, EMULATED by QEMU" if emulated else board.get("cpu_model") or board["machine"]
+    title = f"edgepipe deploy: {result['target']['name']} ({where})"
+    slow = "  [yellow](emulated: not the board's speed)[/]" if emulated else ""
     table = Table("measure", "value", title=title, title_justify="left", box=None, pad_edge=False)
     table.add_row(
         "runtime",
@@ -138,7 +141,7 @@ def print_result(result: dict[str, Any]) -> None:
     table.add_row("load / first inference", f"{timing['load_ms']:.2f} ms / {timing['first_inference_ms']:.3f} ms")
     table.add_row(
         "latency p50 / p90 / p99",
-        f"{_ms(latency['p50'])} / {_ms(latency['p90'])} / {_ms(latency['p99'])}",
+        f"{_ms(latency['p50'])} / {_ms(latency['p90'])} / {_ms(latency['p99'])}{slow}",
     )
     table.add_row(
         "latency min / mean ± std / max",
@@ -148,7 +151,7 @@ def print_result(result: dict[str, Any]) -> None:
     table.add_row(
         "peak RSS (VmHWM)",
         f"{_mb(memory['before_load'])} before load, {_mb(memory['after_load'])} loaded, "
-        f"{_mb(memory['after_runs'])} after runs",
+        f"{_mb(memory['after_runs'])} after runs" + ("  [yellow](the QEMU process's)[/]" if emulated else ""),
     )
     checks = result["checks"]
     if checks["device_accuracy"] is not None:
@@ -159,6 +162,15 @@ def print_result(result: dict[str, Any]) -> None:
             "accuracy",
             f"{checks['device_accuracy']:.4f} on {result['data']['samples']} samples{versus}"
             + (f", top-1 agreement {agreement:.4f}" if agreement is not None else ""),
+        )
+    parity = checks.get("parity")
+    if parity and parity.get("passed") is not None:
+        table.add_row(
+            "parity with the host",
+            f"{'[green]pass[/]' if parity['passed'] else '[red]FAIL[/]'}: {parity['device']['runtime']} "
+            f"{parity['device']['runtime_version']} on {parity['device']['machine']} vs {parity['host']['runtime']} "
+            f"{parity['host']['runtime_version']} on {parity['host']['machine']}: top-1 agreement "
+            f"{parity['top1_agreement']:.4f}, largest difference {parity['max_abs_diff']:g} step(s)",
         )
     state = [
         board.get("governor") and f"governor {board['governor']}",

@@ -12,6 +12,7 @@ import typer
 
 from edgepipe.cli import agent as agent_command
 from edgepipe.cli import deploy as deploy_command
+from edgepipe.cli import emulator as emulator_command
 from edgepipe.cli import optimize as optimize_command
 from edgepipe.cli import recipes as recipes_command
 from edgepipe.cli import targets as targets_command
@@ -30,6 +31,7 @@ app.command("deploy")(deploy_command.deploy)
 app.add_typer(recipes_command.app, name="recipes")
 app.add_typer(targets_command.app, name="targets")
 app.add_typer(agent_command.app, name="agent")
+app.add_typer(emulator_command.app, name="emulator")
 
 
 @app.command("version")

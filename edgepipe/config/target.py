@@ -41,10 +41,47 @@ class AgentInstall(Strict):
     index_url: str | None = None
 
 
+class EmulatorImage(Strict):
+    """An emulated board: a Debian userland of another architecture, run with QEMU user-mode emulation.
+
+    Built by ``edgepipe emulator build IMAGE`` from the machine's own Debian mirror (its apt sources, or
+    ``mirror``) and the package registry: Debian packages are unpacked, never installed with scripts, and the
+    Python packages are installed by the host's pip for the image's platform, so building needs no root and
+    no binfmt service.
+    """
+
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="name of the built image (edgepipe emulator)")
+    debian_arch: str = "arm64"
+    suite: str = "bookworm"
+    mirror: str | None = Field(None, description="Debian mirror URL; default: the one this machine's apt uses")
+    debian_packages: list[str] = Field(default_factory=lambda: ["python3.11-minimal", "libpython3.11-stdlib"])
+    python: str = Field("/usr/bin/python3.11", description="the interpreter inside the image")
+    python_version: str = "3.11"
+    glibc: str = Field("2.36", description="the image's glibc, for choosing manylinux wheels")
+    wheel_arch: str = "aarch64"
+    python_packages: list[str] = Field(default_factory=lambda: ["numpy<2", "tflite-runtime"])
+    qemu: str = Field("qemu-aarch64-static", description="QEMU user-mode emulator (Debian qemu-user-static)")
+    cpu: str | None = Field(
+        None, description="QEMU CPU model (e.g. cortex-a72): the board's instruction set, so kernels match its"
+    )
+
+    @field_validator("mirror", mode="before")
+    @classmethod
+    def _empty_mirror_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class ParitySettings(Strict):
+    """How far an emulated (or any) board's raw outputs may stray from the host's before the deploy fails."""
+
+    max_abs_diff: float = Field(1, ge=0, description="largest output difference, in integer steps")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1)
+
+
 class Target(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
-    transport: Literal["local", "ssh"]
+    transport: Literal["local", "ssh", "qemu"]
     host: str | None = None
     port: int = Field(22, ge=1, le=65535)
     user: str | None = None
@@ -65,6 +102,8 @@ class Target(Strict):
     xnnpack: bool = True
     arch: str | None = Field(None, description="expected platform.machine() on the board, e.g. aarch64")
     emulated: bool = False
+    emulator: EmulatorImage | None = None
+    parity: ParitySettings | None = Field(None, description="fail the deploy when outputs differ from the host's")
     peak_gops: float | None = Field(None, gt=0, description="peak int8 throughput, for roofline estimates")
     memory_bandwidth_gbs: float | None = Field(None, gt=0)
     measure: MeasureSettings = Field(default_factory=MeasureSettings)
@@ -79,6 +118,14 @@ class Target(Strict):
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _qemu_needs_an_image(self) -> Target:
+        if self.transport == "qemu":
+            if self.emulator is None:
+                raise ValueError("a qemu target needs an emulator section (the image to run)")
+            self.emulated = True
+        return self
 
     @model_validator(mode="after")
     def _ssh_needs_a_host(self) -> Target:
@@ -96,7 +143,13 @@ class Target(Strict):
             return self.python
         if self.transport == "local":
             return host_python
+        if self.emulator is not None:
+            return self.emulator.python
         return f"{self.workdir}/venv/bin/python"
 
     def where(self) -> str:
-        return "this machine" if self.transport == "local" else f"{self.user}@{self.host}:{self.port}"
+        if self.transport == "local":
+            return "this machine"
+        if self.emulator is not None:
+            return f"QEMU {self.emulator.wheel_arch} image {self.emulator.image}"
+        return f"{self.user}@{self.host}:{self.port}"

@@ -56,6 +56,8 @@ def helper_python(target: Target) -> str:
     """The Python that runs edgepipe's small helper scripts on the board (it needs only the stdlib)."""
     if target.transport == "local":
         return target.python or sys.executable
+    if target.transport == "qemu":
+        return sys.executable  # the image's files are this machine's files
     return target.agent_install.python
 
 

@@ -123,6 +123,8 @@ def install_runtime(target: Target, progress: Progress | None = None) -> dict[st
         cache = RemoteCache(transport, target.workdir, helper_python(target), progress)
         if target.transport == "local":
             progress.note("the local target runs the agent with edgepipe's own Python; nothing to install")
+        elif target.transport == "qemu":
+            progress.note("an emulated board's runtime comes with its image (edgepipe emulator build)")
         else:
             _make_venv(transport, target, progress)
         agent_path = install_agent(transport, cache, target)

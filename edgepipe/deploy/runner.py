@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgepipe.config.target import MeasureSettings, Target
+from edgepipe.config.target import MeasureSettings, ParitySettings, Target
 from edgepipe.deploy.agent import agent_info, agent_python, helper_python, install_agent
 from edgepipe.deploy.cache import RemoteCache
 from edgepipe.deploy.inputs import DeployInputs, resolve_sources, stage
@@ -108,7 +108,7 @@ def deploy(
             raise
     record["device"] = device
     record["transfer"] = transfer
-    record["checks"] = checks = _checks(inputs, device, measure)
+    record["checks"] = checks = _checks(inputs, device, measure, target)
     record["seconds"] = _since(started)
     failure = _failure(device, checks, target)
     if failure is not None:
@@ -166,7 +166,7 @@ def _on_board(
     return device, transfer
 
 
-def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings) -> dict[str, Any]:
+def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target) -> dict[str, Any]:
     accuracy = (device.get("accuracy") or {}).get("accuracy")
     checks: dict[str, Any] = {
         "host_accuracy": inputs.host_accuracy,
@@ -180,7 +180,39 @@ def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettin
         delta = round((accuracy - inputs.host_accuracy) * 100, 4)
         checks["accuracy_delta_points"] = delta
         checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
+    checks["parity"] = _parity(inputs, device, target)
     return checks
+
+
+def _parity(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dict[str, Any] | None:
+    """The board's (or emulator's) outputs against the host's: same model, same data, other architecture."""
+    if target.parity is None and not target.emulated:
+        return None
+    settings = target.parity or ParitySettings()
+    agreement = (device.get("accuracy") or {}).get("agreement")
+    parity: dict[str, Any] = {
+        "host": {"machine": host()["machine"], "accuracy": inputs.host_accuracy, **_runtime(inputs.host)},
+        "device": {
+            "machine": (device.get("board") or {}).get("machine"),
+            "emulated": (device.get("board") or {}).get("emulated"),
+            "accuracy": (device.get("accuracy") or {}).get("accuracy"),
+            **_runtime(device),
+        },
+        "top1_agreement": agreement["top1"] if agreement else None,
+        "max_abs_diff": agreement["max_abs_diff"] if agreement else None,
+        "tolerance": settings.model_dump(),
+        "passed": None,
+    }
+    if agreement:
+        parity["passed"] = (
+            agreement["max_abs_diff"] <= settings.max_abs_diff and agreement["top1"] >= settings.min_top1_agreement
+        )
+    return parity
+
+
+def _runtime(result: dict[str, Any] | None) -> dict[str, Any]:
+    runtime = (result or {}).get("runtime") or {}
+    return {"runtime": runtime.get("name"), "runtime_version": runtime.get("version")}
 
 
 def _failure(device: dict[str, Any], checks: dict[str, Any], target: Target) -> EdgepipeError | None:
@@ -189,6 +221,16 @@ def _failure(device: dict[str, Any], checks: dict[str, Any], target: Target) -> 
         kind, hint = AGENT_ERRORS.get(error.get("class", ""), (DeviceModelError, None))
         hint = hint.replace("NAME", target.name) if hint else None
         return kind(f"on {target.name}: {error.get('class')}: {error.get('message')}", hint=hint)
+    parity = checks.get("parity") or {}
+    if parity.get("passed") is False:
+        return AccuracyMismatch(
+            f"on {target.name}: outputs differ from the host's beyond the parity tolerance: top-1 agreement "
+            f"{parity['top1_agreement']:.4f} (at least {parity['tolerance']['min_top1_agreement']}), largest "
+            f"difference {parity['max_abs_diff']:g} integer steps (at most {parity['tolerance']['max_abs_diff']:g})",
+            hint=f"{parity['device']['runtime']} {parity['device']['runtime_version']} on "
+            f"{parity['device']['machine']} computes differently from {parity['host']['runtime']} "
+            f"{parity['host']['runtime_version']} here; compare runtimes, or relax the target's parity section",
+        )
     if checks["accuracy_matches_host"] is False:
         return AccuracyMismatch(
             f"on {target.name}: accuracy {checks['device_accuracy']:.4f} differs from the host's "

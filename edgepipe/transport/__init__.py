@@ -1,4 +1,4 @@
-"""Transports: how edgepipe reaches a board (``local`` subprocesses, ``ssh`` through paramiko)."""
+"""Transports: how edgepipe reaches a board (``local`` subprocesses, ``ssh`` through paramiko, ``qemu``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ def open_transport(target: Target) -> Transport:
         from edgepipe.transport.ssh import SshTransport
 
         return SshTransport(target)
+    if target.transport == "qemu":
+        from edgepipe.transport.qemu import QemuTransport
+
+        return QemuTransport(target)
     from edgepipe.transport.local import LocalTransport
 
     return LocalTransport()

@@ -31,8 +31,9 @@ from edgepipe.transport.base import (
 
 
 class LocalTransport(Transport):
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home or Path.home()
+        self.env = env  # None: inherit this process's environment
 
     def describe(self) -> str:
         return "local"
@@ -57,6 +58,7 @@ class LocalTransport(Transport):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a deadline kills everything it started
+            env=self.env,
         )
         out: list[bytes] = []
         err: list[bytes] = []

@@ -1,0 +1,121 @@
+"""Emulated boards on real parts: arm64 Debian packages from the mirror, aarch64 wheels from the registry,
+QEMU user-mode emulation (Debian qemu-user-static), and the same agent and job as a real board.
+
+The image is built once per session into a temporary emulator directory (about 20 s with warm caches).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from edgepipe.config.target import ParitySettings
+from edgepipe.deploy import deploy
+from edgepipe.emulator.image import build, emulator_dir, image_for
+from edgepipe.errors import AccuracyMismatch
+from edgepipe.targets import load_target
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def emulators(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulators")
+
+
+@pytest.fixture
+def emulator_env(emulators: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    env = {"EDGEPIPE_EMULATOR_DIR": str(emulators)}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def built_image(emulators: Path) -> Any:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEPIPE_EMULATOR_DIR", str(emulators))
+        image, cached = build(load_target("rpi4-emu").emulator)  # type: ignore[arg-type]
+    assert not cached
+    return image
+
+
+def test_build_makes_a_checked_aarch64_image_and_a_second_build_reuses_it(built_image: Any, emulator_env: dict) -> None:
+    manifest = built_image.manifest
+    assert manifest["check"]["machine"] == "aarch64" and manifest["check"]["python"].startswith("3.11")
+    assert {"numpy", "tflite_runtime"} <= set(manifest["check"]["packages"])
+    assert any(name.startswith("libc6_") and name.endswith("_arm64.deb") for name in manifest["debian_packages"])
+    assert not list(emulator_dir().glob(".*partial*"))
+    done = run_cli("emulator", "build", "rpi4", env=emulator_env)
+    assert done.returncode == 0 and "already built" in done.stdout
+    assert image_for(load_target("rpi4-emu")).manifest["created"] == manifest["created"]  # not rebuilt
+    listing = run_cli("emulator", "list", env=emulator_env)
+    assert "rpi4-emu" in listing.stdout and "yes" in listing.stdout
+
+
+def test_deploy_to_the_emulated_board_matches_the_host(
+    built_image: Any, emulator_env: dict, optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    directory, optimize = optimized_run
+    run_copy = tmp_path / "run"
+    shutil.copytree(directory, run_copy)
+    done = run_cli("deploy", "--target", "rpi4-emu", str(run_copy), env=emulator_env)
+    assert done.returncode == 0, done.stderr
+    assert (
+        "EMULATED" in done.stdout and "not the board's speed" in done.stdout and "parity with the host" in done.stdout
+    )
+    result = json.loads((run_copy / "deploy-rpi4-emu.json").read_text())
+    device = result["device"]
+    assert device["board"]["machine"] == "aarch64" and device["board"]["emulated"] is True
+    assert result["target"]["emulated"] is True
+    assert device["runtime"] == {
+        "name": "tflite_runtime",
+        "version": built_image.manifest["check"]["packages"]["tflite_runtime"],
+        "threads": 1,
+        "xnnpack": True,
+    }
+    assert device["accuracy"]["accuracy"] == pytest.approx(optimize["final"]["accuracy"], abs=1e-6)
+    parity = result["checks"]["parity"]
+    assert parity["passed"] is True and parity["host"]["machine"] != parity["device"]["machine"]
+    assert parity["host"]["accuracy"] == parity["device"]["accuracy"]
+    assert parity["max_abs_diff"] <= 1 and parity["top1_agreement"] >= 0.99
+
+
+def test_parity_beyond_tolerance_fails_the_deploy(
+    built_image: Any, emulator_env: dict, optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    target = load_target("rpi4-emu")
+    measured = deploy(target, run_dir=directory, out=tmp_path / "first.json").result["checks"]["parity"]
+    if measured["max_abs_diff"] == 0:
+        pytest.skip("the emulated board's outputs equal the host's exactly: no tolerance can fail")
+    # Demand more agreement than the emulated board gave: the same deploy must now fail, naming the figures.
+    stricter = ParitySettings(max_abs_diff=measured["max_abs_diff"] - 1, min_top1_agreement=1.0)
+    with pytest.raises(AccuracyMismatch, match="parity tolerance") as failed:
+        deploy(target.model_copy(update={"parity": stricter}), run_dir=directory, out=tmp_path / "strict.json")
+    assert failed.value.exit_code == 26
+    record = json.loads((tmp_path / "strict.failed.json").read_text())
+    assert record["checks"]["parity"]["passed"] is False and not (tmp_path / "strict.json").exists()
+
+
+def test_missing_qemu_and_unbuilt_image_are_clear_errors(emulator_env: dict, tmp_path: Path) -> None:
+    env = {**emulator_env, "EDGEPIPE_QEMU": "/nonexistent/qemu-aarch64-static"}
+    done = run_cli("emulator", "build", "rpi4", env=env)
+    assert done.returncode == 10 and "is not installed" in done.stderr and "qemu-user-static" in done.stderr
+    empty = {"EDGEPIPE_EMULATOR_DIR": str(tmp_path / "none")}
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"")
+    unbuilt = run_cli("deploy", "--target", "rpi4-emu", "--model", str(model), env=empty)
+    assert unbuilt.returncode == 10 and "edgepipe emulator build rpi4" in unbuilt.stderr
+
+
+def test_unreachable_mirror_fails_the_build_and_leaves_no_image(tmp_path: Path) -> None:
+    env = {"EDGEPIPE_EMULATOR_DIR": str(tmp_path), "EDGEPIPE_DEBIAN_MIRROR": "http://127.0.0.1:9/debian"}
+    done = run_cli("emulator", "build", "rpi4", env=env)
+    assert done.returncode == 10 and "apt-get update" in done.stderr and "hint:" in done.stderr
+    assert list(tmp_path.iterdir()) == []
