@@ -17,6 +17,20 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_history(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Deploys made by the tests record into a throwaway results history, never the user's."""
+    import os
+
+    previous = os.environ.get("EDGEPIPE_HISTORY")
+    os.environ["EDGEPIPE_HISTORY"] = str(tmp_path_factory.mktemp("history") / "history.sqlite")
+    yield
+    if previous is None:
+        os.environ.pop("EDGEPIPE_HISTORY", None)
+    else:
+        os.environ["EDGEPIPE_HISTORY"] = previous
+
+
 @pytest.fixture(scope="session")
 def digits() -> Any:
     from edgepipe.examples.digits import load

@@ -89,12 +89,22 @@ def deploy(
     min_seconds: Annotated[float | None, typer.Option(help="Keep timing for at least this long.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline of the job on the board, seconds.")] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", help="Tag the run in the history (main, a commit, a branch); repeatable."),
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="Results history (SQLite); default $EDGEPIPE_HISTORY or ~/.local/share."),
+    ] = None,
+    no_history: Annotated[bool, typer.Option("--no-history", help="Do not record the run.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
     from edgepipe.config.loading import validate
     from edgepipe.config.target import MeasureSettings
     from edgepipe.deploy import deploy as run_deploy
+    from edgepipe.store import History
     from edgepipe.targets import load_target
 
     chosen = load_target(target)
@@ -102,6 +112,7 @@ def deploy(
     overrides = {name: value for name, value in chosen_settings.items() if value is not None}
     measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
+    store = None if no_history else History(history)
     try:
         outcome = run_deploy(
             chosen,
@@ -112,15 +123,23 @@ def deploy(
             measure=measure,
             deadline_s=deadline,
             progress=progress,
+            history=store,
+            tags=tag or [],
         )
     except BaseException:
         if isinstance(progress, ConsoleProgress):
             progress.finish(failed=True)
         raise
+    finally:
+        if store is not None:
+            store.close()
     if isinstance(progress, ConsoleProgress):
         progress.finish()
     print_result(outcome.result)
     stdout.print(f"wrote [bold]{outcome.path}[/]", highlight=False)
+    if store is not None:
+        tags = f" tagged {', '.join(tag)}" if tag else ""
+        stdout.print(f"recorded as run {outcome.run_id}{tags} in {store.path}", highlight=False)
 
 
 def print_result(result: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import typer
 from edgepipe.cli import agent as agent_command
 from edgepipe.cli import deploy as deploy_command
 from edgepipe.cli import emulator as emulator_command
+from edgepipe.cli import history as history_command
 from edgepipe.cli import optimize as optimize_command
 from edgepipe.cli import recipes as recipes_command
 from edgepipe.cli import targets as targets_command
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.command("optimize")(optimize_command.optimize)
 app.command("deploy")(deploy_command.deploy)
+app.command("history")(history_command.history)
 app.add_typer(recipes_command.app, name="recipes")
 app.add_typer(targets_command.app, name="targets")
 app.add_typer(agent_command.app, name="agent")

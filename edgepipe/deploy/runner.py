@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from edgepipe.errors import (
 )
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
+from edgepipe.store import History
 from edgepipe.transport import open_transport
 
 SCHEMA = "edgepipe.deploy/1"
@@ -64,6 +66,7 @@ AGENT_ERRORS: dict[str, tuple[type[EdgepipeError], str]] = {
 class DeployOutcome:
     result: dict[str, Any]
     path: Path
+    run_id: int | None = None  # in the results history, when one was given
 
 
 def result_path(target: Target, run_dir: Path | None, model_file: Path, out: Path | None) -> Path:
@@ -88,7 +91,10 @@ def deploy(
     measure: MeasureSettings | None = None,
     deadline_s: float | None = None,
     progress: Progress | None = None,
+    history: History | None = None,
+    tags: Sequence[str] = (),
 ) -> DeployOutcome:
+    """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed)."""
     progress = progress or Progress()
     measure = measure or target.measure
     deadline = deadline_s or target.deadline_s
@@ -99,10 +105,12 @@ def deploy(
         progress.phase("evaluating the model on this machine (sandboxed)")
         inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
         record = _record(target, measure, inputs)
+        run_id = history.start(target.name, inputs.model.sha256, str(model_file), tags) if history else None
         try:
             device, transfer = _on_board(target, measure, deadline, inputs, progress)
         except InfrastructureError as exc:
             record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
+            _remember(history, run_id, record)
             _write(failed_path(path), record)
             exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
             raise
@@ -113,13 +121,21 @@ def deploy(
     failure = _failure(device, checks, target)
     if failure is not None:
         record.update(status="failed", error=_error_entry(failure, "model"))
+        _remember(history, run_id, record)
         _write(failed_path(path), record)
         failure.hint = (failure.hint + "; " if failure.hint else "") + f"details in {failed_path(path)}"
         raise failure
     record["status"] = "passed"
+    _remember(history, run_id, record)
     _write(path, record)
     failed_path(path).unlink(missing_ok=True)
-    return DeployOutcome(record, path)
+    return DeployOutcome(record, path, run_id)
+
+
+def _remember(history: History | None, run_id: int | None, record: dict[str, Any]) -> None:
+    if history is not None and run_id is not None:
+        record["history"] = {"path": str(history.path), "run_id": run_id}
+        history.finish(run_id, record)
 
 
 def _on_board(
