@@ -31,6 +31,7 @@ Job, protocol ``edgepipe.job/1``::
     runs            timed runs, at least                                                 (default 200)
     min_seconds     keep timing until this much time has passed, too                     (default 1.0)
     max_runs        never more timed runs than this (bounds the size of the result)      (default 20000)
+    repeats         measure in this many sandboxed processes, one after the other        (default 1)
     time_limit_s    wall-time limit of the sandboxed child                               (default 300)
     memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
 
@@ -54,7 +55,8 @@ Result, protocol ``edgepipe.result/1``::
     runtime         {"name", "version", "threads", "xnnpack"}
     model           {"bytes", "inputs": [...], "outputs": [...]} as the runtime reports them
     timing          load_ms, first_inference_ms, warmup_ms [...], latency_ms {count, min, p50, p90, p99, max,
-                    mean, std}, samples_ms [...] (every timed run, in order)
+                    mean, std}, samples_ms [...] (every timed run, in order, all repeats pooled),
+                    repeats [{pid, latency_ms, samples_ms}] (one per sandboxed process)
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
     accuracy        {samples, correct, accuracy, agreement: {top1, max_abs_diff}} (agreement only with reference)
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
@@ -99,6 +101,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "runs": 200,
     "min_seconds": 1.0,
     "max_runs": 20000,
+    "repeats": 1,
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -429,8 +432,11 @@ def _evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:
-    """Everything that touches the model; runs only inside the sandboxed child."""
-    _emit("phase", phase="import-runtime")
+    """Everything that touches the model; runs only inside the sandboxed child. A repeat (``_repeat``) only
+    times: it stays quiet and leaves accuracy to the first child."""
+    repeat = bool(job.get("_repeat"))
+    emit = (lambda *args, **fields: None) if repeat else _emit
+    emit("phase", phase="import-runtime")
     import numpy as np
 
     interpreter_class, resolver, name, version = _import_runtime(job["runtime"])
@@ -439,7 +445,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "runtime": {"name": name, "version": version, "threads": int(job["threads"]), "xnnpack": xnnpack},
         "memory": {"vmhwm_kb": {"before_load": _vmhwm_kb()}, "limit_mb": job["memory_limit_mb"]},
     }
-    _emit("phase", phase="load")
+    emit("phase", phase="load")
     t0 = time.perf_counter()
     interpreter, size = _load_model(job, interpreter_class, resolver)
     load_ms = (time.perf_counter() - t0) * 1000
@@ -462,17 +468,17 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
             sample = _quantize(np, first, source)
     interpreter.set_tensor(source["index"], sample)
 
-    _emit("phase", phase="first-inference")
+    emit("phase", phase="first-inference")
     t0 = time.perf_counter()
     _invoke(interpreter)
     first_ms = (time.perf_counter() - t0) * 1000
-    _emit("phase", phase="warmup", runs=int(job["warmup_runs"]))
+    emit("phase", phase="warmup", runs=int(job["warmup_runs"]))
     warmup = []
     for _ in range(int(job["warmup_runs"])):
         t0 = time.perf_counter()
         _invoke(interpreter)
         warmup.append((time.perf_counter() - t0) * 1000)
-    _emit("phase", phase="measure", runs=job["runs"], min_seconds=job["min_seconds"], max_runs=job["max_runs"])
+    emit("phase", phase="measure", runs=job["runs"], min_seconds=job["min_seconds"], max_runs=job["max_runs"])
     samples = _time_runs(interpreter, job)
     result["memory"]["vmhwm_kb"]["after_runs"] = _vmhwm_kb()
     result["timing"] = {
@@ -482,8 +488,8 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "latency_ms": summarize(samples),
         "samples_ms": samples,
     }
-    if job["data"]:
-        _emit("phase", phase="evaluate")
+    if job["data"] and not repeat:
+        emit("phase", phase="evaluate")
         result["accuracy"] = _evaluate(np, interpreter, job)
     return result
 
@@ -537,6 +543,36 @@ def _relay(stream: Any, tail: list[str]) -> None:
 
 
 def supervise(job: dict[str, Any]) -> dict[str, Any]:
+    """Measure in ``repeats`` sandboxed children one after the other; the first also evaluates accuracy.
+
+    Separate processes, because a process can land in a slower state for its whole life (memory layout,
+    the core it runs on): samples from one process cannot show that, several processes can. The result is
+    the first child's, with every child's timed samples under ``timing.repeats`` and pooled in
+    ``timing.samples_ms``. The first child that fails ends the job with its error.
+    """
+    result = sandboxed(job)
+    if result["status"] != "ok" or int(job["repeats"]) == 1:
+        if "timing" in result:
+            result["timing"]["repeats"] = [_repeat(result)]
+        return result
+    repeats = [_repeat(result)]
+    for index in range(1, int(job["repeats"])):
+        _emit("phase", phase="repeat", repeat=index + 1, repeats=job["repeats"])
+        again = sandboxed({**job, "reference": None, "outputs": None, "_repeat": True})
+        if again["status"] != "ok":
+            return {**result, "status": "error", "error": again["error"], "sandbox": again["sandbox"]}
+        repeats.append(_repeat(again))
+    pooled = [sample for repeat in repeats for sample in repeat["samples_ms"]]
+    result["timing"].update({"repeats": repeats, "samples_ms": pooled, "latency_ms": summarize(pooled)})
+    return result
+
+
+def _repeat(result: dict[str, Any]) -> dict[str, Any]:
+    timing = result["timing"]
+    return {"pid": result["sandbox"]["pid"], "latency_ms": timing["latency_ms"], "samples_ms": timing["samples_ms"]}
+
+
+def sandboxed(job: dict[str, Any]) -> dict[str, Any]:
     """Run ``measure`` in a child with a wall-time and memory limit, and classify however it ends."""
     command = [*_launcher(), sys.executable, "-I", os.path.abspath(__file__), "_sandbox"]
     started = time.monotonic()
@@ -641,7 +677,7 @@ def check_job(raw: str) -> dict[str, Any]:
     merged = {**JOB_DEFAULTS, **job}
     if merged["runtime"] not in ("auto", *RUNTIMES):
         raise JobFailed("BadJob", f"runtime {merged['runtime']!r}: expected auto or one of {', '.join(RUNTIMES)}")
-    for field in ("threads", "runs", "max_runs", "memory_limit_mb"):
+    for field in ("threads", "runs", "max_runs", "memory_limit_mb", "repeats"):
         if not isinstance(merged[field], int) or merged[field] < 1:
             raise JobFailed("BadJob", f"{field} must be a positive integer (got {merged[field]!r})")
     for field in ("warmup_runs",):

@@ -9,6 +9,7 @@ Infrastructure failures and model/regression failures get different exit codes s
     ├── ConversionError           4  the TFLite converter refused the model
     ├── ConformanceError          5  the converted model is not integer-only (lists float ops / islands)
     ├── GateFailed                6  a measured gate of the recipe failed (accuracy drop, size, agreement)
+    ├── RegressionFound           7  compare: the candidate is worse than the baseline (names the metric)
     ├── DeviceModelError         20  the model failed ON THE BOARD (the board itself is fine)
     │   ├── InvalidModel         21  the runtime refused the file: empty, truncated, wrong identifier, corrupt
     │   ├── UnsupportedOp        22  a valid model with an operator the board's runtime does not have
@@ -22,11 +23,12 @@ Infrastructure failures and model/regression failures get different exit codes s
         ├── TransferError        13  an upload or download failed or arrived corrupted
         ├── DeadlineExceeded     14  the job's overall deadline passed; the remote command was killed
         ├── CommandError         15  a command on the board failed (or ended without an exit status)
-        └── AgentError           16  the agent is missing, broken, or speaks another protocol version
+        ├── AgentError           16  the agent is missing, broken, or speaks another protocol version
+        └── Inconclusive         17  compare: the runs differ in board state, so their numbers are not compared
 
     (130: interrupted with Ctrl-C; 70: an internal error, i.e. a bug: please report the traceback.)
 
-Exit codes 10-16 mean "fix or retry the set-up"; 20-26 mean "this model does not work on this board".
+Exit codes 10-17 mean "fix or retry the set-up"; 20-26 mean "this model does not work on this board".
 
 Every error carries ``hint``: what the user can do about it. The CLI prints ``error: <message>`` and, when
 present, ``hint: <hint>`` — one line each, never a traceback.
@@ -84,6 +86,12 @@ class GateFailed(EdgepipeError):
 
 INTERRUPTED_EXIT_CODE = 130
 INTERNAL_ERROR_EXIT_CODE = 70
+
+
+class RegressionFound(EdgepipeError):
+    """``edgepipe compare`` found the candidate worse than the baseline."""
+
+    exit_code = 7
 
 
 class DeviceModelError(EdgepipeError):
@@ -167,3 +175,9 @@ class CommandError(InfrastructureError):
 
 class AgentError(InfrastructureError):
     exit_code = 16
+
+
+class Inconclusive(InfrastructureError):
+    """``edgepipe compare`` cannot judge: the two runs differ in board state (throttling, governor, versions)."""
+
+    exit_code = 17

@@ -22,6 +22,7 @@ AGENT_PHASES = {
     "warmup": "warming up",
     "measure": "measuring",
     "evaluate": "evaluating accuracy",
+    "repeat": "measuring again in a new process",
 }
 
 
@@ -70,6 +71,8 @@ class DeployProgress(ConsoleProgress):
                 f" (at least {event.get('runs')} runs and {event.get('min_seconds')} s,"
                 f" at most {event.get('max_runs')} runs)"
             )
+        elif event.get("phase") == "repeat":
+            text += f" ({event.get('repeat')}/{event.get('repeats')})"
         elif event.get("phase") == "warmup":
             text += f" ({event.get('runs')} runs)"
         stderr.print(f"  agent: {text}", highlight=False)
@@ -87,6 +90,7 @@ def deploy(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (default: deploy-TARGET.json).")] = None,
     runs: Annotated[int | None, typer.Option(help="Timed runs, at least (overrides the target).")] = None,
     min_seconds: Annotated[float | None, typer.Option(help="Keep timing for at least this long.")] = None,
+    repeats: Annotated[int | None, typer.Option(help="Measure in this many separate processes.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
     deadline: Annotated[float | None, typer.Option(help="Overall deadline of the job on the board, seconds.")] = None,
     tag: Annotated[
@@ -108,7 +112,7 @@ def deploy(
     from edgepipe.targets import load_target
 
     chosen = load_target(target)
-    chosen_settings = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples}
+    chosen_settings = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
     overrides = {name: value for name, value in chosen_settings.items() if value is not None}
     measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
@@ -165,7 +169,7 @@ def print_result(result: dict[str, Any]) -> None:
     table.add_row(
         "latency min / mean ± std / max",
         f"{_ms(latency['min'])} / {_ms(latency['mean'])} ± {_ms(latency['std'])} / {_ms(latency['max'])}"
-        f"  [dim]({latency['count']:,} runs)[/]",
+        f"  [dim]({latency['count']:,} runs in {len(timing.get('repeats') or [1])} process(es))[/]",
     )
     table.add_row(
         "peak RSS (VmHWM)",

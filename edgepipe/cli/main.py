@@ -11,6 +11,7 @@ import sys
 import typer
 
 from edgepipe.cli import agent as agent_command
+from edgepipe.cli import compare as compare_command
 from edgepipe.cli import deploy as deploy_command
 from edgepipe.cli import emulator as emulator_command
 from edgepipe.cli import history as history_command
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.command("optimize")(optimize_command.optimize)
 app.command("deploy")(deploy_command.deploy)
 app.command("history")(history_command.history)
+app.command("compare")(compare_command.compare)
 app.add_typer(recipes_command.app, name="recipes")
 app.add_typer(targets_command.app, name="targets")
 app.add_typer(agent_command.app, name="agent")

@@ -25,6 +25,9 @@ class MeasureSettings(Strict):
     runs: int = Field(200, ge=1, description="timed runs, at least")
     min_seconds: float = Field(1.0, ge=0, description="keep timing until this much time has passed too")
     max_runs: int = Field(20000, ge=1, description="never more timed runs (bounds the result's size)")
+    repeats: int = Field(
+        3, ge=1, description="separate measuring processes; a regression verdict needs several (see compare)"
+    )
     time_limit_s: float = Field(300, gt=0, description="wall-time limit of the sandboxed model process")
     memory_limit_mb: int = Field(2048, ge=64, description="address-space limit of the sandboxed model process")
     eval_samples: int | None = Field(None, ge=1, description="evaluate on the first N samples only")

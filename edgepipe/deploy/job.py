@@ -42,6 +42,7 @@ def build_job(
         "runs": measure.runs,
         "min_seconds": measure.min_seconds,
         "max_runs": measure.max_runs,
+        "repeats": measure.repeats,
         "time_limit_s": measure.time_limit_s,
         "memory_limit_mb": measure.memory_limit_mb,
     }

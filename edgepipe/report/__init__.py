@@ -1,0 +1,1 @@
+"""Reading results: the regression verdict between two deploys and its JUnit rendering."""
