@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -101,22 +103,35 @@ class History:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            with self._write():
-                for statement in TABLES.strip().split(";"):  # executescript would commit on its own
-                    if statement.strip():
-                        self._db.execute(statement)
-                found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-                if found is None:
-                    self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-                elif int(found[0]) != SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"{self.path}: results history schema {found[0]}, this edgepipe reads {SCHEMA_VERSION}",
-                        hint="use another --history file, or an edgepipe of the matching version",
-                    )
+            self._prepare(timeout)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{self.path}: not a usable results history: {exc}") from None
+
+    def _prepare(self, timeout: float) -> None:
+        """WAL mode and the tables. Switching a new file to WAL can fail at once with "locked" while another
+        process creates it too (SQLite skips the busy handler there), so that step is retried until ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.01, 0.1))
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._write():
+            for statement in TABLES.strip().split(";"):  # executescript would commit on its own
+                if statement.strip():
+                    self._db.execute(statement)
+            found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if found is None:
+                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            elif int(found[0]) != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path}: results history schema {found[0]}, this edgepipe reads {SCHEMA_VERSION}",
+                    hint="use another --history file, or an edgepipe of the matching version",
+                )
 
     def close(self) -> None:
         self._db.close()
