@@ -1,8 +1,8 @@
 """``edgepipe compare``: the verdict paths and exit codes, on real deploys to the local target.
 
 The slowdown is real: the same model on a target whose XNNPACK delegate is switched off (about 13x slower for
-the digits MLP here). The inconclusive run is real too: the same model run by TensorFlow's tf.lite instead of
-ai-edge-litert.
+the digits MLP of the presets here, far beyond this VM's 1.5x contended phases). The inconclusive run is real
+too: the same model run by TensorFlow's tf.lite instead of ai-edge-litert.
 """
 
 from __future__ import annotations
@@ -37,15 +37,23 @@ def local_target(folder: Path, workdir: Path, xnnpack: bool = True, runtime: str
 
 
 @pytest.fixture(scope="module")
-def recorded(optimized_run: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Three real deploys of one model, recorded with tags: baseline, slowed down, other runtime."""
+def recorded(optimized_run: tuple[Path, dict], digits: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real deploys of one model, recorded with tags: baseline, slowed down, other runtime.
+
+    The model is the digits MLP of the presets (256 hidden units; latency does not depend on the weights'
+    values, so it is not trained): large enough that XNNPACK off is many times slower than this VM's noise.
+    """
+    from edgepipe.convert.tflite import to_int8_tflite
+    from edgepipe.examples.digits import mlp
+
     directory, _ = optimized_run
     root = tmp_path_factory.mktemp("compare")
+    x_train = digits["x_train"] if isinstance(digits, dict) else digits.x_train
+    (root / "mlp.tflite").write_bytes(to_int8_tflite(mlp(hidden=256), x_train[:64], "int8"))
     env = {"EDGEPIPE_HISTORY": str(root / "h.sqlite")}
-    model = ["--model", str(directory / "model.tflite"), "--data", str(directory / "eval.npz")]
+    model = ["--model", str(root / "mlp.tflite"), "--data", str(directory / "eval.npz")]
     for tag, options in (
         ("main", {}),
-        ("again", {}),
         ("slow", {"xnnpack": False}),
         ("tflite", {"runtime": "tensorflow", "repeats": 2}),
     ):
@@ -56,12 +64,13 @@ def recorded(optimized_run: tuple[Path, dict], tmp_path_factory: pytest.TempPath
     return {"env": env, "root": root}
 
 
-def test_a_run_against_itself_and_a_repeat_pass(recorded: dict[str, Any]) -> None:
+def test_a_run_against_itself_passes(recorded: dict[str, Any]) -> None:
+    """(Two separate runs of one model are NOT asserted to pass: on this shared VM they raise a false alarm
+    about one time in five; bench/regression_power.py measures that rate.)"""
     env, root = recorded["env"], recorded["root"]
-    itself = run_cli("compare", "--baseline", "main", "--candidate", "main", "--junit", str(root / "j.xml"), env=env)
+    itself = run_cli("compare", "--baseline", "main", "--candidate", str(root / "main.json"), "--junit",
+                     str(root / "j.xml"), env=env)  # fmt: skip
     assert itself.returncode == 0 and "verdict: pass" in itself.stdout, itself.stdout + itself.stderr
-    again = run_cli("compare", "--baseline", "main", "--candidate", str(root / "again.json"), env=env)
-    assert again.returncode == 0, again.stdout
     suite = ET.parse(root / "j.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0"
     assert {case.get("name") for case in suite.iter("testcase")} >= {"latency", "accuracy", "board state"}
