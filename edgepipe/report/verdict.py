@@ -48,6 +48,7 @@ class Check:
     baseline: Any = None
     candidate: Any = None
     change: float | None = None
+    faster: bool = False  # latency only: significantly faster by more than the minimum effect
 
 
 @dataclass
@@ -164,15 +165,16 @@ def _latency(baseline: dict[str, Any], candidate: dict[str, Any], settings: Verd
         f"median {base_median * 1000:.2f} -> {cand_median * 1000:.2f} µs ({effect:+.1%}), "
         f"steady processes {base_used}/{base_all} and {cand_used}/{cand_all}"
     )
+    is_faster = faster < settings.alpha and effect < -settings.min_effect
     if slower < settings.alpha and effect > settings.min_effect:
         status, text = "fail", f"slower: {where}, p = {slower:.2g} < {settings.alpha}"
-    elif faster < settings.alpha and effect < -settings.min_effect:
+    elif is_faster:
         status, text = "pass", f"faster: {where}, p = {faster:.2g}"
     else:
         status, text = "pass", f"no change beyond {settings.min_effect:.0%}: {where}, p = {slower:.2g}"
     if min(base_all, cand_all) < 3 and status != "fail":
         text += "; fewer than 3 measuring processes: a slow process can hide a change (measure.repeats)"
-    return Check("latency", status, text, base_median, cand_median, effect)
+    return Check("latency", status, text, base_median, cand_median, effect, faster=is_faster)
 
 
 def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check:
@@ -204,9 +206,7 @@ def _paid_off(baseline: dict[str, Any], candidate: dict[str, Any], latency: Chec
         return Check("compression paid off", "n/a", "the candidate is not a pruned or clustered model")
     base_gzip, cand_gzip = _gzip_bytes(baseline), _gzip_bytes(candidate)
     smaller = base_gzip is not None and cand_gzip is not None and cand_gzip < base_gzip
-    faster = (
-        latency.change is not None and latency.change < 0 and latency.status == "pass" and "faster" in latency.message
-    )
+    faster = latency.faster
     if smaller or faster:
         why = [f"gzip {base_gzip:,} -> {cand_gzip:,} B" if smaller else "", "faster" if faster else ""]
         return Check("compression paid off", "pass", ", ".join(w for w in why if w))
