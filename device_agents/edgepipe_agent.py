@@ -32,6 +32,8 @@ Job, protocol ``edgepipe.job/1``::
     min_seconds     keep timing until this much time has passed, too                     (default 1.0)
     max_runs        never more timed runs than this (bounds the size of the result)      (default 20000)
     repeats         measure in this many sandboxed processes, one after the other        (default 1)
+    baseline        path of a second .tflite measured in processes interleaved with the model's, one per
+                    repeat (order model, baseline, baseline, model, model, ...), or null     (default null)
     time_limit_s    wall-time limit of the sandboxed child                               (default 300)
     memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
 
@@ -56,7 +58,10 @@ Result, protocol ``edgepipe.result/1``::
     model           {"bytes", "inputs": [...], "outputs": [...]} as the runtime reports them
     timing          load_ms, first_inference_ms, warmup_ms [...], latency_ms {count, min, p50, p90, p99, max,
                     mean, std}, samples_ms [...] (every timed run, in order, all repeats pooled),
-                    repeats [{pid, latency_ms, samples_ms}] (one per sandboxed process)
+                    repeats [{pid, latency_ms, samples_ms}] (one per sandboxed process);
+                    with a baseline: baseline {model, order [...], repeats [...], latency_ms, error}, where
+                    order lists the processes as they ran ("model" / "baseline") and error is the baseline's
+                    own failure (the model's result stands)
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
     accuracy        {samples, correct, accuracy, agreement: {top1, max_abs_diff}} (agreement only with reference)
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
@@ -81,7 +86,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.0.0"
+AGENT_VERSION = "1.1.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -102,6 +107,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "min_seconds": 1.0,
     "max_runs": 20000,
     "repeats": 1,
+    "baseline": None,
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -549,22 +555,54 @@ def supervise(job: dict[str, Any]) -> dict[str, Any]:
     the core it runs on): samples from one process cannot show that, several processes can. The result is
     the first child's, with every child's timed samples under ``timing.repeats`` and pooled in
     ``timing.samples_ms``. The first child that fails ends the job with its error.
+
+    With a ``baseline`` model, each repeat is a pair of processes, the baseline's and the model's, in the
+    order model-baseline, baseline-model, model-baseline ... (ABBA): both models see the same board
+    conditions, and a slow spell of the board lands on both instead of looking like a regression.
     """
     result = sandboxed(job)
-    if result["status"] != "ok" or int(job["repeats"]) == 1:
+    if result["status"] != "ok" or (int(job["repeats"]) == 1 and not job["baseline"]):
         if "timing" in result:
             result["timing"]["repeats"] = [_repeat(result)]
         return result
-    repeats = [_repeat(result)]
-    for index in range(1, int(job["repeats"])):
-        _emit("phase", phase="repeat", repeat=index + 1, repeats=job["repeats"])
-        again = sandboxed({**job, "reference": None, "outputs": None, "_repeat": True})
-        if again["status"] != "ok":
-            return {**result, "status": "error", "error": again["error"], "sandbox": again["sandbox"]}
-        repeats.append(_repeat(again))
+    light = {**job, "reference": None, "outputs": None, "_repeat": True}
+    baseline_job = {**light, "model": job["baseline"], "data": None}
+    repeats, baseline_repeats, order = [_repeat(result)], [], ["model"]
+    baseline_error = None
+    for index in range(int(job["repeats"])):
+        steps = ["baseline"] if index == 0 else ["model", "baseline"] if index % 2 == 0 else ["baseline", "model"]
+        for step in steps:
+            if step == "baseline" and not job["baseline"]:
+                continue
+            if step == "baseline" and baseline_error is not None:
+                continue
+            _emit("phase", phase="repeat", repeat=index + 1, repeats=job["repeats"], model=step)
+            again = sandboxed(baseline_job if step == "baseline" else light)
+            if again["status"] != "ok":
+                if step == "baseline":  # the baseline's trouble is reported, the model's result stands
+                    baseline_error = again["error"]
+                    continue
+                return {**result, "status": "error", "error": again["error"], "sandbox": again["sandbox"]}
+            (baseline_repeats if step == "baseline" else repeats).append(_repeat(again))
+            order.append(step)
     pooled = [sample for repeat in repeats for sample in repeat["samples_ms"]]
     result["timing"].update({"repeats": repeats, "samples_ms": pooled, "latency_ms": summarize(pooled)})
+    if job["baseline"]:
+        result["timing"]["baseline"] = _baseline_timing(job["baseline"], baseline_repeats, order, baseline_error)
     return result
+
+
+def _baseline_timing(
+    model: str, repeats: list[dict[str, Any]], order: list[str], error: dict[str, Any] | None
+) -> dict[str, Any]:
+    pooled = [sample for repeat in repeats for sample in repeat["samples_ms"]]
+    return {
+        "model": model,
+        "order": order,
+        "repeats": repeats,
+        "latency_ms": summarize(pooled) if pooled else None,
+        "error": error,
+    }
 
 
 def _repeat(result: dict[str, Any]) -> dict[str, Any]:
@@ -674,6 +712,8 @@ def check_job(raw: str) -> dict[str, Any]:
         raise JobFailed("BadJob", f"unknown job field(s): {', '.join(unknown)}")
     if not isinstance(job.get("model"), str):
         raise JobFailed("BadJob", "the job needs 'model', the path of a .tflite file")
+    if job.get("baseline") is not None and not isinstance(job["baseline"], str):
+        raise JobFailed("BadJob", "baseline must be the path of a .tflite file, or null")
     merged = {**JOB_DEFAULTS, **job}
     if merged["runtime"] not in ("auto", *RUNTIMES):
         raise JobFailed("BadJob", f"runtime {merged['runtime']!r}: expected auto or one of {', '.join(RUNTIMES)}")

@@ -119,3 +119,25 @@ def test_unreachable_mirror_fails_the_build_and_leaves_no_image(tmp_path: Path) 
     done = run_cli("emulator", "build", "rpi4", env=env)
     assert done.returncode == 10 and "apt-get update" in done.stderr and "hint:" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_report_labels_emulated_latency_and_shows_parity(
+    built_image: Any, emulator_env: dict, optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    run_copy = tmp_path / "run"
+    shutil.copytree(directory, run_copy)
+    assert run_cli("deploy", "--target", "rpi4-emu", str(run_copy), env=emulator_env).returncode == 0
+    html, md, data = tmp_path / "r.html", tmp_path / "r.md", tmp_path / "r.json"
+    done = run_cli("report", str(run_copy), "--html", str(html), "--md", str(md), "--json", str(data))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(data.read_text())
+    (target,) = document["targets"]
+    assert target["name"] == "rpi4-emu" and target["emulated"] is True and target["machine"] == "aarch64"
+    (deployment,) = next(s for s in document["stages"] if s["final"])["deployments"]
+    assert deployment["emulated"] is True and deployment["parity"]["passed"] is True
+    page = html.read_text()
+    assert 'id="emulation-note"' in page and "not the board's" in page
+    assert 'id="parity-table"' in page and "tflite_runtime" in page and "(EMULATED" in page  # the latency plot
+    assert "rpi4-emu †" in md.read_text() and "Parity rpi4-emu: pass" in md.read_text()
+    assert "EMULATED" in done.stdout and "not the board's" in done.stdout

@@ -68,6 +68,7 @@ def analyze(model: TfliteModel) -> dict[str, Any]:
                 "op": op.name,
                 "output": output[0].name if output else "",
                 "params": int(sum(t.elements for t in constants)),
+                "nonzero_params": int(sum(np.count_nonzero(t.data) for t in constants if t.data is not None)),
                 "param_bytes": int(sum(t.nbytes for t in constants)),
                 "macs": int(macs(model, op)),
                 "live_activation_bytes": int(live),
@@ -78,6 +79,7 @@ def analyze(model: TfliteModel) -> dict[str, Any]:
         "layers": rows,
         "total": {
             "params": int(np.sum([r["params"] for r in rows])) if rows else 0,
+            "nonzero_params": int(np.sum([r["nonzero_params"] for r in rows])) if rows else 0,
             "param_bytes": int(np.sum([r["param_bytes"] for r in rows])) if rows else 0,
             "macs": int(np.sum([r["macs"] for r in rows])) if rows else 0,
             "peak_activation_bytes": peak_row["live_activation_bytes"] if peak_row else 0,

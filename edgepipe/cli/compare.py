@@ -6,7 +6,6 @@ the target), a deploy result file (``deploy-rpi4.json``), or a run directory (it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,50 +13,11 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
-from edgepipe.errors import ConfigError, Inconclusive, RegressionFound
+from edgepipe.errors import Inconclusive, RegressionFound
+from edgepipe.files import write_json
+from edgepipe.report.resolve import resolve_run
 
 STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "warn": "yellow", "n/a": "dim"}
-
-
-def resolve_run(name: str, target: str | None, history_path: Path | None) -> tuple[dict[str, Any], str]:
-    """(deploy record, a description of where it came from)."""
-    path = Path(name)
-    if path.is_file():
-        return _read(path), str(path)
-    if path.is_dir():
-        files = sorted(path.glob(f"deploy-{target}.json" if target else "deploy-*.json"))
-        files = [f for f in files if not f.name.endswith(".failed.json")]
-        if len(files) != 1:
-            found = ", ".join(f.name for f in files) or "none"
-            raise ConfigError(
-                f"{path}: expected one deploy result{f' for {target}' if target else ''}, found {found}",
-                hint="name the target with --target, or the result file itself",
-            )
-        return _read(files[0]), str(files[0])
-    from edgepipe.store import History
-
-    with History(history_path) as store:
-        if name.isdigit():
-            return store.record(int(name)), f"run {name} in {store.path}"
-        rows = store.runs(target=target, tag=name, limit=1)
-        if not rows:
-            where = f" on {target}" if target else ""
-            raise ConfigError(
-                f"{name!r} is not a file, a run directory, a run id, or a tag with a complete run{where} "
-                f"in {store.path}",
-                hint="deploy with --tag NAME to record a baseline; 'edgepipe history' lists what is there",
-            )
-        return store.record(rows[0].id), f"run {rows[0].id} (tag {name}) in {store.path}"
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: not a readable deploy result: {exc}") from None
-    if not isinstance(record, dict) or record.get("schema") != "edgepipe.deploy/1":
-        raise ConfigError(f"{path}: not an edgepipe deploy result (schema edgepipe.deploy/1)")
-    return record
 
 
 def compare(
@@ -101,7 +61,7 @@ def compare(
     if json_out:
         document = {"schema": "edgepipe.verdict/1", "target": target, "baseline": base_from,
                     "candidate": cand_from, "settings": settings.model_dump(), **verdict.to_dict()}  # fmt: skip
-        json_out.write_text(json.dumps(document, indent=1, default=str) + "\n")
+        write_json(json_out, document)
     colour = {"pass": "green", "regression": "bold red", "inconclusive": "yellow"}[verdict.status]
     stdout.print(f"verdict: [{colour}]{verdict.status}[/]", highlight=False)
     failed = [c for c in verdict.checks if c.status == "fail"]

@@ -13,7 +13,10 @@ from rich.table import Table
 
 from edgepipe.cli.console import stderr, stdout
 from edgepipe.cli.optimize import ConsoleProgress
+from edgepipe.config.target import MeasureSettings, Target
+from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
+from edgepipe.run_models import RunModel
 
 AGENT_PHASES = {
     "import-runtime": "importing the TFLite runtime",
@@ -102,20 +105,36 @@ def deploy(
         typer.Option("--history", help="Results history (SQLite); default $EDGEPIPE_HISTORY or ~/.local/share."),
     ] = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record the run.")] = False,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="Also measure this model (run dir, .tflite, tag or run id) interleaved with the candidate, "
+            "for 'edgepipe compare'.",
+        ),
+    ] = None,
+    stages: Annotated[
+        bool,
+        typer.Option("--stages", help="Also measure the float model and every recipe stage's model (for the report)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
     from edgepipe.config.loading import validate
-    from edgepipe.config.target import MeasureSettings
     from edgepipe.deploy import deploy as run_deploy
     from edgepipe.store import History
     from edgepipe.targets import load_target
 
     chosen = load_target(target)
+    if stages and run_dir is None:
+        raise ConfigError("--stages needs a run directory of 'edgepipe optimize', not --model")
     chosen_settings = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
     overrides = {name: value for name, value in chosen_settings.items() if value is not None}
     measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
+    from edgepipe.report.resolve import baseline_model
+
+    paired = baseline_model(baseline, chosen.name, history) if baseline is not None else None
     store = None if no_history else History(history)
     try:
         outcome = run_deploy(
@@ -129,6 +148,7 @@ def deploy(
             progress=progress,
             history=store,
             tags=tag or [],
+            baseline=paired,
         )
     except BaseException:
         if isinstance(progress, ConsoleProgress):
@@ -144,6 +164,57 @@ def deploy(
     if store is not None:
         tags = f" tagged {', '.join(tag)}" if tag else ""
         stdout.print(f"recorded as run {outcome.run_id}{tags} in {store.path}", highlight=False)
+    if stages:
+        assert run_dir is not None
+        _deploy_stages(chosen, run_dir, measure, deadline, history, no_history, tag or [], quiet)
+
+
+def _deploy_stages(
+    target: Target,
+    run_dir: Path,
+    measure: MeasureSettings,
+    deadline: float | None,
+    history: Path | None,
+    no_history: bool,
+    tags: list[str],
+    quiet: bool,
+) -> None:
+    """Measure the other models of the run; one line per stage, the first model failure re-raised at the end."""
+    from edgepipe.deploy.stages import deploy_stages
+    from edgepipe.store import History
+
+    def started(model: RunModel) -> None:
+        if not quiet:
+            stderr.print(f"measuring stage [bold]{model.name}[/] ({model.path.relative_to(run_dir)})", highlight=False)
+
+    store = None if no_history else History(history)
+    try:
+        done = deploy_stages(
+            target, run_dir, measure=measure, deadline_s=deadline, history=store, tags=tags, on_stage=started
+        )
+    finally:
+        if store is not None:
+            store.close()
+    table = Table("stage", "accuracy", "latency p50 / p99", "peak RSS", "result", box=None, pad_edge=False)
+    for item in done:
+        if item.outcome is None:
+            assert item.error is not None
+            table.add_row(item.model.name, "[red]failed[/]", "", "", f"[red]{type(item.error).__name__}[/]")
+            continue
+        device = item.outcome.result["device"]
+        latency = device["timing"]["latency_ms"]
+        accuracy = (device.get("accuracy") or {}).get("accuracy")
+        table.add_row(
+            item.model.name,
+            f"{accuracy:.4f}" if accuracy is not None else "n/a",
+            f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
+            _mb(device["memory"]["vmhwm_kb"]["after_runs"]),
+            str(item.outcome.path),
+        )
+    stdout.print(table)
+    failures = [item.error for item in done if item.error is not None]
+    if failures:
+        raise failures[0]
 
 
 def print_result(result: dict[str, Any]) -> None:

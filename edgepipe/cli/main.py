@@ -17,6 +17,7 @@ from edgepipe.cli import emulator as emulator_command
 from edgepipe.cli import history as history_command
 from edgepipe.cli import optimize as optimize_command
 from edgepipe.cli import recipes as recipes_command
+from edgepipe.cli import report as report_command
 from edgepipe.cli import targets as targets_command
 from edgepipe.cli.console import stderr
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, INTERRUPTED_EXIT_CODE, EdgepipeError
@@ -32,6 +33,7 @@ app.command("optimize")(optimize_command.optimize)
 app.command("deploy")(deploy_command.deploy)
 app.command("history")(history_command.history)
 app.command("compare")(compare_command.compare)
+app.command("report")(report_command.report)
 app.add_typer(recipes_command.app, name="recipes")
 app.add_typer(targets_command.app, name="targets")
 app.add_typer(agent_command.app, name="agent")

@@ -28,8 +28,10 @@ def build_job(
     data: str | None = None,
     reference: str | None = None,
     outputs: str | None = None,
+    *,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    job = {
         "protocol": JOB_PROTOCOL,
         "model": model,
         "data": data,
@@ -46,6 +48,9 @@ def build_job(
         "time_limit_s": measure.time_limit_s,
         "memory_limit_mb": measure.memory_limit_mb,
     }
+    if baseline is not None:  # only then: an older agent on the board would refuse the field
+        job["baseline"] = baseline
+    return job
 
 
 def run_job(

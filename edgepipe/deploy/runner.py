@@ -8,8 +8,6 @@ good result; a success removes a stale failure of the same target. Both are writ
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,10 +33,13 @@ from edgepipe.errors import (
     ModelTimeout,
     UnsupportedOp,
 )
+from edgepipe.files import write_json
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
+from edgepipe.report.resolve import BaselineModel
 from edgepipe.store import History
 from edgepipe.transport import open_transport
+from edgepipe.transport.base import Transport
 
 SCHEMA = "edgepipe.deploy/1"
 
@@ -93,8 +94,14 @@ def deploy(
     progress: Progress | None = None,
     history: History | None = None,
     tags: Sequence[str] = (),
+    baseline: BaselineModel | None = None,
 ) -> DeployOutcome:
-    """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed)."""
+    """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed).
+
+    With ``baseline``, that model is measured in the same job, in processes interleaved with the candidate's
+    (``device.timing.baseline``): what ``compare`` needs for a latency verdict that a slow spell of a shared
+    board cannot fool.
+    """
     progress = progress or Progress()
     measure = measure or target.measure
     deadline = deadline_s or target.deadline_s
@@ -105,13 +112,15 @@ def deploy(
         progress.phase("evaluating the model on this machine (sandboxed)")
         inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
         record = _record(target, measure, inputs)
+        if baseline is not None:
+            record["baseline"] = {"model_sha256": baseline.sha256, "source": baseline.source}
         run_id = history.start(target.name, inputs.model.sha256, str(model_file), tags) if history else None
         try:
-            device, transfer = _on_board(target, measure, deadline, inputs, progress)
+            device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline)
         except InfrastructureError as exc:
             record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
             _remember(history, run_id, record)
-            _write(failed_path(path), record)
+            write_json(failed_path(path), record)
             exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
             raise
     record["device"] = device
@@ -122,12 +131,12 @@ def deploy(
     if failure is not None:
         record.update(status="failed", error=_error_entry(failure, "model"))
         _remember(history, run_id, record)
-        _write(failed_path(path), record)
+        write_json(failed_path(path), record)
         failure.hint = (failure.hint + "; " if failure.hint else "") + f"details in {failed_path(path)}"
         raise failure
     record["status"] = "passed"
     _remember(history, run_id, record)
-    _write(path, record)
+    write_json(path, record)
     failed_path(path).unlink(missing_ok=True)
     return DeployOutcome(record, path, run_id)
 
@@ -139,7 +148,12 @@ def _remember(history: History | None, run_id: int | None, record: dict[str, Any
 
 
 def _on_board(
-    target: Target, measure: MeasureSettings, deadline: float, inputs: DeployInputs, progress: Progress
+    target: Target,
+    measure: MeasureSettings,
+    deadline: float,
+    inputs: DeployInputs,
+    progress: Progress,
+    baseline: BaselineModel | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     progress.phase(f"connecting to {target.name} ({target.where()})")
     started = time.perf_counter()
@@ -165,9 +179,10 @@ def _on_board(
                 inputs.reference.sha256,
                 "reference outputs",
             )
+        remote_baseline = _baseline_on_board(transport, cache, baseline) if baseline is not None else None
         transfer_s = time.perf_counter() - started
         progress.phase(f"running the agent on {target.name}")
-        job = build_job(target, measure, remote_model, remote_data, remote_reference)
+        job = build_job(target, measure, remote_model, remote_data, remote_reference, baseline=remote_baseline)
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         socket = getattr(transport, "socket", None)
         transfer = {
@@ -180,6 +195,20 @@ def _on_board(
             "model_path": remote_model,
         }
     return device, transfer
+
+
+def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: BaselineModel) -> str:
+    """Send the baseline's bytes, or find them on the board from an earlier deploy (content-addressed)."""
+    remote = cache.blob_path(baseline.sha256, ".tflite")
+    if baseline.path is not None:
+        return cache.ensure(baseline.path, remote, baseline.sha256, "baseline model")
+    if transport.exists(remote) is not None:
+        cache.reused.append("baseline model")
+        return remote
+    raise ConfigError(
+        f"the baseline's model ({baseline.source}) is neither on this machine nor on {transport.describe()}",
+        hint="name the baseline by its run directory or .tflite file (--baseline runs/main), or deploy it again",
+    )
 
 
 def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target) -> dict[str, Any]:
@@ -289,11 +318,3 @@ def _error_entry(exc: EdgepipeError, kind: str) -> dict[str, Any]:
 
 def _since(started: float) -> float:
     return round(time.perf_counter() - started, 2)
-
-
-def _write(path: Path, record: dict[str, Any]) -> None:
-    """Write next to the destination, then rename: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(temporary, path)

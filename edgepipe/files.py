@@ -1,0 +1,29 @@
+"""Writing result files so that a reader never sees half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """Write next to the destination, then rename: a reader sees the old file or the new one, never half.
+
+    A failure (full disk, Ctrl-C) leaves the previous file in place and removes the temporary one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if isinstance(content, bytes):
+            temporary.write_bytes(content)
+        else:
+            temporary.write_text(content, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_json(path: Path, document: Any) -> None:
+    write_atomic(path, json.dumps(document, indent=1, default=str) + "\n")

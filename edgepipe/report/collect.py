@@ -1,0 +1,156 @@
+"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/1``).
+
+The document is the single source for the HTML page, the Markdown summary and the JSON file: each renderer
+reads only this dict, so the three never disagree. Its schema is ``report.schema.json`` next to this module.
+Deploy results are matched to the run's models by sha256, so a stage whose bytes are the final model's shows
+the final model's measurements, and results written by ``deploy --stages`` land on their stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe import __version__
+from edgepipe.analyze.static import analyze
+from edgepipe.provenance import now
+from edgepipe.run_models import RunModel, read_optimize_record, run_models
+from edgepipe.tflite_model import TfliteModel
+
+SCHEMA = "edgepipe.report/1"
+LATENCY_FIELDS = ("min", "p50", "p90", "p99", "max", "mean", "count")
+QUANTILES = 101  # latency distribution kept per deployment: percentiles 0, 1, ..., 100
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    record = read_optimize_record(run_dir)
+    models = run_models(run_dir, record)
+    deployments = _deployments(run_dir)
+    stages = [_stage(run_dir, model, deployments) for model in models]
+    targets = sorted({d["target"] for stage in stages for d in stage["deployments"]})
+    provenance = record.get("provenance", {})
+    return {
+        "schema": SCHEMA,
+        "created": now(),
+        "edgepipe_version": __version__,
+        "run": {
+            "dir": str(run_dir),
+            "status": record.get("status"),
+            "created": record.get("created"),
+            "recipe": record["recipe"]["name"],
+            "description": record["recipe"].get("description"),
+            "recipe_file": provenance.get("recipe_file"),
+            "recipe_sha256": provenance.get("recipe_sha256"),
+            "data": provenance.get("data"),
+            "tools": provenance.get("tools", {}),
+            "gates": record.get("gates", []),
+        },
+        "stages": stages,
+        "targets": [_target_summary(name, stages) for name in targets],
+    }
+
+
+def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+    entry = model.tflite
+    analysis = analyze(TfliteModel.read(model.path)) if model.path.is_file() else {"layers": [], "total": {}}
+    total = analysis["total"]
+    found = [d for (sha, _), d in sorted(deployments.items()) if sha == entry["sha256"]]
+    return {
+        "name": model.name,
+        "kind": model.kind,
+        "index": model.index,
+        "final": model.final,
+        "model": {
+            "path": str(model.path.relative_to(run_dir)),
+            "sha256": entry["sha256"],
+            "bytes": entry["bytes"],
+            "gzip_bytes": entry["gzip_bytes"],
+            "sparsity": entry.get("sparsity"),
+        },
+        "host_accuracy": entry.get("accuracy"),
+        "params": total.get("params", 0),
+        "nonzero_params": total.get("nonzero_params", 0),
+        "macs": total.get("macs", 0),
+        "peak_activation_bytes": total.get("peak_activation_bytes", 0),
+        "layers": [
+            {
+                "index": row["index"],
+                "op": row["op"],
+                "name": row["output"],
+                "params": row["params"],
+                "nonzero_params": row["nonzero_params"],
+                "macs": row["macs"],
+            }
+            for row in analysis["layers"]
+        ],
+        "deployments": found,
+    }
+
+
+def _deployments(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """The newest deploy result per (model sha256, target) anywhere in the run directory."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(run_dir.rglob("deploy-*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a foreign or damaged file is not a measurement
+        if not isinstance(result, dict) or result.get("schema") != "edgepipe.deploy/1":
+            continue
+        key = (result["model"]["sha256"], result["target"]["name"])
+        if key not in newest or result["created"] > newest[key]["created"]:
+            newest[key] = _deployment(run_dir, path, result)
+    return newest
+
+
+def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    device = result.get("device") or {}
+    board = device.get("board") or {}
+    runtime = device.get("runtime") or {}
+    timing = device.get("timing") or {}
+    latency = timing.get("latency_ms")
+    samples = timing.get("samples_ms") or []
+    memory = (device.get("memory") or {}).get("vmhwm_kb") or {}
+    checks = result.get("checks") or {}
+    error = result.get("error")
+    return {
+        "target": result["target"]["name"],
+        "status": result["status"],
+        "created": result["created"],
+        "result_file": str(path.relative_to(run_dir)),
+        "emulated": bool(board.get("emulated")),
+        "machine": board.get("machine"),
+        "cpu_model": board.get("cpu_model"),
+        "runtime": runtime.get("name"),
+        "runtime_version": runtime.get("version"),
+        "threads": runtime.get("threads"),
+        "xnnpack": runtime.get("xnnpack"),
+        "accuracy": checks.get("device_accuracy"),
+        "accuracy_delta_points": checks.get("accuracy_delta_points"),
+        "latency_ms": {k: latency[k] for k in LATENCY_FIELDS} if latency else None,
+        "latency_quantiles_ms": [float(v) for v in np.quantile(samples, np.linspace(0, 1, QUANTILES))]
+        if samples
+        else [],
+        "processes": len(timing.get("repeats") or [1]) if timing else 0,
+        "memory_kb": {k: memory.get(k) for k in ("before_load", "after_load", "after_runs")} if memory else None,
+        "parity": checks.get("parity"),
+        "error": {"class": error["class"], "message": error["message"]} if error else None,
+    }
+
+
+def _target_summary(name: str, stages: list[dict[str, Any]]) -> dict[str, Any]:
+    deployed = [d for stage in stages for d in stage["deployments"] if d["target"] == name]
+    final = [d for stage in stages if stage["final"] for d in stage["deployments"] if d["target"] == name]
+    reference = (final or deployed)[0]
+    return {
+        "name": name,
+        "machine": reference["machine"],
+        "cpu_model": reference["cpu_model"],
+        "emulated": reference["emulated"],
+        "runtime": reference["runtime"],
+        "runtime_version": reference["runtime_version"],
+        "stages_measured": len(deployed),
+    }

@@ -1,0 +1,57 @@
+"""The self-contained HTML report: one file, styles, plots (inline SVG), data and script inline, no fetches."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+from edgepipe.report.formatting import kib, latency, mib, pct, points
+from edgepipe.report.plots import figures
+
+CAPTIONS = (
+    ("accuracy_vs_size", "Accuracy on the host (line) and on each target (squares) against the gzip size per stage."),
+    ("accuracy_vs_latency", "Accuracy on each target against its median latency. Hollow squares: emulated."),
+    ("latency_distributions", "Latency distribution per stage, from every raw sample of every measuring process."),
+    ("layers", "Parameters (all and non-zero) and multiply-accumulates per operator of the final model."),
+)
+
+
+def render_html(report: dict[str, Any]) -> str:
+    environment = Environment(
+        loader=PackageLoader("edgepipe.report", "templates"),
+        autoescape=select_autoescape(["html", "j2"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters.update(kib=kib, mib=mib, pct=pct, points=points, latency=latency)
+    template = environment.get_template("report.html.j2")
+    return template.render(
+        report=report,
+        figures=figures(report),
+        captions=CAPTIONS,
+        emulated_targets=[t["name"] for t in report["targets"] if t["emulated"]],
+        parity_rows=_parity_rows(report),
+        # Inside <script>, "</" would end the element early; JSON allows the escaped form.
+        report_json=json.dumps(report, separators=(",", ":")).replace("</", "<\\/"),
+    )
+
+
+def _parity_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for stage in report["stages"]:
+        for d in stage["deployments"]:
+            parity = d.get("parity")
+            if parity and parity.get("passed") is not None:
+                tolerance = parity.get("tolerance") or {}
+                rows.append(
+                    {
+                        "target": d["target"],
+                        "stage": stage["name"] + (" (final)" if stage["final"] else ""),
+                        "parity": parity,
+                        "tolerance": ", ".join(f"{k} {v}" for k, v in tolerance.items()) or "n/a",
+                    }
+                )
+    return rows

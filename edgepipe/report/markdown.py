@@ -1,0 +1,54 @@
+"""The Markdown summary: one table, short enough for a pull-request comment (GitHub-flavoured Markdown)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgepipe.report.formatting import kib, latency, pct
+
+
+def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str:
+    run = report["run"]
+    targets = report["targets"]
+    lines = [f"### edgepipe: `{run['recipe']}` ({run['status']})", ""]
+    header = ["stage", "gzip", "non-zero params", "host accuracy"]
+    for t in targets:
+        mark = " †" if t["emulated"] else ""
+        header += [f"{t['name']}{mark} accuracy", f"{t['name']}{mark} p50"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
+    for stage in report["stages"]:
+        name = f"**{stage['name']}** (final)" if stage["final"] else stage["name"]
+        cells = [name, kib(stage["model"]["gzip_bytes"]), f"{stage['nonzero_params']:,}", pct(stage["host_accuracy"])]
+        for t in targets:
+            d = next((d for d in stage["deployments"] if d["target"] == t["name"]), None)
+            if d is None:
+                cells += ["", ""]
+            elif d["status"] != "passed":
+                cells += [f"failed: {d['error']['class'] if d['error'] else '?'}", ""]
+            else:
+                cells += [pct(d["accuracy"]), latency(d["latency_ms"]["p50"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    emulated = [t["name"] for t in targets if t["emulated"]]
+    if emulated:
+        lines.append(f"† emulated (QEMU): latency is the emulator's, not the board's. {_parity_line(report)}")
+    if not targets:
+        lines.append("No deploy results yet: `edgepipe deploy --target NAME RUN_DIR --stages`.")
+    if html_name:
+        lines.append(f"Full report with plots: `{html_name}`.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _parity_line(report: dict[str, Any]) -> str:
+    parts = []
+    for stage in report["stages"]:
+        for d in stage["deployments"]:
+            parity = d.get("parity")
+            if stage["final"] and parity and parity.get("passed") is not None:
+                parts.append(
+                    f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} "
+                    f"(top-1 agreement {parity['top1_agreement']:.4f}, largest difference "
+                    f"{parity['max_abs_diff']:g} step(s))."
+                )
+    return " ".join(parts)

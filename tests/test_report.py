@@ -1,0 +1,208 @@
+"""``deploy --stages`` and ``edgepipe report``: real deploys of a real optimize run, the report's three files,
+the schema, and the HTML opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import artifacts_dir, body_attribute, load
+from conftest import run_cli
+
+from edgepipe.report.schema import report_schema, schema_errors
+
+QUICK = ["--runs", "50", "--min-seconds", "0.05", "--repeats", "2"]
+
+
+@pytest.fixture(scope="module")
+def reported(optimized_run: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A copy of the optimize run, deployed to the local target with every stage, then reported."""
+    directory, optimize = optimized_run
+    work = tmp_path_factory.mktemp("report")
+    run = work / "run"
+    shutil.copytree(directory, run)
+    deployed = run_cli("deploy", "--target", "local", str(run), "--stages", "--tag", "pr-7", *QUICK)
+    assert deployed.returncode == 0, deployed.stderr
+    html, md, data = work / "out" / "report.html", work / "out" / "summary.md", work / "out" / "report.json"
+    done = run_cli("report", str(run), "--html", str(html), "--md", str(md), "--json", str(data))
+    assert done.returncode == 0, done.stderr
+    return {"run": run, "optimize": optimize, "deploy": deployed, "report": done, "html": html, "md": md, "json": data}
+
+
+def test_deploy_stages_measures_every_model_once(reported: dict[str, Any]) -> None:
+    run, optimize = reported["run"], reported["optimize"]
+    assert (run / "float" / "deploy-local.json").is_file()
+    for stage in optimize["stages"]:
+        folder = run / Path(stage["tflite"]["path"]).parent
+        result = folder / "deploy-local.json"
+        if stage["tflite"]["sha256"] == optimize["final"]["sha256"]:
+            assert not result.exists()  # the final model's bytes: measured once, by the main deploy
+        else:
+            record = json.loads(result.read_text())
+            assert record["model"]["sha256"] == stage["tflite"]["sha256"]
+            assert record["device"]["timing"]["latency_ms"]["count"] >= 50
+    assert "stage" in reported["deploy"].stdout and "float" in reported["deploy"].stdout
+    listed = run_cli("history", "--tag", "pr-7:stage-float")
+    assert listed.returncode == 0 and "local" in listed.stdout and "stage:float" in listed.stdout
+
+
+def test_report_json_validates_and_covers_every_stage_and_target(reported: dict[str, Any]) -> None:
+    document = json.loads(reported["json"].read_text())
+    assert schema_errors(document) == []
+    optimize = reported["optimize"]
+    names = [s["name"] for s in document["stages"]]
+    assert names == ["float", *(s["name"] for s in optimize["stages"])]
+    assert [s["final"] for s in document["stages"]].count(True) == 1
+    final = next(s for s in document["stages"] if s["final"])
+    assert final["model"]["sha256"] == optimize["final"]["sha256"]
+    assert final["model"]["gzip_bytes"] == optimize["final"]["gzip_bytes"]
+    assert document["targets"][0]["name"] == "local" and document["targets"][0]["emulated"] is False
+    float_stage = document["stages"][0]
+    assert float_stage["params"] == optimize["analysis"]["float"]["total"]["params"]
+    assert float_stage["macs"] == optimize["analysis"]["float"]["total"]["macs"] > 0
+    pruned = document["stages"][1]
+    assert pruned["nonzero_params"] < 0.7 * pruned["params"]  # 50 % sparsity on the weights, biases dense
+    for stage in document["stages"]:
+        (deployment,) = stage["deployments"]
+        assert deployment["status"] == "passed" and deployment["target"] == "local"
+        latency = deployment["latency_ms"]
+        assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        quantiles = deployment["latency_quantiles_ms"]
+        assert len(quantiles) == 101 and quantiles == sorted(quantiles) and quantiles[0] == latency["min"]
+        assert deployment["accuracy"] == pytest.approx(stage["host_accuracy"], abs=0.005)
+
+
+def test_markdown_summary_is_short_and_has_one_row_per_stage(reported: dict[str, Any]) -> None:
+    text = reported["md"].read_text()
+    document = json.loads(reported["json"].read_text())
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(document["stages"])  # header + stages
+    assert len(text.splitlines()) <= 20 and "(final)" in text and "local p50" in text
+    assert "report.html" in text
+
+
+class _References(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.external: list[str] = []
+        self.svgs = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.svgs += tag == "svg"
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href") and value and not value.startswith("#"):
+                self.external.append(value)
+
+
+def test_html_is_self_contained(reported: dict[str, Any]) -> None:
+    text = reported["html"].read_text()
+    parser = _References()
+    parser.feed(text)
+    assert parser.external == []
+    assert parser.svgs >= 4 and "@import" not in text and "url(http" not in text
+    assert "Parity with the host" not in text  # no emulated target here
+
+
+def test_html_renders_in_headless_chromium_with_its_plots(reported: dict[str, Any]) -> None:
+    screenshot = artifacts_dir() / "report.png"
+    screenshot.unlink(missing_ok=True)
+    page = load(reported["html"], screenshot=screenshot)
+    assert page.console == []
+    assert page.page_requests == []
+    assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/1"  # the inline script ran
+    assert body_attribute(page.dom, "data-plots-drawn") == "4"  # four SVG plots with a non-zero size on screen
+    for plot in ("accuracy_vs_size", "accuracy_vs_latency", "latency_distributions", "layers"):
+        assert f'id="plot-{plot}"' in page.dom
+    assert screenshot.stat().st_size > 50_000  # a page with tables and plots, not a blank one
+
+
+def test_the_browser_check_sees_script_errors_and_fetches(tmp_path: Path) -> None:
+    """The negative control of the test above: the same observations catch what they must catch."""
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body><img src="https://example.com/x.png"><script>notDefined();</script></body></html>')
+    seen = load(page)
+    assert any("notDefined" in line for line in seen.console)
+    assert seen.page_requests == ["https://example.com/x.png"]
+    assert body_attribute(seen.dom, "data-plots-drawn") is None
+
+
+def test_terminal_output_has_a_table_per_target_and_the_report_paths(reported: dict[str, Any]) -> None:
+    out = reported["report"].stdout
+    assert "edgepipe report:" in out and "local: x86_64" in out
+    assert f"HTML report: {reported['html']}" in out.replace("\n", "")
+    assert "p50" in out and "(final)" in out
+
+
+def test_schema_rejects_what_breaks_it(reported: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    Draft202012Validator.check_schema(report_schema())
+    document = json.loads(reported["json"].read_text())
+    broken = json.loads(json.dumps(document))
+    del broken["stages"][0]["deployments"][0]["latency_ms"]
+    assert any("latency_ms" in e for e in schema_errors(broken))
+    broken = json.loads(json.dumps(document))
+    broken["schema"] = "edgepipe.report/2"
+    assert schema_errors(broken)
+    broken = json.loads(json.dumps(document))
+    broken["stages"][0]["surprise"] = 1
+    assert any("surprise" in e for e in schema_errors(broken))
+
+
+def test_default_outputs_go_into_the_run_directory_and_a_bad_path_loses_nothing(
+    reported: dict[str, Any], tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reported["run"], run)
+    done = run_cli("report", str(run))
+    assert done.returncode == 0, done.stderr
+    assert {"report.html", "report.md", "report.json"} <= {p.name for p in run.iterdir()}
+    before = (run / "report.json").read_bytes()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    failed = run_cli("report", str(run), "--json", str(run / "report.json"), "--html", str(blocker / "r.html"))
+    assert failed.returncode == 2 and "cannot write" in failed.stderr
+    assert not list(run.glob(".report*tmp*")) and not list(tmp_path.glob(".*tmp*"))
+    assert (run / "report.json").read_bytes() != b""  # complete: either the old or the new document
+    assert json.loads((run / "report.json").read_text())["schema"] == json.loads(before)["schema"]
+
+
+def test_report_of_a_run_without_deploys_and_of_a_non_run(optimized_run: tuple[Path, dict], tmp_path: Path) -> None:
+    directory, _ = optimized_run
+    out = tmp_path / "r.json"
+    done = run_cli("report", str(directory), "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["targets"] == [] and all(s["deployments"] == [] for s in document["stages"])
+    assert "no deploy results yet" in done.stdout
+    assert not (directory / "report.html").exists()  # only what was asked for
+    refused = run_cli("report", str(tmp_path))
+    assert refused.returncode == 2 and "not a run directory" in refused.stderr
+
+
+def test_a_failed_stage_deploy_shows_in_the_report(optimized_run: tuple[Path, dict], tmp_path: Path) -> None:
+    """A model that overruns the board's time limit: ModelTimeout (24), recorded, and shown as failed."""
+    directory, _ = optimized_run
+    run = tmp_path / "run"
+    shutil.copytree(directory, run)
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "strict.yaml").write_text(
+        "name: strict\ntransport: local\nworkdir: " + str(tmp_path / "board") + "\n"
+        "measure: {runs: 10, min_seconds: 60, max_runs: 100000000, repeats: 1, time_limit_s: 1.5}\n"
+    )
+    env = {"EDGEPIPE_TARGETS_DIR": str(targets)}
+    deployed = run_cli("deploy", "--target", "strict", str(run), env=env)
+    assert deployed.returncode == 24, deployed.stderr
+    assert (run / "deploy-strict.failed.json").is_file() and not (run / "deploy-strict.json").exists()
+    done = run_cli("report", str(run), "--md", str(tmp_path / "s.md"), "--json", str(tmp_path / "r.json"), env=env)
+    assert done.returncode == 0, done.stderr
+    document = json.loads((tmp_path / "r.json").read_text())
+    (failed,) = next(s for s in document["stages"] if s["final"])["deployments"]
+    assert failed["status"] == "failed" and failed["error"]["class"] == "ModelTimeout"
+    assert "failed: ModelTimeout" in (tmp_path / "s.md").read_text()
+    assert "ModelTimeout" in done.stdout
