@@ -32,8 +32,8 @@ Job, protocol ``edgepipe.job/1``::
     min_seconds     keep timing until this much time has passed, too                     (default 1.0)
     max_runs        never more timed runs than this (bounds the size of the result)      (default 20000)
     repeats         measure in this many sandboxed processes, one after the other        (default 1)
-    baseline        path of a second .tflite measured in processes interleaved with the model's, one per
-                    repeat (order model, baseline, baseline, model, model, ...), or null     (default null)
+    baseline        path of a second .tflite to time against the model: ``repeats`` more processes each load
+                    both and time them in alternating blocks of about 10 ms (ABBA), or null   (default null)
     time_limit_s    wall-time limit of the sandboxed child                               (default 300)
     memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
 
@@ -59,9 +59,10 @@ Result, protocol ``edgepipe.result/1``::
     timing          load_ms, first_inference_ms, warmup_ms [...], latency_ms {count, min, p50, p90, p99, max,
                     mean, std}, samples_ms [...] (every timed run, in order, all repeats pooled),
                     repeats [{pid, latency_ms, samples_ms}] (one per sandboxed process);
-                    with a baseline: baseline {model, order [...], repeats [...], latency_ms, error}, where
-                    order lists the processes as they ran ("model" / "baseline") and error is the baseline's
-                    own failure (the model's result stands)
+                    with a baseline: baseline {model, latency_ms (the baseline's), error, processes
+                    [{pid, first ("model" | "baseline"), block_runs, model_ms [...], baseline_ms [...]}]}:
+                    samples in the order timed, in blocks of block_runs alternating A B B A ...; error is a
+                    failure while measuring with the baseline (the model's own result stands)
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
     accuracy        {samples, correct, accuracy, agreement: {top1, max_abs_diff}} (agreement only with reference)
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
@@ -437,6 +438,73 @@ def _evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
     return report
 
 
+def _prepare_input(np: Any, interpreter: Any, job: dict[str, Any]) -> None:
+    """Batch 1, and the first evaluation sample as input when it fits (zeros otherwise) for the timed runs."""
+    source = interpreter.get_input_details()[0]
+    if list(source["shape"][:1]) != [1] and len(source["shape"]) > 0:
+        interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
+        interpreter.allocate_tensors()
+        source = interpreter.get_input_details()[0]
+    sample = np.zeros(source["shape"], dtype=source["dtype"])
+    if job["data"]:
+        with np.load(job["data"], allow_pickle=False) as archive:
+            first = archive["x"][:1]
+        if list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
+            sample = _quantize(np, first, source)
+    interpreter.set_tensor(source["index"], sample)
+
+
+def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
+    """A paired repeat of a job with a baseline: both models in this one process, timed in alternating blocks.
+
+    Blocks of about 10 ms each, in the order A B B A A B ... (ABBA, ``_first`` says who starts): a slow spell
+    of the board (another tenant, a frequency change) lasts far longer than a block, so it lands on both
+    models alike instead of on one of them. Both get the same input rule and the same warm-up.
+    """
+    import numpy as np
+
+    interpreter_class, resolver, _, _ = _import_runtime(job["runtime"])
+    model, _ = _load_model(job, interpreter_class, resolver)
+    baseline, _ = _load_model({**job, "model": job["baseline"]}, interpreter_class, resolver)
+    typical_ns = []
+    for interpreter in (model, baseline):
+        _prepare_input(np, interpreter, job)
+        _invoke(interpreter)
+        warmup = []
+        for _ in range(max(int(job["warmup_runs"]), 3)):
+            t0 = time.perf_counter_ns()
+            _invoke(interpreter)
+            warmup.append(time.perf_counter_ns() - t0)
+        typical_ns.append(sorted(warmup)[len(warmup) // 2])
+    # about 10 ms of the slower model, but at least 20 blocks per model before max_runs
+    block = max(1, min(1000, int(10e6 / max(typical_ns)), int(job["max_runs"]) // 20))
+    first_is_model = job.get("_first", "model") == "model"
+    ordered: list[tuple[Any, list[int]]] = [(model, []), (baseline, [])]
+    if not first_is_model:
+        ordered.reverse()
+    runs, max_runs, min_ns = int(job["runs"]), int(job["max_runs"]), float(job["min_seconds"]) * 1e9
+    clock = time.perf_counter_ns
+    started, turn = clock(), 0
+    try:
+        while len(ordered[0][1]) < max_runs and (len(ordered[0][1]) < runs or clock() - started < min_ns):
+            for interpreter, samples in ordered if turn % 2 == 0 else ordered[::-1]:
+                invoke = interpreter.invoke
+                for _ in range(block):
+                    t0 = clock()
+                    invoke()
+                    samples.append(clock() - t0)
+            turn += 1
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed("InvokeFailed", f"invoke() failed: {_clean(exc)}") from None
+    model_ns, baseline_ns = (ordered[0][1], ordered[1][1]) if first_is_model else (ordered[1][1], ordered[0][1])
+    return {
+        "first": "model" if first_is_model else "baseline",
+        "block_runs": block,
+        "model_ms": [s / 1e6 for s in model_ns],
+        "baseline_ms": [s / 1e6 for s in baseline_ns],
+    }
+
+
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Everything that touches the model; runs only inside the sandboxed child. A repeat (``_repeat``) only
     times: it stays quiet and leaves accuracy to the first child."""
@@ -455,24 +523,13 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     interpreter, size = _load_model(job, interpreter_class, resolver)
     load_ms = (time.perf_counter() - t0) * 1000
-    source = interpreter.get_input_details()[0]
-    if list(source["shape"][:1]) != [1] and len(source["shape"]) > 0:
-        interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
-        interpreter.allocate_tensors()
-        source = interpreter.get_input_details()[0]
+    _prepare_input(np, interpreter, job)
     result["memory"]["vmhwm_kb"]["after_load"] = _vmhwm_kb()
     result["model"] = {
         "bytes": size,
         "inputs": [_tensor_info(d) for d in interpreter.get_input_details()],
         "outputs": [_tensor_info(d) for d in interpreter.get_output_details()],
     }
-    sample = np.zeros(source["shape"], dtype=source["dtype"])
-    if job["data"]:
-        with np.load(job["data"], allow_pickle=False) as archive:
-            first = archive["x"][:1]
-        if list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
-            sample = _quantize(np, first, source)
-    interpreter.set_tensor(source["index"], sample)
 
     emit("phase", phase="first-inference")
     t0 = time.perf_counter()
@@ -504,7 +561,7 @@ def sandbox_main() -> int:
     """Child entry point: read the job on stdin, write ``{"ok": ...}`` or ``{"error": ...}`` on stdout."""
     job = json.loads(sys.stdin.read())
     try:
-        answer: dict[str, Any] = {"ok": measure(job)}
+        answer: dict[str, Any] = {"ok": measure_paired(job) if job.get("_paired") else measure(job)}
     except JobFailed as exc:
         answer = {"error": {"class": exc.error_class, "message": exc.message}}
     except MemoryError:
@@ -556,50 +613,45 @@ def supervise(job: dict[str, Any]) -> dict[str, Any]:
     the first child's, with every child's timed samples under ``timing.repeats`` and pooled in
     ``timing.samples_ms``. The first child that fails ends the job with its error.
 
-    With a ``baseline`` model, each repeat is a pair of processes, the baseline's and the model's, in the
-    order model-baseline, baseline-model, model-baseline ... (ABBA): both models see the same board
-    conditions, and a slow spell of the board lands on both instead of looking like a regression.
+    With a ``baseline``, ``repeats`` more children each load both models and time them in alternating blocks
+    (``measure_paired``), the first one starting with the model, the next with the baseline, and so on;
+    their samples go to ``timing.baseline``. The baseline's own failure is reported there and does not
+    fail the model's result.
     """
     result = sandboxed(job)
-    if result["status"] != "ok" or (int(job["repeats"]) == 1 and not job["baseline"]):
-        if "timing" in result:
-            result["timing"]["repeats"] = [_repeat(result)]
+    if result["status"] != "ok":
         return result
+    repeats = [_repeat(result)]
     light = {**job, "reference": None, "outputs": None, "_repeat": True}
-    baseline_job = {**light, "model": job["baseline"], "data": None}
-    repeats, baseline_repeats, order = [_repeat(result)], [], ["model"]
-    baseline_error = None
-    for index in range(int(job["repeats"])):
-        steps = ["baseline"] if index == 0 else ["model", "baseline"] if index % 2 == 0 else ["baseline", "model"]
-        for step in steps:
-            if step == "baseline" and not job["baseline"]:
-                continue
-            if step == "baseline" and baseline_error is not None:
-                continue
-            _emit("phase", phase="repeat", repeat=index + 1, repeats=job["repeats"], model=step)
-            again = sandboxed(baseline_job if step == "baseline" else light)
-            if again["status"] != "ok":
-                if step == "baseline":  # the baseline's trouble is reported, the model's result stands
-                    baseline_error = again["error"]
-                    continue
-                return {**result, "status": "error", "error": again["error"], "sandbox": again["sandbox"]}
-            (baseline_repeats if step == "baseline" else repeats).append(_repeat(again))
-            order.append(step)
+    for index in range(1, int(job["repeats"])):
+        _emit("phase", phase="repeat", repeat=index + 1, repeats=job["repeats"])
+        again = sandboxed(light)
+        if again["status"] != "ok":
+            return {**result, "status": "error", "error": again["error"], "sandbox": again["sandbox"]}
+        repeats.append(_repeat(again))
     pooled = [sample for repeat in repeats for sample in repeat["samples_ms"]]
     result["timing"].update({"repeats": repeats, "samples_ms": pooled, "latency_ms": summarize(pooled)})
     if job["baseline"]:
-        result["timing"]["baseline"] = _baseline_timing(job["baseline"], baseline_repeats, order, baseline_error)
+        result["timing"]["baseline"] = _paired(job, light)
     return result
 
 
-def _baseline_timing(
-    model: str, repeats: list[dict[str, Any]], order: list[str], error: dict[str, Any] | None
-) -> dict[str, Any]:
-    pooled = [sample for repeat in repeats for sample in repeat["samples_ms"]]
+def _paired(job: dict[str, Any], light: dict[str, Any]) -> dict[str, Any]:
+    processes: list[dict[str, Any]] = []
+    error = None
+    for index in range(int(job["repeats"])):
+        _emit("phase", phase="paired", repeat=index + 1, repeats=job["repeats"])
+        first = "model" if index % 2 == 0 else "baseline"
+        again = sandboxed({**light, "_paired": True, "_first": first})
+        if again["status"] != "ok":
+            error = {**again["error"], "message": f"measuring with the baseline: {again['error']['message']}"}
+            break
+        fields = ("first", "block_runs", "model_ms", "baseline_ms")
+        processes.append({"pid": again["sandbox"]["pid"], **{name: again[name] for name in fields}})
+    pooled = [sample for process in processes for sample in process["baseline_ms"]]
     return {
-        "model": model,
-        "order": order,
-        "repeats": repeats,
+        "model": job["baseline"],
+        "processes": processes,
         "latency_ms": summarize(pooled) if pooled else None,
         "error": error,
     }

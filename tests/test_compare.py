@@ -48,20 +48,26 @@ def recorded(optimized_run: tuple[Path, dict], digits: Any, tmp_path_factory: py
 
     directory, _ = optimized_run
     root = tmp_path_factory.mktemp("compare")
+    recorded_output: dict[str, str] = {}
     x_train = digits["x_train"] if isinstance(digits, dict) else digits.x_train
     (root / "mlp.tflite").write_bytes(to_int8_tflite(mlp(hidden=256), x_train[:64], "int8"))
     env = {"EDGEPIPE_HISTORY": str(root / "h.sqlite")}
     model = ["--model", str(root / "mlp.tflite"), "--data", str(directory / "eval.npz")]
-    for tag, options in (
-        ("main", {}),
-        ("slow", {"xnnpack": False}),
-        ("tflite", {"runtime": "tensorflow", "repeats": 2}),
+    tiny = ["--model", str(directory / "model.tflite"), "--data", str(directory / "eval.npz")]
+    for tag, options, source, extra in (
+        ("main", {}, model, []),
+        ("slow", {"xnnpack": False}, model, []),
+        ("tflite", {"runtime": "tensorflow", "repeats": 2}, model, []),
+        ("paired-aa", {}, model, ["--baseline", "main"]),  # the same model, timed against itself
+        ("tiny", {}, tiny, []),
+        ("bigger", {}, model, ["--baseline", "tiny"]),  # 25x the MACs of the tiny model (about 2x the time)
     ):
         targets = local_target(root / tag, root / "board", **options)
-        done = run_cli("deploy", *model, "--out", str(root / f"{tag}.json"), "--tag", tag,
+        done = run_cli("deploy", *source, "--out", str(root / f"{tag}.json"), "--tag", tag, *extra,
                        env={**env, "EDGEPIPE_TARGETS_DIR": str(targets)})  # fmt: skip
         assert done.returncode == 0, done.stderr
-    return {"env": env, "root": root}
+        recorded_output[tag] = done.stdout
+    return {"env": env, "root": root, "output": recorded_output}
 
 
 def test_a_run_against_itself_passes(recorded: dict[str, Any]) -> None:
@@ -102,6 +108,55 @@ def test_a_different_runtime_is_inconclusive_and_says_why(recorded: dict[str, An
     assert suite is not None and int(suite.get("skipped", "0")) >= 1
 
 
+def test_a_paired_measurement_of_the_same_model_passes(recorded: dict[str, Any]) -> None:
+    """Measured A/A false alarms of the paired test: 0 in 100 (bench/regression_power.py); largest A/A effect
+    about 1 %, against the 3 % minimum effect."""
+    env, root = recorded["env"], recorded["root"]
+    record = json.loads((root / "paired-aa.json").read_text())
+    paired = record["device"]["timing"]["baseline"]
+    assert paired["error"] is None and len(paired["processes"]) == 5
+    assert [p["first"] for p in paired["processes"]] == ["model", "baseline", "model", "baseline", "model"]
+    assert all(len(p["model_ms"]) == len(p["baseline_ms"]) >= 2000 for p in paired["processes"])
+    assert record["baseline"]["model_sha256"] == record["model"]["sha256"]
+    assert "against the baseline" in recorded["output"]["paired-aa"]
+    done = run_cli(
+        "compare", "--baseline", "main", "--candidate", "paired-aa", "--json", str(root / "aa.json"), env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    latency = next(c for c in json.loads((root / "aa.json").read_text())["checks"] if c["name"] == "latency")
+    assert latency["message"].startswith("no change") and "paired in one job" in latency["message"]
+
+
+def test_a_slower_model_measured_paired_is_a_latency_regression(recorded: dict[str, Any]) -> None:
+    env, root = recorded["env"], recorded["root"]
+    done = run_cli("compare", "--baseline", "tiny", "--candidate", "bigger", "--json", str(root / "b.json"), env=env)
+    assert done.returncode == 7, done.stdout + done.stderr
+    checks = {c["name"]: c for c in json.loads((root / "b.json").read_text())["checks"]}
+    assert checks["latency"]["status"] == "fail" and "paired in one job" in checks["latency"]["message"]
+    assert checks["latency"]["change"] > 0.5  # measured: about +95 %
+    # Against a run of another model the candidate's paired measurement does not apply: unpaired, and said so.
+    other = run_cli("compare", "--baseline", "main", "--candidate", "bigger", "--json", str(root / "o.json"), env=env)
+    latency = next(c for c in json.loads((root / "o.json").read_text())["checks"] if c["name"] == "latency")
+    assert "separate jobs" in latency["message"] and other.returncode in (0, 7)
+
+
+def test_a_baseline_whose_model_is_nowhere_is_a_clear_error(
+    recorded: dict[str, Any], optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    env, root = recorded["env"], recorded["root"]
+    gone = tmp_path / "gone.tflite"
+    gone.write_bytes((optimized_run[0] / "model.tflite").read_bytes())  # not the candidate's bytes
+    targets = local_target(tmp_path / "t", tmp_path / "board")
+    deployed = run_cli("deploy", "--model", str(gone), "--tag", "vanished",
+                       env={**env, "EDGEPIPE_TARGETS_DIR": str(targets)})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr
+    gone.unlink()  # the baseline's file is gone here, and the next board never had it
+    fresh = local_target(tmp_path / "fresh", tmp_path / "empty-board")
+    done = run_cli("deploy", "--model", str(root / "mlp.tflite"), "--baseline", "vanished",
+                   env={**env, "EDGEPIPE_TARGETS_DIR": str(fresh)})  # fmt: skip
+    assert done.returncode == 2 and "neither on this machine nor on" in done.stderr and "hint:" in done.stderr
+
+
 def test_unknown_baseline_is_a_config_error(recorded: dict[str, Any]) -> None:
     done = run_cli("compare", "--baseline", "no-such-tag", "--candidate", "main", env=recorded["env"])
     assert done.returncode == 2 and "no-such-tag" in done.stderr and "hint:" in done.stderr
@@ -132,6 +187,40 @@ def test_slow_processes_do_not_raise_false_alarms_but_a_shift_of_all_does() -> N
     verdict = compare(steady, slower, settings)
     assert verdict.status == "regression" and [c.name for c in verdict.checks if c.status == "fail"] == ["latency"]
     assert compare(steady, synthetic([1.02] * 5, seed=4), settings).status == "pass"  # below min_effect
+
+
+def paired_synthetic(base: dict[str, Any], factor: float, seed: int) -> dict[str, Any]:
+    """A candidate with a paired measurement against ``base``'s model: blocks drift together, the model is
+    ``factor`` times slower than the baseline within each block."""
+    rng = random.Random(seed)
+    processes = []
+    for index in range(5):
+        model, baseline = [], []
+        for _ in range(20):
+            board = rng.choice([1.0, 1.5])  # a slow spell lands on both sides of a block pair
+            baseline += [board * rng.lognormvariate(0, 0.05) for _ in range(100)]
+            model += [board * factor * rng.lognormvariate(0, 0.05) for _ in range(100)]
+        first = "model" if index % 2 == 0 else "baseline"
+        processes.append({"first": first, "block_runs": 100, "model_ms": model, "baseline_ms": baseline})
+    candidate = synthetic([1.0] * 5, seed=seed + 1)
+    candidate["baseline"] = {"model_sha256": base["model"]["sha256"], "source": "test"}
+    candidate["device"]["timing"]["baseline"] = {"processes": processes, "error": None}
+    return candidate
+
+
+def test_paired_blocks_see_through_slow_spells_and_catch_a_shift() -> None:
+    settings = VerdictSettings()
+    base = synthetic([1.0] * 5, seed=7)
+    same = compare(base, paired_synthetic(base, 1.0, seed=8), settings)
+    assert same.status == "pass" and "paired in one job" in same.checks[1].message
+    slower = compare(base, paired_synthetic(base, 1.05, seed=9), settings)
+    assert slower.status == "regression" and slower.checks[1].name == "latency"
+    assert 0.03 < slower.checks[1].change < 0.07
+    faster = compare(base, paired_synthetic(base, 0.9, seed=10), settings)
+    assert faster.status == "pass" and faster.checks[1].faster
+    failed = paired_synthetic(base, 1.5, seed=11)
+    failed["device"]["timing"]["baseline"]["error"] = {"class": "ModelCrash", "message": "x"}
+    assert "separate jobs" in compare(base, failed, settings).checks[1].message  # unusable pairing: unpaired
 
 
 def test_throttling_makes_the_verdict_inconclusive() -> None:

@@ -242,6 +242,9 @@ def print_result(result: dict[str, Any]) -> None:
         f"{_ms(latency['min'])} / {_ms(latency['mean'])} ± {_ms(latency['std'])} / {_ms(latency['max'])}"
         f"  [dim]({latency['count']:,} runs in {len(timing.get('repeats') or [1])} process(es))[/]",
     )
+    paired = timing.get("baseline")
+    if paired:
+        table.add_row("against the baseline", _paired_row(result, paired))
     table.add_row(
         "peak RSS (VmHWM)",
         f"{_mb(memory['before_load'])} before load, {_mb(memory['after_load'])} loaded, "
@@ -282,6 +285,24 @@ def print_result(result: dict[str, Any]) -> None:
         f"already on board: {', '.join(transfer['already_on_board']) or 'nothing'}",
     )
     stdout.print(table)
+
+
+def _paired_row(result: dict[str, Any], paired: dict[str, Any]) -> str:
+    """One line on the in-process A/B measurement that ``deploy --baseline`` added."""
+    import math
+    import statistics
+
+    from edgepipe.report.latency import block_log_ratios
+
+    source = (result.get("baseline") or {}).get("source", "baseline")
+    if paired.get("error"):
+        return f"[yellow]not measured[/]: {paired['error']['class']}: {paired['error']['message']}"
+    ratios = block_log_ratios(paired["processes"])
+    change = math.exp(statistics.median(ratios)) - 1
+    return (
+        f"{change:+.1%} (median of {len(ratios)} block pairs in {len(paired['processes'])} processes, "
+        f"timed alternately with {source}; baseline p50 {_ms(paired['latency_ms']['p50'])})"
+    )
 
 
 def _ms(value: float) -> str:

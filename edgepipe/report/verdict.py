@@ -1,12 +1,7 @@
 """The regression verdict between a baseline and a candidate deploy on the same target.
 
-Latency: a process can spend its whole life in a slower state (measured on this shared VM: about one process in
-four runs 1.4-1.5x slower than the others, whatever the model). So each deploy measures in several processes
-(``measure.repeats``), and the verdict compares each run's steady state: the processes whose median is within
-``fast_window`` of that run's fastest one. Their raw samples (evenly thinned to ``max_samples``) go into a one-sided
-Mann-Whitney U test; a regression needs both significance (``p < alpha``) and a change of the medians larger than
-``min_effect``: with thousands of samples any difference is significant, only the effect size says whether it
-matters.
+Latency is compared paired when the candidate was measured together with the baseline's model (``deploy
+--baseline``), unpaired otherwise; ``latency.py`` says how and why.
 
 Accuracy drop, model size growth and peak memory growth are compared against thresholds. When the two runs
 differ in board state (throttling, governor, CPU, runtime or agent version, emulation) the verdict is
@@ -18,7 +13,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,29 +20,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepipe.errors import ConfigError
+from edgepipe.report.checks import Check
+from edgepipe.report.latency import get, paired_check, paired_processes, unpaired_check
 
 
 class VerdictSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float = Field(0.01, gt=0, lt=1, description="significance level of the one-sided Mann-Whitney U test")
+    alpha: float = Field(0.01, gt=0, lt=1, description="significance of the one-sided latency test")
     min_effect: float = Field(0.03, ge=0, description="smallest relative change of the median latency that counts")
     fast_window: float = Field(0.10, ge=0, description="processes within this of the fastest form the steady state")
     max_samples: int = Field(2000, ge=20, description="raw samples per run used in the test (evenly thinned)")
     max_accuracy_drop: float = Field(0.5, ge=0, description="points")
     max_size_growth: float = Field(0.01, ge=0, description="relative growth of the .tflite file")
     max_memory_growth: float = Field(0.10, ge=0, description="relative growth of the peak RSS after the runs")
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # "pass" | "fail" | "inconclusive" | "warn" | "n/a"
-    message: str
-    baseline: Any = None
-    candidate: Any = None
-    change: float | None = None
-    faster: bool = False  # latency only: significantly faster by more than the minimum effect
 
 
 @dataclass
@@ -84,13 +69,6 @@ DIFF_FIELDS = (
 )  # fmt: skip
 
 
-def get(record: dict[str, Any], path: str) -> Any:
-    value: Any = record
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def compare(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Verdict:
     base_target, cand_target = get(baseline, "target.name"), get(candidate, "target.name")
     if base_target != cand_target:
@@ -100,7 +78,8 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], settings: Verdi
     for name, record in (("baseline", baseline), ("candidate", candidate)):
         if record.get("status") != "passed" or not get(record, "device.timing"):
             raise ConfigError(f"the {name} is a failed deploy ({get(record, 'error.class')}): nothing to compare")
-    latency = _latency(baseline, candidate, settings)
+    processes = paired_processes(baseline, candidate)
+    latency = paired_check(processes, settings) if processes else unpaired_check(baseline, candidate, settings)
     checks = [*_state(baseline, candidate), latency]
     checks += [
         _accuracy(baseline, candidate, settings),
@@ -138,43 +117,6 @@ def _state(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Check]:
     if problems:
         return [Check("board state", "inconclusive", "the runs differ in board state: " + "; ".join(problems))]
     return [Check("board state", "pass", "same board, runtime and agent; no throttling")]
-
-
-def steady_state(record: dict[str, Any], settings: VerdictSettings) -> tuple[list[float], int, int]:
-    """Raw samples of the processes within ``fast_window`` of the fastest, thinned; and (used, all) processes."""
-    timing = get(record, "device.timing")
-    repeats = timing.get("repeats") or [{"samples_ms": timing["samples_ms"]}]
-    medians = [statistics.median(r["samples_ms"]) for r in repeats]
-    fastest = min(medians)
-    chosen = [r for r, m in zip(repeats, medians, strict=True) if m <= fastest * (1 + settings.fast_window)]
-    pooled = [s for r in chosen for s in r["samples_ms"]]
-    step = max(1, len(pooled) // settings.max_samples)
-    return pooled[::step], len(chosen), len(repeats)
-
-
-def _latency(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check:
-    from scipy.stats import mannwhitneyu
-
-    base, base_used, base_all = steady_state(baseline, settings)
-    cand, cand_used, cand_all = steady_state(candidate, settings)
-    base_median, cand_median = statistics.median(base), statistics.median(cand)
-    effect = cand_median / base_median - 1
-    slower = float(mannwhitneyu(cand, base, alternative="greater").pvalue)
-    faster = float(mannwhitneyu(cand, base, alternative="less").pvalue)
-    where = (
-        f"median {base_median * 1000:.2f} -> {cand_median * 1000:.2f} µs ({effect:+.1%}), "
-        f"steady processes {base_used}/{base_all} and {cand_used}/{cand_all}"
-    )
-    is_faster = faster < settings.alpha and effect < -settings.min_effect
-    if slower < settings.alpha and effect > settings.min_effect:
-        status, text = "fail", f"slower: {where}, p = {slower:.2g} < {settings.alpha}"
-    elif is_faster:
-        status, text = "pass", f"faster: {where}, p = {faster:.2g}"
-    else:
-        status, text = "pass", f"no change beyond {settings.min_effect:.0%}: {where}, p = {slower:.2g}"
-    if min(base_all, cand_all) < 3 and status != "fail":
-        text += "; fewer than 3 measuring processes: a slow process can hide a change (measure.repeats)"
-    return Check("latency", status, text, base_median, cand_median, effect, faster=is_faster)
 
 
 def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check:
