@@ -61,3 +61,36 @@ def run_models(run_dir: Path, record: dict[str, Any] | None = None) -> list[RunM
     if not any(m.final for m in models):
         models.append(RunModel("final", "final", len(record["stages"]) + 1, run_dir / final["path"], final, True))
     return models
+
+
+def optimize_provenance(model_file: Path, sha256: str, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """Which optimize run, recipe (as resolved), converter settings and tools produced these model bytes.
+
+    Looked up by sha256 in the run directory given, or in the run directories a model file of a run sits in
+    (``model.tflite``, ``float/``, ``stages/N-NAME/``); None for a model from elsewhere.
+    """
+    folders = [run_dir] if run_dir is not None else [model_file.parent, *list(model_file.parents)[1:3]]
+    for folder in folders:
+        if not (folder / MARKER).is_file():
+            continue
+        try:
+            record = read_optimize_record(folder)
+            found = next((m for m in run_models(folder, record) if m.tflite["sha256"] == sha256), None)
+        except (ConfigError, KeyError, TypeError):
+            continue  # a damaged or older optimize.json: no provenance rather than a failed deploy
+        if found is None:
+            continue
+        provenance = record.get("provenance", {})
+        return {
+            "run_dir": str(folder),
+            "stage": found.name,
+            "final": found.final,
+            "created": record.get("created"),
+            "recipe_file": provenance.get("recipe_file"),
+            "recipe_sha256": provenance.get("recipe_sha256"),
+            "recipe": record["recipe"],
+            "convert": record["recipe"].get("convert"),
+            "data": provenance.get("data"),
+            "tools": provenance.get("tools"),
+        }
+    return None

@@ -44,6 +44,10 @@ def test_deploy_stages_measures_every_model_once(reported: dict[str, Any]) -> No
         else:
             record = json.loads(result.read_text())
             assert record["model"]["sha256"] == stage["tflite"]["sha256"]
+            made_by = record["provenance"]["optimize"]  # which run, stage, recipe and converter made these bytes
+            assert made_by["stage"] == stage["name"] and made_by["final"] is False
+            assert made_by["recipe_sha256"] == optimize["provenance"]["recipe_sha256"]
+            assert made_by["convert"] == optimize["recipe"]["convert"] and made_by["tools"]["tf-keras"]
             assert record["device"]["timing"]["latency_ms"]["count"] >= 50
     assert "stage" in reported["deploy"].stdout and "float" in reported["deploy"].stdout
     listed = run_cli("history", "--tag", "pr-7:stage-float")
@@ -206,3 +210,30 @@ def test_a_failed_stage_deploy_shows_in_the_report(optimized_run: tuple[Path, di
     assert failed["status"] == "failed" and failed["error"]["class"] == "ModelTimeout"
     assert "failed: ModelTimeout" in (tmp_path / "s.md").read_text()
     assert "ModelTimeout" in done.stdout
+
+
+def test_compression_paid_off_is_judged_per_stage(reported: dict[str, Any]) -> None:
+    """The float model against the pruned stage (real deploys): smaller in gzip, so it paid off. The final
+    (pruned, clustered, QAT) model against the pruned stage as a candidate with the same timing: the pruned
+    model is larger and no faster, and the check says so (a warning, not a regression)."""
+    from edgepipe.report.verdict import VerdictSettings, compare
+
+    run = reported["run"]
+    prune_dir = next(p for p in (run / "stages").iterdir() if p.name.endswith("-prune"))
+    done = run_cli(
+        "compare", "--baseline", str(run / "float" / "deploy-local.json"),
+        "--candidate", str(prune_dir / "deploy-local.json"), "--json", str(run.parent / "paid.json"),
+    )  # fmt: skip
+    assert done.returncode in (0, 7), done.stderr
+    assert f"HTML report: edgepipe report {run}" in done.stdout.replace("\n", "")  # how to get the page
+    paid = next(
+        c for c in json.loads((run.parent / "paid.json").read_text())["checks"] if c["name"] == "compression paid off"
+    )
+    assert paid["status"] == "pass" and "gzip" in paid["message"]
+
+    final = json.loads((run / "deploy-local.json").read_text())
+    pruned = json.loads((prune_dir / "deploy-local.json").read_text())
+    pruned["device"]["timing"] = final["device"]["timing"]  # the same speed: only size can decide
+    verdict = compare(final, pruned, VerdictSettings())
+    check = next(c for c in verdict.checks if c.name == "compression paid off")
+    assert check.status == "warn" and "neither smaller" in check.message and "prune" in check.message

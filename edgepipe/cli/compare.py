@@ -49,7 +49,8 @@ def compare(
     table = Table("check", "result", "detail", box=None, pad_edge=False, title_justify="left",
                   title=f"edgepipe compare on {target}: {base_from}  ->  {cand_from}")  # fmt: skip
     for check in verdict.checks:
-        table.add_row(check.name, f"[{STYLE[check.status]}]{check.status}[/]", check.message)
+        row_style = "bold red" if check.status == "fail" else None  # a regression stands out in a CI log
+        table.add_row(check.name, f"[{STYLE[check.status]}]{check.status}[/]", check.message, style=row_style)
     stdout.print(table)
     if verdict.changed:
         changes = Table("changed besides the numbers", "baseline", "candidate", box=None, pad_edge=False)
@@ -64,6 +65,7 @@ def compare(
         write_json(json_out, document)
     colour = {"pass": "green", "regression": "bold red", "inconclusive": "yellow"}[verdict.status]
     stdout.print(f"verdict: [{colour}]{verdict.status}[/]", highlight=False)
+    _point_to_report(cand_record)
     failed = [c for c in verdict.checks if c.status == "fail"]
     if verdict.status == "regression":
         raise RegressionFound(
@@ -75,6 +77,20 @@ def compare(
         raise Inconclusive(
             f"no verdict: {reasons}", hint="measure both on the same board state (cooled, same governor and versions)"
         )
+
+
+def _point_to_report(record: dict[str, Any]) -> None:
+    """Where the candidate's HTML report is, or how to make one."""
+    from edgepipe.report.checks import get
+
+    run_dir = get(record, "model.run_dir") or get(record, "provenance.optimize.run_dir")
+    if not run_dir or not Path(run_dir).is_dir():
+        return
+    page = Path(run_dir) / "report.html"
+    if page.is_file():
+        stdout.print(f"HTML report: [bold]{page}[/]", highlight=False)
+    else:
+        stdout.print(f"HTML report: edgepipe report {run_dir} --html {page}", highlight=False)
 
 
 def _short(value: Any) -> str:

@@ -37,6 +37,7 @@ from edgepipe.files import write_json
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
 from edgepipe.report.resolve import BaselineModel
+from edgepipe.run_models import optimize_provenance
 from edgepipe.store import History
 from edgepipe.transport import open_transport
 from edgepipe.transport.base import Transport
@@ -307,6 +308,7 @@ def _record(target: Target, measure: MeasureSettings, inputs: DeployInputs) -> d
             "tools": tool_versions(),
             "host": host(),
             "agent": {"version": info.version, "sha256": info.sha256, "protocol": info.job_protocol},
+            "optimize": optimize_provenance(Path(inputs.source["model"]), inputs.model.sha256, inputs.run_dir),
         },
         "error": None,
     }

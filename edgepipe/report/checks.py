@@ -1,4 +1,4 @@
-"""One check of a verdict: what was compared, how it came out, and the numbers behind it."""
+"""One check of a verdict (what was compared, how it came out, the numbers behind it) and reading records."""
 
 from __future__ import annotations
 
@@ -15,3 +15,11 @@ class Check:
     candidate: Any = None
     change: float | None = None
     faster: bool = False  # latency only: significantly faster by more than the minimum effect
+
+
+def get(record: dict[str, Any], path: str) -> Any:
+    """``get(record, "device.board.governor")``: a field of a deploy record, None where any part is missing."""
+    value: Any = record
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value

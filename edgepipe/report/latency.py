@@ -22,17 +22,10 @@ import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from edgepipe.report.checks import Check
+from edgepipe.report.checks import Check, get
 
 if TYPE_CHECKING:
     from edgepipe.report.verdict import VerdictSettings
-
-
-def get(record: dict[str, Any], path: str) -> Any:
-    value: Any = record
-    for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
 
 
 def paired_processes(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[dict[str, Any]] | None:

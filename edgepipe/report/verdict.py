@@ -20,8 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepipe.errors import ConfigError
-from edgepipe.report.checks import Check
-from edgepipe.report.latency import get, paired_check, paired_processes, unpaired_check
+from edgepipe.report.checks import Check, get
+from edgepipe.report.latency import paired_check, paired_processes, unpaired_check
 
 
 class VerdictSettings(BaseModel):
@@ -65,7 +65,8 @@ DIFF_FIELDS = (
     "model.sha256", "model.bytes", "model.recipe", "target.threads", "target.xnnpack", "target.runtime",
     "measure.runs", "measure.min_seconds", "measure.repeats", "device.board.kernel", "device.board.os",
     "device.board.python", "device.board.numpy", "device.board.mhz_current", "device.board.temperature_c",
-    "provenance.agent.sha256",
+    "provenance.agent.sha256", "provenance.optimize.recipe_sha256", "provenance.optimize.convert",
+    "provenance.optimize.stage", "provenance.optimize.tools", "provenance.tools",
 )  # fmt: skip
 
 
@@ -160,7 +161,16 @@ def _paid_off(baseline: dict[str, Any], candidate: dict[str, Any], latency: Chec
 
 
 def _stage_kinds(record: dict[str, Any]) -> set[str]:
-    run_dir = get(record, "model.run_dir")
+    """The kinds of the recipe stages that produced the record's model (up to its own stage)."""
+    optimize = get(record, "provenance.optimize")
+    if optimize:
+        stages = optimize["recipe"].get("stages", [])
+        names = [stage.get("name") or stage.get("kind") for stage in stages]
+        if optimize["stage"] == "float":
+            return set()
+        upto = names.index(optimize["stage"]) + 1 if optimize["stage"] in names else len(stages)
+        return {stage.get("kind") for stage in stages[:upto]}
+    run_dir = get(record, "model.run_dir")  # results written before provenance.optimize existed
     if not run_dir or not (Path(run_dir) / "optimize.json").is_file():
         return set()
     optimize = json.loads((Path(run_dir) / "optimize.json").read_text())
