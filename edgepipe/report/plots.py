@@ -57,12 +57,7 @@ def accuracy_vs_size(report: dict[str, Any]) -> str:
     for stage, x, y in zip(stages, sizes, host, strict=True):
         if y is not None:
             ax.annotate(_label(stage), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("gzip size (KiB, log scale)")
-    _log_x(ax)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against compressed size, per stage")
-    ax.legend(fontsize=8, loc="best")
-    return _svg(fig)
+    return _finish(fig, ax, "gzip size (KiB, log scale)", "accuracy (%)", "Accuracy against compressed size, per stage")
 
 
 def accuracy_vs_latency(report: dict[str, Any]) -> str:
@@ -78,12 +73,8 @@ def accuracy_vs_latency(report: dict[str, Any]) -> str:
             _scatter(ax, points, index, target)
             for (x, y), label in zip(points, labels, strict=True):
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("latency p50 (µs, log scale)")
-    _log_x(ax)
-    ax.set_ylabel("accuracy on the target (%)")
-    ax.set_title("Accuracy against latency, per stage and target")
-    ax.legend(fontsize=8, loc="best")
-    return _svg(fig)
+    title = "Accuracy against latency, per stage and target"
+    return _finish(fig, ax, "latency p50 (µs, log scale)", "accuracy on the target (%)", title)
 
 
 def latency_distributions(report: dict[str, Any]) -> str:
@@ -140,6 +131,16 @@ def _scatter(ax: Any, points: list[tuple[float, float | None]], index: int, targ
         label=f"{target['name']}" + (" (emulated)" if emulated else ""),
         zorder=4,
     )
+
+
+def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
+    """Labels, a readable log axis when the data spans a decade, the legend; then the SVG."""
+    ax.set_xlabel(xlabel)
+    _log_x(ax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    return _svg(fig)
 
 
 def _log_x(ax: Any) -> None:
