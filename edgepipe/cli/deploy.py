@@ -26,6 +26,7 @@ AGENT_PHASES = {
     "measure": "measuring",
     "evaluate": "evaluating accuracy",
     "repeat": "measuring again in a new process",
+    "paired": "timing the model and the baseline in alternating blocks",
 }
 
 
@@ -74,7 +75,7 @@ class DeployProgress(ConsoleProgress):
                 f" (at least {event.get('runs')} runs and {event.get('min_seconds')} s,"
                 f" at most {event.get('max_runs')} runs)"
             )
-        elif event.get("phase") == "repeat":
+        elif event.get("phase") in ("repeat", "paired"):
             text += f" ({event.get('repeat')}/{event.get('repeats')})"
         elif event.get("phase") == "warmup":
             text += f" ({event.get('runs')} runs)"
@@ -122,6 +123,7 @@ def deploy(
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
     from edgepipe.config.loading import validate
     from edgepipe.deploy import deploy as run_deploy
+    from edgepipe.report.resolve import baseline_model
     from edgepipe.store import History
     from edgepipe.targets import load_target
 
@@ -132,8 +134,6 @@ def deploy(
     overrides = {name: value for name, value in chosen_settings.items() if value is not None}
     measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
-    from edgepipe.report.resolve import baseline_model
-
     paired = baseline_model(baseline, chosen.name, history) if baseline is not None else None
     store = None if no_history else History(history)
     try:

@@ -99,9 +99,9 @@ def deploy(
 ) -> DeployOutcome:
     """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed).
 
-    With ``baseline``, that model is measured in the same job, in processes interleaved with the candidate's
-    (``device.timing.baseline``): what ``compare`` needs for a latency verdict that a slow spell of a shared
-    board cannot fool.
+    With ``baseline``, that model is timed in the same job and in the same processes as the candidate, in
+    alternating blocks (``device.timing.baseline``): what ``compare`` needs for a latency verdict that a slow
+    spell of a shared board cannot fool.
     """
     progress = progress or Progress()
     measure = measure or target.measure
