@@ -228,3 +228,29 @@ def test_throttling_makes_the_verdict_inconclusive() -> None:
     cand["device"]["board"]["throttling"] = {"raw": "0x4", "throttled_now": True}
     verdict = compare(base, cand, VerdictSettings())
     assert verdict.status == "inconclusive" and "throttled" in verdict.checks[0].message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "check"),
+    [
+        ("accuracy", 0.95, "accuracy"),  # 0.97 -> 0.95: 2 points, limit 0.5
+        ("bytes", 120, "model size"),  # +20 %, limit +1 %
+        ("memory", 60_000, "peak memory"),  # +20 %, limit +10 %
+    ],
+)
+def test_each_threshold_check_fails_alone_and_is_named(field: str, value: float, check: str) -> None:
+    base = synthetic([1.0] * 3, seed=12)
+    cand = synthetic([1.0] * 3, seed=12)  # identical latency: only the changed field can fail
+    for record in (base, cand):
+        record["device"]["accuracy"] = {"accuracy": 0.97}
+        record["device"]["memory"] = {"vmhwm_kb": {"after_runs": 50_000}}
+    if field == "accuracy":
+        cand["device"]["accuracy"] = {"accuracy": value}
+    elif field == "bytes":
+        cand["model"]["bytes"] = value
+    else:
+        cand["device"]["memory"] = {"vmhwm_kb": {"after_runs": value}}
+    verdict = compare(base, cand, VerdictSettings())
+    assert verdict.status == "regression"
+    assert [c.name for c in verdict.checks if c.status == "fail"] == [check]
+    assert compare(base, base, VerdictSettings()).status == "pass"
