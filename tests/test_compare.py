@@ -221,6 +221,9 @@ def test_paired_blocks_see_through_slow_spells_and_catch_a_shift() -> None:
     failed = paired_synthetic(base, 1.5, seed=11)
     failed["device"]["timing"]["baseline"]["error"] = {"class": "ModelCrash", "message": "x"}
     assert "separate jobs" in compare(base, failed, settings).checks[1].message  # unusable pairing: unpaired
+    other_settings = paired_synthetic(base, 1.0, seed=12)
+    other_settings["target"]["xnnpack"] = False  # both timed without XNNPACK, the baseline ran with it
+    assert "separate jobs" in compare(base, other_settings, settings).checks[1].message
 
 
 def test_throttling_makes_the_verdict_inconclusive() -> None:

@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from edgepipe.report.verdict import VerdictSettings
 
 
+# The target settings a paired measurement applies to both models; when the baseline's run used other ones, only
+# the two runs' own samples can show what the change of settings did.
+MEASURING_SETTINGS = ("target.threads", "target.xnnpack", "target.runtime")
+
+
 def paired_processes(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The candidate's paired measurement against exactly the baseline's model, when it has one."""
     paired = get(candidate, "device.timing.baseline")
@@ -35,6 +40,8 @@ def paired_processes(baseline: dict[str, Any], candidate: dict[str, Any]) -> lis
         return None
     if get(candidate, "baseline.model_sha256") != get(baseline, "model.sha256"):
         return None
+    if any(get(candidate, path) != get(baseline, path) for path in MEASURING_SETTINGS):
+        return None  # both models were timed with the candidate's settings: that says nothing about a changed one
     return paired["processes"]
 
 
