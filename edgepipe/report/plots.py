@@ -54,9 +54,9 @@ def accuracy_vs_size(report: dict[str, Any]) -> str:
         ]
         if points:
             _scatter(ax, points, index, target)
-    for stage, x, y in zip(stages, sizes, host, strict=True):
+    for index, (stage, x, y) in enumerate(zip(stages, sizes, host, strict=True)):
         if y is not None:
-            ax.annotate(_label(stage), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            _annotate(ax, _label(stage), x, y, index)
     return _finish(fig, ax, "gzip size (KiB, log scale)", "accuracy (%)", "Accuracy against compressed size, per stage")
 
 
@@ -71,8 +71,8 @@ def accuracy_vs_latency(report: dict[str, Any]) -> str:
                     labels.append(_label(stage))
         if points:
             _scatter(ax, points, index, target)
-            for (x, y), label in zip(points, labels, strict=True):
-                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            for order, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
+                _annotate(ax, label, x, y, order)
     title = "Accuracy against latency, per stage and target"
     return _finish(fig, ax, "latency p50 (µs, log scale)", "accuracy on the target (%)", title)
 
@@ -131,6 +131,11 @@ def _scatter(ax: Any, points: list[tuple[float, float | None]], index: int, targ
         label=f"{target['name']}" + (" (emulated)" if emulated else ""),
         zorder=4,
     )
+
+
+def _annotate(ax: Any, label: str, x: float, y: float | None, order: int) -> None:
+    """Stage names above and below their points by turns: neighbouring stages often share an accuracy."""
+    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4 if order % 2 == 0 else -11), fontsize=8)
 
 
 def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
