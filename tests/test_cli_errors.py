@@ -55,3 +55,44 @@ def test_help_and_import_do_not_load_tensorflow() -> None:
     )
     result = subprocess.run([sys.executable, "-c", help_probe], capture_output=True, text=True, cwd=REPO)
     assert result.stdout.strip().endswith("no TF") and "optimize" in result.stdout
+
+
+USAGE_MISTAKES = {
+    "no arguments": [],
+    "unknown option": ["--bogus"],
+    "unknown command": ["nosuchcommand"],
+    "not a number": ["deploy", "--runs", "abc"],
+    "option without its value": ["deploy", "--target"],
+    "unknown sub-command option": ["targets", "check", "--bogus"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_MISTAKES))
+def test_usage_mistakes_give_a_usage_line_and_exit_2(case: str) -> None:
+    result = run_cli(*USAGE_MISTAKES[case])
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout
+    shown = result.stderr + result.stdout
+    assert "Usage: edgepipe" in shown, shown
+    if USAGE_MISTAKES[case]:
+        assert "Error:" in shown and "--help" in shown
+
+
+def test_version_option() -> None:
+    from edgepipe import __version__
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"edgepipe {__version__}"
+
+
+def test_an_unexpected_exception_is_an_internal_error_not_a_usage_error(tmp_path: Path) -> None:
+    """A bug (not an EdgepipeError, not a usage mistake) keeps its traceback and exits 70."""
+    probe = (
+        "import importlib; m = importlib.import_module('edgepipe.cli.main')\n"
+        "def broken():\n    raise ZeroDivisionError('bug')\n"
+        "m.app.command('broken')(broken)\n"
+        "import sys; sys.argv = ['edgepipe', 'broken']\nm.main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 70, result.stderr
+    assert "ZeroDivisionError: bug" in result.stderr and "internal error" in result.stderr

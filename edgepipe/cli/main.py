@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
@@ -21,6 +22,10 @@ from edgepipe.cli import report as report_command
 from edgepipe.cli import targets as targets_command
 from edgepipe.cli.console import stderr
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, INTERRUPTED_EXIT_CODE, EdgepipeError
+
+# typer bundles its own copy of click (typer._click) in newer releases and uses the click package in older ones;
+# its public BadParameter derives from whichever ClickException it uses, so take the class from there.
+_CLICK_EXCEPTION: type[Exception] = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 app = typer.Typer(
     name="edgepipe",
@@ -40,6 +45,24 @@ app.add_typer(agent_command.app, name="agent")
 app.add_typer(emulator_command.app, name="emulator")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from edgepipe import __version__
+
+        typer.echo(f"edgepipe {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print edgepipe's version and exit."),
+    ] = False,
+) -> None:
+    """Compress a Keras model with TF-MOT, convert it to full-integer TFLite, verify it, deploy it to a board."""
+
+
 @app.command("version")
 def version() -> None:
     """Print edgepipe's version and the tool chain it finds installed."""
@@ -52,10 +75,25 @@ def version() -> None:
             typer.echo(f"  {name} {value}")
 
 
+def _command_words(argv: list[str]) -> list[str]:
+    """The leading (sub)command names of ``argv``, e.g. ``['targets', 'check']``, for a usage line."""
+    import typer.main
+
+    words: list[str] = []
+    group = typer.main.get_command(app)
+    for word in argv:
+        commands = getattr(group, "commands", {})
+        if word not in commands:
+            break
+        words.append(word)
+        group = commands[word]
+    return words
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="edgepipe")
     except EdgepipeError as exc:
         stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:
@@ -68,12 +106,15 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(INTERRUPTED_EXIT_CODE)
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except _CLICK_EXCEPTION as exc:  # usage mistakes: a usage line and exit 2, never a traceback
+        if getattr(exc, "ctx", True) is None:
+            # click's option parser raises some mistakes (an option without its value) before a command's
+            # context exists, so click would print the error alone; name the command and its help.
+            command = " ".join(["edgepipe", *_command_words(sys.argv[1:])])
+            stderr.print(f"Usage: {command} [OPTIONS] ...\nTry '{command} --help' for help.\n", highlight=False)
+        exc.show()
+        sys.exit(exc.exit_code)
+    except Exception:
         stderr.print_exception()
         stderr.print("[bold red]internal error[/]: this is a bug in edgepipe; please report the traceback above")
         sys.exit(INTERNAL_ERROR_EXIT_CODE)
