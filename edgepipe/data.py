@@ -30,6 +30,8 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # What loading changed and the user should know (one-hot labels turned into class indices, say).
+    notes: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +63,7 @@ class Dataset:
             "input_shape": list(self.input_shape),
             "classes": self.num_classes,
             "sha256": self.sha256(),
+            "notes": list(self.notes),
         }
 
 
@@ -113,6 +116,7 @@ def from_arrays(
             f"(found: {found}; expected {', '.join(REQUIRED_ARRAYS)})",
         )
     checked: dict[str, np.ndarray] = {}
+    notes: list[str] = []
     for split in ("train", "test"):
         x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
         if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
@@ -122,8 +126,21 @@ def from_arrays(
                 f"{origin}: x_{split} must be a numeric array of shape "
                 f"(samples, ...), got dtype {x.dtype} shape {x.shape}",
             )
-        if y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)):
-            y = y.argmax(axis=1)  # one-hot labels
+        _check_finite(x, f"x_{split}", origin, file, field)
+        if np.issubdtype(y.dtype, np.number):
+            _check_finite(y, f"y_{split}", origin, file, field)
+        if y.ndim == 2 and y.shape[1] > 1:
+            if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+                raise ConfigError.at(
+                    file,
+                    field,
+                    f"{origin}: y_{split} has shape {y.shape} but is not one-hot (exactly one 1 per row)",
+                    hint="give one integer class label per sample, or one-hot rows",
+                )
+            y = y.argmax(axis=1)
+            notes.append(
+                f"y_{split}: one-hot labels ({y.shape[0]} x {arrays[f'y_{split}'].shape[1]}) read as class indices"
+            )
         y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
         if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
             raise ConfigError.at(
@@ -143,7 +160,22 @@ def from_arrays(
             f"{origin}: x_train samples have shape {checked['x_train'].shape[1:]} "
             f"but x_test samples {checked['x_test'].shape[1:]}",
         )
-    return Dataset(name=name, **checked)
+    return Dataset(name=name, **checked, notes=tuple(notes))
+
+
+def _check_finite(array: np.ndarray, name: str, origin: str, file: str | None, field: str) -> None:
+    """NaN or infinity trains to NaN weights and ends, much later, in a misleading conversion error."""
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    bad_samples = int((~finite.reshape(len(array), -1)).any(axis=1).sum())
+    raise ConfigError.at(
+        file,
+        field,
+        f"{origin}: {name} holds {int(np.isnan(array).sum())} NaN and {int(np.isinf(array).sum())} infinite "
+        f"values (in {bad_samples} of {len(array)} samples)",
+        hint="clean or drop those samples before training",
+    )
 
 
 EVAL_DATA = "eval.npz"

@@ -79,9 +79,13 @@ class ConformanceError(EdgepipeError):
 
 
 class GateFailed(EdgepipeError):
-    """A gate of the recipe (largest accuracy drop, largest size, ...) failed on the measured model."""
+    """A gate of the recipe (largest accuracy drop, largest size, ...) failed on the measured model.
+
+    ``outcome`` is the finished run (kept as ``<out>.failed``), so that its measurements can still be shown.
+    """
 
     exit_code = 6
+    outcome: object | None = None
 
 
 INTERRUPTED_EXIT_CODE = 130

@@ -16,6 +16,11 @@ from typing import Any
 from edgepipe.errors import ModelError
 
 
+def select_keras2() -> None:
+    """Select Keras 2 for TensorFlow without importing it: call before running code that may import TF."""
+    _select_legacy_keras()
+
+
 def _select_legacy_keras() -> None:
     if "tensorflow" in sys.modules and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
         # TensorFlow was imported by someone else first; tf.keras may then be Keras 3 and TF-MOT breaks.

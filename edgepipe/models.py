@@ -19,6 +19,7 @@ from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras_compat import convert_keras3, is_keras3_model, keras
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
+from edgepipe.tasks import Task
 
 
 def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None, field: str = "model.source") -> Any:
@@ -113,21 +114,14 @@ def copy_model(model: Any) -> Any:
     return twin
 
 
-def ends_with_softmax(model: Any) -> bool:
-    last = model.layers[-1]
-    if type(last).__name__ == "Softmax":
-        return True
-    activation = getattr(last, "activation", None)
-    return getattr(activation, "__name__", "") == "softmax"
-
-
-def compile_classifier(model: Any, learning_rate: float) -> None:
-    """Adam + sparse categorical cross-entropy (from logits unless the model ends in softmax) + accuracy."""
+def compile_for(model: Any, task: Task, learning_rate: float) -> None:
+    """Adam + the task's loss per output + its metric (accuracy for a classifier)."""
     k = keras()
+    losses = task.losses()
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate),
-        loss=k.losses.SparseCategoricalCrossentropy(from_logits=not ends_with_softmax(model)),
-        metrics=["accuracy"],
+        loss=losses[0] if len(losses) == 1 else losses,
+        metrics=[task.keras_metric()],
     )
 
 
@@ -137,30 +131,49 @@ def train(
     settings: TrainSettings,
     progress: Progress,
     label: str,
+    task: Task,
     callbacks: list[Any] | None = None,
 ) -> dict[str, list[float]]:
-    """Compile and fit on the training split, reporting each epoch; returns the per-epoch history."""
+    """Compile and fit on the training split, reporting each epoch; returns the per-epoch history.
+
+    ``task`` was decided on the float model (``Task.of``): a wrapped model no longer shows its head's activation.
+    """
     k = keras()
 
     class _Report(k.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             progress.epoch_done(epoch + 1, {key: float(v) for key, v in (logs or {}).items()})
 
-    compile_classifier(model, settings.learning_rate)
+    compile_for(model, task, settings.learning_rate)
     progress.training_started(label, settings.epochs)
     try:
-        history = model.fit(
+        history = _fit(model, data, settings, callbacks, _Report(), label)
+    finally:
+        progress.training_done()
+    return {key: [round(float(v), 6) for v in values] for key, values in history.history.items()}
+
+
+def _fit(
+    model: Any, data: Dataset, settings: TrainSettings, callbacks: list[Any] | None, report: Any, label: str
+) -> Any:
+    """``model.fit``; an exception from the model's own code is a ModelError naming the training, not a bug."""
+    try:
+        return model.fit(
             data.x_train,
             data.y_train,
             epochs=settings.epochs,
             batch_size=settings.batch_size,
             shuffle=True,
             verbose=0,
-            callbacks=[*(callbacks or []), _Report()],
+            callbacks=[*(callbacks or []), report],
         )
-    finally:
-        progress.training_done()
-    return {key: [round(float(v), 6) for v in values] for key, values in history.history.items()}
+    except Exception as exc:  # TensorFlow wraps the model's error; its last line says what went wrong
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        raise ModelError(
+            f"{label}: training failed: {type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": "),
+            hint="the error comes from the model's own layers or the data's shapes; "
+            "check that the model trains with model.fit on this data",
+        ) from None
 
 
 def accuracy(model: Any, data: Dataset) -> float:

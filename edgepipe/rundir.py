@@ -37,6 +37,7 @@ class RunDirectory:
     def __enter__(self) -> Path:
         self.check_target()
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.out)
         shutil.rmtree(self.partial, ignore_errors=True)
         self.partial.mkdir()
         return self.partial
@@ -57,3 +58,31 @@ class RunDirectory:
     ) -> None:
         if not self._done:
             shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def remove_abandoned(out: Path) -> list[Path]:
+    """Remove the partial (and half-swapped ``.old``) siblings of ``out`` whose process is gone.
+
+    A run killed with SIGKILL (or a power cut) cannot clean up after itself; the next run for the same ``--out``
+    does it. A sibling whose process still runs is another run in progress and is left alone.
+    """
+    removed = []
+    for kind in ("partial", "old"):
+        for sibling in out.parent.glob(f".{out.name}.{kind}-*"):
+            pid = sibling.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(sibling, ignore_errors=True)
+                removed.append(sibling)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

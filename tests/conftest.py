@@ -46,10 +46,11 @@ def trained_mlp(digits: Any) -> Any:
     from edgepipe.examples.digits import mlp
     from edgepipe.keras_compat import keras
     from edgepipe.progress import Progress
+    from edgepipe.tasks import Task
 
     keras().utils.set_random_seed(0)
     model = mlp(hidden=64)
-    models.train(model, digits, TrainSettings(epochs=20, learning_rate=0.003), Progress(), "baseline")
+    models.train(model, digits, TrainSettings(epochs=20, learning_rate=0.003), Progress(), "baseline", Task.of(model))
     return model
 
 

@@ -20,6 +20,7 @@ from edgepipe.errors import ConfigError, ModelError
 from edgepipe.optimize import cluster, prune, ptq, qat
 from edgepipe.optimize.base import History, StageContext
 from edgepipe.progress import Progress
+from edgepipe.tasks import Task
 from edgepipe.tflite_model import TfliteModel
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,7 @@ def context(data: Any, history: History | None = None, epochs: int = 3, lr: floa
         history=history or History(),
         where="test.yaml: stages[0]",
         label="test",
+        task=Task(),  # the digits MLPs end in logits
     )
 
 
@@ -109,7 +111,7 @@ def test_per_channel_clustering_on_convolutions(digits: Any) -> None:
     from edgepipe.examples.digits import cnn
 
     model = cnn()
-    models.train(model, digits, TrainSettings(epochs=2, learning_rate=3e-3), Progress(), "cnn")
+    models.train(model, digits, TrainSettings(epochs=2, learning_rate=3e-3), Progress(), "cnn", Task())
     stage = ClusterStage(kind="cluster", clusters=4, per_channel=True, layers=LayerSelection(include=["conv_*"]))
     outcome = cluster.apply(model, stage, context(digits, epochs=1, lr=1e-4))
     kernel = outcome.model.get_layer("conv_2").get_weights()[0]  # [kh, kw, in, out]

@@ -93,7 +93,12 @@ def _command_words(argv: list[str]) -> list[str]:
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        app(standalone_mode=False, prog_name="edgepipe")
+        # Not standalone, typer returns the code of a typer.Exit, and turns Ctrl-C (or the SIGTERM that the
+        # optimize and deploy commands map to it) into 130, instead of raising.
+        code = app(standalone_mode=False, prog_name="edgepipe")
+        if code == INTERRUPTED_EXIT_CODE:
+            stderr.print("[red]interrupted[/]: nothing half-written was left in place of a result")
+        sys.exit(code if isinstance(code, int) else 0)
     except EdgepipeError as exc:
         stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.hint:

@@ -13,6 +13,7 @@ from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from edgepipe.cli.console import stderr, stdout
+from edgepipe.errors import GateFailed
 from edgepipe.progress import Progress
 
 
@@ -79,6 +80,13 @@ def optimize(
     prepared = pipeline.prepare(recipe)
     try:
         outcome = pipeline.run(prepared, out, progress)
+    except GateFailed as failed:
+        if isinstance(progress, ConsoleProgress):
+            progress.finish()
+        if isinstance(failed.outcome, pipeline.Outcome):  # the run finished: show what it measured
+            print_summary(failed.outcome.result)
+            stdout.print(f"kept [bold]{failed.outcome.directory}[/] for inspection", highlight=False)
+        raise
     except BaseException:
         if isinstance(progress, ConsoleProgress):
             progress.finish(failed=True)

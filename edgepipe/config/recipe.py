@@ -51,6 +51,9 @@ class ModelSource(_Strict):
 
     source: str = Field(min_length=1)
     train: TrainSettings | None = None
+    # Split every SeparableConv2D into DepthwiseConv2D + Conv2D 1x1 (exact) before any stage, so that pruning
+    # and clustering see the two kernels as the separate layers they are on the board.
+    split_separable_conv: bool = False
 
 
 class DataSource(_Strict):

@@ -17,6 +17,7 @@ from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.progress import Progress
+from edgepipe.tasks import Task
 
 
 @dataclass
@@ -37,6 +38,8 @@ class StageContext:
     # Where this stage is in the recipe, e.g. "recipes/x.yaml: stages[1]", for error messages.
     where: str
     label: str
+    # Decided once on the float model: TF-MOT's wrappers hide the head's activation from later stages.
+    task: Task
 
 
 @dataclass

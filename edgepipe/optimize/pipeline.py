@@ -27,12 +27,13 @@ from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
-from edgepipe.optimize import cluster, gates, measure, prune, ptq, qat
+from edgepipe.optimize import cluster, gates, measure, prune, ptq, qat, rewrite, saving
 from edgepipe.optimize.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
 from edgepipe.rundir import MARKER, RunDirectory
 from edgepipe.sources import EntryPoint, resolve
+from edgepipe.tasks import Task
 
 SCHEMA = "edgepipe.optimize/1"
 FINAL_MODEL = "model.tflite"
@@ -78,7 +79,7 @@ def prepare(recipe_path: Path) -> Prepared:
     )
     data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
     if isinstance(model_source, EntryPoint):
-        model_source.load(file, "model.source")  # fail on a wrong factory name now, not after loading data
+        model_source.check(file, "model.source")  # a wrong factory name fails now, without importing TF here
     data = load_dataset(data_source, file)
     return Prepared(recipe, recipe_path, model_source, data)
 
@@ -92,11 +93,22 @@ def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
     return document
 
 
-def run(prepared: Prepared, out: Path, progress: Progress | None = None) -> Outcome:
+def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate: bool = True) -> Outcome:
+    """Optimize into ``out`` (which appears only when the run is complete) and check conformance and gates.
+
+    With ``isolate`` (the default) training and conversion run in a child process (``isolation.py``): a crash
+    in native code is then a ModelError or ConversionError naming the phase and the signal, and this process
+    never imports TensorFlow. ``isolate=False`` runs them here (faster to start; a crash kills the caller).
+    """
     progress = progress or Progress()
     directory = RunDirectory(out)
     with directory as work:
-        result = _optimize(prepared, work, progress)
+        if isolate:
+            from edgepipe.optimize.isolation import run_isolated
+
+            result = run_isolated(prepared.recipe_path, work, progress)
+        else:
+            result = optimize_into(prepared, work, progress)
         report = result["final"]["conformance"]
         gate_rows = result["gates"]
         suffix = "" if result["status"] == "passed" else ".failed"
@@ -108,10 +120,12 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None) -> Outc
             hint=f"the run was kept in {final_dir} for inspection",
         )
     if result["status"] != "passed":
-        raise GateFailed(
+        failed = GateFailed(
             f"{prepared.recipe_path}: gates failed: {gates.describe_failures(gate_rows)}",
             hint=f"the run was kept in {final_dir} for inspection; relax the recipe's gates or its stages",
         )
+        failed.outcome = Outcome(result, final_dir)  # so that the CLI can still print what was measured
+        raise failed
     return Outcome(result, final_dir)
 
 
@@ -126,17 +140,28 @@ def _problems(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, Any]:
+def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[str, Any]:
+    """Train, convert and measure every stage into the directory ``work``; returns optimize.json's content."""
     recipe, data = prepared.recipe, prepared.data
     started = time.perf_counter()
+    progress.phase("starting TensorFlow")
     keras().utils.set_random_seed(recipe.seed)
     shutil.copyfile(prepared.recipe_path, work / "recipe.yaml")
 
     progress.phase("loading the model")
+    for note in data.notes:
+        progress.note(note)
     model = models.load_source(prepared.model_source, data, str(prepared.recipe_path))
+    rewrites: list[str] = []
+    if recipe.model.split_separable_conv:
+        model, rewrites = rewrite.split_separable_conv(model, data.x_test[:64])
+        for line in rewrites:
+            progress.note(f"split {line}")
+    task = Task.of(model)
     baseline_training: dict[str, list[float]] = {}
     if recipe.model.train:
-        baseline_training = models.train(model, data, recipe.model.train, progress, "training the float model")
+        progress.phase("training the float model")
+        baseline_training = models.train(model, data, recipe.model.train, progress, "training the float model", task)
     layer_names = [layer.name for layer in model.layers]
     representative = data.representative(recipe.convert.representative_samples, recipe.seed)
 
@@ -148,8 +173,9 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
     )
     baseline = {
         "keras_accuracy": float_accuracy,
-        "keras_model": _save_keras(model, work / "float" / "model.keras", work),
+        **_keras_model_entry(saving.save(model, work / "float", work)),
         "training": baseline_training,
+        "rewrites": rewrites,
         "tflite": measure.public(float_tflite),
     }
     float_gzip = float_tflite["gzip_bytes"]
@@ -171,6 +197,7 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
             history=history,
             where=f"{prepared.recipe_path}: stages[{index}]",
             label=label,
+            task=task,
         )
         outcome = TECHNIQUES[stage.kind](current, stage, ctx)
         folder = work / "stages" / f"{index + 1}-{name}"
@@ -184,7 +211,7 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
                 "kind": stage.kind,
                 "details": outcome.details,
                 "keras_accuracy": measure.keras_accuracy(outcome.model, data),
-                "keras_model": _save_keras(outcome.model, folder / "model.keras", work),
+                **_keras_model_entry(saving.save(outcome.model, folder, work)),
                 "training": outcome.training,
                 "tflite": measure.public(final_entry),
                 "gzip_ratio_vs_float": round(float_gzip / final_entry["gzip_bytes"], 4),
@@ -240,15 +267,9 @@ def _optimize(prepared: Prepared, work: Path, progress: Progress) -> dict[str, A
     }
 
 
-def _save_keras(model: Any, path: Path, root: Path) -> str | None:
-    """Save a stage's Keras model; a model TF-MOT cannot serialise is recorded as not saved, not fatal."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        from edgepipe.keras_compat import tfmot
-
-        with tfmot().quantization.keras.quantize_scope():
-            model.save(path, include_optimizer=False)
-    except Exception:  # serialisation of some TF-MOT wrappers is unsupported; the .tflite is what matters
-        path.unlink(missing_ok=True)
-        return None
-    return str(path.relative_to(root))
+def _keras_model_entry(saved: dict[str, Any]) -> dict[str, Any]:
+    """``keras_model`` (the saved model's path) and, only when saving failed, ``keras_model_error``."""
+    entry: dict[str, Any] = {"keras_model": saved["path"]}
+    if saved["error"]:
+        entry["keras_model_error"] = saved["error"]
+    return entry

@@ -80,7 +80,9 @@ def apply(model: Any, stage: PruneStage, ctx: StageContext) -> StageOutcome:
         raise
     except ValueError as exc:  # TF-MOT checks some layers (e.g. m-by-n on conv) only when the model is built
         raise ModelError(f"{ctx.where}: TF-MOT cannot prune this model: {exc}") from None
-    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, callbacks=[sparsity.UpdatePruningStep()])
+    history = train(
+        wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task, callbacks=[sparsity.UpdatePruningStep()]
+    )
     stripped = sparsity.strip_pruning(wrapped)
     ctx.history.pruned = True
     return StageOutcome(

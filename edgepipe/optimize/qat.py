@@ -19,7 +19,7 @@ from typing import Any
 
 from edgepipe.config.recipe import QatStage
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import tfmot
+from edgepipe.keras_compat import keras, tfmot
 from edgepipe.models import copy_model, train
 from edgepipe.optimize.base import (
     History,
@@ -80,31 +80,59 @@ def _scheme(name: str) -> Any:
     }[name]()
 
 
+def unsupported_layers(annotated: Any, scheme: Any) -> list[Any]:
+    """The layers of an annotated model that TF-MOT's ``quantize_apply`` would refuse, all of them at once.
+
+    Support is a property of the whole model, not of a layer alone: the scheme's layout transforms first fold
+    Conv2D/DepthwiseConv2D -> BatchNormalization (-> ReLU), split SeparableConv2D into DepthwiseConv2D +
+    Conv2D 1x1 and fuse Add/Conv -> ReLU, giving the layers they touch a quantize config of their own. Only
+    what is left without one must be supported by the scheme's registry. This mirrors ``quantize_apply``'s own
+    check (TF-MOT 0.8.1) but collects every refused layer instead of raising on the first.
+    """
+    quantization = tfmot().quantization.keras
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
+
+    quantize_map: dict[str, dict[str, Any]] = {}
+
+    def unwrap(layer: Any) -> Any:
+        if isinstance(layer, QuantizeAnnotate):
+            quantize_map[layer.layer.name] = {"quantize_config": layer.quantize_config}
+            return layer.layer
+        return layer
+
+    with quantization.quantize_scope():
+        unwrapped = keras().models.clone_model(annotated, clone_function=unwrap)
+        transformed, quantize_map = scheme.get_layout_transformer().apply(unwrapped, quantize_map)
+    registry = scheme.get_quantize_registry()
+    return [
+        layer
+        for layer in transformed.layers
+        if layer.name in quantize_map
+        and not quantize_map[layer.name].get("quantize_config")
+        and not registry.supports(layer)
+    ]
+
+
+def _follows_a_foldable_layer(layer: Any) -> bool:
+    """A BatchNormalization right after a Conv2D, DepthwiseConv2D or Dense: QAT folds it when it is annotated."""
+    if type(layer).__name__ != "BatchNormalization":
+        return False
+    inbound = [node.inbound_layers for node in layer._inbound_nodes]
+    sources = [source for group in inbound for source in (group if isinstance(group, list) else [group])]
+    return any(type(source).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") for source in sources)
+
+
 def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     quantization = tfmot().quantization.keras
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501
-        Default8BitQuantizeRegistry,
-    )
 
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    registry = Default8BitQuantizeRegistry()
     annotated_names, left_out = [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        if not is_selected(layer, stage.layers):
-            left_out.append(layer.name)
-            continue
-        if not registry.supports(layer):
-            raise ModelError(
-                f"{ctx.where}: layer {layer.name!r} ({type(layer).__name__}) is not supported by TF-MOT's "
-                "8-bit quantization-aware training",
-                hint=f"add {layer.name!r} to {ctx.where}.layers.exclude (the converter then quantizes it from "
-                "the representative data), or use a ptq stage instead of qat",
-            )
-        annotated_names.append(layer.name)
+        (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
         raise ModelError(
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
@@ -115,7 +143,22 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             return quantization.quantize_annotate_layer(layer)
         return layer
 
+    for name in left_out:
+        if _follows_a_foldable_layer(work.get_layer(name)):
+            ctx.progress.note(
+                f"{ctx.where}: {name!r} is left out of QAT, so its BatchNormalization is not folded into the layer "
+                "before it: the int8 model keeps extra MUL/ADD operators and runs slower"
+            )
     annotated = wrap_layers(work, annotate)
+    refused = unsupported_layers(annotated, _scheme(scheme))
+    if refused:
+        names = [layer.name for layer in refused]
+        raise ModelError(
+            f"{ctx.where}: TF-MOT's 8-bit quantization-aware training does not support "
+            + ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in refused),
+            hint=f"add them to {ctx.where}.layers.exclude, e.g. exclude: {names} (the converter then quantizes "
+            "them from the representative data), or use a ptq stage instead of qat",
+        )
     try:
         with quantization.quantize_scope():
             quantized = quantization.quantize_apply(annotated, _scheme(scheme))
@@ -125,7 +168,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
         ) from None
     with _without_centroid_gradient_warning():
-        history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label)
+        history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task)
     return StageOutcome(
         model=quantized,
         details={

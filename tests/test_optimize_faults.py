@@ -1,0 +1,275 @@
+"""What goes wrong with a user's own model and data, through the real command where a user would meet it:
+a native crash in training, a kill, a module beside the recipe, NaN data, one-hot labels, a failed gate, layers
+QAT cannot take, a softmax head."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY, run_cli, write_recipe
+
+from edgepipe.config import QatStage, TrainSettings
+from edgepipe.data import from_arrays
+from edgepipe.errors import ConfigError, ModelError
+from edgepipe.optimize.base import History, StageContext
+from edgepipe.progress import Progress
+from edgepipe.rundir import RunDirectory
+from edgepipe.tasks import Task
+
+# A model module that lives next to its recipe and imports tf_keras at the top, as users write them.
+CRASHING_MODULE = '''
+"""A custom layer that reads address 0 (a real SIGSEGV in native code) when it runs in training mode."""
+import ctypes
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+def _segfault(x):
+    ctypes.string_at(0)
+    return x
+
+
+class CrashWhenTraining(keras.layers.Layer):
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        out = tf.numpy_function(_segfault, [inputs], tf.float32)
+        out.set_shape(inputs.shape)
+        return out
+
+
+def model():
+    return keras.Sequential([
+        keras.layers.Input((8, 8, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu", name="hidden"),
+        CrashWhenTraining(name="crash"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+
+
+def plain():
+    return keras.Sequential([
+        keras.layers.Input((8, 8, 1)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="relu", name="hidden"),
+        keras.layers.Dense(10, name="logits"),
+    ])
+'''
+
+OWN_MODEL = """
+name: own-model
+model: {source: "mymodels:FACTORY", train: {epochs: 2, learning_rate: 0.01}}
+data: {source: edgepipe.examples.digits:load}
+fine_tune: {epochs: 1}
+stages:
+  - kind: prune
+    target_sparsity: 0.5
+    layers: {include: [hidden, logits]}
+convert: {representative_samples: 16}
+gates: {max_accuracy_drop: null}
+"""
+
+
+def user_project(tmp_path: Path, factory: str, train: bool = True) -> Path:
+    (tmp_path / "mymodels.py").write_text(CRASHING_MODULE)
+    body = OWN_MODEL.replace("FACTORY", factory)
+    if not train:  # the float model is used as it is: the first training is the prune stage's
+        body = body.replace(", train: {epochs: 2, learning_rate: 0.01}", "")
+    return write_recipe(tmp_path, body)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment of a user who exported nothing: no TF_USE_LEGACY_KERAS, no PYTHONPATH."""
+    return {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
+
+
+def run_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edgepipe", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=600,
+    )
+
+
+def worker_processes(marker: str) -> list[str]:
+    found = subprocess.run(["pgrep", "-af", "edgepipe.optimize.worker"], capture_output=True, text=True).stdout
+    return [line for line in found.splitlines() if marker in line]
+
+
+@pytest.mark.slow
+def test_own_module_beside_the_recipe_importing_tf_keras_just_works(tmp_path: Path) -> None:
+    recipe = user_project(tmp_path, "plain")
+    result = run_in(tmp_path, "optimize", recipe.name, "--out", "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "run" / "model.tflite").is_file()
+    assert "1. prune" in result.stdout
+
+
+def test_a_factory_name_that_does_not_exist_fails_before_any_training(tmp_path: Path) -> None:
+    recipe = user_project(tmp_path, "modle")
+    started = time.monotonic()
+    result = run_in(tmp_path, "optimize", recipe.name, "--out", "run")
+    assert result.returncode == 2, result.stderr
+    assert "model.source: module 'mymodels' has no function 'modle'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 30  # TensorFlow was not even imported
+
+
+@pytest.mark.slow
+def test_native_crash_in_a_stage_is_a_classified_error_and_leaves_nothing(tmp_path: Path) -> None:
+    recipe = user_project(tmp_path, "model", train=False)
+    result = run_in(tmp_path, "optimize", recipe.name, "--out", "run")
+    assert result.returncode == 3, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: optimize crashed during 'stage 1/1: prune': the training and conversion process was killed by "
+        "SIGSEGV (Segmentation fault)"
+    ], result.stderr[-3000:]
+    assert "mymodels.py" in result.stderr  # the hint quotes the crashing frame
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["mymodels.py", "recipe.yaml"]
+    assert worker_processes(str(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_worker_and_removes_the_partial_run(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, TINY.replace("epochs: 15", "epochs: 400"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgepipe", "optimize", str(recipe), "--out", str(tmp_path / "run")],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
+    assert process.stderr is not None
+    for line in process.stderr:  # wait until the float model is training
+        if "loading the model" in line:
+            break
+    time.sleep(3)
+    assert list(tmp_path.glob(".run.partial-*")), "the run should be in progress"
+    assert worker_processes(str(tmp_path))
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+    assert not list(tmp_path.glob(".run*")) and not (tmp_path / "run").exists()
+    assert worker_processes(str(tmp_path)) == []
+
+
+def test_partial_runs_of_dead_processes_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f".out.partial-{dead.stdout.strip()}"
+    (abandoned / "stages").mkdir(parents=True)
+    live = tmp_path / f".out.partial-{os.getppid()}"  # a process that is still running: another run
+    live.mkdir()
+    with RunDirectory(tmp_path / "out") as work:
+        assert work.exists()
+    assert not abandoned.exists()
+    assert live.exists()
+
+
+def test_nan_in_the_data_is_refused_at_load_time_naming_split_and_count(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((20, 8, 8, 1)).astype(np.float32)
+    x_test = x.copy()
+    x_test[3, 0, 0, 0] = np.nan
+    x_test[5, 1, 1, 0] = np.inf
+    np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(20, int), x_test=x_test, y_test=np.zeros(20, int))
+    recipe = write_recipe(tmp_path, TINY.replace("edgepipe.examples.digits:load", "d.npz"))
+    result = run_cli("optimize", str(recipe), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    assert "x_test holds 1 NaN and 1 infinite values (in 2 of 20 samples)" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
+    x = np.zeros((6, 4), np.float32)
+    labels = np.array([0, 2, 1, 2, 0, 1])
+    data = from_arrays(
+        {"x_train": x, "y_train": np.eye(3)[labels], "x_test": x, "y_test": labels}, "d", "r.yaml", "data.source"
+    )
+    np.testing.assert_array_equal(data.y_train, labels)
+    assert data.notes == ("y_train: one-hot labels (6 x 3) read as class indices",)
+    multi_label = np.eye(3)[labels] + np.eye(3)[(labels + 1) % 3]
+    with pytest.raises(ConfigError, match=r"y_train has shape \(6, 3\) but is not one-hot"):
+        from_arrays({"x_train": x, "y_train": multi_label, "x_test": x, "y_test": labels}, "d", "r.yaml", "data.source")
+
+
+@pytest.mark.slow
+def test_a_failed_gate_still_prints_the_results_table(tmp_path: Path) -> None:
+    body = (
+        TINY.replace("gates: {max_accuracy_drop: 10}", "gates: {max_gzip_bytes: 10}")
+        .replace("  - kind: prune\n    target_sparsity: 0.5\n  - kind: cluster\n    clusters: 16\n  - kind: qat\n", "")
+        .replace("stages:\n", "stages:\n  - kind: ptq\n")
+    )
+    result = run_cli("optimize", str(write_recipe(tmp_path, body)), "--out", str(tmp_path / "run"))
+    assert result.returncode == 6, result.stderr
+    assert "1. ptq" in result.stdout and "gate max_gzip_bytes: FAIL" in result.stdout
+    assert f"kept {tmp_path / 'run.failed'}" in result.stdout.replace("\n", "")
+
+
+def stage_context(data: object) -> StageContext:
+    return StageContext(
+        data=data,  # type: ignore[arg-type]
+        train=TrainSettings(epochs=1),
+        seed=0,
+        progress=Progress(),
+        history=History(),
+        where="r.yaml: stages[0]",
+        label="qat",
+        task=Task(),
+    )
+
+
+def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> None:
+    from edgepipe.keras_compat import keras
+    from edgepipe.optimize import qat
+
+    k = keras()
+    inputs = k.layers.Input((8, 8, 1))
+    x = k.layers.BatchNormalization(name="input_bn")(inputs)  # stand-alone: nothing to fold it into
+    x = k.layers.Conv2D(4, 3, name="conv")(x)
+    x = k.layers.BatchNormalization(name="conv_bn")(x)  # folded into conv: supported
+    x = k.layers.Flatten()(x)
+    x = k.layers.Dense(8, name="dense")(x)
+    x = k.layers.LayerNormalization(name="norm")(x)
+    model = k.Model(inputs, k.layers.Dense(10, name="logits")(x))
+    with pytest.raises(ModelError) as caught:
+        qat.apply(model, QatStage(kind="qat"), stage_context(digits))
+    message = caught.value.message
+    assert "'input_bn' (BatchNormalization)" in message and "'norm' (LayerNormalization)" in message
+    assert "conv_bn" not in message and "conv'" not in message
+    assert "exclude: ['input_bn', 'norm']" in (caught.value.hint or "")
+
+
+def test_a_softmax_head_is_fine_tuned_on_probabilities_even_when_wrapped() -> None:
+    from edgepipe import models
+    from edgepipe.examples.cnns import softmax_cnn
+    from edgepipe.keras_compat import tfmot
+
+    model = softmax_cnn()
+    task = Task.of(model)
+    assert task.probabilities == (True,)
+    wrapped = tfmot().sparsity.keras.prune_low_magnitude(model)
+    assert Task.of(wrapped).probabilities == (False,)  # what reading the wrapped model gets wrong
+    models.compile_for(wrapped, task, 1e-3)
+    assert wrapped.loss.get_config()["from_logits"] is False
+
+
+def test_module_beside_the_recipe_is_found_without_pythonpath(tmp_path: Path) -> None:
+    from edgepipe.sources import resolve
+
+    (tmp_path / "beside.py").write_text(textwrap.dedent("def load():\n    return 42\n"))
+    entry = resolve("beside:load", tmp_path, "r.yaml", "data.source", "x")
+    assert entry.load("r.yaml", "data.source")() == 42  # type: ignore[union-attr]

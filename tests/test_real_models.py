@@ -1,0 +1,131 @@
+"""Every preset on models shaped like the ones users bring: Conv -> BN -> ReLU with residual adds (ResNet-style)
+and depthwise-separable blocks with a SeparableConv2D (DS-CNN / mini-Xception style).
+
+The presets are the shipped recipes with their model swapped for an example CNN and their epochs cut to what
+a test can afford; their gates are dropped (a one-epoch fine-tune proves nothing about accuracy). What must
+hold is structural: the run completes, the final model is integer-only, and quantization-aware training gives
+exactly the operators post-training quantization gives (BatchNorm folded: no MUL, ADD or QUANTIZE of its own).
+"""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import REPO
+
+from edgepipe.optimize import pipeline, saving
+from edgepipe.tflite_model import TfliteModel
+
+pytestmark = pytest.mark.slow
+
+PRESETS = ("ptq-int8", "prune-qat", "cluster-qat", "prune-cluster-qat")
+MODELS = ("resnet", "ds_cnn")
+EXPECTED_SCHEME = {"ptq-int8": "PTQ", "prune-qat": "PQAT", "cluster-qat": "CQAT", "prune-cluster-qat": "PCQAT"}
+_runs: dict[tuple[str, str], tuple[Path, dict[str, Any]]] = {}
+
+
+def preset_on(preset: str, model: str, folder: Path) -> Path:
+    recipe = yaml.safe_load((REPO / "recipes" / f"{preset}.yaml").read_text())
+    recipe["name"] = f"{preset}-{model}"
+    recipe["model"] = {
+        "source": f"edgepipe.examples.cnns:{model}",
+        "train": {"epochs": 5, "learning_rate": 0.003},
+        "split_separable_conv": model == "ds_cnn",
+    }
+    recipe["fine_tune"] = {"epochs": 1, "learning_rate": 0.0005}
+    for stage in recipe["stages"]:
+        stage.pop("fine_tune", None)
+    recipe["convert"] = {"representative_samples": 64}
+    recipe["gates"] = {"max_accuracy_drop": None}
+    path = folder / f"{preset}-{model}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def run_of(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    def run(preset: str, model: str) -> tuple[Path, dict[str, Any]]:
+        if (preset, model) not in _runs:
+            folder = tmp_path_factory.mktemp(f"{preset}-{model}")
+            outcome = pipeline.run(pipeline.prepare(preset_on(preset, model, folder)), folder / "run")
+            _runs[preset, model] = (outcome.directory, outcome.result)
+        return _runs[preset, model]
+
+    return run
+
+
+def ops(path: Path) -> collections.Counter[str]:
+    return collections.Counter(op.name for op in TfliteModel.read(path).ops)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_gives_an_integer_only_model_with_folded_batchnorm(run_of: Any, preset: str, model: str) -> None:
+    directory, result = run_of(preset, model)
+    assert result["final"]["conformance"]["passed"], result["final"]["conformance"]
+    assert result["stages"][-1]["details"]["scheme"] == EXPECTED_SCHEME[preset]
+    final = ops(directory / "model.tflite")
+    # The first stage's model is converted with post-training quantization (for ptq-int8 it is the final one).
+    ptq = ops(directory / result["stages"][0]["tflite"]["path"])
+    assert final == ptq, (final, ptq)
+    assert not {"MUL", "QUANTIZE", "DEQUANTIZE"} & set(final)
+    assert final["ADD"] == (2 if model == "resnet" else 0)  # the residual adds, nothing from BatchNorm
+    assert final["CONV_2D"] == (6 if model == "resnet" else 4)
+
+
+def test_separable_conv_is_split_before_the_stages(run_of: Any) -> None:
+    _, result = run_of("prune-cluster-qat", "ds_cnn")
+    assert result["baseline"]["rewrites"] == ["sep_conv -> sep_conv_dw (DepthwiseConv2D) + sep_conv (Conv2D 1x1)"]
+    pruned = result["stages"][0]["details"]["layers"]
+    assert "sep_conv_dw" in pruned and "sep_conv" in pruned
+
+
+def test_each_saved_keras_model_loads_and_gives_its_recorded_accuracy(run_of: Any) -> None:
+    from edgepipe import models
+    from edgepipe.examples.digits import load
+
+    directory, result = run_of("prune-cluster-qat", "resnet")
+    data = load()
+    entries = [result["baseline"], *result["stages"]]
+    assert [Path(e["keras_model"]).name for e in entries] == [
+        "model.keras",
+        "model.keras",
+        "model.keras",
+        "model.savedmodel",
+    ]
+    for entry in entries:
+        model = saving.load(directory / entry["keras_model"])
+        assert models.accuracy(model, data) == pytest.approx(entry["keras_accuracy"], abs=1e-6), entry["keras_model"]
+
+
+def test_split_separable_conv_is_exact_for_sequential_and_functional_models() -> None:
+    from edgepipe.examples import cnns
+    from edgepipe.keras_compat import keras
+    from edgepipe.optimize.rewrite import split_separable_conv
+
+    k = keras()
+    sample = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    sequential = k.Sequential(
+        [
+            k.layers.Input((8, 8, 1)),
+            k.layers.SeparableConv2D(8, 3, strides=2, depth_multiplier=2, activation="relu", name="sep"),
+            k.layers.Flatten(),
+            k.layers.Dense(3, name="out"),
+        ]
+    )
+    for model in (sequential, cnns.ds_cnn()):
+        split, lines = split_separable_conv(model, sample)
+        assert not [layer for layer in split.layers if type(layer).__name__ == "SeparableConv2D"]
+        assert len(lines) == 1
+        np.testing.assert_allclose(split(sample), model(sample), atol=1e-5)
+    assert [type(layer).__name__ for layer in split_separable_conv(sequential, sample)[0].layers] == [
+        "DepthwiseConv2D",
+        "Conv2D",
+        "Flatten",
+        "Dense",
+    ]
