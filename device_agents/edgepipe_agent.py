@@ -21,9 +21,13 @@ Job, protocol ``edgepipe.job/1``::
 
     protocol        "edgepipe.job/1" (required; any other value is refused with error class BadJob)
     model           path of the .tflite file on the board (required)
-    data            path of an .npz with ``x`` (float32 samples) and ``y`` (int labels), or null
-    reference       path of an .npy with the host's raw (integer) outputs for ``x``, or null
-    outputs         path where the agent saves its own raw outputs for ``x`` (.npy), or null
+    data            path of an .npz with the evaluation samples, or null: ``x`` (float32 samples) and ``y``
+                    (targets) for a model with one input and one output, else ``x_0, x_1, ...`` and ``y_0, ...``
+                    in the order of the interpreter's input and output details; no ``y`` for reconstruction
+    task            "classification" | "regression" | "reconstruction", or null to infer it from the data
+                    (no y: reconstruction; integer y: classification; float y: regression)  (default null)
+    reference       path of an .npz with the host's raw outputs for ``x`` (``o_0, o_1, ...``), or null
+    outputs         path where the agent saves its own raw outputs for ``x`` (.npz, ``o_0, ...``), or null
     runtime         "auto" | "ai_edge_litert" | "tflite_runtime" | "tensorflow"        (default "auto")
     threads         interpreter threads                                                  (default 1)
     xnnpack         apply the XNNPACK delegate (false: built-in kernels only)            (default true)
@@ -64,7 +68,12 @@ Result, protocol ``edgepipe.result/1``::
                     samples in the order timed, in blocks of block_runs alternating A B B A ...; error is a
                     failure while measuring with the baseline (the model's own result stands)
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
-    accuracy        {samples, correct, accuracy, agreement: {top1, max_abs_diff}} (agreement only with reference)
+    accuracy        {samples, task, metric, value, per_output [...], accuracy, agreement: {top1, max_abs_diff}}:
+                    metric "accuracy" (top-1, classification), "mae" (mean absolute error, regression) or "mse"
+                    (mean squared error of each output against its input, reconstruction); ``value`` is the
+                    mean over the outputs; ``accuracy`` is ``value`` for a classifier, else null; agreement
+                    (only with a reference): top1 (classifiers; else null) and the largest difference of the raw
+                    output values
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
 
 Model errors (everything but BadJob and AgentFailure) are results, not agent failures: ``run`` prints the result
@@ -87,7 +96,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.1.0"
+AGENT_VERSION = "1.2.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -98,6 +107,7 @@ DISTRIBUTIONS = {
 }
 JOB_DEFAULTS: dict[str, Any] = {
     "data": None,
+    "task": None,
     "reference": None,
     "outputs": None,
     "runtime": "auto",
@@ -402,56 +412,134 @@ def _time_runs(interpreter: Any, job: dict[str, Any]) -> list[float]:
     return [s / 1e6 for s in samples]
 
 
+TASKS = ("classification", "regression", "reconstruction")
+
+
+def _numbered(archive: Any, key: str) -> list[Any]:
+    """``key`` alone, or ``key_0, key_1, ...``: one array per input (x) or output (y)."""
+    if key in archive.files:
+        return [archive[key]]
+    arrays = []
+    while f"{key}_{len(arrays)}" in archive.files:
+        arrays.append(archive[f"{key}_{len(arrays)}"])
+    return arrays
+
+
+def _read_data(np: Any, path: str) -> tuple[list[Any], list[Any]]:
+    with np.load(path, allow_pickle=False) as archive:
+        xs, ys = _numbered(archive, "x"), _numbered(archive, "y")
+    if not xs:
+        raise JobFailed("DataMismatch", "the evaluation data has no x (or x_0, x_1, ...)")
+    return xs, ys
+
+
+def score(np: Any, task: str, outputs: list[Any], targets: list[Any]) -> list[float]:
+    """Per output: top-1 accuracy (classification), mean absolute error (regression) or mean squared error
+    against the input (reconstruction). The same formulas as edgepipe's tasks.score on the host."""
+    values = []
+    for out, target in zip(outputs, targets, strict=True):
+        flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+        if task == "classification":
+            values.append(float(np.mean(flat.argmax(axis=1) == np.asarray(target).reshape(-1))))
+            continue
+        want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
+        if want.shape != flat.shape:
+            raise JobFailed(
+                "DataMismatch", f"outputs {list(flat.shape)} cannot be compared with targets {list(want.shape)}"
+            )
+        values.append(float((np.abs(flat - want) if task == "regression" else np.square(flat - want)).mean()))
+    return values
+
+
 def _evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
-    with np.load(job["data"], allow_pickle=False) as archive:
-        x, y = archive["x"], archive["y"]
-    source = interpreter.get_input_details()[0]
-    expected = [int(d) for d in source["shape"][1:]]
-    if list(x.shape[1:]) != expected:
-        raise JobFailed("DataMismatch", f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}")
-    batch = 256 if list(source.get("shape_signature", [1]))[:1] == [-1] else 1
-    raw_outputs = []
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
+    xs, ys = _read_data(np, job["data"])
+    sources = interpreter.get_input_details()
+    if len(xs) != len(sources):
+        raise JobFailed(
+            "DataMismatch", f"the evaluation data has {len(xs)} input arrays, the model {len(sources)} inputs"
+        )
+    for index, (x, source) in enumerate(zip(xs, sources, strict=True)):
+        expected = [int(d) for d in source["shape"][1:]]
+        if list(x.shape[1:]) != expected:
+            which = "" if len(xs) == 1 else f" (input {index})"
+            raise JobFailed(
+                "DataMismatch", f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}{which}"
+            )
+    task = job["task"] or (
+        "reconstruction" if not ys else "classification" if ys[0].dtype.kind in "iub" else "regression"
+    )
+    count = len(xs[0])
+    batch = 256 if all(list(d.get("shape_signature", [1]))[:1] == [-1] for d in sources) else 1
+    chunks: list[list[Any]] = [[] for _ in interpreter.get_output_details()]
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
         if batch > 1:
-            interpreter.resize_tensor_input(source["index"], [len(chunk), *expected])
+            for source in sources:
+                interpreter.resize_tensor_input(source["index"], [size, *[int(d) for d in source["shape"][1:]]])
             interpreter.allocate_tensors()
-        details_in = interpreter.get_input_details()[0]
-        interpreter.set_tensor(details_in["index"], _quantize(np, chunk, details_in))
+        for x, detail in zip(xs, interpreter.get_input_details(), strict=True):
+            interpreter.set_tensor(detail["index"], _quantize(np, x[start : start + size], detail))
         _invoke(interpreter)
-        output = interpreter.get_output_details()[0]
-        raw_outputs.append(interpreter.get_tensor(output["index"]).reshape(len(chunk), -1).copy())
-    raw = np.concatenate(raw_outputs)
-    predictions = raw.argmax(axis=1)
-    correct = int((predictions == y).sum())
-    report: dict[str, Any] = {"samples": len(x), "correct": correct, "accuracy": correct / len(x)}
+        for chunk, output in zip(chunks, interpreter.get_output_details(), strict=True):
+            chunk.append(interpreter.get_tensor(output["index"]).reshape(size, -1).copy())
+    raw = [np.concatenate(chunk) for chunk in chunks]
+    dequantized = []
+    for values, output in zip(raw, interpreter.get_output_details(), strict=True):
+        scale, zero_point = output["quantization"]
+        dequantized.append((values.astype(np.float32) - zero_point) * scale if scale else values.astype(np.float32))
+    targets = ys if task != "reconstruction" else xs
+    if len(targets) != len(raw):
+        raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
+    per_output = score(np, task, dequantized, targets)
+    value = sum(per_output) / len(per_output)
+    metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
+    report: dict[str, Any] = {
+        "samples": count,
+        "task": task,
+        "metric": metric,
+        "value": value,
+        "per_output": per_output,
+        "accuracy": value if task == "classification" else None,
+    }
+    if task == "classification":
+        report["correct"] = sum(round(v * count) for v in per_output)  # over every output
     if job["outputs"]:
-        np.save(job["outputs"], raw, allow_pickle=False)
+        with open(job["outputs"], "wb") as handle:
+            np.savez(handle, **{f"o_{i}": values for i, values in enumerate(raw)})
     if job["reference"]:
-        reference = np.load(job["reference"], allow_pickle=False).reshape(len(x), -1)
-        if reference.shape != raw.shape:
-            raise JobFailed("DataMismatch", f"reference outputs {reference.shape} do not match {raw.shape}")
+        with np.load(job["reference"], allow_pickle=False) as archive:
+            reference = [archive[f"o_{i}"].reshape(count, -1) for i in range(len(archive.files))]
+        if [r.shape for r in reference] != [r.shape for r in raw]:
+            shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
+            raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
+        top1 = [float((a.argmax(axis=1) == b.argmax(axis=1)).mean()) for a, b in zip(reference, raw, strict=True)]
         report["agreement"] = {
-            "top1": float((reference.argmax(axis=1) == predictions).mean()),
-            "max_abs_diff": float(np.abs(reference.astype(np.float64) - raw.astype(np.float64)).max()),
+            "top1": sum(top1) / len(top1) if task == "classification" else None,
+            "max_abs_diff": max(
+                float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+                for a, b in zip(reference, raw, strict=True)
+            ),
         }
     return report
 
 
 def _prepare_input(np: Any, interpreter: Any, job: dict[str, Any]) -> None:
     """Batch 1, and the first evaluation sample as input when it fits (zeros otherwise) for the timed runs."""
-    source = interpreter.get_input_details()[0]
-    if list(source["shape"][:1]) != [1] and len(source["shape"]) > 0:
-        interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
+    sources = interpreter.get_input_details()
+    if any(list(source["shape"][:1]) != [1] and len(source["shape"]) > 0 for source in sources):
+        for source in sources:
+            interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
         interpreter.allocate_tensors()
-        source = interpreter.get_input_details()[0]
-    sample = np.zeros(source["shape"], dtype=source["dtype"])
+        sources = interpreter.get_input_details()
+    firsts = [None] * len(sources)
     if job["data"]:
-        with np.load(job["data"], allow_pickle=False) as archive:
-            first = archive["x"][:1]
-        if list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
+        xs, _ = _read_data(np, job["data"])
+        firsts = [x[:1] for x in xs] if len(xs) == len(sources) else firsts
+    for first, source in zip(firsts, sources, strict=True):
+        sample = np.zeros(source["shape"], dtype=source["dtype"])
+        if first is not None and list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
             sample = _quantize(np, first, source)
-    interpreter.set_tensor(source["index"], sample)
+        interpreter.set_tensor(source["index"], sample)
 
 
 def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
@@ -767,6 +855,8 @@ def check_job(raw: str) -> dict[str, Any]:
     if job.get("baseline") is not None and not isinstance(job["baseline"], str):
         raise JobFailed("BadJob", "baseline must be the path of a .tflite file, or null")
     merged = {**JOB_DEFAULTS, **job}
+    if merged["task"] not in (None, *TASKS):
+        raise JobFailed("BadJob", f"task {merged['task']!r}: expected null or one of {', '.join(TASKS)}")
     if merged["runtime"] not in ("auto", *RUNTIMES):
         raise JobFailed("BadJob", f"runtime {merged['runtime']!r}: expected auto or one of {', '.join(RUNTIMES)}")
     for field in ("threads", "runs", "max_runs", "memory_limit_mb", "repeats"):

@@ -1,14 +1,28 @@
 """Data sets: an ``.npz`` file or a Python entry point, checked once and handed on as a plain value.
 
-A data set is a classification split: ``x_train, y_train, x_test, y_test`` with integer class labels. Checks
-happen here, before any model is trained, so a wrong file fails in a second and names the missing array.
+The data-source contract (what ``data.source`` must give), for ``task``:
+
+- ``classification`` (the default): ``x_train, y_train, x_test, y_test``; ``y`` holds one integer class label
+  per sample (one-hot rows are accepted and turned into labels, with a note).
+- ``regression``: the same four arrays; ``y`` holds float targets, shape ``(samples,)`` or ``(samples, k)``
+  matching the model's output.
+- ``reconstruction`` (autoencoders): ``x_train, x_test`` only; each output is compared with the input it
+  reconstructs, so ``y`` is not needed (and ignored if given).
+
+``x`` is numeric (stored as float32) with the shape of one model input per sample; NaN and infinity are refused.
+A model with several inputs takes ``x_train_0, x_train_1, ...`` (and ``x_test_0, ...``) in the order of the
+model's inputs; several outputs take ``y_train_0, y_train_1, ...`` likewise. A ``module:function`` entry point
+is called with no arguments and returns a ``Dataset`` or a mapping of those names to arrays, where
+``x_train``/``y_train``/... may also be lists or tuples of arrays (one per input or output).
+
+Checks happen here, before any model is trained, so a wrong file fails in a second and names the array.
 """
 
 from __future__ import annotations
 
 import hashlib
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,58 +31,108 @@ import numpy as np
 
 from edgepipe.errors import ConfigError
 from edgepipe.sources import EntryPoint
+from edgepipe.tasks import TaskKind
 
-REQUIRED_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+Arrays = tuple[np.ndarray, ...]
+
+
+def _as_arrays(value: np.ndarray | Sequence[np.ndarray]) -> Arrays:
+    if isinstance(value, np.ndarray):
+        return (value,)
+    return tuple(np.asarray(v) for v in value)
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A labelled train/test split. ``x_*`` are float32 with the model's input shape; ``y_*`` int64 labels."""
+    """A train/test split: one array per model input (``x_*``) and one per model output (``y_*``, empty for
+    reconstruction). A single array is accepted where a tuple is expected and stored as a 1-tuple."""
 
     name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_train: Arrays
+    y_train: Arrays
+    x_test: Arrays
+    y_test: Arrays
     # What loading changed and the user should know (one-hot labels turned into class indices, say).
     notes: tuple[str, ...] = ()
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
+    def __post_init__(self) -> None:
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            object.__setattr__(self, key, _as_arrays(getattr(self, key)))
 
     @property
-    def num_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
+    def input_shapes(self) -> list[tuple[int, ...]]:
+        return [tuple(x.shape[1:]) for x in self.x_train]
+
+    @property
+    def train_samples(self) -> int:
+        return len(self.x_train[0])
+
+    @property
+    def test_samples(self) -> int:
+        return len(self.x_test[0])
+
+    def keras_x(self, split: str) -> np.ndarray | list[np.ndarray]:
+        """Inputs as Keras takes them: one array, or a list for a model with several inputs."""
+        arrays = self.x_train if split == "train" else self.x_test
+        return arrays[0] if len(arrays) == 1 else list(arrays)
+
+    def targets(self, split: str) -> Arrays:
+        """What each output is scored against: the labels, or the inputs for reconstruction (no labels)."""
+        if split == "train":
+            return self.y_train or self.x_train
+        return self.y_test or self.x_test
+
+    def keras_y(self, split: str) -> np.ndarray | list[np.ndarray]:
+        arrays = self.targets(split)
+        return arrays[0] if len(arrays) == 1 else list(arrays)
+
+    def head(self, count: int) -> Arrays:
+        """The first ``count`` test inputs (for checks that run the model on a few samples)."""
+        return tuple(x[:count] for x in self.x_test)
 
     def sha256(self) -> str:
-        """Content hash of the four arrays, recorded in every result for provenance."""
+        """Content hash of every array, recorded in every result for provenance."""
         digest = hashlib.sha256()
-        for array in (self.x_train, self.y_train, self.x_test, self.y_test):
+        for array in (*self.x_train, *self.y_train, *self.x_test, *self.y_test):
             digest.update(str((array.dtype.str, array.shape)).encode())
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.hexdigest()
 
-    def representative(self, count: int, seed: int) -> np.ndarray:
-        """``count`` training samples for calibrating full-integer conversion (never test samples)."""
+    def representative(self, count: int, seed: int) -> Arrays:
+        """``count`` training samples (of every input) for calibrating full-integer conversion, never test samples."""
         rng = np.random.default_rng(seed)
-        count = min(count, len(self.x_train))
-        return self.x_train[rng.choice(len(self.x_train), size=count, replace=False)]
+        count = min(count, self.train_samples)
+        chosen = rng.choice(self.train_samples, size=count, replace=False)
+        return tuple(x[chosen] for x in self.x_train)
 
-    def summary(self) -> dict[str, Any]:
+    def classes(self) -> list[int]:
+        """Classes per output for integer labels (largest label + 1)."""
+        return [int(max(a.max(), b.max())) + 1 for a, b in zip(self.y_train, self.y_test, strict=True)]
+
+    def summary(self, task: TaskKind = "classification") -> dict[str, Any]:
         return {
             "name": self.name,
-            "train_samples": len(self.x_train),
-            "test_samples": len(self.x_test),
-            "input_shape": list(self.input_shape),
-            "classes": self.num_classes,
+            "task": task,
+            "train_samples": self.train_samples,
+            "test_samples": self.test_samples,
+            "input_shape": list(self.input_shapes[0]),
+            "input_shapes": [list(shape) for shape in self.input_shapes],
+            "target_shapes": [list(y.shape[1:]) for y in self.y_test],
+            "classes": (self.classes()[0] if len(self.y_test) == 1 else self.classes())
+            if task == "classification"
+            else None,
             "sha256": self.sha256(),
             "notes": list(self.notes),
         }
 
 
-def load_dataset(source: Path | EntryPoint, file: str | None = None, field: str = "data.source") -> Dataset:
-    """Load and check a data set; every problem is a ConfigError naming ``file`` and ``field``."""
+def load_dataset(
+    source: Path | EntryPoint,
+    file: str | None = None,
+    field: str = "data.source",
+    task: TaskKind = "classification",
+) -> Dataset:
+    """Load and check a data set for ``task``; every problem is a ConfigError naming ``file`` and ``field``."""
     if isinstance(source, EntryPoint):
         try:
             produced = source.load(file, field)()
@@ -76,8 +140,17 @@ def load_dataset(source: Path | EntryPoint, file: str | None = None, field: str 
             raise
         except Exception as exc:
             raise ConfigError.at(file, field, f"{source} failed: {type(exc).__name__}: {exc}") from None
-        if isinstance(produced, Dataset):
-            return produced
+        if isinstance(produced, Dataset):  # checked like any other source
+            arrays = {key: getattr(produced, key) for key in ("x_train", "y_train", "x_test", "y_test")}
+            checked = from_arrays(arrays, produced.name, file, field, task=task)
+            return Dataset(
+                produced.name,
+                checked.x_train,
+                checked.y_train,
+                checked.x_test,
+                checked.y_test,
+                notes=produced.notes + checked.notes,
+            )
         if not isinstance(produced, Mapping):
             raise ConfigError.at(
                 file,
@@ -85,11 +158,11 @@ def load_dataset(source: Path | EntryPoint, file: str | None = None, field: str 
                 f"{source} returned {type(produced).__name__}, expected a Dataset "
                 "or a mapping with x_train, y_train, x_test, y_test",
             )
-        return from_arrays(produced, str(source), file, field)
-    return _load_npz(source, file, field)
+        return from_arrays(produced, str(source), file, field, task=task)
+    return _load_npz(source, file, field, task)
 
 
-def _load_npz(path: Path, file: str | None, field: str) -> Dataset:
+def _load_npz(path: Path, file: str | None, field: str, task: TaskKind) -> Dataset:
     if path.is_dir() or path.suffix != ".npz":
         raise ConfigError.at(file, field, f"{path} is not an .npz file (expected an .npz or module:function)")
     try:
@@ -98,69 +171,129 @@ def _load_npz(path: Path, file: str | None, field: str) -> Dataset:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError.at(file, field, f"cannot read {path}: {exc}") from None
-    return from_arrays(arrays, path.stem, file, field, origin=str(path))
+    return from_arrays(arrays, path.stem, file, field, origin=str(path), task=task)
+
+
+def _collect(arrays: Mapping[str, Any], key: str) -> tuple[list[np.ndarray], list[str]] | None:
+    """``key`` as one array, a list/tuple of arrays, or numbered arrays ``key_0, key_1, ...``; with their names."""
+    if key in arrays:
+        value = arrays[key]
+        if isinstance(value, list | tuple):
+            names = [key] if len(value) == 1 else [f"{key}[{i}]" for i in range(len(value))]
+            return [np.asarray(v) for v in value], names
+        return [np.asarray(value)], [key]
+    numbered = []
+    while f"{key}_{len(numbered)}" in arrays:
+        numbered.append(f"{key}_{len(numbered)}")
+    if not numbered:
+        return None
+    return [np.asarray(arrays[name]) for name in numbered], numbered
 
 
 def from_arrays(
-    arrays: Mapping[str, Any], name: str, file: str | None, field: str, origin: str | None = None
+    arrays: Mapping[str, Any],
+    name: str,
+    file: str | None,
+    field: str,
+    origin: str | None = None,
+    task: TaskKind = "classification",
 ) -> Dataset:
-    """Check the four arrays for presence, matching lengths, numeric features and integer labels."""
+    """Check the arrays for presence, matching counts and shapes, finite numbers and targets fit for ``task``."""
     origin = origin or name
-    missing = [key for key in REQUIRED_ARRAYS if key not in arrays]
+    required = ("x_train", "x_test") if task == "reconstruction" else ("x_train", "y_train", "x_test", "y_test")
+    found = {key: _collect(arrays, key) for key in ("x_train", "y_train", "x_test", "y_test")}
+    missing = [key for key in required if found[key] is None]
     if missing:
-        found = ", ".join(sorted(arrays)) or "nothing"
+        listing = ", ".join(sorted(arrays)) or "nothing"
         raise ConfigError.at(
             file,
             field,
             f"{origin} has no array {', '.join(repr(m) for m in missing)} "
-            f"(found: {found}; expected {', '.join(REQUIRED_ARRAYS)})",
+            f"(found: {listing}; expected {', '.join(required)}, or numbered ones such as x_train_0 for a "
+            "model with several inputs)",
         )
-    checked: dict[str, np.ndarray] = {}
+    checked: dict[str, list[np.ndarray]] = {}
     notes: list[str] = []
+    if task == "reconstruction" and (found["y_train"] or found["y_test"]):
+        notes.append("reconstruction: y arrays ignored (each output is compared with the input it reconstructs)")
     for split in ("train", "test"):
-        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
-        if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
-            raise ConfigError.at(
-                file,
-                field,
-                f"{origin}: x_{split} must be a numeric array of shape "
-                f"(samples, ...), got dtype {x.dtype} shape {x.shape}",
-            )
-        _check_finite(x, f"x_{split}", origin, file, field)
-        if np.issubdtype(y.dtype, np.number):
-            _check_finite(y, f"y_{split}", origin, file, field)
-        if y.ndim == 2 and y.shape[1] > 1:
-            if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+        xs, names = found[f"x_{split}"]  # type: ignore[misc]
+        checked[f"x_{split}"] = [_check_x(x, label, origin, file, field) for x, label in zip(xs, names, strict=True)]
+        checked[f"y_{split}"] = []
+        if task != "reconstruction":
+            ys, y_names = found[f"y_{split}"]  # type: ignore[misc]
+            for y, label in zip(ys, y_names, strict=True):
+                y, note = _check_y(y, label, task, origin, file, field)
+                checked[f"y_{split}"].append(y)
+                notes.extend([note] if note else [])
+            names = [*names, *y_names]
+        counts = [len(a) for a in (*checked[f"x_{split}"], *checked[f"y_{split}"])]
+        if len(set(counts)) > 1:
+            listing = ", ".join(f"{label} has {count}" for label, count in zip(names, counts, strict=True))
+            raise ConfigError.at(file, field, f"{origin}: the {split} arrays differ in samples: {listing}")
+        if counts[0] == 0:
+            raise ConfigError.at(file, field, f"{origin}: the {split} split is empty")
+    for kind in ("x", "y"):
+        train, test = checked[f"{kind}_train"], checked[f"{kind}_test"]
+        if len(train) != len(test):
+            raise ConfigError.at(file, field, f"{origin}: {len(train)} {kind}_train arrays but {len(test)} {kind}_test")
+        for index, (a, b) in enumerate(zip(train, test, strict=True)):
+            if a.shape[1:] != b.shape[1:]:
+                which = f"{kind}_train" + (f"_{index}" if len(train) > 1 else "")
                 raise ConfigError.at(
                     file,
                     field,
-                    f"{origin}: y_{split} has shape {y.shape} but is not one-hot (exactly one 1 per row)",
-                    hint="give one integer class label per sample, or one-hot rows",
+                    f"{origin}: {which} samples have shape {a.shape[1:]} but the test samples {b.shape[1:]}",
                 )
-            y = y.argmax(axis=1)
-            notes.append(
-                f"y_{split}: one-hot labels ({y.shape[0]} x {arrays[f'y_{split}'].shape[1]}) read as class indices"
-            )
-        y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
-            raise ConfigError.at(
-                file, field, f"{origin}: y_{split} must hold integer class labels, got dtype {y.dtype} shape {y.shape}"
-            )
-        if len(x) != len(y):
-            raise ConfigError.at(file, field, f"{origin}: x_{split} has {len(x)} samples but y_{split} has {len(y)}")
-        if len(x) == 0:
-            raise ConfigError.at(file, field, f"{origin}: the {split} split is empty")
-        if y.min() < 0:
-            raise ConfigError.at(file, field, f"{origin}: y_{split} has negative labels")
-        checked[f"x_{split}"], checked[f"y_{split}"] = x.astype(np.float32), y.astype(np.int64)
-    if checked["x_train"].shape[1:] != checked["x_test"].shape[1:]:
+    return Dataset(
+        name, *(tuple(checked[key]) for key in ("x_train", "y_train", "x_test", "y_test")), notes=tuple(notes)
+    )
+
+
+def _check_x(x: np.ndarray, label: str, origin: str, file: str | None, field: str) -> np.ndarray:
+    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
         raise ConfigError.at(
             file,
             field,
-            f"{origin}: x_train samples have shape {checked['x_train'].shape[1:]} "
-            f"but x_test samples {checked['x_test'].shape[1:]}",
+            f"{origin}: {label} must be a numeric array of shape (samples, ...), got dtype {x.dtype} shape {x.shape}",
         )
-    return Dataset(name=name, **checked, notes=tuple(notes))
+    _check_finite(x, label, origin, file, field)
+    return x.astype(np.float32)
+
+
+def _check_y(
+    y: np.ndarray, label: str, task: TaskKind, origin: str, file: str | None, field: str
+) -> tuple[np.ndarray, str | None]:
+    """Targets for ``task``: integer class labels (one-hot accepted, with a note) or finite float values."""
+    if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
+        raise ConfigError.at(file, field, f"{origin}: {label} must be numeric, got dtype {y.dtype}")
+    _check_finite(y, label, origin, file, field)
+    if task == "regression":
+        if y.ndim < 1:
+            raise ConfigError.at(file, field, f"{origin}: {label} must have one target per sample")
+        return y.astype(np.float32), None
+    note = None
+    if y.ndim == 2 and y.shape[1] > 1:
+        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+            raise ConfigError.at(
+                file,
+                field,
+                f"{origin}: {label} has shape {y.shape} but is not one-hot (exactly one 1 per row)",
+                hint="give one integer class label per sample, or one-hot rows; for float targets set task: regression",
+            )
+        note = f"{label}: one-hot labels ({y.shape[0]} x {y.shape[1]}) read as class indices"
+        y = y.argmax(axis=1)
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or not np.all(np.mod(y, 1) == 0):
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin}: {label} must hold integer class labels, got dtype {y.dtype} shape {y.shape}",
+            hint="for float targets set task: regression in the recipe",
+        )
+    if y.min() < 0:
+        raise ConfigError.at(file, field, f"{origin}: {label} has negative labels")
+    return y.astype(np.int64), note
 
 
 def _check_finite(array: np.ndarray, name: str, origin: str, file: str | None, field: str) -> None:
@@ -181,31 +314,68 @@ def _check_finite(array: np.ndarray, name: str, origin: str, file: str | None, f
 EVAL_DATA = "eval.npz"
 
 
-def write_eval_data(path: Path, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """The evaluation split as a device agent reads it: ``x`` float32, ``y`` int64, nothing pickled.
+def eval_arrays(x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
+    """The evaluation split under the names a device agent reads: ``x``/``y`` for one input and one output,
+    ``x_0, x_1, ...``/``y_0, ...`` for several (in the order of the interpreter's input and output details);
+    no ``y`` for reconstruction."""
+    named = {"x": x[0]} if len(x) == 1 else {f"x_{i}": a for i, a in enumerate(x)}
+    named |= {"y": y[0]} if len(y) == 1 else {f"y_{i}": a for i, a in enumerate(y)}
+    return {
+        key: np.ascontiguousarray(a, dtype=np.float32 if key.startswith("x") or a.dtype.kind == "f" else np.int64)
+        for key, a in named.items()
+    }
+
+
+def write_eval_data(path: Path, x: Arrays, y: Arrays) -> dict[str, Any]:
+    """The evaluation split as a device agent reads it (``eval_arrays``), nothing pickled.
 
     Written with fixed zip timestamps (numpy's), so equal arrays give equal bytes and the same sha256: the
     board's content-addressed cache then never receives the same data twice.
     """
-    np.savez_compressed(path, x=np.ascontiguousarray(x, dtype=np.float32), y=np.asarray(y, dtype=np.int64))
-    return {"samples": len(x), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
+    np.savez_compressed(path, **eval_arrays(x, y))  # type: ignore[arg-type]
+    return {"samples": len(x[0]), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "bytes": path.stat().st_size}
 
 
-def read_eval_data(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``x, y`` from an evaluation ``.npz`` (keys ``x``/``y`` or ``x_test``/``y_test``), checked."""
+def read_eval_data(path: Path) -> tuple[Arrays, Arrays]:
+    """``x, y`` (tuples, one array per input and per output; ``y`` empty without labels) from an evaluation
+    ``.npz``: ``x``/``y``, ``x_test``/``y_test``, or numbered ``x_0, x_1, ...``/``y_0, ...``."""
     try:
         with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
-            pair = ("x", "y") if {"x", "y"} <= names else ("x_test", "y_test")
-            if not set(pair) <= names:
-                raise ConfigError.at(
-                    str(path), None, f"needs arrays x and y (or x_test and y_test); has {sorted(names)}"
-                )
-            x, y = archive[pair[0]], archive[pair[1]]
+            arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ConfigError.at(str(path), None, f"not a readable .npz file: {exc}") from None
-    if len(x) != len(y) or len(x) == 0:
-        raise ConfigError.at(str(path), None, f"x has {len(x)} samples and y {len(y)}; need equal, non-zero counts")
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-        raise ConfigError.at(str(path), "y", f"expected one integer class label per sample, got {y.dtype} {y.shape}")
-    return x.astype(np.float32), y.astype(np.int64)
+    for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
+        xs = _collect(arrays, x_key)
+        if xs is not None:
+            ys = _collect(arrays, y_key)
+            break
+    else:
+        raise ConfigError.at(
+            str(path), None, f"needs arrays x and y (or x_test and y_test, or x_0, y_0, ...); has {sorted(arrays)}"
+        )
+    x, y = tuple(xs[0]), tuple(ys[0]) if ys else ()
+    counts = {len(a) for a in (*x, *y)}
+    if len(counts) != 1 or 0 in counts:
+        raise ConfigError.at(str(path), None, f"the arrays have {sorted(counts)} samples; need one, non-zero count")
+    for index, array in enumerate(x):
+        if array.dtype.kind not in "fiub" or array.ndim < 2:
+            label = "x" if len(x) == 1 else f"x_{index}"
+            raise ConfigError.at(
+                str(path), label, f"expected numeric samples of shape (samples, ...), got {array.dtype} {array.shape}"
+            )
+    for index, array in enumerate(y):
+        if array.dtype.kind not in "fiub":
+            raise ConfigError.at(
+                str(path), "y" if len(y) == 1 else f"y_{index}", f"expected numbers, got {array.dtype}"
+            )
+    return tuple(a.astype(np.float32) for a in x), tuple(
+        a.astype(np.int64) if a.dtype.kind in "iub" else a.astype(np.float32) for a in y
+    )
+
+
+def infer_task(y: Arrays) -> TaskKind:
+    """The task of an evaluation file given without a run: no ``y`` is reconstruction, integer ``y``
+    classification, float ``y`` regression."""
+    if not y:
+        return "reconstruction"
+    return "classification" if all(a.dtype.kind in "iub" for a in y) else "regression"

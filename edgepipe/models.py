@@ -19,7 +19,7 @@ from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras_compat import convert_keras3, is_keras3_model, keras
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
-from edgepipe.tasks import Task
+from edgepipe.tasks import Score, Task
 
 
 def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None, field: str = "model.source") -> Any:
@@ -33,21 +33,52 @@ def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = Non
     else:
         model = _load_file(source, data)
     if is_keras3_model(model):
-        model = convert_keras3(model, data.x_test[:64])
+        model = convert_keras3(model, data.head(64)[0])
     k = keras()
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
     check_wrappable(model)
-    if not model.built:
-        model.build((None, *data.input_shape))
-    expected = tuple(model.input_shape[1:])
-    if len(expected) != len(data.input_shape) or any(
-        e is not None and e != d for e, d in zip(expected, data.input_shape, strict=False)
-    ):
-        raise ConfigError.at(
-            file, "data.source", f"samples have shape {data.input_shape} but the model expects {expected}"
-        )
+    if not model.built and len(data.input_shapes) == 1:
+        model.build((None, *data.input_shapes[0]))
+    check_fits(model, data, file)
     return model
+
+
+def check_fits(model: Any, data: Dataset, file: str | None) -> None:
+    """The data must have one array per model input of the input's shape, and one target per output."""
+    expected = [tuple(shape[1:]) for shape in _shapes(model.input_shape)]
+    if len(expected) != len(data.input_shapes):
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the model has {len(expected)} inputs but the data {len(data.input_shapes)} input arrays",
+            hint="give x_train_0, x_train_1, ... (one per input, in the order of the model's inputs)",
+        )
+    for index, (want, got) in enumerate(zip(expected, data.input_shapes, strict=True)):
+        if len(want) != len(got) or any(e is not None and e != d for e, d in zip(want, got, strict=True)):
+            which = "" if len(expected) == 1 else f" (input {index}, {model.input_names[index]!r})"
+            raise ConfigError.at(file, "data.source", f"samples have shape {got} but the model expects {want}{which}")
+    outputs = len(_shapes(model.output_shape))
+    if data.y_train and len(data.y_train) != outputs:
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the model has {outputs} outputs but the data {len(data.y_train)} target arrays",
+            hint="give y_train_0, y_train_1, ... (one per output, in the order of the model's outputs)",
+        )
+    if not data.y_train and (outputs, len(expected)) != (1, 1):
+        raise ConfigError.at(
+            file,
+            "task",
+            f"reconstruction compares the model's output with its input; this model has {len(expected)} inputs "
+            f"and {outputs} outputs",
+            hint="reconstruction needs a model with one input and one output of the same size",
+        )
+
+
+def _shapes(shape: Any) -> list[tuple[Any, ...]]:
+    """Keras gives one shape tuple for a single input/output and a list of them for several."""
+    return list(shape) if isinstance(shape, list) else [shape]
 
 
 def _load_file(path: Path, data: Dataset) -> Any:
@@ -159,8 +190,8 @@ def _fit(
     """``model.fit``; an exception from the model's own code is a ModelError naming the training, not a bug."""
     try:
         return model.fit(
-            data.x_train,
-            data.y_train,
+            data.keras_x("train"),
+            data.keras_y("train"),
             epochs=settings.epochs,
             batch_size=settings.batch_size,
             shuffle=True,
@@ -176,14 +207,21 @@ def _fit(
         ) from None
 
 
+def outputs(model: Any, x: np.ndarray | list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """The model's outputs for ``x``, one array per output."""
+    produced = model.predict(x, batch_size=512, verbose=0)
+    return tuple(np.asarray(o) for o in produced) if isinstance(produced, list | tuple) else (np.asarray(produced),)
+
+
+def score(model: Any, data: Dataset, task: Task) -> Score:
+    """The task's metric on the test split (accuracy, mean absolute error, reconstruction error)."""
+    return task.score(outputs(model, data.keras_x("test")), data.targets("test"))
+
+
 def accuracy(model: Any, data: Dataset) -> float:
-    """Top-1 accuracy on the test split."""
-    return float(np.mean(predict(model, data.x_test) == data.y_test))
-
-
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    return np.asarray(model.predict(x, batch_size=512, verbose=0)).argmax(axis=-1)
+    """Top-1 accuracy on the test split (of a classifier; the mean over its outputs)."""
+    return score(model, data, Task(probabilities=(False,) * max(1, len(data.y_test)))).value
 
 
 def steps_per_epoch(data: Dataset, batch_size: int) -> int:
-    return -(-len(data.x_train) // batch_size)
+    return -(-data.train_samples // batch_size)

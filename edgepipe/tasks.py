@@ -8,8 +8,11 @@ loss without any error.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import numpy as np
 
 TaskKind = Literal["classification", "regression", "reconstruction"]
 
@@ -40,6 +43,11 @@ class Task:
         return cls(kind, tuple(ends_with_softmax(layer) for layer in output_layers(model)))
 
     @property
+    def has_labels(self) -> bool:
+        """Whether the data set must carry targets (``y``): reconstruction compares outputs with inputs."""
+        return self.kind != "reconstruction"
+
+    @property
     def outputs(self) -> int:
         return len(self.probabilities)
 
@@ -55,3 +63,77 @@ class Task:
     def keras_metric(self) -> str:
         """The metric Keras reports while training (shown in the epoch progress bar)."""
         return "accuracy" if self.kind == "classification" else "mae"
+
+    @property
+    def metric(self) -> str:
+        return METRICS[self.kind][0]
+
+    def score(self, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
+        return score(self.kind, outputs, targets)
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+# The same formulas run in the device agent (device_agents/edgepipe_agent.py, ``score``), which must stay one
+# file with no edgepipe import; tests check that both give the same numbers.
+METRICS: dict[str, tuple[str, bool]] = {
+    # task: (metric, higher is better)
+    "classification": ("accuracy", True),
+    "regression": ("mae", False),
+    "reconstruction": ("mse", False),
+}
+METRIC_MEANING = {
+    "accuracy": "top-1 accuracy",
+    "mae": "mean absolute error",
+    "mse": "mean squared reconstruction error",
+}
+
+
+@dataclass(frozen=True)
+class Score:
+    """One number for the model (the mean over its outputs) and one per output."""
+
+    metric: str
+    value: float
+    per_output: tuple[float, ...]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "value": self.value, "per_output": list(self.per_output)}
+
+
+def score(kind: TaskKind, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
+    """Score float outputs (dequantized) against targets, output by output.
+
+    classification: top-1 accuracy of each output against integer labels; regression: mean absolute error;
+    reconstruction: mean squared error of each output against the input it reconstructs (targets = inputs).
+    """
+    if len(outputs) != len(targets):
+        raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
+    values = []
+    for out, target in zip(outputs, targets, strict=True):
+        flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+        if kind == "classification":
+            values.append(float(np.mean(flat.argmax(axis=1) == np.asarray(target).reshape(-1))))
+            continue
+        want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
+        if want.shape != flat.shape:
+            raise ValueError(f"outputs of shape {flat.shape[1:]} cannot be compared with targets {want.shape[1:]}")
+        error = np.abs(flat - want) if kind == "regression" else np.square(flat - want)
+        values.append(float(error.mean()))
+    metric, _ = METRICS[kind]
+    return Score(metric, round(float(np.mean(values)), 6), tuple(round(v, 6) for v in values))
+
+
+def agreement(kind: TaskKind, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
+    """Top-1 agreement between two models' outputs (classification); None for other tasks, whose outputs are
+    compared by their error against the targets instead."""
+    if kind != "classification":
+        return None
+    same = [
+        np.mean(np.asarray(x).reshape(len(x), -1).argmax(axis=1) == np.asarray(y).reshape(len(y), -1).argmax(axis=1))
+        for x, y in zip(a, b, strict=True)
+    ]
+    return round(float(np.mean(same)), 6)

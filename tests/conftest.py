@@ -80,6 +80,47 @@ def optimized_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     return outcome.directory, outcome.result
 
 
+# Models that are not one-input, one-output classifiers (edgepipe/examples/tasks.py), each compressed briefly.
+TASK_RECIPES = {
+    "autoencoder": """
+name: autoencoder
+task: reconstruction
+model: {source: edgepipe.examples.tasks:autoencoder, train: {epochs: 15, learning_rate: 0.003}}
+data: {source: edgepipe.examples.tasks:flat_digits}
+fine_tune: {epochs: 1, learning_rate: 0.0005}
+stages:
+  - {kind: prune, target_sparsity: 0.5}
+  - {kind: qat}
+convert: {representative_samples: 64}
+gates: {max_error_increase: 1.0}
+""",
+    "two_heads": """
+name: two-heads
+model: {source: edgepipe.examples.tasks:two_heads, train: {epochs: 6, learning_rate: 0.003}}
+data: {source: edgepipe.examples.tasks:two_heads_data}
+fine_tune: {epochs: 1, learning_rate: 0.0005}
+stages:
+  - {kind: prune, target_sparsity: 0.5}
+  - {kind: qat}
+convert: {representative_samples: 64}
+gates: {max_accuracy_drop: 20}
+""",
+}
+
+
+@pytest.fixture(scope="session")
+def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """Run directories of the autoencoder (reconstruction) and the two-input, two-output classifier."""
+    from edgepipe.optimize import pipeline
+
+    runs = {}
+    for name, body in TASK_RECIPES.items():
+        folder = tmp_path_factory.mktemp(name)
+        outcome = pipeline.run(pipeline.prepare(write_recipe(folder, body)), folder / "run")
+        runs[name] = (outcome.directory, outcome.result)
+    return runs
+
+
 def write_recipe(folder: Path, body: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())

@@ -68,18 +68,21 @@ def test_result_has_latency_memory_accuracy_and_board(optimized_run: tuple[Path,
 
 def test_agreement_with_reference_outputs_and_saved_outputs(optimized_run: tuple[Path, dict], tmp_path: Path) -> None:
     directory, _ = optimized_run
-    outputs = tmp_path / "outputs.npy"
+    outputs = tmp_path / "outputs.npz"
     first = run_agent(agent_job(directory / "model.tflite", directory / "eval.npz", outputs=str(outputs)))
-    raw = np.load(outputs)
-    x, y = read_eval_data(directory / "eval.npz")
+    with np.load(outputs) as saved:
+        assert saved.files == ["o_0"]
+        raw = saved["o_0"]
+    (x,), (y,) = read_eval_data(directory / "eval.npz")
     assert raw.dtype == np.int8 and raw.shape == (len(x), 10)
     assert first["accuracy"]["correct"] == int((raw.argmax(1) == y).sum())
+    assert first["accuracy"]["task"] == "classification" and first["accuracy"]["metric"] == "accuracy"
     # Reference outputs with one sample's answer moved: agreement must see exactly that one.
     changed = raw.copy()
     changed[0] = np.roll(changed[0], 1)
-    np.save(tmp_path / "reference.npy", changed)
+    np.savez(tmp_path / "reference.npz", o_0=changed)
     second = run_agent(
-        agent_job(directory / "model.tflite", directory / "eval.npz", reference=str(tmp_path / "reference.npy"))
+        agent_job(directory / "model.tflite", directory / "eval.npz", reference=str(tmp_path / "reference.npz"))
     )
     agreement = second["accuracy"]["agreement"]
     assert agreement["top1"] == pytest.approx(1 - 1 / len(x))

@@ -257,3 +257,19 @@ def test_each_threshold_check_fails_alone_and_is_named(field: str, value: float,
     assert verdict.status == "regression"
     assert [c.name for c in verdict.checks if c.status == "fail"] == [check]
     assert compare(base, base, VerdictSettings()).status == "pass"
+
+
+def test_an_error_metric_regresses_when_it_grows_beyond_its_limit() -> None:
+    """Regression and reconstruction models carry an error (lower is better), compared as relative growth."""
+    base = synthetic([1.0] * 3, seed=14)
+    cand = synthetic([1.0] * 3, seed=14)
+    base["device"]["accuracy"] = {"accuracy": None, "metric": "mse", "value": 0.0200}
+    cand["device"]["accuracy"] = {"accuracy": None, "metric": "mse", "value": 0.0209}  # +4.5 %: within 5 %
+    assert compare(base, cand, VerdictSettings()).status == "pass"
+    cand["device"]["accuracy"] = {"accuracy": None, "metric": "mse", "value": 0.0230}  # +15 %
+    verdict = compare(base, cand, VerdictSettings())
+    failed = [c for c in verdict.checks if c.status == "fail"]
+    assert verdict.status == "regression" and [c.name for c in failed] == ["accuracy"]
+    assert failed[0].message.startswith("mse: ") and "+15.0%" in failed[0].message
+    cand["device"]["accuracy"] = {"accuracy": None, "metric": "mae", "value": 0.0209}  # another metric
+    assert next(c for c in compare(base, cand, VerdictSettings()).checks if c.name == "accuracy").status == "n/a"

@@ -99,7 +99,7 @@ def test_npz_lacking_y_test(tmp_path: Path) -> None:
 def test_npz_with_mismatched_lengths(tmp_path: Path) -> None:
     x = np.zeros((4, 8, 8, 1), np.float32)
     np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(3, int), x_test=x, y_test=np.zeros(4, int))
-    assert "x_train has 4 samples but y_train has 3" in error_for(
+    assert "the train arrays differ in samples: x_train has 4, y_train has 3" in error_for(
         tmp_path, GOOD.replace("edgepipe.examples.digits:load", "d.npz")
     )
 

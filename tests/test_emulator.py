@@ -141,3 +141,25 @@ def test_report_labels_emulated_latency_and_shows_parity(
     assert 'id="parity-table"' in page and "tflite_runtime" in page and "(EMULATED" in page  # the latency plot
     assert "rpi4-emu †" in md.read_text() and "Parity rpi4-emu: pass" in md.read_text()
     assert "EMULATED" in done.stdout and "not the board's" in done.stdout
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "two_heads"])
+def test_models_beyond_single_output_classifiers_deploy_to_the_emulated_board(
+    built_image: Any, emulator_env: dict, task_runs: dict, name: str, tmp_path: Path
+) -> None:
+    """The aarch64 tflite_runtime board scores a reconstruction model and a two-input, two-output model
+    exactly as the host does (the agent reads the interpreter's input and output order on both)."""
+    directory, optimize = task_runs[name]
+    run_copy = tmp_path / "run"
+    shutil.copytree(directory, run_copy)
+    done = run_cli("deploy", "--target", "rpi4-emu", str(run_copy), "--repeats", "1", env=emulator_env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run_copy / "deploy-rpi4-emu.json").read_text())
+    block, parity = result["device"]["accuracy"], result["checks"]["parity"]
+    assert result["device"]["board"]["machine"] == "aarch64"
+    assert block["value"] == pytest.approx(optimize["final"]["metric"]["value"], abs=1e-6)
+    assert parity["passed"] is True and parity["host"]["value"] == pytest.approx(parity["device"]["value"])
+    assert (parity["top1_agreement"] is None) == (name == "autoencoder")
+    report = run_cli("report", str(run_copy))
+    assert report.returncode == 0, report.stderr
+    assert "rpi4-emu" in report.stdout and "EMULATED" in report.stdout

@@ -199,7 +199,7 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     data = from_arrays(
         {"x_train": x, "y_train": np.eye(3)[labels], "x_test": x, "y_test": labels}, "d", "r.yaml", "data.source"
     )
-    np.testing.assert_array_equal(data.y_train, labels)
+    np.testing.assert_array_equal(data.y_train[0], labels)
     assert data.notes == ("y_train: one-hot labels (6 x 3) read as class indices",)
     multi_label = np.eye(3)[labels] + np.eye(3)[(labels + 1) % 3]
     with pytest.raises(ConfigError, match=r"y_train has shape \(6, 3\) but is not one-hot"):

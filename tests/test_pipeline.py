@@ -12,6 +12,7 @@ from conftest import TINY, run_cli, write_recipe
 from edgepipe.convert import evaluate
 from edgepipe.errors import ConfigError, GateFailed
 from edgepipe.optimize import pipeline
+from edgepipe.tasks import Task
 from edgepipe.tflite_model import TfliteModel
 
 pytestmark = pytest.mark.slow
@@ -47,10 +48,10 @@ def test_recorded_accuracy_is_what_the_interpreter_gives(finished: tuple[Path, d
     from edgepipe.examples.digits import load
 
     data = load()
-    measured = evaluate.evaluate((directory / "model.tflite").read_bytes(), data.x_test, data.y_test)
+    measured = evaluate.evaluate((directory / "model.tflite").read_bytes(), data.x_test, data.y_test, Task())
     assert measured.accuracy == pytest.approx(result["final"]["accuracy"], abs=1e-6)
     agreement = result["final"]["agreement"]
-    assert agreement["test_samples"] == len(data.x_test)
+    assert agreement["test_samples"] == data.test_samples
     assert agreement["accuracy_drop_points"] == pytest.approx(
         (agreement["float_keras_accuracy"] - agreement["tflite_accuracy"]) * 100, abs=1e-3
     )

@@ -117,7 +117,7 @@ def test_html_renders_in_headless_chromium_with_its_plots(reported: dict[str, An
     page = load(reported["html"], screenshot=screenshot)
     assert page.console == []
     assert page.page_requests == []
-    assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/1"  # the inline script ran
+    assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/2"  # the inline script ran
     assert body_attribute(page.dom, "data-plots-drawn") == "4"  # four SVG plots with a non-zero size on screen
     for plot in ("accuracy_vs_size", "accuracy_vs_latency", "latency_distributions", "layers"):
         assert f'id="plot-{plot}"' in page.dom
@@ -150,7 +150,7 @@ def test_schema_rejects_what_breaks_it(reported: dict[str, Any]) -> None:
     del broken["stages"][0]["deployments"][0]["latency_ms"]
     assert any("latency_ms" in e for e in schema_errors(broken))
     broken = json.loads(json.dumps(document))
-    broken["schema"] = "edgepipe.report/2"
+    broken["schema"] = "edgepipe.report/1"  # another version
     assert schema_errors(broken)
     broken = json.loads(json.dumps(document))
     broken["stages"][0]["surprise"] = 1

@@ -78,7 +78,7 @@ def test_keras3_sequential_is_converted_faithfully(tmp_path: Path, digits: Any) 
     model = load_source(path, digits)
     assert isinstance(model, keras().Model)
     np.testing.assert_allclose(
-        model.predict(digits.x_test[:20], verbose=0), np.asarray(original(digits.x_test[:20])), atol=1e-5
+        model.predict(digits.x_test[0][:20], verbose=0), np.asarray(original(digits.x_test[0][:20])), atol=1e-5
     )
 
 

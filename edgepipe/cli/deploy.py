@@ -17,6 +17,7 @@ from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
 from edgepipe.run_models import RunModel
+from edgepipe.tasks import METRIC_MEANING
 
 AGENT_PHASES = {
     "import-runtime": "importing the TFLite runtime",
@@ -89,7 +90,8 @@ def deploy(
     target: Annotated[str, typer.Option("--target", "-t", help="Target name (targets/*.yaml) or file.")] = "local",
     model: Annotated[Path | None, typer.Option("--model", help="Any .tflite file instead of a run directory.")] = None,
     data: Annotated[
-        Path | None, typer.Option("--data", help="Evaluation .npz (x/y or x_test/y_test) for accuracy.")
+        Path | None,
+        typer.Option("--data", help="Evaluation .npz: x/y, x_test/y_test, or x_0/y_0... per input/output (README)."),
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Result file (default: deploy-TARGET.json).")] = None,
     runs: Annotated[int | None, typer.Option(help="Timed runs, at least (overrides the target).")] = None,
@@ -195,7 +197,7 @@ def _deploy_stages(
     finally:
         if store is not None:
             store.close()
-    table = Table("stage", "accuracy", "latency p50 / p99", "peak RSS", "result", box=None, pad_edge=False)
+    table = Table("stage", "score", "latency p50 / p99", "peak RSS", "result", box=None, pad_edge=False)
     for item in done:
         if item.outcome is None:
             assert item.error is not None
@@ -203,10 +205,10 @@ def _deploy_stages(
             continue
         device = item.outcome.result["device"]
         latency = device["timing"]["latency_ms"]
-        accuracy = (device.get("accuracy") or {}).get("accuracy")
+        block = device.get("accuracy") or {}
         table.add_row(
             item.model.name,
-            f"{accuracy:.4f}" if accuracy is not None else "n/a",
+            f"{block['metric']} {block['value']:.4g}" if block.get("value") is not None else "n/a",
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
             _mb(device["memory"]["vmhwm_kb"]["after_runs"]),
             str(item.outcome.path),
@@ -251,6 +253,13 @@ def print_result(result: dict[str, Any]) -> None:
         f"{_mb(memory['after_runs'])} after runs" + ("  [yellow](the QEMU process's)[/]" if emulated else ""),
     )
     checks = result["checks"]
+    if checks["device_accuracy"] is None and checks.get("device_value") is not None:
+        host, delta = checks["host_value"], checks["error_relative_delta"]
+        versus = f" vs host {host:.5g} ({delta:+.2%})" if host is not None and delta is not None else ""
+        table.add_row(
+            METRIC_MEANING.get(checks["metric"], checks["metric"]),
+            f"{checks['device_value']:.5g} on {result['data']['samples']} samples{versus}",
+        )
     if checks["device_accuracy"] is not None:
         host = checks["host_accuracy"]
         versus = f" vs host {host:.4f} ({checks['accuracy_delta_points']:+.2f} points)" if host is not None else ""
@@ -266,8 +275,9 @@ def print_result(result: dict[str, Any]) -> None:
             "parity with the host",
             f"{'[green]pass[/]' if parity['passed'] else '[red]FAIL[/]'}: {parity['device']['runtime']} "
             f"{parity['device']['runtime_version']} on {parity['device']['machine']} vs {parity['host']['runtime']} "
-            f"{parity['host']['runtime_version']} on {parity['host']['machine']}: top-1 agreement "
-            f"{parity['top1_agreement']:.4f}, largest difference {parity['max_abs_diff']:g} step(s)",
+            f"{parity['host']['runtime_version']} on {parity['host']['machine']}: "
+            + (f"top-1 agreement {parity['top1_agreement']:.4f}, " if parity["top1_agreement"] is not None else "")
+            + f"largest difference {parity['max_abs_diff']:g} step(s)",
         )
     state = [
         board.get("governor") and f"governor {board['governor']}",

@@ -54,7 +54,7 @@ class ConsoleProgress(Progress):
 
     def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
         if self._bar is not None:
-            metrics = f"loss {logs.get('loss', float('nan')):.4f}  acc {logs.get('accuracy', float('nan')):.4f}"
+            metrics = f"loss {logs.get('loss', float('nan')):.4f}" + _epoch_metric(logs)
             self._bar.update(self._task, completed=epoch, metrics=metrics)
 
     def training_done(self) -> None:
@@ -64,6 +64,16 @@ class ConsoleProgress(Progress):
 
     def note(self, text: str) -> None:
         stderr.print(f"  [yellow]note:[/] {text}", highlight=False)
+
+
+def _epoch_metric(logs: Mapping[str, float]) -> str:
+    """Accuracy (or mean absolute error) of the epoch; the mean over the outputs of a multi-output model, whose
+    metrics Keras names ``<output>_accuracy``."""
+    for metric, short in (("accuracy", "acc"), ("mae", "mae")):
+        values = [v for key, v in logs.items() if key == metric or key.endswith(f"_{metric}")]
+        if values:
+            return f"  {short} {sum(values) / len(values):.4f}"
+    return ""
 
 
 def optimize(
@@ -107,15 +117,20 @@ def _unique_per_layer(weights: list[dict[str, Any]]) -> str:
     )
 
 
+def _short(metric: str) -> str:
+    return {"accuracy": "acc"}.get(metric, metric)
+
+
 def print_summary(result: dict[str, Any]) -> None:
-    """The per-stage table: accuracy, sizes, ratio to the float model, sparsity, unique weights per layer."""
+    """The per-stage table: the task's metric, sizes, ratio to the float model, sparsity, unique weights."""
     baseline = result["baseline"]
     float_gzip = baseline["tflite"]["gzip_bytes"]
+    metric = _short(baseline["keras_metric"]["metric"])
     table = Table(title=f"edgepipe optimize: {result['recipe']['name']}", title_justify="left")
     for column in (
         "stage",
-        "keras acc",
-        "tflite acc",
+        f"keras {metric}",
+        f"tflite {metric}",
         ".tflite bytes",
         "gzip bytes",
         "gzip ratio",
@@ -128,8 +143,8 @@ def print_summary(result: dict[str, Any]) -> None:
     float_tflite = baseline["tflite"]
     table.add_row(
         "float",
-        f"{baseline['keras_accuracy']:.4f}",
-        f"{float_tflite['accuracy']:.4f}",
+        f"{baseline['keras_metric']['value']:.4f}",
+        f"{float_tflite['metric']['value']:.4f}",
         f"{float_tflite['bytes']:,}",
         f"{float_gzip:,}",
         "1.0x",
@@ -141,8 +156,8 @@ def print_summary(result: dict[str, Any]) -> None:
         scheme = stage["details"].get("scheme")
         table.add_row(
             f"{stage['index']}. {stage['name']}" + (f" ({scheme})" if scheme else ""),
-            f"{stage['keras_accuracy']:.4f}",
-            f"{tflite['accuracy']:.4f}",
+            f"{stage['keras_metric']['value']:.4f}",
+            f"{tflite['metric']['value']:.4f}",
             f"{tflite['bytes']:,}",
             f"{tflite['gzip_bytes']:,}",
             f"{stage['gzip_ratio_vs_float']:.1f}x",
@@ -153,11 +168,21 @@ def print_summary(result: dict[str, Any]) -> None:
     final = result["final"]
     agreement = final["agreement"]
     conformance = final["conformance"]
+    if agreement["top1_agreement"] is not None:
+        quality = (
+            f"accuracy {agreement['tflite']:.4f} vs float {agreement['float_keras']:.4f}"
+            f" (drop {agreement['accuracy_drop_points']:+.2f} points),"
+            f" top-1 agreement {agreement['top1_agreement']:.4f}"
+        )
+    else:
+        relative = agreement["relative_change"]
+        quality = f"{agreement['metric']} {agreement['tflite']:.5g} vs float {agreement['float_keras']:.5g}" + (
+            f" ({relative:+.1%})" if relative is not None else ""
+        )
     stdout.print(
         f"final: {final['path']}  {conformance['io_type']} in/out, "
         + ("integer-only" if conformance["passed"] else "[red]NOT integer-only[/]")
-        + f"  accuracy {agreement['tflite_accuracy']:.4f} vs float {agreement['float_keras_accuracy']:.4f}"
-        + f" (drop {agreement['accuracy_drop_points']:+.2f} points), top-1 agreement {agreement['top1_agreement']:.4f}",
+        + f"  {quality}",
         highlight=False,
     )
     totals = result["analysis"]

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
-from edgepipe.report.formatting import kib, latency, mib, pct, points
+from edgepipe.report.formatting import kib, latency, mib, score, score_delta, score_label
 
 
 def report(
@@ -17,7 +17,7 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", help="Self-contained HTML report with plots.")] = None,
     md: Annotated[Path | None, typer.Option("--md", help="Markdown summary for a pull-request comment.")] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="The report's data (schema edgepipe.report/1); default RUN_DIR.")
+        Path | None, typer.Option("--json", help="The report's data (schema edgepipe.report/2); default RUN_DIR.")
     ] = None,
 ) -> None:
     """Report a run: per stage and target accuracy, size, parameters, MACs, latency and memory, with plots.
@@ -38,7 +38,9 @@ def report(
 def print_report(document: dict[str, Any]) -> None:
     """One table per target, stages as rows; failures in red, emulated figures labelled."""
     run = document["run"]
-    models = Table("stage", "gzip", "non-zero params", "MACs", "host accuracy", box=None, pad_edge=False)
+    metric = document["metric"]["name"]
+    label = score_label(metric)
+    models = Table("stage", "gzip", "non-zero params", "MACs", f"host {label}", box=None, pad_edge=False)
     models.title = f"edgepipe report: {run['recipe']} ({run['dir']})"
     models.title_justify = "left"
     for stage in document["stages"]:
@@ -47,7 +49,7 @@ def print_report(document: dict[str, Any]) -> None:
             kib(stage["model"]["gzip_bytes"]),
             f"{stage['nonzero_params']:,}",
             f"{stage['macs']:,}",
-            pct(stage["host_accuracy"]),
+            score(stage["host_score"], metric),
         )
     stdout.print(models)
     if not document["targets"]:
@@ -55,7 +57,7 @@ def print_report(document: dict[str, Any]) -> None:
     for target in document["targets"]:
         emulated = target["emulated"]
         title = f"{target['name']}: {target['machine']}, {target['runtime']} {target['runtime_version']}"
-        columns = ("stage", "accuracy", "vs host", "p50", "p90", "p99", "peak RSS")
+        columns = ("stage", label, "vs host", "p50", "p90", "p99", "peak RSS")
         table = Table(*columns, box=None, pad_edge=False, title_justify="left", caption_justify="left")
         table.title = title + ("  [yellow]EMULATED[/]" if emulated else "")
         if emulated:
@@ -70,8 +72,8 @@ def print_report(document: dict[str, Any]) -> None:
                     continue
                 table.add_row(
                     _stage_name(stage),
-                    pct(d["accuracy"]),
-                    points(d["accuracy_delta_points"]),
+                    score(d["score"], metric),
+                    score_delta(d, metric),
                     latency(d["latency_ms"]["p50"]),
                     latency(d["latency_ms"]["p90"]),
                     latency(d["latency_ms"]["p99"]),

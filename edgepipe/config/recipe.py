@@ -148,10 +148,16 @@ class ConvertSettings(_Strict):
 
 
 class Gates(_Strict):
-    """Limits the final model must meet; a failed gate fails ``edgepipe optimize`` (exit code 6)."""
+    """Limits the final model must meet; a failed gate fails ``edgepipe optimize`` (exit code 6).
+
+    ``max_accuracy_drop`` and ``min_agreement`` are for classifiers; ``max_error_increase`` for regression and
+    reconstruction, whose metric is an error (lower is better).
+    """
 
     # Percentage points: float Keras accuracy minus final int8 TFLite accuracy, on the test split.
     max_accuracy_drop: float | None = Field(default=1.0, ge=0)
+    # Fraction: (final int8 TFLite error - float Keras error) / float Keras error, e.g. 0.1 for at most +10 %.
+    max_error_increase: float | None = Field(default=None, ge=0)
     max_tflite_bytes: int | None = Field(default=None, ge=1)
     max_gzip_bytes: int | None = Field(default=None, ge=1)
     # Float TFLite gzip bytes divided by final gzip bytes must reach this.
@@ -166,6 +172,8 @@ class Recipe(_Strict):
     name: str = Field(min_length=1, max_length=80)
     description: str = ""
     seed: int = 0
+    # What the model is for: the loss it is fine-tuned with, its metric, and the gates that apply (see tasks.py).
+    task: Literal["classification", "regression", "reconstruction"] = "classification"
     model: ModelSource
     data: DataSource
     fine_tune: TrainSettings = Field(default_factory=TrainSettings)
@@ -188,6 +196,25 @@ class Recipe(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}: give repeated stages a distinct 'name'")
         return stages
+
+    @model_validator(mode="after")
+    def _gates_fit_the_task(self) -> Recipe:
+        if self.task == "classification":
+            if self.gates.max_error_increase is not None:
+                raise ValueError("gates.max_error_increase is for regression and reconstruction; use max_accuracy_drop")
+            return self
+        named = [g for g in ("max_accuracy_drop", "min_agreement") if g in self.gates.model_fields_set]
+        if named:
+            raise ValueError(
+                f"gates.{named[0]} is for classification; a {self.task} model's metric is an error: use "
+                "gates.max_error_increase"
+            )
+        # The classifier's default drop limit does not apply; the error gate defaults to +10 %.
+        defaults = {"max_accuracy_drop": None}
+        if "max_error_increase" not in self.gates.model_fields_set:
+            defaults["max_error_increase"] = 0.1
+        object.__setattr__(self, "gates", self.gates.model_copy(update=defaults))
+        return self
 
     def fine_tune_for(self, stage: Stage) -> TrainSettings:
         return stage.fine_tune.over(self.fine_tune)

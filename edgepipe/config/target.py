@@ -34,6 +34,11 @@ class MeasureSettings(Strict):
     accuracy_tolerance: float = Field(
         0.5, ge=0, description="largest difference, in accuracy points, between the board and the host"
     )
+    error_tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="largest relative difference of the error (regression, reconstruction) between board and host",
+    )
 
 
 class AgentInstall(Strict):

@@ -7,7 +7,7 @@ terminal stays readable; its last lines are put in the error when conversion fai
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,16 +40,22 @@ def to_float_tflite(model: Any) -> bytes:
     return _convert(converter, "float TFLite")
 
 
-def to_int8_tflite(model: Any, representative: np.ndarray, io_type: str = "int8") -> bytes:
-    """Full-integer TFLite; ``representative`` samples (from the training split) calibrate activation ranges."""
+def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:
+    """Full-integer TFLite; ``representative`` samples (from the training split, one array per input)
+    calibrate the activation ranges."""
     tensorflow = tf()
     converter = tensorflow.lite.TFLiteConverter.from_keras_model(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
-    samples = representative.astype(np.float32)
+    arrays = [representative] if isinstance(representative, np.ndarray) else list(representative)
+    samples = [np.asarray(a, dtype=np.float32) for a in arrays]
+    names = list(model.input_names)
 
-    def calibration() -> Iterator[list[np.ndarray]]:
-        for i in range(len(samples)):
-            yield [samples[i : i + 1]]
+    def calibration() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
+        for i in range(len(samples[0])):
+            if len(samples) == 1:
+                yield [samples[0][i : i + 1]]
+            else:  # by signature name: the converter's input order need not be Keras'
+                yield {name: sample[i : i + 1] for name, sample in zip(names, samples, strict=True)}
 
     converter.representative_dataset = calibration
     converter.target_spec.supported_ops = [tensorflow.lite.OpsSet.TFLITE_BUILTINS_INT8]

@@ -1,7 +1,8 @@
 """What a deploy sends: the model, the evaluation data and the host's reference outputs, staged as files.
 
 From a run directory of ``edgepipe optimize`` it takes ``model.tflite`` and ``eval.npz``; from files it takes
-any ``.tflite`` and an ``.npz`` (``x``/``y`` or ``x_test``/``y_test``). The host runs the same model on the same
+any ``.tflite`` and an ``.npz`` (``x``/``y``, ``x_test``/``y_test``, or ``x_0``/``y_0``... for several inputs and
+outputs, in the interpreter's order; no ``y`` for reconstruction). The host runs the same model on the same
 data with its own LiteRT interpreter first: that accuracy is what the board's must equal, and the raw outputs
 go to the board so the agent can report agreement output by output.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgepipe.data import EVAL_DATA, read_eval_data, write_eval_data
+from edgepipe.data import EVAL_DATA, infer_task, read_eval_data, write_eval_data
 from edgepipe.errors import ConfigError
 from edgepipe.provenance import sha256_file
 from edgepipe.rundir import MARKER
@@ -37,10 +38,12 @@ class DeployInputs:
     data: Staged | None
     reference: Staged | None
     samples: int
-    host_accuracy: float | None
+    host_accuracy: float | None  # classifiers only
     host: dict[str, Any] | None  # the agent's result on this machine
     run_dir: Path | None
     source: dict[str, Any]
+    task: str | None = None  # from the run's recipe, or inferred from the data
+    host_score: dict[str, Any] | None = None  # the host agent's "accuracy" block: metric, value, per_output ...
 
 
 def resolve_sources(
@@ -85,28 +88,33 @@ def stage(
     """
     model = Staged(model_file, sha256_file(model_file), ".tflite")
     source: dict[str, Any] = {"model": str(model_file), "run_dir": str(run_dir) if run_dir else None}
+    task = None
     if run_dir is not None:
         optimize = json.loads((run_dir / MARKER).read_text())
         source["recipe"] = optimize.get("recipe", {}).get("name")
         source["optimize_accuracy"] = optimize.get("final", {}).get("accuracy")
+        task = optimize.get("recipe", {}).get("task", "classification")
     if data_file is None:
-        return DeployInputs(model, None, None, 0, None, None, run_dir, source)
+        return DeployInputs(model, None, None, 0, None, None, run_dir, source, task)
     x, y = read_eval_data(data_file)
     if eval_samples is not None:
-        x, y = x[:eval_samples], y[:eval_samples]
+        x, y = tuple(a[:eval_samples] for a in x), tuple(a[:eval_samples] for a in y)
+    task = task or infer_task(y)
     data_path = staging / "eval.npz"
     info = write_eval_data(data_path, x, y)
     data = Staged(data_path, info["sha256"], ".npz")
     source["data"] = str(data_file)
-    host = _host_run(model_file, data_path, staging / "reference.npy")
+    host = _host_run(model_file, data_path, staging / "reference.npz", task)
+    samples = len(x[0])
     if host["status"] != "ok":
         source["host_problem"] = f"{host['error']['class']}: {host['error']['message']}"
-        return DeployInputs(model, data, None, len(x), None, host, run_dir, source)
-    reference = Staged(staging / "reference.npy", sha256_file(staging / "reference.npy"), ".npy")
-    return DeployInputs(model, data, reference, len(x), host["accuracy"]["accuracy"], host, run_dir, source)
+        return DeployInputs(model, data, None, samples, None, host, run_dir, source, task)
+    reference = Staged(staging / "reference.npz", sha256_file(staging / "reference.npz"), ".npz")
+    score = host["accuracy"]
+    return DeployInputs(model, data, reference, samples, score.get("accuracy"), host, run_dir, source, task, score)
 
 
-def _host_run(model_file: Path, data_file: Path, outputs: Path) -> dict[str, Any]:
+def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> dict[str, Any]:
     """Accuracy and raw outputs on this machine, through the agent (one timed run: only outputs matter)."""
     from edgepipe.config.target import MeasureSettings, Target
     from edgepipe.deploy.agent import AGENT_FILE
@@ -115,7 +123,9 @@ def _host_run(model_file: Path, data_file: Path, outputs: Path) -> dict[str, Any
 
     host = Target(name="host", transport="local")
     measure = MeasureSettings(warmup_runs=0, runs=1, min_seconds=0, max_runs=1, time_limit_s=600)
-    job = build_job(host, measure, str(model_file.resolve()), str(data_file.resolve()), None, str(outputs.resolve()))
+    job = build_job(
+        host, measure, str(model_file.resolve()), str(data_file.resolve()), None, str(outputs.resolve()), task=task
+    )
     result = run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline_s=900)
     result.pop("timing", None)  # one run says nothing about speed
     return result

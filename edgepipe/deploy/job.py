@@ -30,6 +30,7 @@ def build_job(
     outputs: str | None = None,
     *,
     baseline: str | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
     job = {
         "protocol": JOB_PROTOCOL,
@@ -50,6 +51,8 @@ def build_job(
     }
     if baseline is not None:  # only then: an older agent on the board would refuse the field
         job["baseline"] = baseline
+    if task is not None:
+        job["task"] = task
     return job
 
 

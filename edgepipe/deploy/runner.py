@@ -176,14 +176,22 @@ def _on_board(
         if inputs.reference is not None:
             remote_reference = cache.ensure(
                 inputs.reference.path,
-                cache.blob_path(inputs.reference.sha256, ".npy"),
+                cache.blob_path(inputs.reference.sha256, ".npz"),
                 inputs.reference.sha256,
                 "reference outputs",
             )
         remote_baseline = _baseline_on_board(transport, cache, baseline) if baseline is not None else None
         transfer_s = time.perf_counter() - started
         progress.phase(f"running the agent on {target.name}")
-        job = build_job(target, measure, remote_model, remote_data, remote_reference, baseline=remote_baseline)
+        job = build_job(
+            target,
+            measure,
+            remote_model,
+            remote_data,
+            remote_reference,
+            baseline=remote_baseline,
+            task=inputs.task if remote_data else None,
+        )
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         socket = getattr(transport, "socket", None)
         transfer = {
@@ -213,19 +221,34 @@ def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: Basel
 
 
 def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target) -> dict[str, Any]:
-    accuracy = (device.get("accuracy") or {}).get("accuracy")
+    """The board's score against the host's: accuracy in points for a classifier, the relative change of the
+    error (mean absolute or squared) for regression and reconstruction."""
+    block = device.get("accuracy") or {}
+    accuracy = block.get("accuracy")
+    host_value = (inputs.host_score or {}).get("value")
     checks: dict[str, Any] = {
+        "task": inputs.task,
+        "metric": block.get("metric") or (inputs.host_score or {}).get("metric"),
+        "host_value": host_value,
+        "device_value": block.get("value"),
         "host_accuracy": inputs.host_accuracy,
         "device_accuracy": accuracy,
         "accuracy_tolerance_points": measure.accuracy_tolerance,
         "accuracy_delta_points": None,
         "accuracy_matches_host": None,
-        "top1_agreement_with_host": ((device.get("accuracy") or {}).get("agreement") or {}).get("top1"),
+        "error_tolerance": measure.error_tolerance,
+        "error_relative_delta": None,
+        "error_matches_host": None,
+        "top1_agreement_with_host": (block.get("agreement") or {}).get("top1"),
     }
     if accuracy is not None and inputs.host_accuracy is not None:
         delta = round((accuracy - inputs.host_accuracy) * 100, 4)
         checks["accuracy_delta_points"] = delta
         checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
+    elif accuracy is None and checks["device_value"] is not None and host_value is not None:
+        relative = (checks["device_value"] - host_value) / host_value if host_value else 0.0
+        checks["error_relative_delta"] = round(relative, 6)
+        checks["error_matches_host"] = abs(relative) <= measure.error_tolerance
     checks["parity"] = _parity(inputs, device, target)
     return checks
 
@@ -237,11 +260,17 @@ def _parity(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dic
     settings = target.parity or ParitySettings()
     agreement = (device.get("accuracy") or {}).get("agreement")
     parity: dict[str, Any] = {
-        "host": {"machine": host()["machine"], "accuracy": inputs.host_accuracy, **_runtime(inputs.host)},
+        "host": {
+            "machine": host()["machine"],
+            "accuracy": inputs.host_accuracy,
+            "value": (inputs.host_score or {}).get("value"),
+            **_runtime(inputs.host),
+        },
         "device": {
             "machine": (device.get("board") or {}).get("machine"),
             "emulated": (device.get("board") or {}).get("emulated"),
             "accuracy": (device.get("accuracy") or {}).get("accuracy"),
+            "value": (device.get("accuracy") or {}).get("value"),
             **_runtime(device),
         },
         "top1_agreement": agreement["top1"] if agreement else None,
@@ -249,9 +278,9 @@ def _parity(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dic
         "tolerance": settings.model_dump(),
         "passed": None,
     }
-    if agreement:
-        parity["passed"] = (
-            agreement["max_abs_diff"] <= settings.max_abs_diff and agreement["top1"] >= settings.min_top1_agreement
+    if agreement:  # top-1 only for classifiers; every task's raw outputs are compared
+        parity["passed"] = agreement["max_abs_diff"] <= settings.max_abs_diff and (
+            agreement["top1"] is None or agreement["top1"] >= settings.min_top1_agreement
         )
     return parity
 
@@ -270,12 +299,25 @@ def _failure(device: dict[str, Any], checks: dict[str, Any], target: Target) -> 
     parity = checks.get("parity") or {}
     if parity.get("passed") is False:
         return AccuracyMismatch(
-            f"on {target.name}: outputs differ from the host's beyond the parity tolerance: top-1 agreement "
-            f"{parity['top1_agreement']:.4f} (at least {parity['tolerance']['min_top1_agreement']}), largest "
+            f"on {target.name}: outputs differ from the host's beyond the parity tolerance: "
+            + (
+                f"top-1 agreement {parity['top1_agreement']:.4f} (at least "
+                f"{parity['tolerance']['min_top1_agreement']}), "
+                if parity["top1_agreement"] is not None
+                else ""
+            )
+            + "largest "
             f"difference {parity['max_abs_diff']:g} integer steps (at most {parity['tolerance']['max_abs_diff']:g})",
             hint=f"{parity['device']['runtime']} {parity['device']['runtime_version']} on "
             f"{parity['device']['machine']} computes differently from {parity['host']['runtime']} "
             f"{parity['host']['runtime_version']} here; compare runtimes, or relax the target's parity section",
+        )
+    if checks["error_matches_host"] is False:
+        return AccuracyMismatch(
+            f"on {target.name}: {checks['metric']} {checks['device_value']:.5g} differs from the host's "
+            f"{checks['host_value']:.5g} by {checks['error_relative_delta']:+.2%} "
+            f"(tolerance {checks['error_tolerance']:.2%})",
+            hint="the board's runtime computes differently: compare runtime versions, or raise error_tolerance",
         )
     if checks["accuracy_matches_host"] is False:
         return AccuracyMismatch(

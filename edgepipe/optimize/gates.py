@@ -7,12 +7,19 @@ from typing import Any
 from edgepipe.config.recipe import Gates
 
 
-def check(gates: Gates, float_accuracy: float, final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
+def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
     """One row per configured gate: name, limit, measured value, passed."""
-    drop = round((float_accuracy - final["accuracy"]) * 100, 4)
+    change = final["metric"]["value"] - float_metric["value"]
+    drop = round(-change * 100, 4)
+    increase = round(change / float_metric["value"], 4) if float_metric["value"] else (0.0 if change <= 0 else None)
     ratio = round(float_gzip / final["gzip_bytes"], 4)
     measured = {
         "max_accuracy_drop": (drop, lambda v, limit: v <= limit, "accuracy drop (points)"),
+        "max_error_increase": (
+            increase,
+            lambda v, limit: v <= limit,
+            f"relative increase of the {final['metric']['metric']} over the float model",
+        ),
         "max_tflite_bytes": (final["bytes"], lambda v, limit: v <= limit, ".tflite bytes"),
         "max_gzip_bytes": (final["gzip_bytes"], lambda v, limit: v <= limit, "gzip bytes"),
         "min_gzip_ratio": (ratio, lambda v, limit: v >= limit, "gzip ratio to the float TFLite model"),

@@ -17,6 +17,7 @@ from edgepipe.analyze import analyze
 from edgepipe.convert import evaluate, weights
 from edgepipe.data import Dataset
 from edgepipe.provenance import sha256_bytes
+from edgepipe.tasks import Task, agreement
 from edgepipe.tflite_model import TfliteModel
 
 
@@ -35,29 +36,45 @@ def size_entry(content: bytes, path: Path, root: Path) -> dict[str, Any]:
 
 
 def measure_tflite(
-    content: bytes, path: Path, root: Path, data: Dataset, layer_names: list[str], reference: np.ndarray | None = None
+    content: bytes,
+    path: Path,
+    root: Path,
+    data: Dataset,
+    task: Task,
+    model: Any,
+    layer_names: list[str],
+    reference: tuple[np.ndarray, ...] | None = None,
 ) -> dict[str, Any]:
-    """Write ``content`` to ``path`` and measure it; ``reference`` = float Keras predictions for agreement."""
+    """Write ``content`` (converted from the Keras ``model``) to ``path`` and measure it on the test split;
+    ``layer_names`` label the weights (the float model's names, for every stage); ``reference`` = the float
+    Keras model's outputs, for top-1 agreement."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
-    result = evaluate.evaluate(content, data.x_test, data.y_test)
+    order = evaluate.io_order(content, model.input_names, model.output_names)
+    result = evaluate.evaluate(content, data.x_test, data.targets("test"), task, order)
     parsed = TfliteModel.read(content)
     stats = weights.weight_stats(parsed, layer_names)
     entry = {
         **size_entry(content, path, root),
-        "accuracy": round(result.accuracy, 6),
+        "accuracy": result.score.value if task.kind == "classification" else None,
+        "metric": result.score.to_dict(),
         "sparsity": weights.overall_sparsity(stats),
         "weights": stats,
     }
     if reference is not None:
-        entry["agreement_with_float_keras"] = round(evaluate.agreement(result.predictions, reference), 6)
+        entry["agreement_with_float_keras"] = agreement(task.kind, result.outputs, reference)
     entry["_model"] = parsed  # dropped before writing; saves re-parsing for conformance and analysis
-    entry["_predictions"] = result.predictions
+    entry["_order"] = order
     return entry
 
 
-def keras_accuracy(model: Any, data: Dataset) -> float:
-    return round(models.accuracy(model, data), 6)
+def keras_entry(model: Any, data: Dataset, task: Task) -> dict[str, Any]:
+    """``keras_accuracy`` (classifiers) and ``keras_metric`` of a Keras model on the test split."""
+    result = models.score(model, data, task)
+    return {
+        "keras_accuracy": result.value if task.kind == "classification" else None,
+        "keras_metric": result.to_dict(),
+    }
 
 
 def public(entry: dict[str, Any]) -> dict[str, Any]:

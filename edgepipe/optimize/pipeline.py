@@ -23,6 +23,7 @@ from typing import Any
 from edgepipe import models
 from edgepipe.config import Recipe, load_model, stage_name
 from edgepipe.convert import conformance
+from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
@@ -80,7 +81,7 @@ def prepare(recipe_path: Path) -> Prepared:
     data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
     if isinstance(model_source, EntryPoint):
         model_source.check(file, "model.source")  # a wrong factory name fails now, without importing TF here
-    data = load_dataset(data_source, file)
+    data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data)
 
 
@@ -154,10 +155,10 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     model = models.load_source(prepared.model_source, data, str(prepared.recipe_path))
     rewrites: list[str] = []
     if recipe.model.split_separable_conv:
-        model, rewrites = rewrite.split_separable_conv(model, data.x_test[:64])
+        model, rewrites = rewrite.split_separable_conv(model, data.keras_x("test")[:64])
         for line in rewrites:
             progress.note(f"split {line}")
-    task = Task.of(model)
+    task = Task.of(model, recipe.task)
     baseline_training: dict[str, list[float]] = {}
     if recipe.model.train:
         progress.phase("training the float model")
@@ -166,13 +167,13 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     representative = data.representative(recipe.convert.representative_samples, recipe.seed)
 
     progress.phase("measuring the float model")
-    reference = models.predict(model, data.x_test)
-    float_accuracy = measure.keras_accuracy(model, data)
+    reference = models.outputs(model, data.keras_x("test"))
+    float_keras = measure.keras_entry(model, data, task)
     float_tflite = measure.measure_tflite(
-        to_float_tflite(model), work / "float" / "model.tflite", work, data, layer_names
+        to_float_tflite(model), work / "float" / "model.tflite", work, data, task, model, layer_names
     )
     baseline = {
-        "keras_accuracy": float_accuracy,
+        **float_keras,
         **_keras_model_entry(saving.save(model, work / "float", work)),
         "training": baseline_training,
         "rewrites": rewrites,
@@ -203,14 +204,16 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         folder = work / "stages" / f"{index + 1}-{name}"
         progress.phase(f"{label}: converting to full-integer TFLite")
         content = to_int8_tflite(outcome.model, representative, recipe.convert.io_type)
-        final_entry = measure.measure_tflite(content, folder / "model.tflite", work, data, layer_names, reference)
+        final_entry = measure.measure_tflite(
+            content, folder / "model.tflite", work, data, task, outcome.model, layer_names, reference
+        )
         stages.append(
             {
                 "index": index + 1,
                 "name": name,
                 "kind": stage.kind,
                 "details": outcome.details,
-                "keras_accuracy": measure.keras_accuracy(outcome.model, data),
+                **measure.keras_entry(outcome.model, data, task),
                 **_keras_model_entry(saving.save(outcome.model, folder, work)),
                 "training": outcome.training,
                 "tflite": measure.public(final_entry),
@@ -223,7 +226,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     progress.phase("verifying the final model")
     final_content = (work / final_entry["path"]).read_bytes()
     (work / FINAL_MODEL).write_bytes(final_content)
-    eval_data = write_eval_data(work / EVAL_DATA, data.x_test, data.y_test)
+    eval_data = _write_eval_data(work / EVAL_DATA, data, final_entry["_order"])
     report = conformance.check(final_entry["_model"], recipe.convert.io_type)
     final = {
         **measure.public(final_entry),
@@ -231,15 +234,9 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         "from_stage": stages[-1]["name"],
         "gzip_ratio_vs_float": stages[-1]["gzip_ratio_vs_float"],
         "conformance": report.to_dict(),
-        "agreement": {
-            "float_keras_accuracy": float_accuracy,
-            "tflite_accuracy": final_entry["accuracy"],
-            "accuracy_drop_points": round((float_accuracy - final_entry["accuracy"]) * 100, 4),
-            "top1_agreement": final_entry["agreement_with_float_keras"],
-            "test_samples": len(data.x_test),
-        },
+        "agreement": _agreement(float_keras["keras_metric"], final_entry, data.test_samples),
     }
-    gate_rows = gates.check(recipe.gates, float_accuracy, final_entry, float_gzip)
+    gate_rows = gates.check(recipe.gates, float_keras["keras_metric"], final_entry, float_gzip)
     passed = report.passed and all(row["passed"] for row in gate_rows)
     return {
         "schema": SCHEMA,
@@ -254,7 +251,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             "model_source_sha256": sha256_file(prepared.model_source)
             if isinstance(prepared.model_source, Path) and prepared.model_source.is_file()
             else None,
-            "data": data.summary(),
+            "data": data.summary(recipe.task),
             "tools": tool_versions(),
             "host": host(),
         },
@@ -273,3 +270,39 @@ def _keras_model_entry(saved: dict[str, Any]) -> dict[str, Any]:
     if saved["error"]:
         entry["keras_model_error"] = saved["error"]
     return entry
+
+
+def _agreement(float_metric: dict[str, Any], final: dict[str, Any], samples: int) -> dict[str, Any]:
+    """The final int8 model against the float Keras model: the metric's change, and top-1 agreement for a
+    classifier. ``*_accuracy`` and ``accuracy_drop_points`` are there for classifiers only (else null)."""
+    metric = final["metric"]
+    classifier = metric["metric"] == "accuracy"
+    change = metric["value"] - float_metric["value"]
+    return {
+        "metric": metric["metric"],
+        "float_keras": float_metric["value"],
+        "tflite": metric["value"],
+        "change": round(change, 6),
+        "relative_change": round(change / float_metric["value"], 6) if float_metric["value"] else None,
+        "float_keras_accuracy": float_metric["value"] if classifier else None,
+        "tflite_accuracy": metric["value"] if classifier else None,
+        "accuracy_drop_points": round(-change * 100, 4) if classifier else None,
+        "top1_agreement": final.get("agreement_with_float_keras"),
+        "test_samples": samples,
+    }
+
+
+def _write_eval_data(path: Path, data: Dataset, order: IoOrder) -> dict[str, Any]:
+    """The test split for the board, inputs and outputs in the order the interpreter lists them."""
+    x = [data.x_test[keras_index] for keras_index in _inverse(order.inputs)]
+    y = [data.y_test[keras_index] for keras_index in _inverse(order.outputs)] if data.y_test else []
+    return {**write_eval_data(path, tuple(x), tuple(y)), "layout": "interpreter order"}
+
+
+def _inverse(positions: tuple[int, ...]) -> list[int]:
+    """``positions[k]`` is where Keras item ``k`` sits in the interpreter's list; return, for each interpreter
+    position, the Keras index."""
+    inverse = [0] * len(positions)
+    for keras_index, position in enumerate(positions):
+        inverse[position] = keras_index
+    return inverse

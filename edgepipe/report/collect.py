@@ -1,4 +1,4 @@
-"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/1``).
+"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/2``).
 
 The document is the single source for the HTML page, the Markdown summary and the JSON file: each renderer
 reads only this dict, so the three never disagree. Its schema is ``report.schema.json`` next to this module.
@@ -18,9 +18,10 @@ from edgepipe import __version__
 from edgepipe.analyze.static import analyze
 from edgepipe.provenance import now
 from edgepipe.run_models import RunModel, read_optimize_record, run_models
+from edgepipe.tasks import METRIC_MEANING
 from edgepipe.tflite_model import TfliteModel
 
-SCHEMA = "edgepipe.report/1"
+SCHEMA = "edgepipe.report/2"
 LATENCY_FIELDS = ("min", "p50", "p90", "p99", "max", "mean", "count")
 QUANTILES = 101  # latency distribution kept per deployment: percentiles 0, 1, ..., 100
 
@@ -36,6 +37,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "schema": SCHEMA,
         "created": now(),
         "edgepipe_version": __version__,
+        "metric": _metric(record),
         "run": {
             "dir": str(run_dir),
             "status": record.get("status"),
@@ -51,6 +53,12 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "stages": stages,
         "targets": [_target_summary(name, stages) for name in targets],
     }
+
+
+def _metric(record: dict[str, Any]) -> dict[str, Any]:
+    """The run's metric, from the float model's entry (runs before tasks existed are classifiers)."""
+    name = (record.get("baseline", {}).get("keras_metric") or {}).get("metric", "accuracy")
+    return {"name": name, "meaning": METRIC_MEANING[name], "higher_is_better": name == "accuracy"}
 
 
 def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -71,6 +79,7 @@ def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], di
             "sparsity": entry.get("sparsity"),
         },
         "host_accuracy": entry.get("accuracy"),
+        "host_score": (entry.get("metric") or {}).get("value", entry.get("accuracy")),
         "params": total.get("params", 0),
         "nonzero_params": total.get("nonzero_params", 0),
         "macs": total.get("macs", 0),
@@ -130,6 +139,8 @@ def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, 
         "xnnpack": runtime.get("xnnpack"),
         "accuracy": checks.get("device_accuracy"),
         "accuracy_delta_points": checks.get("accuracy_delta_points"),
+        "score": checks.get("device_value", checks.get("device_accuracy")),
+        "score_relative_delta": checks.get("error_relative_delta"),
         "latency_ms": {k: latency[k] for k in LATENCY_FIELDS} if latency else None,
         "latency_quantiles_ms": [float(v) for v in np.quantile(samples, np.linspace(0, 1, QUANTILES))]
         if samples

@@ -7,7 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from edgepipe.report.formatting import kib, latency, mib, pct, points
+from edgepipe.report.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
 from edgepipe.report.plots import figures
 
 CAPTIONS = (
@@ -26,10 +26,14 @@ def render_html(report: dict[str, Any]) -> str:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    environment.filters.update(kib=kib, mib=mib, pct=pct, points=points, latency=latency)
+    environment.filters.update(
+        kib=kib, mib=mib, pct=pct, points=points, latency=latency, score=score, score_delta=score_delta
+    )
     template = environment.get_template("report.html.j2")
     return template.render(
         report=report,
+        metric=report["metric"]["name"],
+        label=score_label(report["metric"]["name"]),
         figures=figures(report),
         captions=CAPTIONS,
         emulated_targets=[t["name"] for t in report["targets"] if t["emulated"]],

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepipe.report.formatting import kib, latency, pct
+from edgepipe.report.formatting import kib, latency, score, score_label
 
 
 def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str:
     run = report["run"]
     targets = report["targets"]
     lines = [f"### edgepipe: `{run['recipe']}` ({run['status']})", ""]
-    header = ["stage", "gzip", "non-zero params", "host accuracy"]
+    metric = report["metric"]["name"]
+    label = score_label(metric)
+    header = ["stage", "gzip", "non-zero params", f"host {label}"]
     for t in targets:
         mark = " †" if t["emulated"] else ""
-        header += [f"{t['name']}{mark} accuracy", f"{t['name']}{mark} p50"]
+        header += [f"{t['name']}{mark} {label}", f"{t['name']}{mark} p50"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
     for stage in report["stages"]:
         name = f"**{stage['name']}** (final)" if stage["final"] else stage["name"]
-        cells = [name, kib(stage["model"]["gzip_bytes"]), f"{stage['nonzero_params']:,}", pct(stage["host_accuracy"])]
+        cells = [name, kib(stage["model"]["gzip_bytes"]), f"{stage['nonzero_params']:,}"]
+        cells.append(score(stage["host_score"], metric))
         for t in targets:
             d = next((d for d in stage["deployments"] if d["target"] == t["name"]), None)
             if d is None:
@@ -27,7 +30,7 @@ def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str
             elif d["status"] != "passed":
                 cells += [f"failed: {d['error']['class'] if d['error'] else '?'}", ""]
             else:
-                cells += [pct(d["accuracy"]), latency(d["latency_ms"]["p50"])]
+                cells += [score(d["score"], metric), latency(d["latency_ms"]["p50"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     emulated = [t["name"] for t in targets if t["emulated"]]
@@ -46,9 +49,10 @@ def _parity_line(report: dict[str, Any]) -> str:
         for d in stage["deployments"]:
             parity = d.get("parity")
             if stage["final"] and parity and parity.get("passed") is not None:
+                top1 = parity["top1_agreement"]
                 parts.append(
-                    f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} "
-                    f"(top-1 agreement {parity['top1_agreement']:.4f}, largest difference "
-                    f"{parity['max_abs_diff']:g} step(s))."
+                    f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} ("
+                    + (f"top-1 agreement {top1:.4f}, " if top1 is not None else "")
+                    + f"largest difference {parity['max_abs_diff']:g} step(s))."
                 )
     return " ".join(parts)

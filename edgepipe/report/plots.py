@@ -43,38 +43,43 @@ def accuracy_vs_size(report: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     stages = report["stages"]
     sizes = [s["model"]["gzip_bytes"] / 1024 for s in stages]
-    host = [_pct(s["host_accuracy"]) for s in stages]
+    value = _scale(report)
+    host = [value(s["host_score"]) for s in stages]
     ax.plot(sizes, host, "o-", color="#444444", label="host (.tflite)", zorder=3)
     for index, target in enumerate(report["targets"]):
         points = [
-            (s["model"]["gzip_bytes"] / 1024, _pct(d["accuracy"]))
+            (s["model"]["gzip_bytes"] / 1024, value(d["score"]))
             for s in stages
             for d in s["deployments"]
-            if d["target"] == target["name"] and d["accuracy"] is not None
+            if d["target"] == target["name"] and d["score"] is not None
         ]
         if points:
             _scatter(ax, points, index, target)
     for index, (stage, x, y) in enumerate(zip(stages, sizes, host, strict=True)):
         if y is not None:
             _annotate(ax, _label(stage), x, y, index)
-    return _finish(fig, ax, "gzip size (KiB, log scale)", "accuracy (%)", "Accuracy against compressed size, per stage")
+    name = _axis(report)
+    title = f"{name.split(' (')[0].capitalize()} against compressed size, per stage"
+    return _finish(fig, ax, "gzip size (KiB, log scale)", name, title)
 
 
 def accuracy_vs_latency(report: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    value = _scale(report)
     for index, target in enumerate(report["targets"]):
         points, labels = [], []
         for stage in report["stages"]:
             for d in stage["deployments"]:
-                if d["target"] == target["name"] and d["latency_ms"] and d["accuracy"] is not None:
-                    points.append((d["latency_ms"]["p50"] * 1000, _pct(d["accuracy"])))
+                if d["target"] == target["name"] and d["latency_ms"] and d["score"] is not None:
+                    points.append((d["latency_ms"]["p50"] * 1000, value(d["score"])))
                     labels.append(_label(stage))
         if points:
             _scatter(ax, points, index, target)
             for order, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
                 _annotate(ax, label, x, y, order)
-    title = "Accuracy against latency, per stage and target"
-    return _finish(fig, ax, "latency p50 (µs, log scale)", "accuracy on the target (%)", title)
+    name = _axis(report)
+    title = f"{name.split(' (')[0].capitalize()} against latency, per stage and target"
+    return _finish(fig, ax, "latency p50 (µs, log scale)", f"{name} on the target", title)
 
 
 def latency_distributions(report: dict[str, Any]) -> str:
@@ -179,6 +184,18 @@ def _measured(report: dict[str, Any], target: str) -> bool:
 
 def _label(stage: dict[str, Any]) -> str:
     return f"{stage['name']} (final)" if stage["final"] and stage["name"] != "final" else stage["name"]
+
+
+def _scale(report: dict[str, Any]) -> Any:
+    """How a score is drawn: accuracy in percent, an error as it is."""
+    return _pct if report["metric"]["name"] == "accuracy" else (lambda value: value)
+
+
+def _axis(report: dict[str, Any]) -> str:
+    metric = report["metric"]
+    if metric["name"] == "accuracy":
+        return "accuracy (%)"
+    return f"{metric['meaning']} (lower is better)"
 
 
 def _pct(value: float | None) -> float | None:

@@ -32,6 +32,9 @@ class VerdictSettings(BaseModel):
     fast_window: float = Field(0.10, ge=0, description="processes within this of the fastest form the steady state")
     max_samples: int = Field(2000, ge=20, description="raw samples per run used in the test (evenly thinned)")
     max_accuracy_drop: float = Field(0.5, ge=0, description="points")
+    max_error_increase: float = Field(
+        0.05, ge=0, description="relative growth of the error (regression, reconstruction) on the board"
+    )
     max_size_growth: float = Field(0.01, ge=0, description="relative growth of the .tflite file")
     max_memory_growth: float = Field(0.10, ge=0, description="relative growth of the peak RSS after the runs")
 
@@ -121,15 +124,21 @@ def _state(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Check]:
 
 
 def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check:
+    """Accuracy in points for a classifier; the relative growth of the error for regression and reconstruction."""
     base, cand = get(baseline, "device.accuracy.accuracy"), get(candidate, "device.accuracy.accuracy")
-    if base is None or cand is None:
-        return Check("accuracy", "n/a", "no accuracy in one of the runs (deployed without data)", base, cand)
-    drop = (base - cand) * 100
-    status = "fail" if drop > settings.max_accuracy_drop else "pass"
-    return Check(
-        "accuracy", status, f"{base:.4f} -> {cand:.4f} ({-drop:+.2f} points, limit -{settings.max_accuracy_drop})",
-        base, cand, -drop,
-    )  # fmt: skip
+    if base is not None and cand is not None:
+        drop = (base - cand) * 100
+        status = "fail" if drop > settings.max_accuracy_drop else "pass"
+        return Check(
+            "accuracy", status, f"{base:.4f} -> {cand:.4f} ({-drop:+.2f} points, limit -{settings.max_accuracy_drop})",
+            base, cand, -drop,
+        )  # fmt: skip
+    metrics = get(baseline, "device.accuracy.metric"), get(candidate, "device.accuracy.metric")
+    base, cand = get(baseline, "device.accuracy.value"), get(candidate, "device.accuracy.value")
+    if base is None or cand is None or metrics[0] != metrics[1] or metrics[0] == "accuracy":
+        return Check("accuracy", "n/a", "no comparable score in one of the runs (deployed without data?)", base, cand)
+    check = _growth(metrics[0], base, cand, settings.max_error_increase)
+    return Check("accuracy", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
 
 
 def _growth(name: str, base: float | None, cand: float | None, limit: float) -> Check:

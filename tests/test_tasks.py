@@ -1,0 +1,170 @@
+"""Tasks other than single-output classification, end to end: a dense autoencoder (reconstruction), a model
+with two inputs and two outputs, and a regressor, through optimize, the device agent, deploy and the report."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli, write_recipe
+
+from edgepipe.data import from_arrays, read_eval_data
+from edgepipe.errors import ConfigError, GateFailed
+from edgepipe.tasks import score
+
+AGENT = REPO / "device_agents" / "edgepipe_agent.py"
+
+
+def agent_module() -> Any:
+    spec = importlib.util.spec_from_file_location("edgepipe_agent", AGENT)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@pytest.mark.parametrize("task", ["classification", "regression", "reconstruction"])
+def test_the_agent_scores_exactly_as_the_host_does(task: str) -> None:
+    rng = np.random.default_rng(1)
+    outputs = [rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)]
+    if task == "classification":
+        targets = [rng.integers(0, 4, 50), rng.integers(0, 3, 50)]
+    else:
+        targets = [rng.normal(size=(50, 4)), rng.normal(size=(50, 3))]
+    host = score(task, outputs, targets)  # type: ignore[arg-type]
+    board = agent_module().score(np, task, outputs, targets)
+    assert list(host.per_output) == pytest.approx(board, abs=1e-6)
+    assert host.metric == {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
+
+
+@pytest.mark.slow
+def test_reconstruction_is_scored_by_its_error_and_needs_no_labels(task_runs: dict) -> None:
+    directory, result = task_runs["autoencoder"]
+    assert result["recipe"]["task"] == "reconstruction"
+    final = result["final"]
+    assert final["metric"]["metric"] == "mse" and final["accuracy"] is None
+    assert final["agreement"]["top1_agreement"] is None and final["agreement"]["metric"] == "mse"
+    assert result["stages"][-1]["details"]["scheme"] == "PQAT"
+    assert [g["gate"] for g in result["gates"]] == ["max_error_increase"]  # the classifier's default is off
+    with np.load(directory / "eval.npz") as archive:
+        assert archive.files == ["x"]  # targets are the inputs
+    # The recorded error is what the interpreter gives on the eval data, the output against the input.
+    from edgepipe.convert import evaluate
+    from edgepipe.tasks import Task
+
+    (x,), _ = read_eval_data(directory / "eval.npz")
+    measured = evaluate.evaluate((directory / "model.tflite").read_bytes(), (x,), (x,), Task("reconstruction"))
+    assert measured.score.value == pytest.approx(final["metric"]["value"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_inputs_and_two_outputs_are_evaluated_in_the_interpreters_order(task_runs: dict) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    directory, result = task_runs["two_heads"]
+    final = result["final"]
+    assert len(final["metric"]["per_output"]) == 2 and final["conformance"]["passed"]
+    interpreter = Interpreter(model_path=str(directory / "model.tflite"))
+    inputs = [tuple(d["shape"][1:]) for d in interpreter.get_input_details()]
+    with np.load(directory / "eval.npz") as archive:
+        assert sorted(archive.files) == ["x_0", "x_1", "y_0", "y_1"]
+        assert [archive["x_0"].shape[1:], archive["x_1"].shape[1:]] == inputs
+    assert set(inputs) == {(8, 8, 1), (16,)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["autoencoder", "two_heads"])
+def test_deploy_and_report_use_the_tasks_metric(task_runs: dict, name: str, tmp_path: Path) -> None:
+    directory, optimize = task_runs[name]
+    run_copy = tmp_path / "run"
+    shutil.copytree(directory, run_copy)
+    done = run_cli("deploy", "--target", "local", str(run_copy), "--no-history", "--repeats", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run_copy / "deploy-local.json").read_text())
+    checks, block = result["checks"], result["device"]["accuracy"]
+    assert block["value"] == pytest.approx(optimize["final"]["metric"]["value"], abs=1e-6)  # rounded there
+    assert checks["device_value"] == checks["host_value"]
+    assert block["agreement"]["max_abs_diff"] == 0
+    report = run_cli("report", str(run_copy))
+    assert report.returncode == 0, report.stderr
+    document = json.loads((run_copy / "report.json").read_text())
+    final = next(stage for stage in document["stages"] if stage["final"])
+    assert final["deployments"][0]["score"] == pytest.approx(block["value"])
+    markdown = (run_copy / "report.md").read_text()
+    if name == "autoencoder":
+        assert document["metric"]["name"] == "mse" and "mean squared reconstruction error" in done.stdout
+        assert "host MSE" in markdown and "local MSE" in markdown
+        assert checks["device_accuracy"] is None and checks["error_matches_host"] is True
+    else:
+        assert document["metric"]["name"] == "accuracy" and checks["accuracy_matches_host"] is True
+        assert block["per_output"] and len(block["per_output"]) == 2
+
+
+@pytest.mark.slow
+def test_regression_gate_is_the_relative_error_increase(tmp_path: Path) -> None:
+    from edgepipe.optimize import pipeline
+
+    body = """
+    name: ink
+    task: regression
+    model: {source: edgepipe.examples.tasks:ink_regressor, train: {epochs: 10, learning_rate: 0.003}}
+    data: {source: edgepipe.examples.tasks:ink_data}
+    fine_tune: {epochs: 1, learning_rate: 0.0005}
+    stages:
+      - kind: qat
+    convert: {representative_samples: 64}
+    gates: {max_error_increase: 0.05}
+    """
+    with pytest.raises(GateFailed, match="max_error_increase: relative increase of the mae") as failed:
+        pipeline.run(pipeline.prepare(write_recipe(tmp_path, body)), tmp_path / "run", isolate=False)
+    result = failed.value.outcome.result  # type: ignore[union-attr]
+    agreement = result["final"]["agreement"]
+    assert agreement["metric"] == "mae" and agreement["tflite"] > agreement["float_keras"] > 0
+    row = result["gates"][0]
+    assert row["value"] == pytest.approx(agreement["relative_change"], abs=1e-4) and row["passed"] is False
+
+
+def test_gates_must_fit_the_task(tmp_path: Path) -> None:
+    from edgepipe.optimize.pipeline import prepare
+
+    base = """
+    name: t
+    task: TASK
+    model: {source: edgepipe.examples.tasks:ink_regressor}
+    data: {source: edgepipe.examples.tasks:ink_data}
+    stages: [{kind: ptq}]
+    gates: GATES
+    """
+    with pytest.raises(ConfigError, match="max_accuracy_drop is for classification"):
+        prepare(write_recipe(tmp_path, base.replace("TASK", "regression").replace("GATES", "{max_accuracy_drop: 1}")))
+    with pytest.raises(ConfigError, match="max_error_increase is for regression"):
+        prepare(
+            write_recipe(tmp_path, base.replace("TASK", "classification").replace("GATES", "{max_error_increase: 1}"))
+        )
+    with pytest.raises(ConfigError, match=r"y_train has shape \(1347, 3\) but is not one-hot") as wrong:
+        prepare(write_recipe(tmp_path, base.replace("TASK", "classification").replace("GATES", "{}")))
+    assert "task: regression" in (wrong.value.hint or "")
+
+
+def test_data_contract_for_several_inputs_and_each_task() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.random((10, 4), dtype=np.float32), rng.random((10, 2), dtype=np.float32)
+    labels = rng.integers(0, 3, 10)
+    numbered = {"x_train_0": a, "x_train_1": b, "y_train": labels, "x_test_0": a, "x_test_1": b, "y_test": labels}
+    data = from_arrays(numbered, "d", "r.yaml", "data.source")
+    assert data.input_shapes == [(4,), (2,)] and len(data.y_train) == 1
+    assert data.keras_x("test")[1] is data.x_test[1]
+    reconstruction = from_arrays({"x_train": a, "x_test": a}, "d", "r.yaml", "data.source", task="reconstruction")
+    assert reconstruction.y_train == () and reconstruction.targets("test")[0] is reconstruction.x_test[0]
+    with pytest.raises(ConfigError, match="has no array 'y_train'"):
+        from_arrays({"x_train": a, "x_test": a}, "d", "r.yaml", "data.source")
+    floats = from_arrays(
+        {"x_train": a, "y_train": b, "x_test": a, "y_test": b}, "d", "r.yaml", "data.source", task="regression"
+    )
+    assert floats.y_train[0].dtype == np.float32 and floats.y_train[0].shape == (10, 2)
+    with pytest.raises(ConfigError, match=r"the train arrays differ in samples: x_train_0 has 10, x_train_1 has 9"):
+        from_arrays({**numbered, "x_train_1": b[:9]}, "d", "r.yaml", "data.source")
