@@ -77,7 +77,7 @@ def main() -> None:
             if variant != "PTQ" and "PTQ" in built:
                 result = deploy_paired(path, built["PTQ"], work / f"{model}-{len(rows)}.json")
                 check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
-                effect = f"{check.effect:+.1%}"
+                effect = f"{check.change:+.1%}"
             extra = sum(ops[name] for name in ("MUL", "QUANTIZE", "DEQUANTIZE")) + ops["ADD"] - ops_adds(model)
             rows.append((model, variant, str(sum(ops.values())), str(extra), f"{accuracy[variant]:.4f}", effect))
     header = ("model", "variant", "operators", "extra MUL/ADD/QUANTIZE", "int8 accuracy", "latency vs PTQ (paired)")

@@ -10,7 +10,7 @@ from edgepipe.config.recipe import Gates
 def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
     """One row per configured gate: name, limit, measured value, passed."""
     change = final["metric"]["value"] - float_metric["value"]
-    drop = round(-change * 100, 4)
+    drop = round(-change * 100, 4) + 0.0  # never "-0.0"
     increase = round(change / float_metric["value"], 4) if float_metric["value"] else (0.0 if change <= 0 else None)
     ratio = round(float_gzip / final["gzip_bytes"], 4)
     measured = {

@@ -286,7 +286,7 @@ def _agreement(float_metric: dict[str, Any], final: dict[str, Any], samples: int
         "relative_change": round(change / float_metric["value"], 6) if float_metric["value"] else None,
         "float_keras_accuracy": float_metric["value"] if classifier else None,
         "tflite_accuracy": metric["value"] if classifier else None,
-        "accuracy_drop_points": round(-change * 100, 4) if classifier else None,
+        "accuracy_drop_points": round(-change * 100, 4) + 0.0 if classifier else None,
         "top1_agreement": final.get("agreement_with_float_keras"),
         "test_samples": samples,
     }
