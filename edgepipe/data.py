@@ -354,6 +354,9 @@ def read_eval_data(path: Path) -> tuple[Arrays, Arrays]:
             str(path), None, f"needs arrays x and y (or x_test and y_test, or x_0, y_0, ...); has {sorted(arrays)}"
         )
     x, y = tuple(xs[0]), tuple(ys[0]) if ys else ()
+    for label, array in [*(("x", a) for a in x), *(("y", a) for a in y)]:
+        if array.ndim == 0:
+            raise ConfigError.at(str(path), label, "holds a single number, not one value per sample")
     counts = {len(a) for a in (*x, *y)}
     if len(counts) != 1 or 0 in counts:
         raise ConfigError.at(str(path), None, f"the arrays have {sorted(counts)} samples; need one, non-zero count")

@@ -33,9 +33,17 @@ def read_optimize_record(run_dir: Path) -> dict[str, Any]:
             hint="pass the --out directory of an optimize run",
         )
     try:
-        return json.loads(marker.read_text())
+        record = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{marker}: not readable as JSON ({exc})", hint="re-run edgepipe optimize") from exc
+    missing = [key for key in ("recipe", "baseline", "final") if not isinstance(record, dict) or key not in record]
+    if missing:
+        what = f"a JSON {type(record).__name__}" if not isinstance(record, dict) else f"missing {', '.join(missing)}"
+        raise ConfigError(
+            f"{marker}: not an optimize result ({what})",
+            hint="pass the --out directory of an edgepipe optimize run, or re-run edgepipe optimize",
+        )
+    return record
 
 
 def run_models(run_dir: Path, record: dict[str, Any] | None = None) -> list[RunModel]:

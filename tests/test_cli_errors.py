@@ -96,3 +96,65 @@ def test_an_unexpected_exception_is_an_internal_error_not_a_usage_error(tmp_path
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 70, result.stderr
     assert "ZeroDivisionError: bug" in result.stderr and "internal error" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "nan", "inf"])
+def test_a_deadline_that_is_not_a_positive_duration_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    result = run_cli("deploy", "--target", "local", str(tmp_path), "--deadline", value)
+    assert result.returncode == 2, result.stderr
+    assert "--deadline" in result.stderr and "not a positive number of seconds" in result.stderr
+    assert "Usage: edgepipe deploy" in result.stderr
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({}, "needs arrays x and y"),
+        ({"x": np.array(["a", "b"]), "y": np.array([1, 2])}, "x: expected numeric samples"),
+        ({"x": np.array(3.0), "y": np.array(1)}, "x: holds a single number, not one value per sample"),
+    ],
+    ids=["empty", "strings", "0-d"],
+)
+def test_a_bad_evaluation_file_is_a_configuration_error(arrays: dict, message: str, tmp_path: Path) -> None:
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))  # never read: the data is refused first
+    data = write_npz(tmp_path / "eval.npz", **arrays)
+    result = run_cli("deploy", "--target", "local", "--model", str(model), "--data", str(data), "--no-history")
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("deploy-*.json"))
+
+
+@pytest.mark.parametrize(("content", "problem"), [("[]", "a JSON list"), ('{"recipe": {}}', "missing baseline, final")])
+def test_a_run_directory_with_a_foreign_optimize_json_is_refused(content: str, problem: str, tmp_path: Path) -> None:
+    (tmp_path / "optimize.json").write_text(content)
+    (tmp_path / "eval.npz").write_bytes(b"")
+    for command in (["deploy", "--target", "local", str(tmp_path), "--no-history"], ["report", str(tmp_path)]):
+        result = run_cli(*command)
+        assert result.returncode == 2, (command, result.stderr)
+        assert f"not an optimize result ({problem})" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("target", ["local", "loopback"])
+def test_a_workdir_that_reads_as_an_option_runs_nothing(target: str, tmp_path: Path) -> None:
+    """Before: EDGEPIPE_LOCAL_WORKDIR="-cimport os;..." reached the interpreter as -c and ran the code."""
+    payload = "-cimport os;os.system('touch pwned')#"
+    env = {"EDGEPIPE_LOCAL_WORKDIR": payload, "EDGEPIPE_LOOPBACK_WORKDIR": payload, "EDGEPIPE_LOOPBACK_PORT": "22"}
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    result = run_cli("deploy", "--target", target, "--model", str(model), "--no-history", cwd=tmp_path, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "workdir" in result.stderr and "would read as an option" in result.stderr
+    assert not (tmp_path / "pwned").exists() and not (REPO / "pwned").exists()
+
+
+def test_help_shows_flags_without_a_type() -> None:
+    result = run_cli("deploy", "--help")
+    assert result.returncode == 0
+    assert "--quiet" in result.stdout and "<bool>" not in result.stdout
+    assert "--runs <int>" in result.stdout  # options that take a value still show its type

@@ -8,7 +8,7 @@ import typer
 
 from edgepipe.cli.console import stdout
 
-app = typer.Typer(help="The device agent that measures models on a board.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="The device agent that measures models on a board.", no_args_is_help=True)
 
 
 @app.command("install")

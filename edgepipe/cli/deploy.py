@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,6 +84,13 @@ class DeployProgress(ConsoleProgress):
         stderr.print(f"  agent: {text}", highlight=False)
 
 
+def _positive(value: float | None, option: str) -> float | None:
+    """A duration must be a finite number above zero; anything else is a usage mistake (exit 2)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a positive number of seconds", param_hint=option)
+    return value
+
+
 def deploy(
     run_dir: Annotated[
         Path | None, typer.Argument(help="Run directory written by 'edgepipe optimize' (model.tflite + eval.npz).")
@@ -98,7 +106,13 @@ def deploy(
     min_seconds: Annotated[float | None, typer.Option(help="Keep timing for at least this long.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Measure in this many separate processes.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
-    deadline: Annotated[float | None, typer.Option(help="Overall deadline of the job on the board, seconds.")] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="Overall deadline of the job on the board, seconds (> 0).",
+            callback=lambda v: _positive(v, "--deadline"),
+        ),
+    ] = None,
     tag: Annotated[
         list[str] | None,
         typer.Option("--tag", help="Tag the run in the history (main, a commit, a branch); repeatable."),

@@ -12,7 +12,9 @@ from edgepipe.config.target import EmulatorImage
 from edgepipe.errors import ConfigError
 
 app = typer.Typer(
-    help="Emulated boards (QEMU user mode) that run the same agent as the real ones.", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Emulated boards (QEMU user mode) that run the same agent as the real ones.",
+    no_args_is_help=True,
 )
 
 

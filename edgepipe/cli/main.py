@@ -28,6 +28,7 @@ from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, INTERRUPTED_EXIT_CODE, Edg
 _CLICK_EXCEPTION: type[Exception] = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 app = typer.Typer(
+    rich_markup_mode=None,
     name="edgepipe",
     help="Compress a Keras model with TF-MOT, convert it to full-integer TFLite, verify it, deploy it to a board.",
     no_args_is_help=True,

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from edgepipe.cli.console import stdout
 
-app = typer.Typer(help="The optimization recipes shipped with edgepipe.", no_args_is_help=True)
+app = typer.Typer(rich_markup_mode=None, help="The optimization recipes shipped with edgepipe.", no_args_is_help=True)
 
 PRESETS = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -11,7 +11,9 @@ from rich.table import Table
 from edgepipe.cli.console import stdout
 from edgepipe.errors import EdgepipeError, InfrastructureError
 
-app = typer.Typer(help="The boards edgepipe can deploy to (targets/*.yaml).", no_args_is_help=True)
+app = typer.Typer(
+    rich_markup_mode=None, help="The boards edgepipe can deploy to (targets/*.yaml).", no_args_is_help=True
+)
 
 STYLE = {"pass": "green", "fail": "bold red", "warn": "yellow", "n/a": "dim"}
 

@@ -127,6 +127,17 @@ class Target(Strict):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("workdir", "python")
+    @classmethod
+    def _not_an_option(cls, value: str | None) -> str | None:
+        """Both end up in argument lists on the board (the interpreter, ``mkdir -p``, the agent's path); a value
+        starting with ``-`` would be read there as an option, e.g. ``-cimport os; ...`` by Python."""
+        if value is not None and value.lstrip().startswith("-"):
+            raise ValueError(f"{value!r} starts with '-', which the board's programs would read as an option")
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     @model_validator(mode="after")
     def _qemu_needs_an_image(self) -> Target:
         if self.transport == "qemu":

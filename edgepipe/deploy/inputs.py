@@ -9,7 +9,6 @@ go to the board so the agent can report agreement output by output.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from edgepipe.data import EVAL_DATA, infer_task, read_eval_data, write_eval_data
 from edgepipe.errors import ConfigError
 from edgepipe.provenance import sha256_file
+from edgepipe.run_models import read_optimize_record
 from edgepipe.rundir import MARKER
 
 
@@ -62,6 +62,9 @@ def resolve_sources(
                 f"{run_dir} is not a run directory of 'edgepipe optimize' (no {MARKER})",
                 hint="pass the --out directory of an optimize run, or use --model",
             )
+        read_optimize_record(run_dir)  # a damaged or foreign optimize.json is a clear error, not a traceback
+        if not (run_dir / "model.tflite").is_file():
+            raise ConfigError(f"{run_dir} has no model.tflite", hint="re-run edgepipe optimize into it")
         eval_file = run_dir / EVAL_DATA
         if data is None and not eval_file.is_file():
             raise ConfigError(
@@ -90,7 +93,7 @@ def stage(
     source: dict[str, Any] = {"model": str(model_file), "run_dir": str(run_dir) if run_dir else None}
     task = None
     if run_dir is not None:
-        optimize = json.loads((run_dir / MARKER).read_text())
+        optimize = read_optimize_record(run_dir)
         source["recipe"] = optimize.get("recipe", {}).get("name")
         source["optimize_accuracy"] = optimize.get("final", {}).get("accuracy")
         task = optimize.get("recipe", {}).get("task", "classification")
