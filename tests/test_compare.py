@@ -257,6 +257,11 @@ def test_each_threshold_check_fails_alone_and_is_named(field: str, value: float,
     assert verdict.status == "regression"
     assert [c.name for c in verdict.checks if c.status == "fail"] == [check]
     assert compare(base, base, VerdictSettings()).status == "pass"
+    failed = next(c for c in verdict.checks if c.status == "fail")
+    if field == "memory":  # the unit every command uses for VmHWM: MiB (kB / 1024)
+        assert failed.message.startswith("48.8 MiB -> 58.6 MiB (+20.0%")
+    if field == "bytes":
+        assert " bytes -> 120 bytes (" in failed.message
 
 
 def test_an_error_metric_regresses_when_it_grows_beyond_its_limit() -> None:
@@ -273,3 +278,32 @@ def test_an_error_metric_regresses_when_it_grows_beyond_its_limit() -> None:
     assert failed[0].message.startswith("mse: ") and "+15.0%" in failed[0].message
     cand["device"]["accuracy"] = {"accuracy": None, "metric": "mae", "value": 0.0209}  # another metric
     assert next(c for c in compare(base, cand, VerdictSettings()).checks if c.name == "accuracy").status == "n/a"
+
+
+def test_a_candidate_without_evaluation_data_makes_the_accuracy_check_inconclusive() -> None:
+    base = synthetic([1.0] * 3, seed=15)
+    cand = synthetic([1.0] * 3, seed=15)
+    base["device"]["accuracy"] = {"accuracy": 0.97, "metric": "accuracy", "value": 0.97}
+    cand["device"].pop("accuracy", None)  # deployed without --data
+    verdict = compare(base, cand, VerdictSettings())
+    accuracy = next(c for c in verdict.checks if c.name == "accuracy")
+    assert accuracy.status == "inconclusive" and verdict.status == "inconclusive"
+    assert "without evaluation data" in accuracy.message
+
+
+def test_size_and_memory_limits_are_command_line_options(tmp_path: Path) -> None:
+    base = synthetic([1.0] * 3, seed=16)
+    cand = synthetic([1.0] * 3, seed=16)
+    for record in (base, cand):
+        record["device"]["memory"] = {"vmhwm_kb": {"after_runs": 50_000}}
+    cand["model"]["bytes"] = int(base["model"]["bytes"] * 1.05)  # +5 %: over the default +1 %
+    cand["device"]["memory"] = {"vmhwm_kb": {"after_runs": 57_500}}  # +15 %: over the default +10 %
+    files = []
+    for name, record in (("base", base), ("cand", cand)):
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({**record, "schema": "edgepipe.deploy/1"}))
+    args = ["compare", "--baseline", str(files[0]), "--candidate", str(files[1])]
+    strict = run_cli(*args)
+    assert strict.returncode == 7 and "model size" in strict.stderr and "peak memory" in strict.stderr
+    relaxed = run_cli(*args, "--max-size-growth", "0.1", "--max-memory-growth", "0.2")
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr

@@ -31,6 +31,15 @@ def compare(
         float | None, typer.Option(help="Smallest latency change that counts (default 0.03).")
     ] = None,
     max_accuracy_drop: Annotated[float | None, typer.Option(help="Points (default 0.5).")] = None,
+    max_error_increase: Annotated[
+        float | None, typer.Option(help="Relative growth of an error metric (regression; default 0.05).")
+    ] = None,
+    max_size_growth: Annotated[
+        float | None, typer.Option(help="Relative growth of the .tflite file (default 0.01).")
+    ] = None,
+    max_memory_growth: Annotated[
+        float | None, typer.Option(help="Relative growth of the peak RSS (default 0.10).")
+    ] = None,
     history: Annotated[Path | None, typer.Option("--history", help="Results history (SQLite).")] = None,
 ) -> None:
     """Compare a candidate deploy with a baseline on the same target: exit 0 pass, 7 regression, 17 inconclusive."""
@@ -39,7 +48,14 @@ def compare(
     from edgepipe.report.verdict import VerdictSettings
     from edgepipe.report.verdict import compare as judge
 
-    chosen = {"alpha": alpha, "min_effect": min_effect, "max_accuracy_drop": max_accuracy_drop}
+    chosen = {
+        "alpha": alpha,
+        "min_effect": min_effect,
+        "max_accuracy_drop": max_accuracy_drop,
+        "max_error_increase": max_error_increase,
+        "max_size_growth": max_size_growth,
+        "max_memory_growth": max_memory_growth,
+    }
     settings = validate({k: v for k, v in chosen.items() if v is not None}, VerdictSettings, "command line")
     cand_record, cand_from = resolve_run(candidate, target, history)
     target = target or cand_record["target"]["name"]

@@ -17,6 +17,7 @@ from edgepipe.cli.optimize import ConsoleProgress
 from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
+from edgepipe.report.formatting import mib
 from edgepipe.run_models import RunModel
 from edgepipe.tasks import METRIC_MEANING
 
@@ -224,7 +225,7 @@ def _deploy_stages(
             item.model.name,
             f"{block['metric']} {block['value']:.4g}" if block.get("value") is not None else "n/a",
             f"{_ms(latency['p50'])} / {_ms(latency['p99'])}",
-            _mb(device["memory"]["vmhwm_kb"]["after_runs"]),
+            mib(device["memory"]["vmhwm_kb"]["after_runs"]),
             str(item.outcome.path),
         )
     stdout.print(table)
@@ -263,8 +264,8 @@ def print_result(result: dict[str, Any]) -> None:
         table.add_row("against the baseline", _paired_row(result, paired))
     table.add_row(
         "peak RSS (VmHWM)",
-        f"{_mb(memory['before_load'])} before load, {_mb(memory['after_load'])} loaded, "
-        f"{_mb(memory['after_runs'])} after runs" + ("  [yellow](the QEMU process's)[/]" if emulated else ""),
+        f"{mib(memory['before_load'])} before load, {mib(memory['after_load'])} loaded, "
+        f"{mib(memory['after_runs'])} after runs" + ("  [yellow](the QEMU process's)[/]" if emulated else ""),
     )
     checks = result["checks"]
     if checks["device_accuracy"] is None and checks.get("device_value") is not None:
@@ -331,7 +332,3 @@ def _paired_row(result: dict[str, Any], paired: dict[str, Any]) -> str:
 
 def _ms(value: float) -> str:
     return f"{value * 1000:.1f} µs" if value < 1 else f"{value:.2f} ms"
-
-
-def _mb(kb: int | None) -> str:
-    return f"{kb / 1024:.1f} MB" if kb is not None else "n/a"

@@ -58,7 +58,7 @@ def list_images() -> None:
             if image.built and built
             else ("[yellow]outdated[/]" if built else "no")
         )
-        size = f"{size_on_disk(image.folder) / 2**20:.0f} MB" if image.folder.exists() else ""
+        size = f"{size_on_disk(image.folder) / 2**20:.0f} MiB" if image.folder.exists() else ""
         table.add_row(name, ", ".join(users), state, size, spec.wheel_arch, ", ".join(spec.python_packages))
     stdout.print(table)
     stdout.print(f"images live in {emulator_dir()}", highlight=False)

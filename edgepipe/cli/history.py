@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
+from edgepipe.report.formatting import mib
 
 
 def history(
@@ -54,7 +55,7 @@ def history(
                 _ms(row.latency_p50_ms),
                 _ms(row.latency_p99_ms),
                 f"{row.accuracy:.4f}" if row.accuracy is not None else "",
-                f"{row.peak_rss_kb / 1024:.1f} MB" if row.peak_rss_kb else "",
+                mib(row.peak_rss_kb) if row.peak_rss_kb else "",
                 ", ".join(row.tags),
             )
         stdout.print(table)

@@ -1,7 +1,7 @@
 """``edgepipe report``'s work without the terminal: collect, validate against the schema, render, write.
 
-Nothing is written unless every requested output rendered and the document validated, and each file is
-replaced atomically: a report either stays as it was or is wholly the new one.
+Nothing is written unless every requested output rendered and the document validated, and all the files are
+replaced together or not at all: a report either stays as it was or is wholly the new one.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, ConfigError, EdgepipeError
-from edgepipe.files import write_atomic
+from edgepipe.files import write_all_atomic
 from edgepipe.report.collect import collect
 from edgepipe.report.schema import schema_errors
 
@@ -48,12 +48,11 @@ def build_report(run_dir: Path, *, json_out: Path, html: Path | None, markdown: 
         from edgepipe.report.markdown import render_markdown
 
         rendered[markdown] = render_markdown(document, html.name if html is not None else None)
-    for path, text in rendered.items():
-        try:
-            write_atomic(path, text)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write {path}: {exc.strerror or exc}",
-                hint="choose another path for --html/--md/--json; files written before this one are complete",
-            ) from exc
+    try:
+        write_all_atomic(dict(rendered))  # all outputs are replaced, or none
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {exc.filename}: {exc.strerror or exc}",
+            hint="choose another path for --html/--md/--json; no report file was changed",
+        ) from exc
     return ReportFiles(document, json_out, html, markdown)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgepipe.errors import ConfigError
 from edgepipe.report.checks import Check, get
+from edgepipe.report.formatting import mib
 from edgepipe.report.latency import paired_check, paired_processes, unpaired_check
 
 
@@ -87,12 +89,19 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], settings: Verdi
     checks = [*_state(baseline, candidate), latency]
     checks += [
         _accuracy(baseline, candidate, settings),
-        _growth("model size", get(baseline, "model.bytes"), get(candidate, "model.bytes"), settings.max_size_growth),
+        _growth(
+            "model size",
+            get(baseline, "model.bytes"),
+            get(candidate, "model.bytes"),
+            settings.max_size_growth,
+            lambda value: f"{value:,} bytes",
+        ),
         _growth(
             "peak memory",
             get(baseline, "device.memory.vmhwm_kb.after_runs"),
             get(candidate, "device.memory.vmhwm_kb.after_runs"),
             settings.max_memory_growth,
+            mib,
         ),
         _paid_off(baseline, candidate, latency),
     ]
@@ -125,6 +134,12 @@ def _state(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Check]:
 
 def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check:
     """Accuracy in points for a classifier; the relative growth of the error for regression and reconstruction."""
+    if _has_score(baseline) and not _has_score(candidate):
+        return Check(
+            "accuracy",
+            "inconclusive",
+            "the candidate was deployed without evaluation data, the baseline with: its score cannot be compared",
+        )
     base, cand = get(baseline, "device.accuracy.accuracy"), get(candidate, "device.accuracy.accuracy")
     if base is not None and cand is not None:
         drop = (base - cand) * 100
@@ -141,12 +156,21 @@ def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: Ver
     return Check("accuracy", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
 
 
-def _growth(name: str, base: float | None, cand: float | None, limit: float) -> Check:
+def _has_score(record: dict[str, Any]) -> bool:
+    """Whether the deploy evaluated the model (``value`` since agent 1.2, ``accuracy`` before)."""
+    return any(get(record, f"device.accuracy.{key}") is not None for key in ("value", "accuracy"))
+
+
+def _growth(
+    name: str, base: float | None, cand: float | None, limit: float, show: Callable[[Any], str] = "{:,}".format
+) -> Check:
+    """Relative growth of a lower-is-better figure against ``limit``; ``show`` writes a value with its unit."""
     if not base or cand is None:
         return Check(name, "n/a", f"no {name} in one of the runs", base, cand)
     growth = cand / base - 1
     status = "fail" if growth > limit else "pass"
-    return Check(name, status, f"{base:,} -> {cand:,} ({growth:+.1%}, limit +{limit:.0%})", base, cand, growth)
+    text = f"{show(base)} -> {show(cand)} ({growth:+.1%}, limit +{limit:.0%})"
+    return Check(name, status, text, base, cand, growth)
 
 
 def _paid_off(baseline: dict[str, Any], candidate: dict[str, Any], latency: Check) -> Check:
