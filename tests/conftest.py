@@ -19,16 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session", autouse=True)
 def private_history(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """Deploys made by the tests record into a throwaway results history, never the user's."""
+    """Nothing the tests do lands in the user's home: deploys record into a throwaway results history, the
+    local target's board directory and the emulator images live in the session's temporary directory."""
     import os
 
-    previous = os.environ.get("EDGEPIPE_HISTORY")
-    os.environ["EDGEPIPE_HISTORY"] = str(tmp_path_factory.mktemp("history") / "history.sqlite")
+    private = {
+        "EDGEPIPE_HISTORY": str(tmp_path_factory.mktemp("history") / "history.sqlite"),
+        "EDGEPIPE_LOCAL_WORKDIR": str(tmp_path_factory.mktemp("local-board")),
+        "EDGEPIPE_EMULATOR_DIR": str(tmp_path_factory.mktemp("emulator-images")),
+    }
+    previous = {name: os.environ.get(name) for name in private}
+    os.environ.update(private)
     yield
-    if previous is None:
-        os.environ.pop("EDGEPIPE_HISTORY", None)
-    else:
-        os.environ["EDGEPIPE_HISTORY"] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

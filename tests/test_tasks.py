@@ -168,3 +168,27 @@ def test_data_contract_for_several_inputs_and_each_task() -> None:
     assert floats.y_train[0].dtype == np.float32 and floats.y_train[0].shape == (10, 2)
     with pytest.raises(ConfigError, match=r"the train arrays differ in samples: x_train_0 has 10, x_train_1 has 9"):
         from_arrays({**numbered, "x_train_1": b[:9]}, "d", "r.yaml", "data.source")
+
+
+@pytest.mark.parametrize("top1", [0.9, None], ids=["classifier", "error-metric model"])
+def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
+    """The parity-failure path, with and without top-1 agreement (the emulator test can only reach it when the
+    emulated runtime's outputs differ from the host's, which they often do not)."""
+    from edgepipe.deploy.runner import _failure
+    from edgepipe.errors import AccuracyMismatch
+    from edgepipe.targets import load_target
+
+    parity = {
+        "passed": False,
+        "top1_agreement": top1,
+        "max_abs_diff": 3.0,
+        "tolerance": {"max_abs_diff": 1.0, "min_top1_agreement": 0.99},
+        "host": {"runtime": "ai_edge_litert", "runtime_version": "2.3.0", "machine": "x86_64"},
+        "device": {"runtime": "tflite_runtime", "runtime_version": "2.14.0", "machine": "aarch64"},
+    }
+    error = _failure({}, {"parity": parity, "error_matches_host": None, "accuracy_matches_host": None},
+                     load_target("rpi4-emu"))  # fmt: skip
+    assert isinstance(error, AccuracyMismatch)
+    assert "largest difference 3 integer steps (at most 1)" in error.message
+    assert ("top-1 agreement 0.9000" in error.message) == (top1 is not None)
+    assert "tflite_runtime 2.14.0 on aarch64" in (error.hint or "")
