@@ -147,8 +147,8 @@ def test_report_labels_emulated_latency_and_shows_parity(
 def test_models_beyond_single_output_classifiers_deploy_to_the_emulated_board(
     built_image: Any, emulator_env: dict, task_runs: dict, name: str, tmp_path: Path
 ) -> None:
-    """The aarch64 tflite_runtime board scores a reconstruction model and a two-input, two-output model
-    exactly as the host does (the agent reads the interpreter's input and output order on both)."""
+    """The aarch64 tflite_runtime board scores a reconstruction model and a two-input, two-output model as the
+    host does (the agent reads the interpreter's input and output order on both)."""
     directory, optimize = task_runs[name]
     run_copy = tmp_path / "run"
     shutil.copytree(directory, run_copy)
@@ -157,9 +157,17 @@ def test_models_beyond_single_output_classifiers_deploy_to_the_emulated_board(
     result = json.loads((run_copy / "deploy-rpi4-emu.json").read_text())
     block, parity = result["device"]["accuracy"], result["checks"]["parity"]
     assert result["device"]["board"]["machine"] == "aarch64"
-    assert block["value"] == pytest.approx(optimize["final"]["metric"]["value"], abs=1e-6)
-    assert parity["passed"] is True and parity["host"]["value"] == pytest.approx(parity["device"]["value"])
-    assert (parity["top1_agreement"] is None) == (name == "autoencoder")
+    host, board = parity["host"]["value"], parity["device"]["value"]
+    assert host == pytest.approx(optimize["final"]["metric"]["value"], abs=1e-6)
+    assert parity["passed"] is True
+    if name == "autoencoder":  # judged by its error: the runtimes round a few values differently
+        assert parity["top1_agreement"] is None and parity["error_delta"] == pytest.approx(
+            (board - host) / host, abs=1e-6
+        )
+        assert abs(parity["error_delta"]) <= parity["tolerance"]["max_error_delta"]
+    else:  # a classifier: the same answers on both, output by output
+        assert parity["top1_agreement"] == 1.0 and board == pytest.approx(host)
+        assert len(block["per_output"]) == 2
     report = run_cli("report", str(run_copy))
     assert report.returncode == 0, report.stderr
     assert "rpi4-emu" in report.stdout and "EMULATED" in report.stdout

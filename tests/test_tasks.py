@@ -182,13 +182,16 @@ def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
         "passed": False,
         "top1_agreement": top1,
         "max_abs_diff": 3.0,
-        "tolerance": {"max_abs_diff": 1.0, "min_top1_agreement": 0.99},
+        "error_delta": None if top1 is not None else 0.034,
+        "tolerance": {"max_abs_diff": 1.0, "min_top1_agreement": 0.99, "max_error_delta": 0.01},
         "host": {"runtime": "ai_edge_litert", "runtime_version": "2.3.0", "machine": "x86_64"},
         "device": {"runtime": "tflite_runtime", "runtime_version": "2.14.0", "machine": "aarch64"},
     }
     error = _failure({}, {"parity": parity, "error_matches_host": None, "accuracy_matches_host": None},
                      load_target("rpi4-emu"))  # fmt: skip
     assert isinstance(error, AccuracyMismatch)
-    assert "largest difference 3 integer steps (at most 1)" in error.message
-    assert ("top-1 agreement 0.9000" in error.message) == (top1 is not None)
+    if top1 is not None:
+        assert "top-1 agreement 0.9000 (at least 0.99), largest difference 3 integer steps (at most 1)" in error.message
+    else:  # judged by its error; the step difference is told, not judged
+        assert "the error changed by +3.40% (at most 1.00%); largest output difference 3 integer steps" in error.message
     assert "tflite_runtime 2.14.0 on aarch64" in (error.hint or "")

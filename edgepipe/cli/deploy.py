@@ -292,6 +292,7 @@ def print_result(result: dict[str, Any]) -> None:
             f"{parity['device']['runtime_version']} on {parity['device']['machine']} vs {parity['host']['runtime']} "
             f"{parity['host']['runtime_version']} on {parity['host']['machine']}: "
             + (f"top-1 agreement {parity['top1_agreement']:.4f}, " if parity["top1_agreement"] is not None else "")
+            + (f"error {parity['error_delta']:+.2%}, " if parity.get("error_delta") is not None else "")
             + f"largest difference {parity['max_abs_diff']:g} step(s)",
         )
     state = [

@@ -80,10 +80,20 @@ class EmulatorImage(Strict):
 
 
 class ParitySettings(Strict):
-    """How far an emulated (or any) board's raw outputs may stray from the host's before the deploy fails."""
+    """How far an emulated (or any) board's results may stray from the host's before the deploy fails.
 
-    max_abs_diff: float = Field(1, ge=0, description="largest output difference, in integer steps")
+    A classifier must give the same answers: top-1 agreement and at most ``max_abs_diff`` integer steps on any
+    output value. A regression or reconstruction model is judged by its error instead: hundreds of output values
+    per sample each go through every layer's rounding, and another runtime's kernels may round one of them a
+    step or two differently without changing the answer; ``max_error_delta`` bounds the relative change of the
+    error (mean absolute or squared) against the host's. Its largest step difference is still recorded.
+    """
+
+    max_abs_diff: float = Field(1, ge=0, description="classifiers: largest output difference, in integer steps")
     min_top1_agreement: float = Field(0.99, ge=0, le=1)
+    max_error_delta: float = Field(
+        0.01, ge=0, description="regression, reconstruction: largest relative change of the error against the host"
+    )
 
 
 class Target(Strict):

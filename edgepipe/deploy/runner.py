@@ -275,14 +275,36 @@ def _parity(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dic
         },
         "top1_agreement": agreement["top1"] if agreement else None,
         "max_abs_diff": agreement["max_abs_diff"] if agreement else None,
+        "error_delta": None,
         "tolerance": settings.model_dump(),
         "passed": None,
     }
-    if agreement:  # top-1 only for classifiers; every task's raw outputs are compared
-        parity["passed"] = agreement["max_abs_diff"] <= settings.max_abs_diff and (
-            agreement["top1"] is None or agreement["top1"] >= settings.min_top1_agreement
+    if not agreement:
+        return parity
+    if agreement["top1"] is not None:  # a classifier: the same answers, and nearly the same numbers
+        parity["passed"] = (
+            agreement["max_abs_diff"] <= settings.max_abs_diff and agreement["top1"] >= settings.min_top1_agreement
         )
+    elif parity["host"]["value"] is not None and parity["device"]["value"] is not None:  # an error metric
+        host_error, device_error = parity["host"]["value"], parity["device"]["value"]
+        delta = (device_error - host_error) / host_error if host_error else float(device_error != host_error)
+        parity["error_delta"] = round(delta, 6)
+        parity["passed"] = abs(delta) <= settings.max_error_delta
     return parity
+
+
+def _parity_gap(parity: dict[str, Any]) -> str:
+    """What exceeded the tolerance, in the terms the model is judged by."""
+    tolerance, steps = parity["tolerance"], parity["max_abs_diff"]
+    if parity["top1_agreement"] is not None:
+        return (
+            f"top-1 agreement {parity['top1_agreement']:.4f} (at least {tolerance['min_top1_agreement']}), largest "
+            f"difference {steps:g} integer steps (at most {tolerance['max_abs_diff']:g})"
+        )
+    return (
+        f"the error changed by {parity['error_delta']:+.2%} (at most {tolerance['max_error_delta']:.2%}); largest "
+        f"output difference {steps:g} integer steps"
+    )
 
 
 def _runtime(result: dict[str, Any] | None) -> dict[str, Any]:
@@ -299,15 +321,7 @@ def _failure(device: dict[str, Any], checks: dict[str, Any], target: Target) -> 
     parity = checks.get("parity") or {}
     if parity.get("passed") is False:
         return AccuracyMismatch(
-            f"on {target.name}: outputs differ from the host's beyond the parity tolerance: "
-            + (
-                f"top-1 agreement {parity['top1_agreement']:.4f} (at least "
-                f"{parity['tolerance']['min_top1_agreement']}), "
-                if parity["top1_agreement"] is not None
-                else ""
-            )
-            + "largest "
-            f"difference {parity['max_abs_diff']:g} integer steps (at most {parity['tolerance']['max_abs_diff']:g})",
+            f"on {target.name}: outputs differ from the host's beyond the parity tolerance: {_parity_gap(parity)}",
             hint=f"{parity['device']['runtime']} {parity['device']['runtime_version']} on "
             f"{parity['device']['machine']} computes differently from {parity['host']['runtime']} "
             f"{parity['host']['runtime_version']} here; compare runtimes, or relax the target's parity section",

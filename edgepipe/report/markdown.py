@@ -53,6 +53,7 @@ def _parity_line(report: dict[str, Any]) -> str:
                 parts.append(
                     f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} ("
                     + (f"top-1 agreement {top1:.4f}, " if top1 is not None else "")
+                    + (f"error {parity['error_delta']:+.2%}, " if parity.get("error_delta") is not None else "")
                     + f"largest difference {parity['max_abs_diff']:g} step(s))."
                 )
     return " ".join(parts)
