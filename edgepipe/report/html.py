@@ -11,8 +11,8 @@ from edgepipe.report.formatting import kib, latency, mib, pct, points, score, sc
 from edgepipe.report.plots import figures
 
 CAPTIONS = (
-    ("accuracy_vs_size", "Accuracy on the host (line) and on each target (squares) against the gzip size per stage."),
-    ("accuracy_vs_latency", "Accuracy on each target against its median latency. Hollow squares: emulated."),
+    ("accuracy_vs_size", "SCORE on the host (line) and on each target (squares) against the gzip size per stage."),
+    ("accuracy_vs_latency", "SCORE on each target against its median latency. Hollow squares: emulated."),
     ("latency_distributions", "Latency distribution per stage, from every raw sample of every measuring process."),
     ("layers", "Parameters (all and non-zero) and multiply-accumulates per operator of the final model."),
 )
@@ -35,12 +35,18 @@ def render_html(report: dict[str, Any]) -> str:
         metric=report["metric"]["name"],
         label=score_label(report["metric"]["name"]),
         figures=figures(report),
-        captions=CAPTIONS,
+        captions=[(name, text.replace("SCORE", _score_word(report))) for name, text in CAPTIONS],
         emulated_targets=[t["name"] for t in report["targets"] if t["emulated"]],
         parity_rows=_parity_rows(report),
         # Inside <script>, "</" would end the element early; JSON allows the escaped form.
         report_json=json.dumps(report, separators=(",", ":")).replace("</", "<\\/"),
     )
+
+
+def _score_word(report: dict[str, Any]) -> str:
+    """What the score plots show, as the start of a sentence: accuracy, or the model's error."""
+    metric = report["metric"]
+    return "Accuracy" if metric["name"] == "accuracy" else f"{metric['meaning'].capitalize()} (lower is better)"
 
 
 def _parity_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
