@@ -158,3 +158,20 @@ def test_help_shows_flags_without_a_type() -> None:
     assert result.returncode == 0
     assert "--quiet" in result.stdout and "<bool>" not in result.stdout
     assert "--runs <int>" in result.stdout  # options that take a value still show its type
+
+
+@pytest.mark.parametrize("broken", ["key", "known_hosts"])
+def test_a_missing_key_or_a_known_hosts_directory_is_a_set_up_mistake(broken: str, tmp_path: Path) -> None:
+    """Before: exit 11 with the hint "is an SSH server listening on that port?"."""
+    env = {"EDGEPIPE_LOOPBACK_PORT": "22", "EDGEPIPE_LOOPBACK_WORKDIR": str(tmp_path / "board")}
+    if broken == "key":
+        env["EDGEPIPE_LOOPBACK_KEY"] = str(tmp_path / "no-such-key")
+    else:
+        (tmp_path / "known").mkdir()
+        env["EDGEPIPE_LOOPBACK_KNOWN_HOSTS"] = str(tmp_path / "known")
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(64))
+    result = run_cli("deploy", "--target", "loopback", "--model", str(model), "--no-history", env=env)
+    assert result.returncode == 2, result.stderr
+    expected = "key" if broken == "key" else "known_hosts"
+    assert f"target loopback: {expected} {tmp_path}" in result.stderr and "listening" not in result.stderr

@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 
 from edgepipe.config.target import Target
-from edgepipe.errors import CommandError, ConnectError, DeadlineExceeded, HostKeyError, TransferError
+from edgepipe.errors import CommandError, ConfigError, ConnectError, DeadlineExceeded, HostKeyError, TransferError
 from edgepipe.transport.base import (
     KILL_GRACE_S,
     CommandResult,
@@ -144,9 +144,25 @@ class SshTransport(Transport):
         return self.target.where()
 
     # ------------------------------------------------------------------------------------------- connect
+    def _check_files(self) -> None:
+        """The target's own files, before any connection: a wrong path is a set-up mistake (exit 2), not an
+        unreachable board."""
+        target = self.target
+        if target.known_hosts.exists() and not target.known_hosts.is_file():
+            raise ConfigError(
+                f"target {target.name}: known_hosts {target.known_hosts} is not a file",
+                hint="point the target's known_hosts at an OpenSSH known_hosts file",
+            )
+        if target.key is not None and not target.key.is_file():
+            raise ConfigError(
+                f"target {target.name}: key {target.key} does not exist or is not a file",
+                hint="set the target's key to the private key file for the board (or use_agent: true)",
+            )
+
     def _connect(self) -> None:
         target = self.target
         known_hosts = target.known_hosts
+        self._check_files()
         if known_hosts.is_file():
             try:
                 self.client.load_host_keys(str(known_hosts))
