@@ -96,7 +96,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.2.0"
+AGENT_VERSION = "1.2.1"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -668,8 +668,22 @@ def _limits(memory_limit_mb: int) -> Any:
         limit = int(memory_limit_mb) * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing model must not fill the disk with cores
+        _die_with_parent()
 
     return apply
+
+
+def _die_with_parent() -> None:
+    """The kernel kills the sandboxed child when the agent dies, even by SIGKILL (Linux; elsewhere the agent's
+    SIGTERM/SIGHUP handler is what stops it)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _launcher() -> list[str]:

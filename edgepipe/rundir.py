@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from types import TracebackType
 
@@ -74,6 +75,16 @@ def remove_abandoned(out: Path) -> list[Path]:
                 shutil.rmtree(sibling, ignore_errors=True)
                 removed.append(sibling)
     return removed
+
+
+def temporary_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A ``TemporaryDirectory`` named ``<prefix><pid>-...``, after removing those of ``prefix`` whose process is
+    gone: a SIGKILLed edgepipe cannot remove its own, so the next one does."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*-*"):
+        pid = stale.name.removeprefix(prefix).split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ This is the only place with process-wide side effects (TensorFlow's log level), 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -91,11 +92,17 @@ def _command_words(argv: list[str]) -> list[str]:
     return words
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # CI cancels a job with SIGTERM: unwind like Ctrl-C, so children stop, partial files go, results say so.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        # Not standalone, typer returns the code of a typer.Exit, and turns Ctrl-C (or the SIGTERM that the
-        # optimize and deploy commands map to it) into 130, instead of raising.
+        # Not standalone, typer returns the code of a typer.Exit, and turns Ctrl-C (or SIGTERM, mapped to it
+        # above) into 130, instead of raising.
         code = app(standalone_mode=False, prog_name="edgepipe")
         if code == INTERRUPTED_EXIT_CODE:
             stderr.print("[red]interrupted[/]: nothing half-written was left in place of a result")

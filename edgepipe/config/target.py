@@ -109,6 +109,13 @@ class Target(Strict):
     trust_on_first_use: bool = Field(False, description="accept AND record an unknown host key (never a changed one)")
     connect_timeout_s: float = Field(10, gt=0)
     connect_attempts: int = Field(3, ge=1)
+    link_timeout_s: float = Field(
+        30,
+        ge=5,
+        le=600,
+        description="a link silent this long (nothing acknowledged, no keepalive answered) is dead: the deploy "
+        "gives up instead of hanging",
+    )
     deadline_s: float = Field(900, gt=0, description="overall deadline of one agent job; the command dies with it")
     workdir: str = Field(".cache/edgepipe", description="edgepipe's directory on the board (relative: to home)")
     python: str | None = Field(

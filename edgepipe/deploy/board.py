@@ -45,7 +45,7 @@ def check_target(target: Target, progress: Progress | None = None) -> list[Check
             return rows
         rows.append(Check("python", "pass", f"{helper} {version.stdout.strip()}"))
         try:
-            cache = RemoteCache(transport, target.workdir, helper, progress)
+            cache = RemoteCache(transport, target.workdir, helper, progress, idle_s=target.link_timeout_s + 10)
             agent_path = install_agent(transport, cache, target)
             rows.append(Check("agent", "pass", agent_path))
             report = probe(transport, target, agent_path, agent_python(target))
@@ -120,7 +120,9 @@ def install_runtime(target: Target, progress: Progress | None = None) -> dict[st
     progress = progress or Progress()
     progress.phase(f"connecting to {target.where()}")
     with open_transport(target) as transport:
-        cache = RemoteCache(transport, target.workdir, helper_python(target), progress)
+        cache = RemoteCache(
+            transport, target.workdir, helper_python(target), progress, idle_s=target.link_timeout_s + 10
+        )
         if target.transport == "local":
             progress.note("the local target runs the agent with edgepipe's own Python; nothing to install")
         elif target.transport == "qemu":

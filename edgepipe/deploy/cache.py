@@ -9,9 +9,10 @@ A file is streamed to a small receiver run by the board's own Python (stdlib onl
 ``<final>.partial-<pid>`` while hashing what arrives, and renames it into place (``os.replace``, atomic on one
 file system) only when the byte count and the sha256 match; otherwise it deletes it. So a file at a final path
 is always complete, and its name is its hash. An upload cut short leaves nothing: the receiver sees the end of
-its input early, and removes its partial file; only if the receiver itself is killed does a partial file stay,
-and a later upload to that folder removes it once it is an hour old. Hashing while receiving costs no second
-pass over the file, and the whole upload is one command: one round trip.
+its input early, or nothing arriving for ``idle_s`` (a link that went silent, which sshd may not notice for
+hours), or a SIGTERM/SIGHUP, and removes its partial file; only if the receiver itself is killed (SIGKILL) does
+a partial file stay, and a later upload to that folder removes it once it is an hour old. Hashing while
+receiving costs no second pass over the file, and the whole upload is one command: one round trip.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ STALE_PARTIAL_S = 3600
 SLOWEST_LINK_BYTES_PER_S = 250_000  # the upload deadline allows a link this slow
 
 RECEIVE = """
-import errno, hashlib, json, os, sys, time
-final, expected, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import errno, hashlib, json, os, select, signal, sys, time
+final, expected, size, idle = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 folder = os.path.dirname(final) or "."
 os.makedirs(folder, exist_ok=True)
 tmp = "%s.partial-%d" % (final, os.getpid())
@@ -40,32 +41,49 @@ for name in os.listdir(folder):
             os.remove(stale)
     except OSError:
         pass
+def give_up(code, answer):
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+    print(json.dumps(answer))
+    sys.exit(code)
+def stopped(signum, frame):
+    give_up(128 + signum, {"ok": False, "error": "stopped by signal %d" % signum})
+signal.signal(signal.SIGTERM, stopped)
+signal.signal(signal.SIGHUP, stopped)
 digest, received = hashlib.sha256(), 0
 try:
     with open(tmp, "wb") as out:
         while True:
-            block = sys.stdin.buffer.read1(1 << 20)
+            if not select.select([0], [], [], idle)[0]:
+                give_up(5, {"ok": False, "error": "nothing arrived for %g s" % idle, "received": received})
+            block = os.read(0, 1 << 20)
             if not block:
                 break
             out.write(block)
             digest.update(block)
             received += len(block)
 except OSError as exc:
-    os.remove(tmp)
-    print(json.dumps({"ok": False, "error": str(exc), "full": exc.errno == errno.ENOSPC}))
-    sys.exit(4)
+    give_up(4, {"ok": False, "error": str(exc), "full": exc.errno == errno.ENOSPC})
 if received != size or digest.hexdigest() != expected:
-    os.remove(tmp)
-    print(json.dumps({"ok": False, "received": received, "got": digest.hexdigest()}))
-    sys.exit(3)
+    give_up(3, {"ok": False, "received": received, "got": digest.hexdigest()})
 os.replace(tmp, final)
 print(json.dumps({"ok": True}))
 """.replace("STALE_SECONDS", str(STALE_PARTIAL_S))
 
 
 class RemoteCache:
-    def __init__(self, transport: Transport, workdir: str, python: str, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        workdir: str,
+        python: str,
+        progress: Progress | None = None,
+        idle_s: float = 40.0,
+    ) -> None:
         self.transport = transport
+        self.idle_s = idle_s  # the receiver on the board gives up when nothing arrives for this long
         self.workdir = workdir.rstrip("/")
         self.python = python
         self.progress = progress or Progress()
@@ -91,7 +109,7 @@ class RemoteCache:
         try:
             with local.open("rb") as source:
                 done = self.transport.run(
-                    [self.python, "-c", RECEIVE, remote, sha256, str(size)],
+                    [self.python, "-c", RECEIVE, remote, sha256, str(size), f"{self.idle_s:g}"],
                     timeout=120 + size / SLOWEST_LINK_BYTES_PER_S,
                     stdin=source,
                     on_stdin_progress=self._count,

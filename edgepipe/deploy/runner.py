@@ -8,7 +8,6 @@ good result; a success removes a stale failure of the same target. Both are writ
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from edgepipe.deploy.cache import RemoteCache
 from edgepipe.deploy.inputs import DeployInputs, resolve_sources, stage
 from edgepipe.deploy.job import build_job, run_job
 from edgepipe.errors import (
+    INTERRUPTED_EXIT_CODE,
     AccuracyMismatch,
     AgentError,
     ConfigError,
@@ -38,6 +38,7 @@ from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
 from edgepipe.report.resolve import BaselineModel
 from edgepipe.run_models import optimize_provenance
+from edgepipe.rundir import temporary_directory
 from edgepipe.store import History
 from edgepipe.transport import open_transport
 from edgepipe.transport.base import Transport
@@ -109,7 +110,7 @@ def deploy(
     model_file, data_file, run_dir = resolve_sources(run_dir, model, data)
     path = result_path(target, run_dir, model_file, out)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgepipe-deploy-") as staging:
+    with temporary_directory("edgepipe-deploy-") as staging:
         progress.phase("evaluating the model on this machine (sandboxed)")
         inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
         record = _record(target, measure, inputs)
@@ -123,6 +124,17 @@ def deploy(
             _remember(history, run_id, record)
             write_json(failed_path(path), record)
             exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or the SIGTERM of a cancelled CI job: the farm keeps a record
+            error = {
+                "class": "Interrupted",
+                "kind": "infrastructure",
+                "exit_code": INTERRUPTED_EXIT_CODE,
+                "message": f"interrupted ({exc or 'Ctrl-C'}) before the board answered",
+            }
+            record.update(status="failed", error=error, seconds=_since(started))
+            _remember(history, run_id, record)
+            write_json(failed_path(path), record)
             raise
     record["device"] = device
     record["transfer"] = transfer
@@ -162,7 +174,9 @@ def _on_board(
         first_use = getattr(transport, "first_use", None)
         if first_use:
             progress.note(f"trusted on first use and recorded in {target.known_hosts}: {first_use}")
-        cache = RemoteCache(transport, target.workdir, helper_python(target), progress)
+        cache = RemoteCache(
+            transport, target.workdir, helper_python(target), progress, idle_s=target.link_timeout_s + 10
+        )
         progress.phase("sending what the board does not have yet")
         agent_path = install_agent(transport, cache, target)
         remote_model = cache.ensure(

@@ -15,20 +15,19 @@ Every wait is bounded: the child is asked to stop (SIGTERM), then killed, when t
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from edgepipe import errors
 from edgepipe.errors import ConversionError, EdgepipeError, ModelError
 from edgepipe.progress import Progress
+from edgepipe.signals import sigterm_as_interrupt
 
 STOP_GRACE_S = 10.0
 EXIT_WAIT_S = 60.0
@@ -61,7 +60,7 @@ def run_isolated(recipe: Path, work: Path, progress: Progress) -> dict[str, Any]
     phase = "starting"
     outcome: dict[str, Any] | None = None
     try:
-        with _sigterm_as_interrupt(), open(read_fd, encoding="utf-8") as events:
+        with sigterm_as_interrupt(), open(read_fd, encoding="utf-8") as events:
             for line in events:
                 event = _parse(line)
                 if event is None:
@@ -149,20 +148,3 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait(timeout=STOP_GRACE_S)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so the child is stopped and the partial run removed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -17,8 +17,6 @@ stderr, which the parent keeps for its message.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import faulthandler
 import json
 import signal
@@ -30,8 +28,7 @@ from typing import IO, Any
 
 from edgepipe.errors import EdgepipeError
 from edgepipe.progress import Progress
-
-_PR_SET_PDEATHSIG = 1
+from edgepipe.signals import set_parent_death_signal
 
 
 class EventProgress(Progress):
@@ -63,15 +60,9 @@ class EventProgress(Progress):
         self._forward("note", text)
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this child when the parent dies: no training may outlive ``edgepipe optimize``."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: the parent's clean-up still ends the child
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def main(argv: list[str]) -> int:
     recipe, work, fd = Path(argv[0]), Path(argv[1]), int(argv[2])
-    _die_with_parent()
+    set_parent_death_signal(signal.SIGKILL)  # no training may outlive ``edgepipe optimize``
     faulthandler.enable()
     with open(fd, "w", encoding="utf-8", closefd=True) as channel:
         progress = EventProgress(channel)

@@ -3,10 +3,13 @@
 It is the embedded default (no board needed) and behaves like the SSH transport in every way a caller can see:
 paths are relative to the home directory, a command that passes its deadline is killed with its whole process
 group, and ``put`` writes the bytes it is given (so the content-addressed cache above it is exercised too).
+When edgepipe goes, so does the command, as a board's sshd hangs up a command whose connection dropped: an
+interrupted wait kills the process group, and a SIGKILLed edgepipe makes the kernel send the command SIGHUP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from edgepipe.errors import DeadlineExceeded, TransferError
+from edgepipe.signals import die_with_parent
 from edgepipe.transport.base import (
     CHUNK,
     KILL_GRACE_S,
@@ -58,6 +62,7 @@ class LocalTransport(Transport):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group, so a deadline kills everything it started
+            preexec_fn=die_with_parent(signal.SIGHUP),
             env=self.env,
         )
         out: list[bytes] = []
@@ -78,6 +83,9 @@ class LocalTransport(Transport):
                 f"{argv[0]} did not finish within its {timeout:.0f} s deadline on {self.describe()}; it was killed",
                 hint="raise the target's deadline_s or --deadline, or lower the measured runs",
             ) from None
+        except BaseException:  # Ctrl-C, SIGTERM: nothing we started outlives us
+            _kill_group(process)
+            raise
         finally:
             for reader in readers:
                 reader.join(5)
@@ -141,16 +149,15 @@ def _drain(stream: IO[bytes] | None, sink: list[bytes], on_line: LineCallback | 
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the group (the agent stops its sandboxed child), then SIGKILL to whatever of it is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(KILL_GRACE_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(10.0)
 
 
 def _disk_hint(exc: OSError) -> str | None:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +32,7 @@ class LoopbackHost:
     """Where a running loopback sshd listens and the files a client needs to reach it."""
 
     port: int
+    address: str
     user: str
     key: Path
     known_hosts: Path
@@ -49,6 +51,10 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _host_pattern(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
 def _keygen(path: Path) -> str:
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgepipe-loopback", "-f", str(path)],
@@ -59,10 +65,16 @@ def _keygen(path: Path) -> str:
 
 
 class LoopbackSshd:
-    """``with LoopbackSshd(directory) as host:`` starts sshd and stops it (and its sessions) on exit."""
+    """``with LoopbackSshd(directory) as host:`` starts sshd and stops it (and its sessions) on exit.
 
-    def __init__(self, directory: Path) -> None:
+    ``address`` and ``launcher`` put it elsewhere: the link-fault tests run it inside a network namespace
+    (``launcher=["ip", "netns", "exec", NAME]``) on the far end of a virtual cable they can unplug.
+    """
+
+    def __init__(self, directory: Path, address: str = "127.0.0.1", launcher: Sequence[str] = ()) -> None:
         self.directory = directory
+        self.address = address
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> LoopbackHost:
@@ -80,14 +92,14 @@ class LoopbackSshd:
         port = _free_port()
         known_hosts = self.directory / "known_hosts"
         key_type, key_data = host_public.split()[:2]
-        known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_data}\n")
+        known_hosts.write_text(f"{_host_pattern(self.address, port)} {key_type} {key_data}\n")
         config = self.directory / "sshd_config"
         sftp_server = next((p for p in SFTP_SERVER_CANDIDATES if os.access(p, os.X_OK)), "internal-sftp")
         config.write_text(
             "\n".join(
                 [
                     f"Port {port}",
-                    "ListenAddress 127.0.0.1",
+                    f"ListenAddress {self.address}",
                     f"HostKey {self.directory / 'host_key'}",
                     f"AuthorizedKeysFile {self.directory / 'authorized_keys'}",
                     f"PidFile {self.directory / 'sshd.pid'}",
@@ -106,10 +118,11 @@ class LoopbackSshd:
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation directory
         log = (self.directory / "sshd.log").open("ab")
-        self.process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-        _wait_for_port(port, self.process, self.directory / "sshd.log")
+        self.process = subprocess.Popen([*self.launcher, sshd, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
+        _wait_for_port(self.address, port, self.process, self.directory / "sshd.log")
         return LoopbackHost(
             port=port,
+            address=self.address,
             user=_user(),
             key=self.directory / "user_key",
             known_hosts=known_hosts,
@@ -136,24 +149,34 @@ def _user() -> str:
     return pwd.getpwuid(os.geteuid()).pw_name
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, seconds: float = 15) -> None:
+def _wait_for_port(address: str, port: int, process: subprocess.Popen[bytes], log: Path, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise EdgepipeError(f"sshd exited at start-up (status {process.returncode}): {log.read_text()[-500:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((address, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
     process.kill()
-    raise EdgepipeError(f"sshd did not listen on 127.0.0.1:{port} within {seconds:.0f} s")
+    raise EdgepipeError(f"sshd did not listen on {address}:{port} within {seconds:.0f} s")
 
 
 def main() -> None:
-    """``python -m edgepipe.transport.loopback [DIR]``: a board stand-in to try ``--target loopback`` by hand."""
+    """``python -m edgepipe.transport.loopback [DIR]``: a board stand-in to try ``--target loopback`` by hand.
+
+    Ctrl-C, SIGTERM and SIGHUP all stop sshd: the ``with`` block unwinds instead of the process dying around it.
+    """
+    import signal
     import sys
     import tempfile
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
 
     directory = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="edgepipe-sshd-"))
     with LoopbackSshd(directory) as host:
@@ -162,7 +185,7 @@ def main() -> None:
         print(f"export EDGEPIPE_LOOPBACK_KEY={host.key} EDGEPIPE_LOOPBACK_KNOWN_HOSTS={host.known_hosts}")
         print(f"export EDGEPIPE_LOOPBACK_PYTHON={sys.executable}")
         print("edgepipe targets check loopback && edgepipe deploy --target loopback runs/digits\n")
-        print("Ctrl-C stops it.", flush=True)
+        print("Ctrl-C (or SIGTERM) stops it.", flush=True)
         try:
             while True:
                 time.sleep(3600)

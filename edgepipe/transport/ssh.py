@@ -6,12 +6,19 @@
 - Connect, banner, auth and channel timeouts are set; a failed TCP connect is retried (safe: nothing ran yet).
 - A command runs under coreutils ``timeout`` on the board, so it dies with its deadline even when this side
   loses the connection; this side stops waiting a little later and says so.
+- A link that goes silent is noticed within the target's ``link_timeout_s``: the kernel drops a connection
+  whose data stays unacknowledged that long (``TCP_USER_TIMEOUT``), TCP and SSH keepalives make an idle
+  connection carry something to acknowledge, and a writer that cannot hand over a byte for that long is
+  declared stuck. Giving up closes the whole SSH transport, never just the channel: ``Channel.close`` waits
+  for paramiko's write lock, which a writer blocked on a full socket holds forever.
 - paramiko's exceptions are translated to edgepipe's here and nowhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import select
 import shlex
 import socket
@@ -34,6 +41,10 @@ from edgepipe.transport.base import (
     Transport,
     feed,
 )
+
+# paramiko logs a dropped socket to stderr by itself ("Socket exception: ..."); the error edgepipe raises says it.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 TIMEOUT_EXIT = 124  # coreutils timeout: the command timed out
 KILLED_EXIT = 137  # ... and had to be killed with SIGKILL
@@ -114,21 +125,48 @@ def _short(key: paramiko.PKey) -> str:
     return {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(key.get_name(), "ecdsa")
 
 
+def bound_silence(sock: socket.socket, seconds: float) -> None:
+    """Make the kernel give up on a connection whose data stays unacknowledged for ``seconds`` (Linux
+    ``TCP_USER_TIMEOUT``), and probe an idle one with TCP keepalives. Elsewhere the options that exist are set;
+    the writer's stall check and SSH keepalives still bound the wait."""
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), max(1, int(seconds / 3))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), max(1, int(seconds / 6))),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(seconds * 1000)),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):  # not supported here: the other bounds remain
+                sock.setsockopt(level, option, value)
+
+
 class _Writer(threading.Thread):
     """Sends a command's stdin while the caller reads its output; a failure to send is kept, not raised here
-    (the command's exit status, or the missing one, tells the caller what happened)."""
+    (the command's exit status, or the missing one, tells the caller what happened). ``last_progress`` is
+    when it last handed bytes over, so the caller can tell a slow link from a dead one."""
 
     def __init__(self, channel: paramiko.Channel, stdin: Stdin, progress: ProgressCallback | None) -> None:
         super().__init__(daemon=True)
         self.channel, self.stdin, self.progress = channel, stdin, progress
         self.error: BaseException | None = None
+        self.last_progress = time.monotonic()
+
+    def _send(self, chunk: bytes) -> None:
+        self.channel.sendall(chunk)
+        self.last_progress = time.monotonic()
 
     def run(self) -> None:
         try:
-            feed(self.stdin, self.channel.sendall, self.progress)
+            feed(self.stdin, self._send, self.progress)
             self.channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.error = exc
+        self.last_progress = time.monotonic()
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.last_progress if self.is_alive() else 0.0
 
 
 class SshTransport(Transport):
@@ -218,6 +256,9 @@ class SshTransport(Transport):
             ) from None
         self.socket = sock
         self.first_use = getattr(policy, "recorded", None)
+        # SSH keepalives give an idle connection (the agent measuring quietly) something to acknowledge, so
+        # TCP_USER_TIMEOUT notices a dead link then too.
+        self.client.get_transport().set_keepalive(max(1, int(target.link_timeout_s / 5)))  # type: ignore[union-attr]
 
     def _open_socket(self) -> CountingSocket:
         """TCP connect with retries and back-off; only this step is retried (nothing has run yet)."""
@@ -227,9 +268,9 @@ class SshTransport(Transport):
             if attempt:
                 time.sleep(min(2.0**attempt, 8.0))
             try:
-                return CountingSocket(
-                    socket.create_connection((target.host, target.port), timeout=target.connect_timeout_s)
-                )
+                sock = socket.create_connection((target.host, target.port), timeout=target.connect_timeout_s)
+                bound_silence(sock, target.link_timeout_s)
+                return CountingSocket(sock)
             except OSError as exc:
                 problem = exc
                 if isinstance(exc, socket.gaierror):
@@ -252,10 +293,11 @@ class SshTransport(Transport):
         started = time.monotonic()
         remote = ["timeout", f"--kill-after={KILL_GRACE_S:g}", f"{timeout:.3f}", *argv]
         command = shlex.join(remote)
+        transport = self._live_transport(argv[0])
         try:
-            channel = self.client.get_transport().open_session(timeout=self.target.connect_timeout_s)  # type: ignore[union-attr]
+            channel = transport.open_session(timeout=self.target.connect_timeout_s)
             channel.exec_command(command)
-        except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise ConnectError(f"cannot start {argv[0]} on {self.describe()}: {exc or type(exc).__name__}") from None
         writer = _Writer(channel, stdin, on_stdin_progress)
         writer.start()
@@ -275,10 +317,17 @@ class SshTransport(Transport):
                         for line in lines:
                             on_stderr_line(line.decode("utf-8", "replace"))
                     continue
-                if channel.exit_status_ready() or channel.closed or (channel.eof_received and channel.closed):
+                if channel.exit_status_ready() or channel.closed or not transport.is_active():
                     break
+                if writer.stalled_for() > self.target.link_timeout_s:
+                    self._abandon()
+                    raise ConnectError(
+                        f"the link to {self.describe()} went silent: nothing could be sent for "
+                        f"{self.target.link_timeout_s:g} s while {argv[0]} ran",
+                        hint="check the board's network and power, then deploy again",
+                    )
                 if time.monotonic() > give_up:
-                    channel.close()
+                    self._abandon()
                     raise DeadlineExceeded(
                         f"{argv[0]} did not answer within its {timeout:.0f} s deadline on {self.describe()}",
                         hint="raise the target's deadline_s or --deadline, or lower the measured runs",
@@ -290,10 +339,20 @@ class SshTransport(Transport):
             while channel.recv_stderr_ready():
                 err += channel.recv_stderr(65536)
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            self._abandon()
             raise ConnectError(f"the connection to {self.describe()} broke while {argv[0]} ran: {exc}") from None
+        except BaseException:  # Ctrl-C, SIGTERM: the board's sshd hangs up the command (SIGHUP) when we go
+            self._abandon()
+            raise
         status = channel.recv_exit_status() if channel.exit_status_ready() else -1
-        channel.close()
-        writer.join(5)
+        if status == -1 and not transport.is_active():
+            self._abandon()
+            raise self._dropped(transport, argv[0])
+        writer.join(self.target.link_timeout_s)
+        if writer.is_alive():  # the command ended, but our stdin is stuck in a full socket
+            self._abandon()
+        else:
+            channel.close()
         stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
         if status == -1:
             raise CommandError(
@@ -308,6 +367,31 @@ class SshTransport(Transport):
                 hint="raise the target's deadline_s or --deadline, or lower the measured runs",
             )
         return CommandResult(tuple(argv), status, stdout, stderr, time.monotonic() - started)
+
+    def _live_transport(self, what: str) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise ConnectError(
+                f"the connection to {self.describe()} is closed; cannot run {what}",
+                hint="check the board's network and power, then deploy again",
+            )
+        return transport
+
+    def _dropped(self, transport: paramiko.Transport, what: str) -> ConnectError:
+        cause = getattr(transport, "saved_exception", None)
+        return ConnectError(
+            f"the connection to {self.describe()} dropped while {what} ran"
+            + (f" ({cause})" if cause else "")
+            + f": the link was silent for {self.target.link_timeout_s:g} s, or the board closed it",
+            hint="check the board's network and power, then deploy again",
+        )
+
+    def _abandon(self) -> None:
+        """Close the whole connection without waiting on anything a stuck thread holds: the transport's
+        ``close`` marks its packetizer closed (a writer looping on a full socket sees that within 0.1 s) and
+        closes the socket; ``Channel.close`` would queue behind that writer instead."""
+        self._sftp = None
+        self.client.close()
 
     # ---------------------------------------------------------------------------------------------- files
     @property
