@@ -8,11 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edgepipe import shipped
 from edgepipe.config.loading import load_model
 from edgepipe.config.target import Target
 from edgepipe.errors import ConfigError
 
-SHIPPED = Path(__file__).resolve().parent.parent / "targets"
+SHIPPED = shipped.folder("targets")
 
 
 def search_path() -> list[Path]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_recipe
+from conftest import REPO, write_recipe
 
 from edgepipe.config import Recipe, load_model
 from edgepipe.config.loading import substitute_environment
@@ -136,3 +136,19 @@ def test_every_preset_is_valid() -> None:
     for path in presets:
         recipe = load_model(path, Recipe)
         assert recipe.description, f"{path.name} needs a description"
+
+
+def test_the_board_runtime_is_pinned_like_the_hosts() -> None:
+    """The host evaluates with the device extra's ai-edge-litert; a board installing another version computes
+    differently, and its accuracy check would compare two runtimes instead of two machines."""
+    import tomllib
+
+    from edgepipe.config.target import AgentInstall
+    from edgepipe.targets import load_target
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["device"]
+    (pin,) = [requirement for requirement in extra if requirement.startswith("ai-edge-litert")]
+    assert "==" in pin
+    assert pin in load_target("rpi4").agent_install.packages
+    assert pin in AgentInstall().packages
+    assert pin in load_target("rpi4-emu").emulator.python_packages

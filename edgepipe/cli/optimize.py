@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
+from edgepipe import shipped
 from edgepipe.cli.console import stderr, stdout
 from edgepipe.errors import GateFailed
 from edgepipe.progress import Progress
@@ -77,7 +78,9 @@ def _epoch_metric(logs: Mapping[str, float]) -> str:
 
 
 def optimize(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/ for presets).")] = Path("edgepipe.yaml"),
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a preset's name ('edgepipe recipes list').")] = Path(
+        "edgepipe.yaml"
+    ),
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")
     ] = Path("runs/latest"),
@@ -87,7 +90,7 @@ def optimize(
     from edgepipe.optimize import pipeline  # imports TensorFlow lazily, after argument parsing
 
     progress = Progress() if quiet else ConsoleProgress()
-    prepared = pipeline.prepare(recipe)
+    prepared = pipeline.prepare(shipped.recipe_path(recipe))
     try:
         outcome = pipeline.run(prepared, out, progress)
     except GateFailed as failed:

@@ -45,7 +45,10 @@ class AgentInstall(Strict):
     """What ``edgepipe agent install`` puts in the board's virtual environment (from the package registry)."""
 
     python: str = Field("python3", description="the board's own interpreter, used to create the venv")
-    packages: list[str] = Field(default_factory=lambda: ["numpy", "ai-edge-litert"])
+    packages: list[str] = Field(
+        default_factory=lambda: ["numpy<2.3", "ai-edge-litert==2.3.0"],
+        description="pinned like the host's runtime (pyproject's device extra), so board and host compute alike",
+    )
     index_url: str | None = None
 
 

@@ -1,6 +1,7 @@
 """The host's view of the device agent: where its file is, what version it speaks, and how to talk to it.
 
-The agent is a single file shipped in ``device_agents/`` (and inside the wheel, as package data). It is cached
+The agent is a single file shipped in ``device_agents/`` (inside a wheel: ``edgepipe/_shipped/``, see
+``edgepipe.shipped``). It is cached
 on the board under its version and hash, so a changed agent is sent again and an unchanged one never is.
 """
 
@@ -14,13 +15,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from edgepipe import shipped
 from edgepipe.config.target import Target
 from edgepipe.deploy.cache import RemoteCache
 from edgepipe.errors import AgentError
 from edgepipe.provenance import sha256_file
 from edgepipe.transport.base import Transport
 
-AGENT_FILE = Path(__file__).resolve().parents[2] / "device_agents" / "edgepipe_agent.py"
+AGENT_FILE = shipped.folder("device_agents") / "edgepipe_agent.py"
 PROBE_TIMEOUT_S = 120.0
 
 
