@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from edgepipe.errors import EdgepipeError
-from edgepipe.optimize import pipeline
+from edgepipe.optimization import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ["ptq-int8", "prune-qat", "cluster-qat", "prune-cluster-qat"]

@@ -102,8 +102,8 @@ def mobilenet_model() -> Path:
 
 def agent_median(model: Path, threads: int, warmup: int, runs: int) -> float:
     from edgepipe.config.target import MeasureSettings, Target
-    from edgepipe.deploy.agent import AGENT_FILE
-    from edgepipe.deploy.job import build_job, run_job
+    from edgepipe.deployment.agent import AGENT_FILE
+    from edgepipe.deployment.job import build_job, run_job
     from edgepipe.transport.local import LocalTransport
 
     target = Target(name="local", transport="local", threads=threads)

@@ -22,9 +22,9 @@ from pathlib import Path
 import yaml
 
 from edgepipe.errors import EdgepipeError
-from edgepipe.optimize import pipeline
-from edgepipe.report.latency import paired_check
-from edgepipe.report.verdict import VerdictSettings
+from edgepipe.optimization import pipeline
+from edgepipe.reporting.latency import paired_check
+from edgepipe.reporting.verdict import VerdictSettings
 from edgepipe.tflite_model import TfliteModel
 
 VARIANTS = {

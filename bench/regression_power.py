@@ -44,9 +44,9 @@ def digits_run() -> Path:
 
 def record(count: int) -> list[dict[str, Any]]:
     from edgepipe.config.target import MeasureSettings, Target
-    from edgepipe.deploy import deploy
+    from edgepipe.deployment import deploy
     from edgepipe.provenance import sha256_file
-    from edgepipe.report.resolve import BaselineModel
+    from edgepipe.reporting.resolve import BaselineModel
 
     run = digits_run()
     model = run / "model.tflite"
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=100, help="unpaired comparisons")
     args = parser.parse_args()
 
-    from edgepipe.report.verdict import VerdictSettings, compare
+    from edgepipe.reporting.verdict import VerdictSettings, compare
 
     runs = json.loads(SAMPLES.read_text()) if SAMPLES.exists() and not args.record else record(args.runs)
     settings = VerdictSettings()

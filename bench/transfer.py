@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from edgepipe.deploy.cache import RemoteCache
+    from edgepipe.deployment.cache import RemoteCache
     from edgepipe.provenance import sha256_file
     from edgepipe.targets import load_target
     from edgepipe.transport.loopback import LoopbackSshd
@@ -89,7 +89,7 @@ def main() -> None:
 
 
 def redeploy(target: object) -> None:
-    from edgepipe.deploy import deploy
+    from edgepipe.deployment import deploy
 
     run_dir = ROOT / "runs" / "digits"
     if not (run_dir / "eval.npz").exists():

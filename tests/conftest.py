@@ -80,7 +80,7 @@ gates: {max_accuracy_drop: 10}
 @pytest.fixture(scope="session")
 def optimized_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A run directory of ``edgepipe optimize`` (prune -> cluster -> PCQAT on a tiny MLP); treat it as read-only."""
-    from edgepipe.optimize import pipeline
+    from edgepipe.optimization import pipeline
 
     folder = tmp_path_factory.mktemp("run")
     outcome = pipeline.run(pipeline.prepare(write_recipe(folder, TINY)), folder / "out")
@@ -118,7 +118,7 @@ gates: {max_accuracy_drop: 20}
 @pytest.fixture(scope="session")
 def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
     """Run directories of the autoencoder (reconstruction) and the two-input, two-output classifier."""
-    from edgepipe.optimize import pipeline
+    from edgepipe.optimization import pipeline
 
     runs = {}
     for name, body in TASK_RECIPES.items():

@@ -21,8 +21,8 @@ from malformed import malformed_models
 
 from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.data import read_eval_data
-from edgepipe.deploy.agent import AGENT_FILE, agent_info
-from edgepipe.deploy.job import build_job, run_job
+from edgepipe.deployment.agent import AGENT_FILE, agent_info
+from edgepipe.deployment.job import build_job, run_job
 from edgepipe.errors import AgentError
 from edgepipe.transport.local import LocalTransport
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import run_cli
 
-from edgepipe.report.verdict import VerdictSettings, compare
+from edgepipe.reporting.verdict import VerdictSettings, compare
 
 pytestmark = pytest.mark.slow
 

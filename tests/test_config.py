@@ -11,7 +11,7 @@ from conftest import REPO, write_recipe
 from edgepipe.config import Recipe, load_model
 from edgepipe.config.loading import substitute_environment
 from edgepipe.errors import ConfigError
-from edgepipe.optimize.pipeline import prepare
+from edgepipe.optimization.pipeline import prepare
 
 GOOD = """
 name: t

@@ -21,7 +21,7 @@ import pytest
 from conftest import run_cli
 from malformed import malformed_models
 
-from edgepipe.deploy import deploy
+from edgepipe.deployment import deploy
 from edgepipe.errors import DeadlineExceeded, DeviceModelError, HostKeyError, InfrastructureError
 from edgepipe.progress import Progress
 from edgepipe.targets import load_target

@@ -15,7 +15,7 @@ import pytest
 from conftest import run_cli
 
 from edgepipe.config.target import ParitySettings
-from edgepipe.deploy import deploy
+from edgepipe.deployment import deploy
 from edgepipe.emulator.image import build, emulator_dir, image_for
 from edgepipe.errors import AccuracyMismatch
 from edgepipe.targets import load_target

@@ -19,7 +19,7 @@ from conftest import REPO, TINY, run_cli, write_recipe
 from edgepipe.config import QatStage, TrainSettings
 from edgepipe.data import from_arrays
 from edgepipe.errors import ConfigError, ModelError
-from edgepipe.optimize.base import History, StageContext
+from edgepipe.optimization.base import History, StageContext
 from edgepipe.progress import Progress
 from edgepipe.rundir import RunDirectory
 from edgepipe.tasks import Task
@@ -105,7 +105,7 @@ def run_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def worker_processes(marker: str) -> list[str]:
-    found = subprocess.run(["pgrep", "-af", "edgepipe.optimize.worker"], capture_output=True, text=True).stdout
+    found = subprocess.run(["pgrep", "-af", "edgepipe.optimization.worker"], capture_output=True, text=True).stdout
     return [line for line in found.splitlines() if marker in line]
 
 
@@ -234,7 +234,7 @@ def stage_context(data: object) -> StageContext:
 
 def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> None:
     from edgepipe.keras_compat import keras
-    from edgepipe.optimize import qat
+    from edgepipe.optimization import qat
 
     k = keras()
     inputs = k.layers.Input((8, 8, 1))

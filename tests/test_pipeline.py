@@ -11,7 +11,7 @@ from conftest import TINY, run_cli, write_recipe
 
 from edgepipe.convert import evaluate
 from edgepipe.errors import ConfigError, GateFailed
-from edgepipe.optimize import pipeline
+from edgepipe.optimization import pipeline
 from edgepipe.tasks import Task
 from edgepipe.tflite_model import TfliteModel
 

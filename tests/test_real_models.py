@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from edgepipe.optimize import pipeline, saving
+from edgepipe.optimization import pipeline, saving
 from edgepipe.tflite_model import TfliteModel
 
 pytestmark = pytest.mark.slow
@@ -106,7 +106,7 @@ def test_each_saved_keras_model_loads_and_gives_its_recorded_accuracy(run_of: An
 def test_split_separable_conv_is_exact_for_sequential_and_functional_models() -> None:
     from edgepipe.examples import cnns
     from edgepipe.keras_compat import keras
-    from edgepipe.optimize.rewrite import split_separable_conv
+    from edgepipe.optimization.rewrite import split_separable_conv
 
     k = keras()
     sample = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)

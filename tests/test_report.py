@@ -13,7 +13,7 @@ import pytest
 from browser import artifacts_dir, body_attribute, load
 from conftest import run_cli
 
-from edgepipe.report.schema import report_schema, schema_errors
+from edgepipe.reporting.schema import report_schema, schema_errors
 
 QUICK = ["--runs", "50", "--min-seconds", "0.05", "--repeats", "2"]
 
@@ -225,7 +225,7 @@ def test_compression_paid_off_is_judged_per_stage(reported: dict[str, Any]) -> N
     """The float model against the pruned stage (real deploys): smaller in gzip, so it paid off. The final
     (pruned, clustered, QAT) model against the pruned stage as a candidate with the same timing: the pruned
     model is larger and no faster, and the check says so (a warning, not a regression)."""
-    from edgepipe.report.verdict import VerdictSettings, compare
+    from edgepipe.reporting.verdict import VerdictSettings, compare
 
     run = reported["run"]
     prune_dir = next(p for p in (run / "stages").iterdir() if p.name.endswith("-prune"))

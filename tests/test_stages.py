@@ -17,8 +17,8 @@ from edgepipe.config import ClusterStage, LayerSelection, PruneStage, PtqStage, 
 from edgepipe.convert import conformance, weights
 from edgepipe.convert.tflite import to_int8_tflite
 from edgepipe.errors import ConfigError, ModelError
-from edgepipe.optimize import cluster, prune, ptq, qat
-from edgepipe.optimize.base import History, StageContext
+from edgepipe.optimization import cluster, prune, ptq, qat
+from edgepipe.optimization.base import History, StageContext
 from edgepipe.progress import Progress
 from edgepipe.tasks import Task
 from edgepipe.tflite_model import TfliteModel

@@ -109,7 +109,7 @@ def test_deploy_and_report_use_the_tasks_metric(task_runs: dict, name: str, tmp_
 
 @pytest.mark.slow
 def test_regression_gate_is_the_relative_error_increase(tmp_path: Path) -> None:
-    from edgepipe.optimize import pipeline
+    from edgepipe.optimization import pipeline
 
     body = """
     name: ink
@@ -132,7 +132,7 @@ def test_regression_gate_is_the_relative_error_increase(tmp_path: Path) -> None:
 
 
 def test_gates_must_fit_the_task(tmp_path: Path) -> None:
-    from edgepipe.optimize.pipeline import prepare
+    from edgepipe.optimization.pipeline import prepare
 
     base = """
     name: t
@@ -177,7 +177,7 @@ def test_data_contract_for_several_inputs_and_each_task() -> None:
 def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
     """The parity-failure path, with and without top-1 agreement (the emulator test can only reach it when the
     emulated runtime's outputs differ from the host's, which they often do not)."""
-    from edgepipe.deploy.runner import _failure
+    from edgepipe.deployment.runner import _failure
     from edgepipe.errors import AccuracyMismatch
     from edgepipe.targets import load_target
 

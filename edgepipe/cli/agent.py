@@ -17,7 +17,7 @@ def install(
 ) -> None:
     """Create a virtual environment on the board with numpy and a TFLite runtime, and send the agent."""
     from edgepipe.cli.optimize import ConsoleProgress
-    from edgepipe.deploy.board import install_runtime
+    from edgepipe.deployment.board import install_runtime
     from edgepipe.targets import load_target
 
     chosen = load_target(target)

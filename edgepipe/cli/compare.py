@@ -15,7 +15,7 @@ from rich.table import Table
 from edgepipe.cli.console import stdout
 from edgepipe.errors import Inconclusive, RegressionFound
 from edgepipe.files import write_json
-from edgepipe.report.resolve import resolve_run
+from edgepipe.reporting.resolve import resolve_run
 
 STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "warn": "yellow", "n/a": "dim"}
 
@@ -44,9 +44,9 @@ def compare(
 ) -> None:
     """Compare a candidate deploy with a baseline on the same target: exit 0 pass, 7 regression, 17 inconclusive."""
     from edgepipe.config.loading import validate
-    from edgepipe.report.junit import write_junit
-    from edgepipe.report.verdict import VerdictSettings
-    from edgepipe.report.verdict import compare as judge
+    from edgepipe.reporting.junit import write_junit
+    from edgepipe.reporting.verdict import VerdictSettings
+    from edgepipe.reporting.verdict import compare as judge
 
     chosen = {
         "alpha": alpha,
@@ -97,7 +97,7 @@ def compare(
 
 def _point_to_report(record: dict[str, Any]) -> None:
     """Where the candidate's HTML report is, or how to make one."""
-    from edgepipe.report.checks import get
+    from edgepipe.reporting.checks import get
 
     run_dir = get(record, "model.run_dir") or get(record, "provenance.optimize.run_dir")
     if not run_dir or not Path(run_dir).is_dir():

@@ -17,7 +17,7 @@ from edgepipe.cli.optimize import ConsoleProgress
 from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
-from edgepipe.report.formatting import mib
+from edgepipe.reporting.formatting import mib
 from edgepipe.run_models import RunModel
 from edgepipe.tasks import METRIC_MEANING
 
@@ -139,8 +139,8 @@ def deploy(
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
     from edgepipe.config.loading import validate
-    from edgepipe.deploy import deploy as run_deploy
-    from edgepipe.report.resolve import baseline_model
+    from edgepipe.deployment import deploy as run_deploy
+    from edgepipe.reporting.resolve import baseline_model
     from edgepipe.store import History
     from edgepipe.targets import load_target
 
@@ -197,7 +197,7 @@ def _deploy_stages(
     quiet: bool,
 ) -> None:
     """Measure the other models of the run; one line per stage, the first model failure re-raised at the end."""
-    from edgepipe.deploy.stages import deploy_stages
+    from edgepipe.deployment.stages import deploy_stages
     from edgepipe.store import History
 
     def started(model: RunModel) -> None:
@@ -318,7 +318,7 @@ def _paired_row(result: dict[str, Any], paired: dict[str, Any]) -> str:
     import math
     import statistics
 
-    from edgepipe.report.latency import block_log_ratios
+    from edgepipe.reporting.latency import block_log_ratios
 
     source = (result.get("baseline") or {}).get("source", "baseline")
     if paired.get("error"):

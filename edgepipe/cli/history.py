@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
-from edgepipe.report.formatting import mib
+from edgepipe.reporting.formatting import mib
 
 
 def history(

@@ -87,7 +87,7 @@ def optimize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Run a recipe: train the TF-MOT stages, convert to full-integer TFLite, verify, check the gates."""
-    from edgepipe.optimize import pipeline  # imports TensorFlow lazily, after argument parsing
+    from edgepipe.optimization import pipeline  # imports TensorFlow lazily, after argument parsing
 
     progress = Progress() if quiet else ConsoleProgress()
     prepared = pipeline.prepare(shipped.recipe_path(recipe))

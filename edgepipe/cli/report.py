@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
-from edgepipe.report.formatting import kib, latency, mib, score, score_delta, score_label
+from edgepipe.reporting.formatting import kib, latency, mib, score, score_delta, score_label
 
 
 def report(
@@ -24,7 +24,7 @@ def report(
 
     With no --html/--md/--json, writes report.html, report.md and report.json into the run directory.
     """
-    from edgepipe.report.build import build_report
+    from edgepipe.reporting.build import build_report
 
     if html is None and md is None and json_out is None:
         html, md = run_dir / "report.html", run_dir / "report.md"

@@ -48,7 +48,7 @@ def check(
 ) -> None:
     """Check that a board is ready: reachable, Python, agent, runtime, disk, governor, temperature, throttling."""
     from edgepipe.cli.optimize import ConsoleProgress
-    from edgepipe.deploy.board import check_target
+    from edgepipe.deployment.board import check_target
     from edgepipe.targets import load_target
 
     target = load_target(name)

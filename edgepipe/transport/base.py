@@ -1,6 +1,6 @@
 """The one seam between edgepipe and a board: run a command, put a file, get a file, close.
 
-Transports hold behaviour; what to run and in which order lives in ``edgepipe.deploy``. Commands are argument
+Transports hold behaviour; what to run and in which order lives in ``edgepipe.deployment``. Commands are argument
 lists, never shell strings: a transport that must go through a shell (SSH) quotes them itself. Paths on the
 board are either absolute or relative to the login user's home directory, for every transport.
 """

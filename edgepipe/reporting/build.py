@@ -13,8 +13,8 @@ from typing import Any
 
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, ConfigError, EdgepipeError
 from edgepipe.files import write_all_atomic
-from edgepipe.report.collect import collect
-from edgepipe.report.schema import schema_errors
+from edgepipe.reporting.collect import collect
+from edgepipe.reporting.schema import schema_errors
 
 
 class ReportSchemaError(EdgepipeError):
@@ -41,11 +41,11 @@ def build_report(run_dir: Path, *, json_out: Path, html: Path | None, markdown: 
         )
     rendered: dict[Path, str] = {json_out: json.dumps(document, indent=1) + "\n"}
     if html is not None:
-        from edgepipe.report.html import render_html  # matplotlib and jinja2 only when a page is asked for
+        from edgepipe.reporting.html import render_html  # matplotlib and jinja2 only when a page is asked for
 
         rendered[html] = render_html(document)
     if markdown is not None:
-        from edgepipe.report.markdown import render_markdown
+        from edgepipe.reporting.markdown import render_markdown
 
         rendered[markdown] = render_markdown(document, html.name if html is not None else None)
     try:

@@ -45,7 +45,7 @@ def run_isolated(recipe: Path, work: Path, progress: Progress) -> dict[str, Any]
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "edgepipe.optimize.worker", str(recipe), str(work), str(write_fd)],
+            [sys.executable, "-m", "edgepipe.optimization.worker", str(recipe), str(work), str(write_fd)],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The child process that trains and converts: ``python -m edgepipe.optimize.worker RECIPE WORKDIR EVENTS_FD``.
+"""The child process that trains and converts: ``python -m edgepipe.optimization.worker RECIPE WORKDIR EVENTS_FD``.
 
 TF-MOT training and the TFLite converter are native code; a layer they mishandle can kill the process with a
 signal (SIGSEGV, SIGABRT) that no ``try`` catches. The parent (``isolation.py``) owns the run directory and
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     with open(fd, "w", encoding="utf-8", closefd=True) as channel:
         progress = EventProgress(channel)
         try:
-            from edgepipe.optimize import pipeline
+            from edgepipe.optimization import pipeline
 
             result = pipeline.optimize_into(pipeline.prepare(recipe), work, progress)
         except EdgepipeError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgepipe import shipped
 from edgepipe.config.target import Target
-from edgepipe.deploy.cache import RemoteCache
+from edgepipe.deployment.cache import RemoteCache
 from edgepipe.errors import AgentError
 from edgepipe.provenance import sha256_file
 from edgepipe.transport.base import Transport

@@ -28,8 +28,8 @@ from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
-from edgepipe.optimize import cluster, gates, measure, prune, ptq, qat, rewrite, saving
-from edgepipe.optimize.base import History, StageContext, StageOutcome
+from edgepipe.optimization import cluster, gates, measure, prune, ptq, qat, rewrite, saving
+from edgepipe.optimization.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
 from edgepipe.rundir import MARKER, RunDirectory
@@ -105,7 +105,7 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
     directory = RunDirectory(out)
     with directory as work:
         if isolate:
-            from edgepipe.optimize.isolation import run_isolated
+            from edgepipe.optimization.isolation import run_isolated
 
             result = run_isolated(prepared.recipe_path, work, progress)
         else:

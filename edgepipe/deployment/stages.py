@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.data import EVAL_DATA
-from edgepipe.deploy.runner import DeployOutcome, deploy
+from edgepipe.deployment.runner import DeployOutcome, deploy
 from edgepipe.errors import DeviceModelError
 from edgepipe.progress import Progress
 from edgepipe.run_models import RunModel, run_models

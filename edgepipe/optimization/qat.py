@@ -21,7 +21,7 @@ from edgepipe.config.recipe import QatStage
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras, tfmot
 from edgepipe.models import copy_model, train
-from edgepipe.optimize.base import (
+from edgepipe.optimization.base import (
     History,
     StageContext,
     StageOutcome,

@@ -8,7 +8,7 @@ from edgepipe.config.recipe import PruneStage
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import tfmot
 from edgepipe.models import copy_model, steps_per_epoch, train
-from edgepipe.optimize.base import StageContext, StageOutcome, choose_layers, wrap_layers
+from edgepipe.optimization.base import StageContext, StageOutcome, choose_layers, wrap_layers
 
 
 def schedule_for(stage: PruneStage, total_steps: int, per_epoch: int) -> tuple[Any, dict[str, Any]]:

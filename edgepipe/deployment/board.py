@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgepipe.config.target import Target
-from edgepipe.deploy.agent import agent_python, helper_python, install_agent, probe
-from edgepipe.deploy.cache import RemoteCache
+from edgepipe.deployment.agent import agent_python, helper_python, install_agent, probe
+from edgepipe.deployment.cache import RemoteCache
 from edgepipe.errors import AgentError, EdgepipeError, InfrastructureError
 from edgepipe.progress import Progress
 from edgepipe.transport import Transport, open_transport

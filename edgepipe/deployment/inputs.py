@@ -120,8 +120,8 @@ def stage(
 def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> dict[str, Any]:
     """Accuracy and raw outputs on this machine, through the agent (one timed run: only outputs matter)."""
     from edgepipe.config.target import MeasureSettings, Target
-    from edgepipe.deploy.agent import AGENT_FILE
-    from edgepipe.deploy.job import build_job, run_job
+    from edgepipe.deployment.agent import AGENT_FILE
+    from edgepipe.deployment.job import build_job, run_job
     from edgepipe.transport.local import LocalTransport
 
     host = Target(name="host", transport="local")

@@ -7,8 +7,8 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from edgepipe.report.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
-from edgepipe.report.plots import figures
+from edgepipe.reporting.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
+from edgepipe.reporting.plots import figures
 
 CAPTIONS = (
     ("accuracy_vs_size", "SCORE on the host (line) and on each target (squares) against the gzip size per stage."),
@@ -20,7 +20,7 @@ CAPTIONS = (
 
 def render_html(report: dict[str, Any]) -> str:
     environment = Environment(
-        loader=PackageLoader("edgepipe.report", "templates"),
+        loader=PackageLoader("edgepipe.reporting", "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         undefined=StrictUndefined,
         trim_blocks=True,

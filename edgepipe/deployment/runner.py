@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.config.target import MeasureSettings, ParitySettings, Target
-from edgepipe.deploy.agent import agent_info, agent_python, helper_python, install_agent
-from edgepipe.deploy.cache import RemoteCache
-from edgepipe.deploy.inputs import DeployInputs, resolve_sources, stage
-from edgepipe.deploy.job import build_job, run_job
+from edgepipe.deployment.agent import agent_info, agent_python, helper_python, install_agent
+from edgepipe.deployment.cache import RemoteCache
+from edgepipe.deployment.inputs import DeployInputs, resolve_sources, stage
+from edgepipe.deployment.job import build_job, run_job
 from edgepipe.errors import (
     INTERRUPTED_EXIT_CODE,
     AccuracyMismatch,
@@ -36,7 +36,7 @@ from edgepipe.errors import (
 from edgepipe.files import write_json
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
-from edgepipe.report.resolve import BaselineModel
+from edgepipe.reporting.resolve import BaselineModel
 from edgepipe.run_models import optimize_provenance
 from edgepipe.rundir import temporary_directory
 from edgepipe.store import History

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepipe.report.formatting import kib, latency, score, score_label
+from edgepipe.reporting.formatting import kib, latency, score, score_label
 
 
 def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str:

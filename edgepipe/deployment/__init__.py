@@ -1,5 +1,5 @@
 """Deploying a model to a board: content-addressed uploads, the device agent's job, the result record."""
 
-from edgepipe.deploy.runner import SCHEMA, DeployOutcome, deploy
+from edgepipe.deployment.runner import SCHEMA, DeployOutcome, deploy
 
 __all__ = ["SCHEMA", "DeployOutcome", "deploy"]

@@ -13,7 +13,7 @@ from edgepipe.config.recipe import ClusterStage
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import tfmot
 from edgepipe.models import copy_model, train
-from edgepipe.optimize.base import StageContext, StageOutcome, choose_layers, wrap_layers
+from edgepipe.optimization.base import StageContext, StageOutcome, choose_layers, wrap_layers
 
 _INIT = {
     "kmeans_plus_plus": "KMEANS_PLUS_PLUS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from edgepipe.report.verdict import Verdict
+from edgepipe.reporting.verdict import Verdict
 
 
 def write_junit(verdict: Verdict, target: str, path: Path) -> None:

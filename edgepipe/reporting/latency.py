@@ -22,10 +22,10 @@ import statistics
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from edgepipe.report.checks import Check, get
+from edgepipe.reporting.checks import Check, get
 
 if TYPE_CHECKING:
-    from edgepipe.report.verdict import VerdictSettings
+    from edgepipe.reporting.verdict import VerdictSettings
 
 
 # The target settings a paired measurement applies to both models; when the baseline's run used other ones, only

@@ -21,9 +21,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepipe.errors import ConfigError
-from edgepipe.report.checks import Check, get
-from edgepipe.report.formatting import mib
-from edgepipe.report.latency import paired_check, paired_processes, unpaired_check
+from edgepipe.reporting.checks import Check, get
+from edgepipe.reporting.formatting import mib
+from edgepipe.reporting.latency import paired_check, paired_processes, unpaired_check
 
 
 class VerdictSettings(BaseModel):

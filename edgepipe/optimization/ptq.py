@@ -10,7 +10,7 @@ from typing import Any
 
 from edgepipe.config.recipe import PtqStage
 from edgepipe.models import copy_model
-from edgepipe.optimize.base import StageContext, StageOutcome
+from edgepipe.optimization.base import StageContext, StageOutcome
 
 
 def apply(model: Any, stage: PtqStage, ctx: StageContext) -> StageOutcome:
