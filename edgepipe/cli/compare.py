@@ -13,9 +13,6 @@ import typer
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
-from edgepipe.errors import Inconclusive, RegressionFound
-from edgepipe.files import write_json
-from edgepipe.reporting.resolve import resolve_run
 
 STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "warn": "yellow", "n/a": "dim"}
 
@@ -43,10 +40,7 @@ def compare(
     history: Annotated[Path | None, typer.Option("--history", help="Results history (SQLite).")] = None,
 ) -> None:
     """Compare a candidate deploy with a baseline on the same target: exit 0 pass, 7 regression, 17 inconclusive."""
-    from edgepipe.config.loading import validate
-    from edgepipe.reporting.junit import write_junit
-    from edgepipe.reporting.verdict import VerdictSettings
-    from edgepipe.reporting.verdict import compare as judge
+    from edgepipe import api
 
     chosen = {
         "alpha": alpha,
@@ -56,14 +50,10 @@ def compare(
         "max_size_growth": max_size_growth,
         "max_memory_growth": max_memory_growth,
     }
-    settings = validate({k: v for k, v in chosen.items() if v is not None}, VerdictSettings, "command line")
-    cand_record, cand_from = resolve_run(candidate, target, history)
-    target = target or cand_record["target"]["name"]
-    base_record, base_from = resolve_run(baseline, target, history)
-    verdict = judge(base_record, cand_record, settings)
-
-    table = Table("check", "result", "detail", box=None, pad_edge=False, title_justify="left",
-                  title=f"edgepipe compare on {target}: {base_from}  ->  {cand_from}")  # fmt: skip
+    thresholds = {name: value for name, value in chosen.items() if value is not None}
+    verdict = api.compare(baseline, candidate, target=target, history=history, junit=junit, json=json_out, **thresholds)
+    title = f"edgepipe compare on {verdict.target}: {verdict.baseline}  ->  {verdict.candidate}"
+    table = Table("check", "result", "detail", box=None, pad_edge=False, title_justify="left", title=title)
     for check in verdict.checks:
         row_style = "bold red" if check.status == "fail" else None  # a regression stands out in a CI log
         table.add_row(check.name, f"[{STYLE[check.status]}]{check.status}[/]", check.message, style=row_style)
@@ -73,26 +63,10 @@ def compare(
         for field, before, after in verdict.changed:
             changes.add_row(field, _short(before), _short(after))
         stdout.print(changes)
-    if junit:
-        write_junit(verdict, target, junit)
-    if json_out:
-        document = {"schema": "edgepipe.verdict/1", "target": target, "baseline": base_from,
-                    "candidate": cand_from, "settings": settings.model_dump(), **verdict.to_dict()}  # fmt: skip
-        write_json(json_out, document)
     colour = {"pass": "green", "regression": "bold red", "inconclusive": "yellow"}[verdict.status]
     stdout.print(f"verdict: [{colour}]{verdict.status}[/]", highlight=False)
-    _point_to_report(cand_record)
-    failed = [c for c in verdict.checks if c.status == "fail"]
-    if verdict.status == "regression":
-        raise RegressionFound(
-            "regression in " + ", ".join(f"{c.name} ({c.message})" for c in failed),
-            hint="the candidate is worse than the baseline on this board; see the table above",
-        )
-    if verdict.status == "inconclusive":
-        reasons = "; ".join(c.message for c in verdict.checks if c.status == "inconclusive")
-        raise Inconclusive(
-            f"no verdict: {reasons}", hint="measure both on the same board state (cooled, same governor and versions)"
-        )
+    _point_to_report(verdict.candidate_record)
+    verdict.raise_for_status()
 
 
 def _point_to_report(record: dict[str, Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
@@ -14,11 +14,12 @@ from rich.table import Table
 
 from edgepipe.cli.console import stderr, stdout
 from edgepipe.cli.optimize import ConsoleProgress
-from edgepipe.config.target import MeasureSettings, Target
-from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
 from edgepipe.reporting.formatting import mib
 from edgepipe.run_models import RunModel
+
+if TYPE_CHECKING:
+    from edgepipe.deployment.stages import StageDeploy
 from edgepipe.tasks import METRIC_MEANING
 
 AGENT_PHASES = {
@@ -138,80 +139,51 @@ def deploy(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
-    from edgepipe.config.loading import validate
-    from edgepipe.deployment import deploy as run_deploy
-    from edgepipe.reporting.resolve import baseline_model
-    from edgepipe.store import History
-    from edgepipe.targets import load_target
+    from edgepipe import api
 
-    chosen = load_target(target)
-    if stages and run_dir is None:
-        raise ConfigError("--stages needs a run directory of 'edgepipe optimize', not --model")
-    chosen_settings = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
-    overrides = {name: value for name, value in chosen_settings.items() if value is not None}
-    measure = validate({**chosen.measure.model_dump(), **overrides}, MeasureSettings, "command line")
     progress: Progress = Progress() if quiet else DeployProgress()
-    paired = baseline_model(baseline, chosen.name, history) if baseline is not None else None
-    store = None if no_history else History(history)
+
+    def started(stage: RunModel) -> None:
+        if not quiet:
+            stderr.print(f"measuring stage [bold]{stage.name}[/] ({stage.path.relative_to(run_dir)})", highlight=False)
+
     try:
-        outcome = run_deploy(
-            chosen,
-            run_dir=run_dir,
+        outcome = api.deploy(
+            run_dir,
+            target=target,
             model=model,
             data=data,
             out=out,
-            measure=measure,
+            runs=runs,
+            min_seconds=min_seconds,
+            repeats=repeats,
+            eval_samples=eval_samples,
             deadline_s=deadline,
-            progress=progress,
-            history=store,
+            history=history,
+            record=not no_history,
             tags=tag or [],
-            baseline=paired,
+            baseline=baseline,
+            stages=stages,
+            progress=progress,
+            on_stage=started,
         )
     except BaseException:
         if isinstance(progress, ConsoleProgress):
             progress.finish(failed=True)
         raise
-    finally:
-        if store is not None:
-            store.close()
     if isinstance(progress, ConsoleProgress):
         progress.finish()
-    print_result(outcome.result)
+    print_result(outcome.record)
     stdout.print(f"wrote [bold]{outcome.path}[/]", highlight=False)
-    if store is not None:
+    if outcome.run_id is not None:
         tags = f" tagged {', '.join(tag)}" if tag else ""
-        stdout.print(f"recorded as run {outcome.run_id}{tags} in {store.path}", highlight=False)
+        stdout.print(f"recorded as run {outcome.run_id}{tags} in {outcome.record['history']['path']}", highlight=False)
     if stages:
-        assert run_dir is not None
-        _deploy_stages(chosen, run_dir, measure, deadline, history, no_history, tag or [], quiet)
+        print_stages(outcome.stages)
 
 
-def _deploy_stages(
-    target: Target,
-    run_dir: Path,
-    measure: MeasureSettings,
-    deadline: float | None,
-    history: Path | None,
-    no_history: bool,
-    tags: list[str],
-    quiet: bool,
-) -> None:
-    """Measure the other models of the run; one line per stage, the first model failure re-raised at the end."""
-    from edgepipe.deployment.stages import deploy_stages
-    from edgepipe.store import History
-
-    def started(model: RunModel) -> None:
-        if not quiet:
-            stderr.print(f"measuring stage [bold]{model.name}[/] ({model.path.relative_to(run_dir)})", highlight=False)
-
-    store = None if no_history else History(history)
-    try:
-        done = deploy_stages(
-            target, run_dir, measure=measure, deadline_s=deadline, history=store, tags=tags, on_stage=started
-        )
-    finally:
-        if store is not None:
-            store.close()
+def print_stages(done: list[StageDeploy]) -> None:
+    """One line per stage; the first model failure re-raised at the end."""
     table = Table("stage", "score", "latency p50 / p99", "peak RSS", "result", box=None, pad_edge=False)
     for item in done:
         if item.outcome is None:

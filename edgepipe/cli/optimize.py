@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from edgepipe import shipped
 from edgepipe.cli.console import stderr, stdout
 from edgepipe.errors import GateFailed
 from edgepipe.progress import Progress
@@ -87,12 +86,12 @@ def optimize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Run a recipe: train the TF-MOT stages, convert to full-integer TFLite, verify, check the gates."""
-    from edgepipe.optimization import pipeline  # imports TensorFlow lazily, after argument parsing
+    from edgepipe import api
+    from edgepipe.optimization import pipeline
 
     progress = Progress() if quiet else ConsoleProgress()
-    prepared = pipeline.prepare(shipped.recipe_path(recipe))
     try:
-        outcome = pipeline.run(prepared, out, progress)
+        outcome = api.optimize(recipe, out=out, progress=progress)
     except GateFailed as failed:
         if isinstance(progress, ConsoleProgress):
             progress.finish()
@@ -106,10 +105,8 @@ def optimize(
         raise
     if isinstance(progress, ConsoleProgress):
         progress.finish()
-    print_summary(outcome.result)
-    stdout.print(
-        f"wrote [bold]{outcome.directory}[/] (final model: {outcome.directory / pipeline.FINAL_MODEL})", highlight=False
-    )
+    print_summary(outcome.record)
+    stdout.print(f"wrote [bold]{outcome.directory}[/] (final model: {outcome.model_path})", highlight=False)
 
 
 def _unique_per_layer(weights: list[dict[str, Any]]) -> str:

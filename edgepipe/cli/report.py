@@ -24,11 +24,9 @@ def report(
 
     With no --html/--md/--json, writes report.html, report.md and report.json into the run directory.
     """
-    from edgepipe.reporting.build import build_report
+    from edgepipe import api
 
-    if html is None and md is None and json_out is None:
-        html, md = run_dir / "report.html", run_dir / "report.md"
-    files = build_report(run_dir, json_out=json_out or run_dir / "report.json", html=html, markdown=md)
+    files = api.report(run_dir, html=html, markdown=md, json=json_out)
     print_report(files.document)
     for label, path in (("HTML report", files.html), ("Markdown summary", files.markdown), ("JSON", files.json)):
         if path is not None:

@@ -38,14 +38,22 @@ class WorkerBug(RuntimeError):
     """The child failed with an unexpected exception: a bug in edgepipe; the message is its traceback."""
 
 
-def run_isolated(recipe: Path, work: Path, progress: Progress) -> dict[str, Any]:
+def run_isolated(recipe: Path, work: Path, progress: Progress, base_dir: Path | None = None) -> dict[str, Any]:
     """Optimize ``recipe`` into ``work`` in a child process; returns the result or raises a classified error."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "edgepipe.optimization.worker", str(recipe), str(work), str(write_fd)],
+            [
+                sys.executable,
+                "-m",
+                "edgepipe.optimization.worker",
+                str(recipe),
+                str(work),
+                str(write_fd),
+                str(base_dir or recipe.resolve().parent),
+            ],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

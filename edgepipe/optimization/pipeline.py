@@ -55,6 +55,7 @@ class Prepared:
     recipe_path: Path
     model_source: Path | EntryPoint
     data: Dataset
+    base_dir: Path  # relative sources are read from here (the recipe's folder, unless the API says otherwise)
 
 
 @dataclass(frozen=True)
@@ -67,10 +68,11 @@ class Outcome:
         return self.result["status"] == "passed"
 
 
-def prepare(recipe_path: Path) -> Prepared:
+def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
+    """``base_dir``: where relative paths and factory modules of the recipe are found (default: its folder)."""
     file = str(recipe_path)
     recipe = load_model(recipe_path, Recipe)
-    base = recipe_path.resolve().parent
+    base = (base_dir or recipe_path.parent).resolve()
     model_source = resolve(
         recipe.model.source,
         base,
@@ -82,7 +84,7 @@ def prepare(recipe_path: Path) -> Prepared:
     if isinstance(model_source, EntryPoint):
         model_source.check(file, "model.source")  # a wrong factory name fails now, without importing TF here
     data = load_dataset(data_source, file, task=recipe.task)
-    return Prepared(recipe, recipe_path, model_source, data)
+    return Prepared(recipe, recipe_path, model_source, data, base)
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
@@ -107,7 +109,7 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
         if isolate:
             from edgepipe.optimization.isolation import run_isolated
 
-            result = run_isolated(prepared.recipe_path, work, progress)
+            result = run_isolated(prepared.recipe_path, work, progress, prepared.base_dir)
         else:
             result = optimize_into(prepared, work, progress)
         report = result["final"]["conformance"]

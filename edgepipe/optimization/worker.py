@@ -61,7 +61,7 @@ class EventProgress(Progress):
 
 
 def main(argv: list[str]) -> int:
-    recipe, work, fd = Path(argv[0]), Path(argv[1]), int(argv[2])
+    recipe, work, fd, base_dir = Path(argv[0]), Path(argv[1]), int(argv[2]), Path(argv[3])
     set_parent_death_signal(signal.SIGKILL)  # no training may outlive ``edgepipe optimize``
     faulthandler.enable()
     with open(fd, "w", encoding="utf-8", closefd=True) as channel:
@@ -69,7 +69,7 @@ def main(argv: list[str]) -> int:
         try:
             from edgepipe.optimization import pipeline
 
-            result = pipeline.optimize_into(pipeline.prepare(recipe), work, progress)
+            result = pipeline.optimize_into(pipeline.prepare(recipe, base_dir), work, progress)
         except EdgepipeError as exc:
             progress.send({"event": "error", "type": type(exc).__name__, "message": exc.message, "hint": exc.hint})
             return 1
