@@ -42,7 +42,9 @@ def chromium() -> str:
     return found
 
 
-def load(page: Path, screenshot: Path | None = None) -> PageLoad:
+def load(page: Path, screenshot: Path | None = None, width: int = 1400) -> PageLoad:
+    """Load ``page`` in headless Chromium: its DOM after scripts, console messages, network requests; and a
+    screenshot ``width`` CSS pixels wide (1400: a desktop, 390: a phone) when asked."""
     with tempfile.TemporaryDirectory(prefix="edgepipe-chromium-") as work:
         netlog = Path(work) / "netlog.json"
         common = [chromium(), *FLAGS, f"--user-data-dir={work}/profile", "--enable-logging=stderr", "--v=0"]

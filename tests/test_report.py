@@ -111,10 +111,12 @@ def test_html_is_self_contained(reported: dict[str, Any]) -> None:
     assert "Parity with the host" not in text  # no emulated target here
 
 
-def test_html_renders_in_headless_chromium_with_its_plots(reported: dict[str, Any]) -> None:
-    screenshot = artifacts_dir() / "report.png"
+@pytest.mark.parametrize("width", [1400, 390])
+def test_html_renders_in_headless_chromium_with_its_plots(reported: dict[str, Any], width: int) -> None:
+    """At a desktop's width and a phone's; the screenshots stay in test-artifacts/ for a person to look at."""
+    screenshot = artifacts_dir() / f"report-{width}.png"
     screenshot.unlink(missing_ok=True)
-    page = load(reported["html"], screenshot=screenshot)
+    page = load(reported["html"], screenshot=screenshot, width=width)
     assert page.console == []
     assert page.page_requests == []
     assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/2"  # the inline script ran
@@ -245,3 +247,64 @@ def test_compression_paid_off_is_judged_per_stage(reported: dict[str, Any]) -> N
     verdict = compare(final, pruned, VerdictSettings())
     check = next(c for c in verdict.checks if c.name == "compression paid off")
     assert check.status == "warn" and "neither smaller" in check.message and "prune" in check.message
+
+
+@pytest.fixture(scope="module")
+def drawn(reported: dict[str, Any]) -> dict[str, Any]:
+    """The report's matplotlib figures themselves (before they become SVG), to check what they show."""
+    import json
+
+    from edgepipe.reporting import plots
+
+    figures: dict[str, Any] = {}
+    document = json.loads(reported["json"].read_text())
+    original = plots._svg
+    try:
+        for name in ("accuracy_vs_size", "accuracy_vs_latency", "latency_distributions", "layers"):
+            plots._svg = lambda fig, name=name: figures.setdefault(name, fig) and ""
+            getattr(plots, name)(document)
+    finally:
+        plots._svg = original
+    return {"figures": figures, "document": document}
+
+
+def test_score_axes_span_at_least_five_points(drawn: dict[str, Any]) -> None:
+    for name in ("accuracy_vs_size", "accuracy_vs_latency"):
+        low, high = drawn["figures"][name].axes[0].get_ylim()
+        assert high - low >= 5.0 and low >= 0 and high <= 101, (name, low, high)
+
+
+def test_legends_cover_no_point_and_no_bar(drawn: dict[str, Any]) -> None:
+    for name in ("accuracy_vs_size", "accuracy_vs_latency", "layers"):
+        fig = drawn["figures"][name]
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legends = [legend for ax in fig.axes if (legend := ax.get_legend())] + list(fig.legends)
+        assert legends, name
+        for legend in legends:
+            box = legend.get_window_extent(renderer)
+            for ax in fig.axes:
+                assert not box.overlaps(ax.get_window_extent(renderer)), f"{name}: the legend sits on the plot"
+
+
+def test_every_latency_axis_has_the_same_log_scale(drawn: dict[str, Any]) -> None:
+    axes = [drawn["figures"]["accuracy_vs_latency"].axes[0], *drawn["figures"]["latency_distributions"].axes]
+    assert [ax.get_xscale() for ax in axes] == ["log"] * len(axes)
+
+
+def test_the_layer_plot_names_keras_layers(drawn: dict[str, Any]) -> None:
+    labels = [tick.get_text() for tick in drawn["figures"]["layers"].axes[0].get_yticklabels()]
+    from edgepipe.examples.digits import tiny_mlp  # the model of the optimized run (conftest.TINY)
+
+    keras_names = {layer.name for layer in tiny_mlp().layers}
+    assert labels and all(label.endswith(" (FC)") and label.removesuffix(" (FC)") in keras_names for label in labels)
+
+
+def test_stage_labels_are_not_clipped(drawn: dict[str, Any]) -> None:
+    fig = drawn["figures"]["accuracy_vs_size"]
+    texts = [t for t in fig.axes[0].texts]
+    assert {t.get_text() for t in texts} >= {"float", "prune", "cluster"}
+    assert all(t.get_annotation_clip() is False for t in texts)
+    low, high = fig.axes[0].get_ylim()
+    for text in texts:  # every labelled point lies inside the axis, away from its edges
+        assert low < text.xy[1] < high

@@ -67,6 +67,7 @@ def analyze(model: TfliteModel) -> dict[str, Any]:
                 "index": op.index,
                 "op": op.name,
                 "output": output[0].name if output else "",
+                "layer": keras_layer(model, op),
                 "params": int(sum(t.elements for t in constants)),
                 "nonzero_params": int(sum(np.count_nonzero(t.data) for t in constants if t.data is not None)),
                 "param_bytes": int(sum(t.nbytes for t in constants)),
@@ -87,6 +88,19 @@ def analyze(model: TfliteModel) -> dict[str, Any]:
             "ops": len(rows),
         },
     }
+
+
+def keras_layer(model: TfliteModel, op: Op) -> str | None:
+    """The Keras layer an operator came from, read from its tensors' names ("model/quant_dense_1/MatMul;..." ->
+    "dense_1"): the weights first (a folded BatchNorm names the bias, the convolution the filter), then the
+    output. None when no tensor carries a scope (e.g. an output named "StatefulPartitionedCall:0" alone)."""
+    tensors = [model.tensors[t] for t in op.inputs if t >= 0 and model.tensors[t].is_constant]
+    tensors += model.op_outputs(op)
+    for tensor in tensors:
+        parts = tensor.name.split(";")[0].split("/")
+        if len(parts) >= 2 and parts[1]:
+            return parts[1].removeprefix("quant_")
+    return None
 
 
 def _lifetimes(model: TfliteModel) -> dict[int, tuple[int, int]]:

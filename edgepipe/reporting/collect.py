@@ -89,6 +89,7 @@ def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], di
                 "index": row["index"],
                 "op": row["op"],
                 "name": row["output"],
+                "layer": row["layer"],
                 "params": row["params"],
                 "nonzero_params": row["nonzero_params"],
                 "macs": row["macs"],

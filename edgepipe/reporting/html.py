@@ -11,10 +11,18 @@ from edgepipe.reporting.formatting import kib, latency, mib, pct, points, score,
 from edgepipe.reporting.plots import figures
 
 CAPTIONS = (
-    ("accuracy_vs_size", "SCORE on the host (line) and on each target (squares) against the gzip size per stage."),
-    ("accuracy_vs_latency", "SCORE on each target against its median latency. Hollow squares: emulated."),
-    ("latency_distributions", "Latency distribution per stage, from every raw sample of every measuring process."),
-    ("layers", "Parameters (all and non-zero) and multiply-accumulates per operator of the final model."),
+    (
+        "accuracy_vs_size",
+        "SCORE on the host (circles) and on each target (squares) against the gzip size per stage. The vertical "
+        "axis spans at least 5 accuracy points (or half the largest error), so a small change looks small.",
+    ),
+    ("accuracy_vs_latency", "SCORE on each target against its median latency (log scale). Hollow squares: emulated."),
+    (
+        "latency_distributions",
+        "Latency per stage from every raw sample of every measuring process (log scale): box p25-p75, line the "
+        "median, whiskers p1-p99, dots the fastest and slowest run.",
+    ),
+    ("layers", "Parameters (all and non-zero) and multiply-accumulates per Keras layer of the final model."),
 )
 
 

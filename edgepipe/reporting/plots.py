@@ -15,18 +15,25 @@ matplotlib.use("Agg")  # no display here or on CI; chosen before pyplot is impor
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 STYLE = {
     "svg.fonttype": "none",  # text stays text: smaller files, selectable, the page's font
     "svg.hashsalt": "edgepipe",  # stable element ids, so the same report gives the same bytes
-    "font.size": 9,
+    "font.size": 10,  # figures are 5.4 in wide: on a 390 px phone this still draws ticks at about 8 px
+    "axes.titlesize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 9,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
     "grid.alpha": 0.3,
 }
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf"]
+WIDTH_IN = 5.4
+MIN_ACCURACY_SPAN = 5.0  # percentage points: a 0.4-point dip must not fill the axis
+SHORT_OPS = {"FULLY_CONNECTED": "FC", "CONV_2D": "conv", "DEPTHWISE_CONV_2D": "dw conv", "TRANSPOSE_CONV": "deconv"}
 
 
 def figures(report: dict[str, Any]) -> dict[str, str]:
@@ -40,12 +47,14 @@ def figures(report: dict[str, Any]) -> dict[str, str]:
 
 
 def accuracy_vs_size(report: dict[str, Any]) -> str:
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.4))
     stages = report["stages"]
-    sizes = [s["model"]["gzip_bytes"] / 1024 for s in stages]
     value = _scale(report)
-    host = [value(s["host_score"]) for s in stages]
-    ax.plot(sizes, host, "o-", color="#444444", label="host (.tflite)", zorder=3)
+    host = [(s["model"]["gzip_bytes"] / 1024, value(s["host_score"])) for s in stages]
+    # Points, not a line: the stages are not a series in size (pruning shrinks, QAT may grow a little), and a
+    # line drawn in recipe order zig-zags across the plot.
+    ax.scatter([x for x, _ in host], [y for _, y in host], s=36, color="#444444", label="host (.tflite)", zorder=3)
+    scores = [y for _, y in host]
     for index, target in enumerate(report["targets"]):
         points = [
             (s["model"]["gzip_bytes"] / 1024, value(d["score"]))
@@ -55,17 +64,19 @@ def accuracy_vs_size(report: dict[str, Any]) -> str:
         ]
         if points:
             _scatter(ax, points, index, target)
-    for index, (stage, x, y) in enumerate(zip(stages, sizes, host, strict=True)):
-        if y is not None:
-            _annotate(ax, _label(stage), x, y, index)
+            scores += [y for _, y in points]
+    _annotate_all(ax, [(_label(s), x, y) for s, (x, y) in zip(stages, host, strict=True) if y is not None])
+    _score_limits(ax, scores, report)
     name = _axis(report)
-    title = f"{name.split(' (')[0].capitalize()} against compressed size, per stage"
-    return _finish(fig, ax, "gzip size (KiB, log scale)", name, title)
+    title = f"{name.split(' (')[0].capitalize()} against compressed size"
+    _log_x(ax, always=False)
+    return _finish(fig, ax, "gzip size (KiB)", name, title)
 
 
 def accuracy_vs_latency(report: dict[str, Any]) -> str:
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.4))
     value = _scale(report)
+    scores: list[float | None] = []
     for index, target in enumerate(report["targets"]):
         points, labels = [], []
         for stage in report["stages"]:
@@ -75,52 +86,78 @@ def accuracy_vs_latency(report: dict[str, Any]) -> str:
                     labels.append(_label(stage))
         if points:
             _scatter(ax, points, index, target)
-            for order, ((x, y), label) in enumerate(zip(points, labels, strict=True)):
-                _annotate(ax, label, x, y, order)
+            _annotate_all(ax, [(label, x, y) for label, (x, y) in zip(labels, points, strict=True)])
+            scores += [y for _, y in points]
+    _score_limits(ax, scores, report)
     name = _axis(report)
-    title = f"{name.split(' (')[0].capitalize()} against latency, per stage and target"
-    return _finish(fig, ax, "latency p50 (µs, log scale)", f"{name} on the target", title)
+    _log_x(ax, always=True)
+    return _finish(
+        fig,
+        ax,
+        "latency p50 (µs, log scale)",
+        f"{name} on the target",
+        f"{name.split(' (')[0].capitalize()} against latency",
+    )
 
 
 def latency_distributions(report: dict[str, Any]) -> str:
     """One panel per target: a box per stage drawn from the percentiles of all raw samples."""
     targets = [t for t in report["targets"] if _measured(report, t["name"])]
-    fig, axes = plt.subplots(len(targets), 1, figsize=(6.4, 0.6 + 2.2 * len(targets)), squeeze=False)
+    stages = len(report["stages"])
+    fig, axes = plt.subplots(
+        len(targets), 1, figsize=(WIDTH_IN, (0.9 + 0.32 * stages) * len(targets) + 0.4), squeeze=False
+    )
     for ax, target in zip(axes[:, 0], targets, strict=True):
-        boxes, labels = [], []
+        boxes = []
         for stage in report["stages"]:
             for d in stage["deployments"]:
                 if d["target"] == target["name"] and d["latency_quantiles_ms"]:
                     boxes.append(_box_stats(d["latency_quantiles_ms"], _label(stage)))
-                    labels.append(_label(stage))
-        ax.bxp(boxes, orientation="horizontal", showfliers=True, flierprops={"markersize": 2})
+        ax.bxp(boxes, orientation="horizontal", showfliers=True, flierprops={"markersize": 3})
         ax.invert_yaxis()  # recipe order from the top
-        ax.set_xlabel("latency (µs, log scale); box: p25-p75, whiskers: p1-p99, dots: min and max")
-        _log_x(ax)
+        ax.set_xlabel("latency (µs, log scale)")
+        _log_x(ax, always=True)
         title = f"{target['name']}: latency per stage"
-        ax.set_title(title + (" (EMULATED: QEMU's speed, not the board's)" if target["emulated"] else ""))
+        ax.set_title(title + (" (EMULATED)" if target["emulated"] else ""), loc="left")
     fig.tight_layout()
     return _svg(fig)
 
 
 def layers(report: dict[str, Any]) -> str:
-    """Parameters (all and non-zero) and MACs per operator of the final model."""
+    """Parameters (all and non-zero) and MACs per Keras layer (operator) of the final model."""
     final = next(s for s in report["stages"] if s["final"])
     rows = [r for r in final["layers"] if r["params"] or r["macs"]]
-    names = [f"{r['index']}: {r['op']}" for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(6.4, 0.9 + 0.35 * max(len(rows), 2)), sharey=True)
+    names = [_layer_label(r) for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDTH_IN, 1.2 + 0.34 * max(len(rows), 2)), sharey=True)
     ys = range(len(rows))
-    left.barh([y + 0.2 for y in ys], [r["params"] for r in rows], height=0.4, color="#bbbbbb", label="all")
-    left.barh([y - 0.2 for y in ys], [r["nonzero_params"] for r in rows], height=0.4, color=COLORS[0], label="non-zero")
+    left.barh([y - 0.2 for y in ys], [r["params"] for r in rows], height=0.4, color="#bbbbbb", label="all")
+    left.barh([y + 0.2 for y in ys], [r["nonzero_params"] for r in rows], height=0.4, color=COLORS[0], label="non-zero")
     left.set_yticks(list(ys), names)
     left.invert_yaxis()
     left.set_xlabel("parameters")
-    left.legend(fontsize=8)
-    right.barh(list(ys), [r["macs"] for r in rows], height=0.5, color=COLORS[2])
+    right.barh(list(ys), [r["macs"] for r in rows], height=0.5, color=COLORS[2], label="MACs")
     right.set_xlabel("MACs per inference")
-    fig.suptitle(f"Per-layer parameters and MACs of the final model ({_label(final)})")
+    for ax in (left, right):
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+    fig.suptitle(f"Parameters and MACs per layer, final model ({_label(final)})", fontsize=10)
     fig.tight_layout()
+    # Above the bars, never on them.
+    fig.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     return _svg(fig)
+
+
+def _layer_label(row: dict[str, Any]) -> str:
+    op = SHORT_OPS.get(row["op"], row["op"].lower())
+    return f"{row['layer']} ({op})" if row.get("layer") else f"#{row['index']} {op}"
+
+
+def _compact(value: float) -> str:
+    """12,000 -> 12k; 3,400,000 -> 3.4M: tick labels that fit on a phone."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:g}{suffix}"
+    return f"{value:g}"
 
 
 def _scatter(ax: Any, points: list[tuple[float, float | None]], index: int, target: dict[str, Any]) -> None:
@@ -138,31 +175,63 @@ def _scatter(ax: Any, points: list[tuple[float, float | None]], index: int, targ
     )
 
 
-def _annotate(ax: Any, label: str, x: float, y: float | None, order: int) -> None:
-    """Stage names above and below their points by turns: neighbouring stages often share an accuracy."""
-    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4 if order % 2 == 0 else -11), fontsize=8)
+def _annotate_all(ax: Any, labels: list[tuple[str, float, float | None]]) -> None:
+    """Stage names next to their points, above and below by turns (neighbouring stages often share a score);
+    never clipped by the axes (the saved figure grows to fit them)."""
+    for order, (label, x, y) in enumerate(labels):
+        if y is None:
+            continue
+        ax.annotate(
+            label,
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 5 if order % 2 == 0 else -12),
+            fontsize=8,
+            annotation_clip=False,
+        )
+
+
+def _score_limits(ax: Any, scores: list[float | None], report: dict[str, Any]) -> None:
+    """At least ``MIN_ACCURACY_SPAN`` points for accuracy (within 0-100 %), at least half the largest value for an
+    error (from 0 up), so that the axis shows the size of a change, not only its direction."""
+    values = [v for v in scores if v is not None]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    if report["metric"]["name"] == "accuracy":
+        span = max(MIN_ACCURACY_SPAN, (high - low) * 1.3)
+        top = min(100.0, (low + high) / 2 + span / 2)
+        bottom = max(0.0, top - span)
+        ax.set_ylim(bottom, max(top, bottom + span) if top < 100 else 100.0 + span * 0.04)
+    else:
+        span = max(high * 0.5, (high - low) * 1.3)
+        ax.set_ylim(max(0.0, high - span), high + span * 0.1)
 
 
 def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
-    """Labels, a readable log axis when the data spans a decade, the legend; then the SVG."""
+    """Labels, the legend below the axes (where it covers no point), then the SVG."""
     ax.set_xlabel(xlabel)
-    _log_x(ax)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="best")
+    ax.set_title(title, loc="left")
+    entries = len(ax.get_legend_handles_labels()[0])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=max(1, min(entries, 3)), frameon=False)
     return _svg(fig)
 
 
-def _log_x(ax: Any) -> None:
-    """Log scale with plain numbers (2, 5, 10, 20 ...) instead of 2x10^1, when the data spans a decade or more."""
+def _log_x(ax: Any, always: bool) -> None:
+    """Log scale with plain numbers (2, 5, 10, 20 ...) instead of 2x10^1: always for latency (every latency axis
+    of the report reads the same way), for other axes when the data spans a decade or more."""
     low, high = ax.dataLim.intervalx
-    if not (low > 0 and high / low >= 10):
+    if not low > 0 or not (always or high / low >= 10):
         ax.set_xlabel(ax.get_xlabel().replace(", log scale", ""))
         return
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    narrow = high / low < 10
+    ax.xaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    if narrow:  # a few µs apart: pad the range so the points sit inside, with a tick on either side
+        ax.set_xlim(low / 1.25, high * 1.25)
 
 
 def _box_stats(quantiles_ms: list[float], label: str) -> dict[str, Any]:
