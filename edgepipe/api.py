@@ -382,7 +382,7 @@ def compare(
     candidate_record, candidate_from = resolve_run(candidate, target, history_path)
     target = target or candidate_record["target"]["name"]
     baseline_record, baseline_from = resolve_run(baseline, target, history_path)
-    verdict = judge(baseline_record, candidate_record, settings)
+    verdict = judge(baseline_record, candidate_record, settings, (baseline_from, candidate_from))
     comparison = Comparison(
         verdict.status,
         verdict.checks,

@@ -11,11 +11,13 @@ import json
 import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pytest
 from conftest import run_cli
 
+from edgepipe.errors import ConfigError
 from edgepipe.reporting.verdict import VerdictSettings, compare
 
 pytestmark = pytest.mark.slow
@@ -169,19 +171,46 @@ def test_unknown_baseline_is_a_config_error(recorded: dict[str, Any]) -> None:
 
 
 def synthetic(medians: list[float], seed: int, n: int = 2000) -> dict[str, Any]:
-    """A deploy record whose processes have these medians and log-normal jitter (the verdict's statistics only)."""
+    """A complete deploy record whose processes have these medians and log-normal jitter (for the statistics)."""
     rng = random.Random(seed)
     repeats = [{"samples_ms": [m * rng.lognormvariate(0, 0.05) for _ in range(n)]} for m in medians]
+    samples = [s for r in repeats for s in r["samples_ms"]]
+    board = {
+        "machine": "aarch64", "cpu_model": "Cortex-A72", "cores": 4, "governor": "performance", "mhz_max": 1800.0,
+        "mhz_current": 1800.0, "temperature_c": 45.0, "throttling": None, "kernel": "6.6", "os": "Debian 12",
+        "python": "3.11", "numpy": "1.26", "emulated": False,
+    }  # fmt: skip
     return {
+        "schema": "edgepipe.deploy/1",
         "status": "passed",
-        "target": {"name": "board"},
-        "model": {"sha256": "a" * 64, "bytes": 100},
+        "target": {"name": "board", "threads": 4, "xnnpack": True, "runtime": "auto"},
+        "measure": {"runs": n, "min_seconds": 1.0, "repeats": len(medians)},
+        "model": {"sha256": "a" * 64, "bytes": 100, "model": "/nowhere/model.tflite"},
+        "provenance": {"tools": {}, "agent": {"version": "1.2.1", "sha256": "b" * 64}, "optimize": None},
         "device": {
-            "timing": {"repeats": repeats, "samples_ms": [s for r in repeats for s in r["samples_ms"]]},
-            "board": {"machine": "aarch64"},
-            "runtime": {"name": "tflite_runtime", "version": "2.14.0"},
+            "agent_version": "1.2.1",
+            "timing": {"latency_ms": {"p50": median(samples)}, "repeats": repeats, "samples_ms": samples},
+            "board": board,
+            "runtime": {"name": "tflite_runtime", "version": "2.14.0", "threads": 4, "xnnpack": True},
+            "memory": {"vmhwm_kb": {"after_runs": 50_000}},
+            "accuracy": None,
         },
     }
+
+
+def test_a_record_missing_a_compared_field_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A renamed field used to compare None with None and pass; now the record is refused, naming the field."""
+    base, cand = synthetic([1.0] * 3, seed=20), synthetic([1.0] * 3, seed=21)
+    cand["device"]["board"]["cpu_governor"] = cand["device"]["board"].pop("governor")
+    files = [tmp_path / "base.json", tmp_path / "cand.json"]
+    for file, record in zip(files, (base, cand), strict=True):
+        file.write_text(json.dumps(record))
+    done = run_cli("compare", "--baseline", str(files[0]), "--candidate", str(files[1]))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "cand.json" in done.stderr and "device.board.governor: missing" in done.stderr
+    with pytest.raises(ConfigError, match="governor"):
+        compare(base, cand, VerdictSettings())
+    assert compare(base, synthetic([1.0] * 3, seed=22), VerdictSettings()).checks[0].status == "pass"
 
 
 def test_slow_processes_do_not_raise_false_alarms_but_a_shift_of_all_does() -> None:
@@ -307,7 +336,7 @@ def test_size_and_memory_limits_are_command_line_options(tmp_path: Path) -> None
     files = []
     for name, record in (("base", base), ("cand", cand)):
         files.append(tmp_path / f"{name}.json")
-        files[-1].write_text(json.dumps({**record, "schema": "edgepipe.deploy/1"}))
+        files[-1].write_text(json.dumps(record))
     args = ["compare", "--baseline", str(files[0]), "--candidate", str(files[1])]
     strict = run_cli(*args)
     assert strict.returncode == 7 and "model size" in strict.stderr and "peak memory" in strict.stderr

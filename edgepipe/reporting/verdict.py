@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepipe.deployment.record import DeployRecord
 from edgepipe.errors import ConfigError
 from edgepipe.reporting.checks import Check, get
 from edgepipe.reporting.formatting import mib
@@ -75,18 +76,22 @@ DIFF_FIELDS = (
 )  # fmt: skip
 
 
-def compare(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Verdict:
-    base_target, cand_target = get(baseline, "target.name"), get(candidate, "target.name")
+def compare(
+    baseline: dict[str, Any],
+    candidate: dict[str, Any],
+    settings: VerdictSettings,
+    sources: tuple[str, str] = ("the baseline", "the candidate"),
+) -> Verdict:
+    """``sources`` name the two records in errors (a file, a run id)."""
+    typed = DeployRecord.read(baseline, sources[0]), DeployRecord.read(candidate, sources[1])
+    base_target, cand_target = typed[0].target.name, typed[1].target.name
     if base_target != cand_target:
         raise ConfigError(
             f"the baseline ran on {base_target!r} and the candidate on {cand_target!r}: compare runs on one target"
         )
-    for name, record in (("baseline", baseline), ("candidate", candidate)):
-        if record.get("status") != "passed" or not get(record, "device.timing"):
-            raise ConfigError(f"the {name} is a failed deploy ({get(record, 'error.class')}): nothing to compare")
     processes = paired_processes(baseline, candidate)
     latency = paired_check(processes, settings) if processes else unpaired_check(baseline, candidate, settings)
-    checks = [*_state(baseline, candidate), latency]
+    checks = [*_state(*typed), latency]
     checks += [
         _accuracy(baseline, candidate, settings),
         _growth(
@@ -112,14 +117,14 @@ def compare(baseline: dict[str, Any], candidate: dict[str, Any], settings: Verdi
     return Verdict(status, checks, changed)
 
 
-def _state(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[Check]:
+def _state(baseline: DeployRecord, candidate: DeployRecord) -> list[Check]:
     problems = [
-        f"{label}: {get(baseline, path)!r} -> {get(candidate, path)!r}"
+        f"{label}: {baseline.field(path)!r} -> {candidate.field(path)!r}"
         for path, label in STATE_FIELDS
-        if get(baseline, path) != get(candidate, path)
+        if baseline.field(path) != candidate.field(path)
     ]
     for name, record in (("baseline", baseline), ("candidate", candidate)):
-        throttling = get(record, "device.board.throttling") or {}
+        throttling = record.device.board.throttling or {}
         now = [
             k.removesuffix("_now")
             for k in ("throttled_now", "under_voltage_now", "frequency_capped_now")
