@@ -55,6 +55,7 @@ Result, protocol ``edgepipe.result/1``::
                       ModelCrash        the child died from a signal (segmentation fault, abort, ...)
                       ModelTimeout      the child exceeded time_limit_s and was killed
                       ModelOutOfMemory  the child exceeded memory_limit_mb
+                      MemoryLimitTooLow the memory limit cannot even hold numpy and the runtime
                       AgentFailure      a bug in this agent (the message holds the traceback's last line)
     board           machine, cpu model, cores, governor, MHz, temperature, throttling (vcgencmd), kernel,
                     os, python, numpy; "emulated" when the agent runs under QEMU user-mode emulation
@@ -124,6 +125,7 @@ JOB_DEFAULTS: dict[str, Any] = {
 }
 # The interpreter's messages are the only signal these runtimes give for an unknown operator.
 UNSUPPORTED_OP_MARKERS = ("Didn't find op for builtin opcode", "unresolved custom op", "Op builtin_code out of range")
+MAX_THREADS = 1024  # the same bound as the host's target settings
 OUT_OF_MEMORY_MARKERS = ("std::bad_alloc", "MemoryError", "out of memory")
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 
@@ -261,6 +263,26 @@ def _emit(event: str, **fields: Any) -> None:
     sys.stderr.flush()
 
 
+LOAD_FAILURE_MARKERS = ("failed to map segment", "cannot allocate memory", "Cannot allocate memory")
+
+
+def _import_under_limit(job: dict[str, Any], load: Any, what: str) -> Any:
+    """Import ``what`` inside the sandbox's address-space limit. A limit too small for the libraries themselves
+    is the target's setting, not the model's fault nor the agent's: say so (MemoryLimitTooLow)."""
+    try:
+        return load()
+    except (ImportError, OSError, MemoryError) as exc:
+        text = " ".join(str(exc).split()).split("Original error was:")[-1].strip() or type(exc).__name__
+        if isinstance(exc, MemoryError) or any(marker in text for marker in LOAD_FAILURE_MARKERS):
+            raise JobFailed(
+                "MemoryLimitTooLow",
+                f"the {job['memory_limit_mb']} MB memory limit is too small to load {what} itself ({text[-160:]})",
+            ) from None
+        if isinstance(exc, ImportError) and what == "numpy":
+            raise JobFailed("RuntimeMissing", f"numpy cannot be imported: {text[-200:]}") from None
+        raise
+
+
 def _import_runtime(preference: str) -> tuple[Any, Any, str, str | None]:
     """(Interpreter class, OpResolverType or None, module name, version) of the first runtime that imports."""
     names = RUNTIMES if preference == "auto" else (preference,)
@@ -345,6 +367,10 @@ def _load_model(job: dict[str, Any], interpreter_class: Any, resolver: Any) -> t
         options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         interpreter = interpreter_class(**options)
+    except (TypeError, OverflowError) as exc:  # e.g. a thread count the runtime's C++ side cannot take
+        raise JobFailed(
+            "BadJob", f"the runtime refused the settings (threads {job['threads']}): {_clean(exc)}"
+        ) from None
     except (ValueError, RuntimeError) as exc:
         raise JobFailed(_refusal_class(str(exc)), f"the runtime refused the model: {_clean(exc)}") from None
     try:
@@ -549,9 +575,10 @@ def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
     of the board (another tenant, a frequency change) lasts far longer than a block, so it lands on both
     models alike instead of on one of them. Both get the same input rule and the same warm-up.
     """
-    import numpy as np
-
-    interpreter_class, resolver, _, _ = _import_runtime(job["runtime"])
+    np = _import_under_limit(job, lambda: __import__("numpy"), "numpy")
+    interpreter_class, resolver, _, _ = _import_under_limit(
+        job, lambda: _import_runtime(job["runtime"]), "the TFLite runtime"
+    )
     model, _ = _load_model(job, interpreter_class, resolver)
     baseline, _ = _load_model({**job, "model": job["baseline"]}, interpreter_class, resolver)
     typical_ns = []
@@ -599,9 +626,10 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     repeat = bool(job.get("_repeat"))
     emit = (lambda *args, **fields: None) if repeat else _emit
     emit("phase", phase="import-runtime")
-    import numpy as np
-
-    interpreter_class, resolver, name, version = _import_runtime(job["runtime"])
+    np = _import_under_limit(job, lambda: __import__("numpy"), "numpy")
+    interpreter_class, resolver, name, version = _import_under_limit(
+        job, lambda: _import_runtime(job["runtime"]), "the TFLite runtime"
+    )
     xnnpack = bool(job["xnnpack"]) or resolver is None
     result: dict[str, Any] = {
         "runtime": {"name": name, "version": version, "threads": int(job["threads"]), "xnnpack": xnnpack},
@@ -876,6 +904,8 @@ def check_job(raw: str) -> dict[str, Any]:
     for field in ("threads", "runs", "max_runs", "memory_limit_mb", "repeats"):
         if not isinstance(merged[field], int) or merged[field] < 1:
             raise JobFailed("BadJob", f"{field} must be a positive integer (got {merged[field]!r})")
+    if merged["threads"] > MAX_THREADS:
+        raise JobFailed("BadJob", f"threads must be at most {MAX_THREADS} (got {merged['threads']})")
     for field in ("warmup_runs",):
         if not isinstance(merged[field], int) or merged[field] < 0:
             raise JobFailed("BadJob", f"{field} must be a non-negative integer (got {merged[field]!r})")

@@ -82,3 +82,51 @@ def test_model_failure_exit_code_and_failed_record_keep_the_good_result(
     assert (tmp_path / "m.deploy-local.json").read_text() == good
     failed = json.loads((tmp_path / "m.deploy-local.failed.json").read_text())
     assert failed["status"] == "failed" and failed["error"]["class"] == "InvalidModel"
+
+
+def _with_nan_input_scale(model: Path, out: Path) -> Path:
+    """The same model with its input tensor's quantization scale overwritten by NaN in the flatbuffer."""
+    import struct
+
+    import numpy as np
+
+    from edgepipe.tflite_model import TfliteModel
+
+    content = model.read_bytes()
+    parsed = TfliteModel.read(content)
+    scale = struct.pack("<f", float(parsed.tensors[parsed.inputs[0]].scale[0]))
+    assert content.count(scale) >= 1  # the input's and, sharing it, the reshape's
+    out.write_bytes(content.replace(scale, struct.pack("<f", float("nan"))))
+    assert np.isnan(TfliteModel.read(out).tensors[parsed.inputs[0]].scale[0])
+    return out
+
+
+def test_a_nan_quantization_scale_is_refused_before_anything_is_sent(
+    optimized_run: tuple[Path, dict], local_env: dict, tmp_path: Path
+) -> None:
+    directory, _ = optimized_run
+    broken = _with_nan_input_scale(directory / "model.tflite", tmp_path / "nan.tflite")
+    done = run_cli("deploy", "--model", str(broken), "--data", str(directory / "eval.npz"), env=local_env)
+    assert done.returncode == 5, done.stderr
+    assert "unusable quantization scale" in done.stderr and "nan" in done.stderr
+    assert not (tmp_path / "board").exists(), "something was sent to the board"
+
+
+def test_board_settings_the_runtime_cannot_take_are_configuration_errors(
+    optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Not exit 16 'the agent is broken': a memory limit too small for numpy and the runtime themselves, and a
+    thread count no runtime takes, are the target's settings (exit 2, naming the setting)."""
+    directory, _ = optimized_run
+    low = tmp_path / "low.yaml"
+    low.write_text(
+        f"name: low\ntransport: local\nworkdir: {tmp_path / 'board'}\n"
+        "measure: {memory_limit_mb: 64, runs: 5, min_seconds: 0, repeats: 1}\n"
+    )
+    done = run_cli("deploy", "--target", str(low), "--model", str(directory / "model.tflite"), "--no-history")
+    assert done.returncode == 2, done.stderr
+    assert "MemoryLimitTooLow" in done.stderr and "memory_limit_mb" in done.stderr
+    many = tmp_path / "many.yaml"
+    many.write_text(f"name: many\ntransport: local\nworkdir: {tmp_path / 'board'}\nthreads: 100000000000\n")
+    refused = run_cli("deploy", "--target", str(many), "--model", str(directory / "model.tflite"), "--no-history")
+    assert refused.returncode == 2 and "threads" in refused.stderr and "1024" in refused.stderr, refused.stderr

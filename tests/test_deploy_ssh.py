@@ -285,3 +285,23 @@ def test_full_disk_on_the_board_is_a_transfer_error_that_leaves_nothing(
     assert "free space" in (failed.value.hint or "")
     assert sorted(p.name for p in (tiny_disk / "blobs").iterdir()) == []  # no partial, no final model
     assert not (tmp_path / "r.json").exists()
+
+
+def test_targets_check_without_the_hosts_key_says_how_to_record_it(loopback_env: dict, tmp_path: Path) -> None:
+    env = {**loopback_env, "EDGEPIPE_LOOPBACK_KNOWN_HOSTS": str(tmp_path / "known_hosts")}
+    done = run_cli("targets", "check", "loopback", env=env)
+    assert done.returncode == 10, done.stdout + done.stderr
+    hint = next(line for line in done.stderr.splitlines() if line.startswith("hint:"))
+    assert "ssh-keyscan" in hint and "agent install" not in hint, hint
+
+
+def test_an_ssh_target_without_a_user_logs_in_as_you(tmp_path: Path) -> None:
+    """As ssh(1) does; the shipped rpi4 target relies on it (Raspberry Pi OS has no default 'pi' user)."""
+    import getpass
+
+    from edgepipe.config.target import Target
+    from edgepipe.targets import load_target
+
+    target = Target(name="b", transport="ssh", host="board.local", key=tmp_path / "k")
+    assert target.user == getpass.getuser()
+    assert load_target("rpi4").user == os.environ.get("EDGEPIPE_RPI4_USER", getpass.getuser())

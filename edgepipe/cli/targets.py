@@ -59,11 +59,15 @@ def check(
     for row in rows:
         table.add_row(row.name, f"[{STYLE[row.status]}]{row.status}[/]", row.detail)
     stdout.print(table)
-    failed = [row.name for row in rows if row.status == "fail"]
+    failed = [row for row in rows if row.status == "fail"]
     if failed:
+        hints = [row.hint for row in failed if row.hint]
         raise InfrastructureError(
-            f"target {target.name} is not ready: {', '.join(failed)} failed",
-            hint=f"fix the rows marked fail; 'edgepipe agent install --target {target.name}' prepares a fresh board",
+            f"target {target.name} is not ready: {', '.join(row.name for row in failed)} failed",
+            # the failing step's own advice (a missing host key, an image to build) before the generic one
+            hint=hints[0]
+            if hints
+            else f"fix the rows marked fail; 'edgepipe agent install --target {target.name}' prepares a fresh board",
         )
 
 

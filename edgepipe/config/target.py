@@ -105,7 +105,7 @@ class Target(Strict):
     transport: Literal["local", "ssh", "qemu"]
     host: str | None = None
     port: int = Field(22, ge=1, le=65535)
-    user: str | None = None
+    user: str | None = Field(None, description="login on the board; none: your login name here, as ssh does")
     key: Path | None = Field(None, description="private key file; none means the SSH agent (use_agent) only")
     use_agent: bool = False
     known_hosts: Path = Path("~/.ssh/known_hosts")
@@ -126,7 +126,7 @@ class Target(Strict):
         description="interpreter that runs the agent; default: edgepipe's own (local) or the venv of agent install",
     )
     runtime: Runtime = "auto"
-    threads: int = Field(1, ge=1)
+    threads: int = Field(1, ge=1, le=1024, description="interpreter threads (the agent refuses more than 1024 too)")
     xnnpack: bool = True
     arch: str | None = Field(None, description="expected platform.machine() on the board, e.g. aarch64")
     emulated: bool = False
@@ -142,7 +142,7 @@ class Target(Strict):
     def _expand_home(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("key", "python", mode="before")
+    @field_validator("key", "python", "user", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
@@ -169,9 +169,12 @@ class Target(Strict):
     @model_validator(mode="after")
     def _ssh_needs_a_host(self) -> Target:
         if self.transport == "ssh":
-            missing = [f for f in ("host", "user") if not getattr(self, f)]
-            if missing:
-                raise ValueError(f"an ssh target needs {' and '.join(missing)}")
+            if not self.host:
+                raise ValueError("an ssh target needs host")
+            if not self.user:  # like ssh(1): the local login name (Raspberry Pi OS has no default 'pi' any more)
+                import getpass
+
+                self.user = getpass.getuser()
             if self.key is None and not self.use_agent:
                 raise ValueError("an ssh target needs a key file, or use_agent: true")
         return self

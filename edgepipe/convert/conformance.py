@@ -6,10 +6,14 @@ tensor. Two kinds of finding are listed by operator and tensor name:
 - ``float_op``: an operator with a float input, output or weight — it would run a float kernel on the board;
 - ``island``: a DEQUANTIZE (integer -> float) or a QUANTIZE from float, the edges of a float region inside
   an otherwise integer graph. (A QUANTIZE from int8 to uint8 or back is a requantization and is fine.)
+- ``bad_scale``: a quantized tensor whose scale is NaN, infinite, zero or negative. Such a model still loads
+  and runs everywhere, identically wrong on host and board (every value maps to one integer), so no accuracy
+  comparison catches it; only the file itself can. ``bad_scales`` lists any model's, float or not.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,7 +24,7 @@ FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
 
 @dataclass
 class Finding:
-    kind: str  # "float_op" | "island"
+    kind: str  # "float_op" | "island" | "bad_scale"
     op_index: int
     op: str
     tensors: list[str]
@@ -39,6 +43,10 @@ class ConformanceReport:
         io_ok = all(t == self.io_type for t in [*self.input_types, *self.output_types])
         return io_ok and not self.findings
 
+    @property
+    def bad_scales(self) -> list[Finding]:
+        return [f for f in self.findings if f.kind == "bad_scale"]
+
     def problems(self) -> list[str]:
         """One short line per problem, for error messages."""
         lines = []
@@ -55,6 +63,7 @@ class ConformanceReport:
             "output_types": self.output_types,
             "float_ops": [asdict(f) for f in self.findings if f.kind == "float_op"],
             "islands": [asdict(f) for f in self.findings if f.kind == "island"],
+            "bad_scales": [asdict(f) for f in self.bad_scales],
         }
 
 
@@ -64,11 +73,30 @@ def check(model: TfliteModel, io_type: str = "int8") -> ConformanceReport:
         input_types=[model.tensors[i].dtype for i in model.inputs],
         output_types=[model.tensors[i].dtype for i in model.outputs],
     )
+    seen: set[int] = set()
     for op in model.ops:
         finding = _inspect(model, op)
         if finding:
             report.findings.append(finding)
+        report.findings += _scales(model, op, seen)
     return report
+
+
+def _scales(model: TfliteModel, op: Op, seen: set[int]) -> list[Finding]:
+    """Each wrongly scaled tensor once, at the first operator that uses it."""
+    findings = []
+    for tensor in [*model.op_inputs(op), *model.op_outputs(op)]:
+        if tensor.index in seen or tensor.scale is None or not tensor.scale.size:
+            continue
+        seen.add(tensor.index)
+        wrong = [float(v) for v in tensor.scale if not (math.isfinite(float(v)) and float(v) > 0)]
+        if wrong:
+            findings.append(
+                Finding(
+                    "bad_scale", op.index, op.name, [tensor.name], f"quantization scale {wrong[0]} of {tensor.name}"
+                )
+            )
+    return findings
 
 
 def _inspect(model: TfliteModel, op: Op) -> Finding | None:

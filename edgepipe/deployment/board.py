@@ -25,6 +25,7 @@ class Check:
     name: str
     status: str  # "pass" | "fail" | "warn" | "n/a"
     detail: str
+    hint: str | None = None  # what to do about a failure, when the failing step knows
 
 
 def check_target(target: Target, progress: Progress | None = None) -> list[Check]:
@@ -35,22 +36,26 @@ def check_target(target: Target, progress: Progress | None = None) -> list[Check
         progress.phase(f"connecting to {target.where()}")
         transport = open_transport(target)
     except InfrastructureError as exc:
-        return [Check("reachable", "fail", exc.message)]
+        return [Check("reachable", "fail", exc.message, exc.hint)]
     with transport:
         rows.append(Check("reachable", "pass", f"{transport.describe()}" + _first_use(transport)))
-        helper = helper_python(target)
+        # The board's own interpreter: on an emulated board the image's (the transport runs it under QEMU),
+        # not this machine's Python that writes the image's files.
+        helper = agent_python(target) if target.transport == "qemu" else helper_python(target)
         version = transport.run([helper, "-c", "import sys; print(sys.version.split()[0])"], timeout=60)
         if not version.ok:
             rows.append(Check("python", "fail", f"{helper} does not run on the board: {version.stderr.strip()[-200:]}"))
             return rows
-        rows.append(Check("python", "pass", f"{helper} {version.stdout.strip()}"))
+        where = " (in the emulated image)" if target.transport == "qemu" else ""
+        rows.append(Check("python", "pass", f"{helper} {version.stdout.strip()}{where}"))
+        helper = helper_python(target)
         try:
             cache = RemoteCache(transport, target.workdir, helper, progress, idle_s=target.link_timeout_s + 10)
             agent_path = install_agent(transport, cache, target)
             rows.append(Check("agent", "pass", agent_path))
             report = probe(transport, target, agent_path, agent_python(target))
         except EdgepipeError as exc:
-            rows.append(Check("agent", "fail", exc.message + (f" ({exc.hint})" if exc.hint else "")))
+            rows.append(Check("agent", "fail", exc.message, exc.hint))
             return rows
     rows += _board_rows(target, report)
     return rows

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.data import EVAL_DATA, infer_task, read_eval_data, write_eval_data
-from edgepipe.errors import ConfigError
+from edgepipe.errors import ConfigError, ConformanceError
 from edgepipe.provenance import sha256_file
 from edgepipe.run_models import read_optimize_record
 from edgepipe.rundir import MARKER
@@ -90,6 +90,7 @@ def stage(
     board's runtime reacts is what the user asked for, and the agent classifies it there.
     """
     model = Staged(model_file, sha256_file(model_file), ".tflite")
+    _refuse_broken_quantization(model_file)
     source: dict[str, Any] = {"model": str(model_file), "run_dir": str(run_dir) if run_dir else None}
     task = None
     if run_dir is not None:
@@ -132,3 +133,22 @@ def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> di
     result = run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline_s=900)
     result.pop("timing", None)  # one run says nothing about speed
     return result
+
+
+def _refuse_broken_quantization(model_file: Path) -> None:
+    """A NaN, infinite, zero or negative quantization scale makes a model run, and be equally wrong on the host
+    and the board: no check downstream can see it. Refuse it before anything is sent (exit 5)."""
+    from edgepipe.convert import conformance
+    from edgepipe.tflite_model import TfliteModel
+
+    try:
+        parsed = TfliteModel.read(model_file)
+    except Exception:
+        return
+    bad = conformance.check(parsed).bad_scales
+    if bad:
+        where = "; ".join(f"{f.tensors[0]} (op #{f.op_index} {f.op}): {f.detail}" for f in bad[:3])
+        raise ConformanceError(
+            f"{model_file}: {len(bad)} tensor(s) with an unusable quantization scale: {where}",
+            hint="the converter or a tool that edited the file broke its quantization; convert the model again",
+        )

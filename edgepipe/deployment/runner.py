@@ -60,6 +60,11 @@ AGENT_ERRORS: dict[str, tuple[type[EdgepipeError], str]] = {
         "raise the target's measure.memory_limit_mb if the board has the memory, or deploy a smaller model",
     ),
     "DataMismatch": (ConfigError, "the evaluation data does not fit the model's input; check --data"),
+    "MemoryLimitTooLow": (
+        ConfigError,
+        "raise the target's measure.memory_limit_mb: the runtime and numpy alone need more address space",
+    ),
+    "BadJob": (ConfigError, "the target's settings are outside what the board's runtime accepts; fix the target"),
     "RuntimeMissing": (AgentError, "install a TFLite runtime on the board: edgepipe agent install --target NAME"),
     "AgentFailure": (AgentError, "this is a bug in the device agent; please report the message"),
 }

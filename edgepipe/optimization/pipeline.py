@@ -138,7 +138,7 @@ def _problems(report: dict[str, Any]) -> list[str]:
         for kind, types in (("input", report["input_types"]), ("output", report["output_types"]))
         if any(t != report["io_type"] for t in types)
     ]
-    for finding in [*report["float_ops"], *report["islands"]]:
+    for finding in [*report["float_ops"], *report["islands"], *report.get("bad_scales", [])]:
         lines.append(f"{finding['op']} #{finding['op_index']} ({', '.join(finding['tensors'][:2])})")
     return lines
 
