@@ -112,4 +112,6 @@ def test_a_session_that_dies_without_exit_status_is_an_infrastructure_error(loop
         threading.Thread(target=kill_sessions, daemon=True).start()
         with pytest.raises((CommandError, ConnectError)) as lost:
             transport.run(["sleep", "30"], timeout=60)
-        assert isinstance(lost.value, InfrastructureError) and "exit status" in lost.value.message
+        assert isinstance(lost.value, InfrastructureError)
+        # sshd's session died: either the channel closed without a status, or the whole connection went
+        assert "exit status" in lost.value.message or "dropped while sleep ran" in lost.value.message

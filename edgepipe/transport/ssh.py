@@ -378,7 +378,8 @@ class SshTransport(Transport):
         return transport
 
     def _dropped(self, transport: paramiko.Transport, what: str) -> ConnectError:
-        cause = getattr(transport, "saved_exception", None)
+        saved = getattr(transport, "saved_exception", None)
+        cause = (str(saved) or type(saved).__name__) if saved is not None else None
         return ConnectError(
             f"the connection to {self.describe()} dropped while {what} ran"
             + (f" ({cause})" if cause else "")
