@@ -233,24 +233,13 @@ def deploy(
     the run's float and stage models (``DeployResult.stages``). Raises ConfigError, InfrastructureError
     (exit 10-17: the board, the link, the agent) or DeviceModelError (exit 20-26: the model on the board).
     """
-    import math
-
-    from edgepipe.config.loading import validate
-    from edgepipe.config.target import MeasureSettings
-    from edgepipe.config.target import Target as TargetModel
     from edgepipe.deployment import deploy as run_deploy
     from edgepipe.reporting.resolve import baseline_model
     from edgepipe.store import History
-    from edgepipe.targets import load_target
 
-    chosen = target if isinstance(target, TargetModel) else load_target(str(target))
+    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
     if stages and run is None:
         raise ConfigError("stages=True (--stages) needs a run directory of 'edgepipe optimize', not a model file")
-    if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
-        raise ConfigError(f"deadline {deadline_s} is not a positive number of seconds")
-    overrides = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
-    settings = {name: value for name, value in overrides.items() if value is not None}
-    measure = validate({**chosen.measure.model_dump(), **settings}, MeasureSettings, "measure settings")
     history_path = Path(history) if history is not None else None
     paired = baseline_model(baseline, chosen.name, history_path) if baseline is not None else None
     store = History(history_path) if record else None
@@ -268,18 +257,72 @@ def deploy(
             tags=tags,
             baseline=paired,
         )
-        done: list[StageDeploy] = []
-        if stages:
-            from edgepipe.deployment.stages import deploy_stages
-
-            assert run is not None
-            done = deploy_stages(
-                chosen, Path(run), measure=measure, deadline_s=deadline_s, history=store, tags=tags, on_stage=on_stage
-            )
     finally:
         if store is not None:
             store.close()
+    done: list[StageDeploy] = []
+    if stages:
+        assert run is not None
+        done = deploy_stages(
+            run, target=chosen, runs=runs, min_seconds=min_seconds, repeats=repeats, eval_samples=eval_samples,
+            deadline_s=deadline_s, history=history, record=record, tags=tags, on_stage=on_stage,
+        )  # fmt: skip
     return DeployResult(outcome.result, outcome.path, outcome.run_id, done)
+
+
+def deploy_stages(
+    run: PathLike,
+    *,
+    target: str | Target = "local",
+    runs: int | None = None,
+    min_seconds: float | None = None,
+    repeats: int | None = None,
+    eval_samples: int | None = None,
+    deadline_s: float | None = None,
+    history: PathLike | None = None,
+    record: bool = True,
+    tags: Sequence[str] = (),
+    on_stage: Callable[[Any], None] | None = None,
+) -> list[StageDeploy]:
+    """Measure the float model and every stage's model of a run (what ``deploy(stages=True)`` adds), each into
+    ``deploy-TARGET.json`` next to its model. A stage whose model fails on the board is returned with its
+    ``error``; the others still run. ``on_stage`` is called with each stage before it is measured."""
+    from edgepipe.deployment.stages import deploy_stages as run_stages
+    from edgepipe.store import History
+
+    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
+    store = History(Path(history) if history is not None else None) if record else None
+    try:
+        return run_stages(
+            chosen, Path(run), measure=measure, deadline_s=deadline_s, history=store, tags=tags, on_stage=on_stage
+        )
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _board_settings(
+    target: str | Target,
+    runs: int | None,
+    min_seconds: float | None,
+    repeats: int | None,
+    eval_samples: int | None,
+    deadline_s: float | None,
+) -> tuple[Target, Any]:
+    """The target, and its measure settings with the caller's overrides, validated like the target file."""
+    import math
+
+    from edgepipe.config.loading import validate
+    from edgepipe.config.target import MeasureSettings
+    from edgepipe.config.target import Target as TargetModel
+    from edgepipe.targets import load_target
+
+    chosen = target if isinstance(target, TargetModel) else load_target(str(target))
+    if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
+        raise ConfigError(f"deadline {deadline_s} is not a positive number of seconds")
+    overrides = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
+    settings = {name: value for name, value in overrides.items() if value is not None}
+    return chosen, validate({**chosen.measure.model_dump(), **settings}, MeasureSettings, "measure settings")
 
 
 # -------------------------------------------------------------------------------------------------------- report

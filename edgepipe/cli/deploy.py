@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgepipe.cli.console import stderr, stdout
 from edgepipe.cli.optimize import ConsoleProgress
+from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
 from edgepipe.reporting.formatting import mib
 from edgepipe.run_models import RunModel
@@ -141,6 +142,8 @@ def deploy(
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
     from edgepipe import api
 
+    if stages and run_dir is None:
+        raise ConfigError("--stages needs a run directory of 'edgepipe optimize', not --model")
     progress: Progress = Progress() if quiet else DeployProgress()
 
     def started(stage: RunModel) -> None:
@@ -163,9 +166,7 @@ def deploy(
             record=not no_history,
             tags=tag or [],
             baseline=baseline,
-            stages=stages,
             progress=progress,
-            on_stage=started,
         )
     except BaseException:
         if isinstance(progress, ConsoleProgress):
@@ -179,7 +180,11 @@ def deploy(
         tags = f" tagged {', '.join(tag)}" if tag else ""
         stdout.print(f"recorded as run {outcome.run_id}{tags} in {outcome.record['history']['path']}", highlight=False)
     if stages:
-        print_stages(outcome.stages)
+        done = api.deploy_stages(
+            run_dir, target=target, runs=runs, min_seconds=min_seconds, repeats=repeats, eval_samples=eval_samples,
+            deadline_s=deadline, history=history, record=not no_history, tags=tag or [], on_stage=started,
+        )  # fmt: skip
+        print_stages(done)
 
 
 def print_stages(done: list[StageDeploy]) -> None:
