@@ -115,3 +115,27 @@ def test_a_session_that_dies_without_exit_status_is_an_infrastructure_error(loop
         assert isinstance(lost.value, InfrastructureError)
         # sshd's session died: either the channel closed without a status, or the whole connection went
         assert "exit status" in lost.value.message or "dropped while sleep ran" in lost.value.message
+
+
+def test_the_loopback_board_stops_its_sshd_on_sigterm(tmp_path: Path) -> None:
+    """``python -m edgepipe.transport.loopback`` is stopped by CI with SIGTERM: its sshd must go with it."""
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "edgepipe.transport.loopback", str(tmp_path / "board")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert helper.stdout is not None
+        first = helper.stdout.readline()
+        assert "sshd listens on 127.0.0.1:" in first, first + helper.stderr.read() if helper.stderr else first
+        sshd_pid = int(first.split("(pid ")[1].split(")")[0])
+        helper.send_signal(signal.SIGTERM)
+        helper.wait(timeout=20)
+    finally:
+        helper.kill()
+    for _ in range(100):
+        if not Path(f"/proc/{sshd_pid}").exists():
+            break
+        time.sleep(0.1)
+    assert not Path(f"/proc/{sshd_pid}").exists(), "sshd outlived the loopback helper"
