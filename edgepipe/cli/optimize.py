@@ -188,7 +188,7 @@ def print_summary(result: dict[str, Any]) -> None:
     totals = result["analysis"]
     stdout.print(
         f"analysis: params {totals['float']['total']['params']:,} -> {totals['final']['total']['params']:,}, "
-        f"MACs {totals['final']['total']['macs']:,}, peak activations "
+        f"MACs {totals['float']['total']['macs']:,} -> {totals['final']['total']['macs']:,}, peak activations "
         f"{totals['float']['total']['peak_activation_bytes']:,} B -> "
         f"{totals['final']['total']['peak_activation_bytes']:,} B",
         highlight=False,

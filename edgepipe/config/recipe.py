@@ -121,6 +121,25 @@ class ClusterStage(_StageBase):
     layers: LayerSelection = Field(default_factory=LayerSelection)
 
 
+class ChannelPruneStage(_StageBase):
+    """Structured pruning: whole filters are removed and a smaller model is built (fewer MACs on the board).
+
+    ``ratio`` is the share of each prunable group's channels removed; ``per_layer`` (glob -> ratio, matched
+    against a group's convolutions/dense layers) overrides it; ``global_ranking`` instead removes the least
+    important ``ratio`` of all channels, wherever they are. ``steps`` reaches the ratio in that many prune +
+    fine-tune rounds (iterative pruning).
+    """
+
+    kind: Literal["channel_prune"]
+    ratio: float = Field(default=0.5, gt=0.0, lt=1.0)
+    criterion: Literal["l1", "l2", "bn_gamma", "activation"] = "l1"
+    per_layer: dict[str, Annotated[float, Field(ge=0.0, lt=1.0)]] = Field(default_factory=dict)
+    global_ranking: bool = False
+    min_channels: int = Field(default=4, ge=1)
+    round_to: int = Field(default=1, ge=1, le=64)
+    steps: int = Field(default=1, ge=1, le=20)
+
+
 class QatStage(_StageBase):
     """Quantization-aware training. ``scheme: auto`` picks TF-MOT's collaborative scheme from the earlier stages:
     PQAT after prune, CQAT after cluster, PCQAT after both, plain 8-bit QAT otherwise."""
@@ -137,7 +156,7 @@ class PtqStage(_StageBase):
     kind: Literal["ptq"]
 
 
-Stage = Annotated[PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")]
+Stage = Annotated[ChannelPruneStage | PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")]
 
 
 class ConvertSettings(_Strict):
@@ -190,6 +209,13 @@ class Recipe(_Strict):
             raise ValueError("at most one quantization stage (qat or ptq) per recipe")
         if quantizing and quantizing[0] != len(kinds) - 1:
             raise ValueError(f"the {kinds[quantizing[0]]} stage must be the last stage: quantization ends the chain")
+        if "channel_prune" in kinds:
+            last = len(kinds) - 1 - kinds[::-1].index("channel_prune")
+            later = [k for k in kinds[:last] if k in ("prune", "cluster")]
+            if later:
+                raise ValueError(
+                    f"channel_prune must come before {later[0]}: rebuilding the model drops its zeros and clusters"
+                )
         if "prune" in kinds and "cluster" in kinds and kinds.index("prune") > kinds.index("cluster"):
             raise ValueError("prune must come before cluster (pruning after clustering destroys the clusters)")
         names = [stage_name(s) for s in stages]

@@ -28,7 +28,7 @@ from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
-from edgepipe.optimization import cluster, gates, measure, prune, ptq, qat, rewrite, saving
+from edgepipe.optimization import channel_prune, cluster, gates, measure, prune, ptq, qat, rewrite, saving
 from edgepipe.optimization.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
@@ -40,6 +40,7 @@ SCHEMA = "edgepipe.optimize/1"
 FINAL_MODEL = "model.tflite"
 
 TECHNIQUES: dict[str, Callable[[Any, Any, StageContext], StageOutcome]] = {
+    "channel_prune": channel_prune.apply,
     "prune": prune.apply,
     "cluster": cluster.apply,
     "qat": qat.apply,

@@ -1,0 +1,309 @@
+"""Channel pruning that removes filters: a smaller Keras model with the kept weights copied in, no masks.
+
+Removing output channel ``c`` of a convolution is only correct if every layer that sees channel ``c`` drops it
+too. As Torch-Pruning's dependency graph does for PyTorch, the layers are walked in graph order and each tensor's
+last axis is traced back to the *channel group* that produced it:
+
+- a Conv2D or a (non-output) Dense opens a group: its filters are the group's channels;
+- BatchNormalization, activations, dropout, pooling, padding and global pooling pass a group through; a
+  DepthwiseConv2D (depth multiplier 1) passes it through and is sliced with it;
+- an ``Add`` (and Subtract, Multiply, Average, Maximum, Minimum) ties its inputs' groups into one: every branch
+  of a residual add keeps the same channels;
+- Flatten maps a group to blocks of the next Dense's inputs (channel ``c`` of an HxWxC tensor is every input
+  ``i`` with ``i % C == c``);
+- a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
+
+What cannot be traced safely (Concatenate, Reshape, a grouped convolution, a custom layer, a group that reaches a
+model output) *blocks* the group: it is left whole and named in the stage's details, never pruned wrongly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgepipe.keras_compat import keras
+
+PASSTHROUGH = (
+    "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Dropout", "SpatialDropout2D",
+    "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
+    "GaussianNoise", "GaussianDropout", "UpSampling2D", "Cropping2D",
+)  # fmt: skip
+MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+CRITERIA = ("l1", "l2", "bn_gamma", "activation")
+
+
+@dataclass
+class Group:
+    """Channels that must be kept or removed together."""
+
+    channels: int
+    producers: list[str] = field(default_factory=list)  # layers whose output channels these are
+    sliced: list[str] = field(default_factory=list)  # BatchNorm, DepthwiseConv2D: sliced along with them
+    consumers: list[tuple[str, int]] = field(default_factory=list)  # (layer, flatten block size or 0)
+    blocked_by: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """The groups of a model and, once decided, the channels each keeps."""
+
+    groups: list[Group]
+    keep: dict[int, np.ndarray] = field(default_factory=dict)  # group index -> sorted kept channel indices
+
+    def kept_count(self, index: int) -> int:
+        return len(self.keep[index]) if index in self.keep else self.groups[index].channels
+
+    def removed(self) -> dict[str, dict[str, int]]:
+        """Per producer: channels before and after, for optimize.json."""
+        rows = {}
+        for index, group in enumerate(self.groups):
+            for name in group.producers:
+                rows[name] = {"before": group.channels, "after": self.kept_count(index)}
+        return rows
+
+    def blocked(self) -> dict[str, list[str]]:
+        return {", ".join(g.producers): g.blocked_by for g in self.groups if g.blocked_by and g.producers}
+
+
+class _Groups:
+    """Union-find over channel groups: a residual add merges the groups of its branches."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+        self.groups: list[Group] = []
+
+    def new(self, channels: int, producer: str) -> int:
+        self.parent.append(len(self.parent))
+        self.groups.append(Group(channels, [producer]))
+        return len(self.parent) - 1
+
+    def find(self, index: int) -> int:
+        while self.parent[index] != index:
+            self.parent[index] = self.parent[self.parent[index]]
+            index = self.parent[index]
+        return index
+
+    def union(self, first: int, second: int) -> int:
+        a, b = self.find(first), self.find(second)
+        if a == b:
+            return a
+        self.parent[b] = a
+        ga, gb = self.groups[a], self.groups[b]
+        ga.producers += gb.producers
+        ga.sliced += gb.sliced
+        ga.consumers += gb.consumers
+        ga.blocked_by += gb.blocked_by
+        return a
+
+
+def analyze(model: Any) -> Plan:
+    """The channel groups of ``model`` (tf_keras Sequential or functional, channels last)."""
+    k = keras()
+    union = _Groups()
+    # What each layer's output carries on its last axis: ("group", index), ("flat", index, block) or None.
+    carries: dict[str, tuple[Any, ...] | None] = {}
+    output_layers = {tensor._keras_history.layer.name for tensor in model.outputs}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if isinstance(layer, k.layers.InputLayer):
+            carries[layer.name] = None
+            continue
+        inbound = _inbound(layer)
+        sources = [carries.get(name) for name in inbound]
+        traced = [s for s in sources if s is not None]
+
+        def block(reason: str, sources: list[tuple[Any, ...] | None] = traced) -> None:
+            for source in sources:
+                if source is not None:
+                    union.groups[union.find(source[1])].blocked_by.append(reason)
+
+        if kind in ("Conv2D", "Dense") and _simple(layer):
+            if traced:
+                source = traced[0]
+                group = union.groups[union.find(source[1])]
+                group.consumers.append((layer.name, source[2] if source[0] == "flat" else 0))
+            if kind == "Dense" and len(layer.input_shape) != 2:
+                block(f"{layer.name} (Dense on a {len(layer.input_shape) - 1}-D input)")
+                carries[layer.name] = None
+                continue
+            channels = layer.filters if kind == "Conv2D" else layer.units
+            carries[layer.name] = ("group", union.new(channels, layer.name))
+            if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
+                union.groups[carries[layer.name][1]].blocked_by.append(f"{layer.name} (softmax over its channels)")
+        elif kind == "DepthwiseConv2D" and layer.depth_multiplier == 1 and traced and traced[0][0] == "group":
+            union.groups[union.find(traced[0][1])].sliced.append(layer.name)
+            carries[layer.name] = traced[0]
+        elif kind in PASSTHROUGH and len(traced) <= 1:
+            if kind == "BatchNormalization" and traced:
+                if traced[0][0] != "group" or layer.axis not in ([-1], [len(layer.input_shape) - 1], -1):
+                    block(f"{layer.name} (BatchNormalization not on the channel axis)")
+                    carries[layer.name] = None
+                    continue
+                union.groups[union.find(traced[0][1])].sliced.append(layer.name)
+            if traced and (kind == "PReLU" or layer.get_config().get("activation") == "softmax"):
+                block(f"{layer.name} ({kind}: not channel by channel)")
+                carries[layer.name] = None
+                continue
+            carries[layer.name] = traced[0] if traced else None
+        elif kind in MERGES and traced and all(s is not None and s[0] == "group" for s in sources):
+            merged = traced[0][1]
+            for source in traced[1:]:
+                merged = union.union(merged, source[1])
+            carries[layer.name] = ("group", merged)
+        elif kind == "Flatten" and traced and traced[0][0] == "group":
+            spatial = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
+            carries[layer.name] = ("flat", traced[0][1], spatial)
+        else:
+            block(f"{layer.name} ({kind})")
+            carries[layer.name] = None
+            continue
+        if layer.name in output_layers and carries[layer.name] is not None:
+            block(f"{layer.name} (a model output)", [carries[layer.name]])
+    roots = sorted({union.find(i) for i in range(len(union.parent))})
+    return Plan([union.groups[r] for r in roots])
+
+
+def _inbound(layer: Any) -> list[str]:
+    node = layer.inbound_nodes[0]
+    inbound = node.inbound_layers
+    return [item.name for item in (inbound if isinstance(inbound, list | tuple) else [inbound])]
+
+
+def _simple(layer: Any) -> bool:
+    """A convolution edgepipe knows how to slice: ungrouped, channels last."""
+    if type(layer).__name__ == "Conv2D":
+        return layer.groups == 1 and layer.data_format == "channels_last"
+    return True
+
+
+def importance(model: Any, plan: Plan, criterion: str, sample: np.ndarray | None = None) -> list[np.ndarray]:
+    """One score per channel of every group, higher is more important, summed over the group's producers."""
+    scores = []
+    for group in plan.groups:
+        total = np.zeros(group.channels)
+        for name in group.producers:
+            total += _producer_score(model, name, group, criterion, sample)
+        scores.append(total)
+    return scores
+
+
+def _producer_score(model: Any, name: str, group: Group, criterion: str, sample: np.ndarray | None) -> np.ndarray:
+    layer = model.get_layer(name)
+    kernel = layer.get_weights()[0]
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    if criterion == "bn_gamma":
+        norms = [model.get_layer(n) for n in group.sliced if type(model.get_layer(n)).__name__ == "BatchNormalization"]
+        if norms:  # network slimming: the scale BatchNorm gives each channel
+            return np.sum([np.abs(_bn_gamma(norm)) for norm in norms], axis=0)
+        return np.abs(flat).sum(axis=0)  # no BatchNorm behind this producer: fall back to L1
+    if criterion == "activation" and sample is not None:
+        probe = keras().Model(model.inputs, layer.output)
+        produced = np.asarray(probe.predict(sample, batch_size=256, verbose=0))
+        return np.abs(produced).reshape(-1, produced.shape[-1]).mean(axis=0)
+    if criterion == "l2":
+        return np.sqrt((flat**2).sum(axis=0))
+    return np.abs(flat).sum(axis=0)
+
+
+def _bn_gamma(layer: Any) -> np.ndarray:
+    weights = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
+    return weights.get("gamma", np.ones(layer.weights[0].shape))
+
+
+def decide(
+    model: Any,
+    plan: Plan,
+    scores: list[np.ndarray],
+    ratio: float,
+    per_layer: dict[str, float],
+    global_ranking: bool,
+    min_channels: int,
+    round_to: int,
+) -> Plan:
+    """Which channels each unblocked group keeps. ``per_layer`` (glob -> ratio, matched against the group's
+    producers) overrides ``ratio``; ``global_ranking`` removes the least important channels across all groups
+    (scores normalized per group by their mean, so wide and narrow layers compete fairly)."""
+    ratios = {}
+    for index, group in enumerate(plan.groups):
+        if group.blocked_by:
+            continue
+        chosen = [r for pattern, r in per_layer.items() for p in group.producers if fnmatch.fnmatchcase(p, pattern)]
+        ratios[index] = chosen[0] if chosen else ratio
+    targets = {i: _kept(plan.groups[i].channels, r, min_channels, round_to) for i, r in ratios.items()}
+    if global_ranking and ratios:
+        pooled = np.concatenate([scores[i] / (scores[i].mean() or 1.0) for i in ratios])
+        threshold = np.quantile(pooled, ratio)
+        for i in ratios:
+            survivors = int(np.sum(scores[i] / (scores[i].mean() or 1.0) > threshold))
+            targets[i] = _kept(plan.groups[i].channels, 1 - survivors / plan.groups[i].channels, min_channels, round_to)
+    for index, kept in targets.items():
+        if kept < plan.groups[index].channels:
+            order = np.argsort(-scores[index], kind="stable")[:kept]
+            plan.keep[index] = np.sort(order)
+    return plan
+
+
+def _kept(channels: int, ratio: float, min_channels: int, round_to: int) -> int:
+    kept = max(min_channels, math.ceil(channels * (1 - ratio) / round_to) * round_to)
+    return min(channels, kept)
+
+
+def rebuild(model: Any, plan: Plan) -> Any:
+    """A new model with the planned channels removed and every kept weight copied in."""
+    k = keras()
+    out_keep: dict[str, np.ndarray] = {}
+    in_keep: dict[str, tuple[np.ndarray, int]] = {}
+    for index, group in enumerate(plan.groups):
+        if index not in plan.keep:
+            continue
+        kept = plan.keep[index]
+        for name in group.producers + group.sliced:
+            out_keep[name] = kept
+        for name, block in group.consumers:
+            in_keep[name] = (kept, block)
+
+    def clone(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer.name in out_keep and type(layer).__name__ == "Conv2D":
+            config["filters"] = len(out_keep[layer.name])
+        elif layer.name in out_keep and type(layer).__name__ == "Dense":
+            config["units"] = len(out_keep[layer.name])
+        return layer.__class__.from_config(config)
+
+    pruned = k.models.clone_model(model, clone_function=clone)
+    for old, new in zip(model.layers, pruned.layers, strict=True):
+        weights = old.get_weights()
+        if not weights:
+            continue
+        new.set_weights(_sliced(old, weights, out_keep.get(old.name), in_keep.get(old.name)))
+    return pruned
+
+
+def _sliced(
+    layer: Any, weights: list[np.ndarray], out: np.ndarray | None, inputs: tuple[np.ndarray, int] | None
+) -> list[np.ndarray]:
+    kind = type(layer).__name__
+    if kind in ("Conv2D", "Dense"):
+        kernel, rest = weights[0], weights[1:]
+        if inputs is not None:
+            kept, block = inputs
+            if kind == "Dense" and block:  # a Flatten in between: channel c is every input row i with i % C == c
+                channels = kernel.shape[0] // block
+                rows = (np.arange(block)[:, None] * channels + kept[None, :]).reshape(-1)
+                kernel = kernel[rows, :]
+            else:
+                kernel = np.take(kernel, kept, axis=-2)
+        if out is not None:
+            kernel = np.take(kernel, out, axis=-1)
+            rest = [np.take(w, out, axis=-1) for w in rest]
+        return [kernel, *rest]
+    if kind == "DepthwiseConv2D" and out is not None:
+        return [np.take(weights[0], out, axis=2), *[np.take(w, out, axis=-1) for w in weights[1:]]]
+    if kind == "BatchNormalization" and out is not None:
+        return [np.take(w, out, axis=-1) for w in weights]
+    return weights
