@@ -164,10 +164,12 @@ def train(
     label: str,
     task: Task,
     callbacks: list[Any] | None = None,
+    teacher: Any = None,
 ) -> dict[str, list[float]]:
     """Compile and fit on the training split, reporting each epoch; returns the per-epoch history.
 
     ``task`` was decided on the float model (``Task.of``): a wrapped model no longer shows its head's activation.
+    With ``settings.distill``, the model is fine-tuned against ``teacher`` as well (``optimization.distill``).
     """
     k = keras()
 
@@ -175,23 +177,36 @@ def train(
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             progress.epoch_done(epoch + 1, {key: float(v) for key, v in (logs or {}).items()})
 
-    compile_for(model, task, settings.learning_rate)
+    targets = None
+    if settings.distill is not None and teacher is not None:
+        from edgepipe.optimization import distill
+
+        targets = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
+        distill.compile_distilled(model, task, settings.distill, settings.learning_rate)
+    else:
+        compile_for(model, task, settings.learning_rate)
     progress.training_started(label, settings.epochs)
     try:
-        history = _fit(model, data, settings, callbacks, _Report(), label)
+        history = _fit(model, data, settings, callbacks, _Report(), label, targets)
     finally:
         progress.training_done()
     return {key: [round(float(v), 6) for v in values] for key, values in history.history.items()}
 
 
 def _fit(
-    model: Any, data: Dataset, settings: TrainSettings, callbacks: list[Any] | None, report: Any, label: str
+    model: Any,
+    data: Dataset,
+    settings: TrainSettings,
+    callbacks: list[Any] | None,
+    report: Any,
+    label: str,
+    targets: np.ndarray | None = None,
 ) -> Any:
     """``model.fit``; an exception from the model's own code is a ModelError naming the training, not a bug."""
     try:
         return model.fit(
             data.keras_x("train"),
-            data.keras_y("train"),
+            data.keras_y("train") if targets is None else targets,
             epochs=settings.epochs,
             batch_size=settings.batch_size,
             shuffle=True,

@@ -155,7 +155,9 @@ def print_summary(result: dict[str, Any]) -> None:
         tflite = stage["tflite"]
         scheme = stage["details"].get("scheme")
         table.add_row(
-            f"{stage['index']}. {stage['name']}" + (f" ({scheme})" if scheme else ""),
+            f"{stage['index']}. {stage['name']}"
+            + (f" ({scheme})" if scheme else "")
+            + (" +KD" if stage["details"].get("distilled_from") else ""),
             f"{stage['keras_metric']['value']:.4f}",
             f"{tflite['metric']['value']:.4f}",
             f"{tflite['bytes']:,}",

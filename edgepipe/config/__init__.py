@@ -2,9 +2,12 @@
 
 from edgepipe.config.loading import load_model, read_yaml, substitute_environment, validate
 from edgepipe.config.recipe import (
+    ChannelPruneStage,
     ClusterStage,
     ConvertSettings,
     DataSource,
+    DistillSettings,
+    DistillStage,
     Gates,
     LayerSelection,
     ModelSource,
@@ -18,9 +21,12 @@ from edgepipe.config.recipe import (
 )
 
 __all__ = [
+    "ChannelPruneStage",
     "ClusterStage",
     "ConvertSettings",
     "DataSource",
+    "DistillSettings",
+    "DistillStage",
     "Gates",
     "LayerSelection",
     "ModelSource",

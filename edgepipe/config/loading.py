@@ -98,7 +98,8 @@ def _config_error(exc: ValidationError, file: str) -> ConfigError:
     return ConfigError(message)
 
 
-_STAGE_TAGS = {"prune", "cluster", "qat", "ptq"}
+_STAGE_TAGS = {"channel_prune", "distill", "prune", "cluster", "qat", "ptq"}
+_KINDS = "channel_prune, distill, prune, cluster, qat, ptq"
 
 
 def format_location(loc: tuple[Any, ...]) -> str:
@@ -124,9 +125,9 @@ def _explain(error: Mapping[str, Any]) -> str:
         return "required field is missing"
     if kind == "union_tag_invalid":
         tag = given.get("kind") if isinstance(given, dict) else given
-        return f"unknown stage kind {tag!r}; expected one of prune, cluster, qat, ptq"
+        return f"unknown stage kind {tag!r}; expected one of {_KINDS}"
     if kind == "union_tag_not_found":
-        return "a stage needs a 'kind' (one of prune, cluster, qat, ptq)"
+        return f"a stage needs a 'kind' (one of {_KINDS})"
     message = message.removeprefix("Value error, ")
     if isinstance(given, (dict, list)):
         return f"{message} (got {_kind(given)})"

@@ -22,12 +22,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class DistillSettings(_Strict):
+    """Fine-tune against a teacher: ``alpha`` weighs the labels' loss, ``1 - alpha`` the teacher's (softened by
+    ``temperature`` for a classifier). The teacher is the recipe's float model unless a file is named."""
+
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    teacher: str | None = Field(default=None, description="a .keras/.h5 file; default: the float model")
+
+
 class TrainSettings(_Strict):
     """How long and how hard to train; used for baseline training and for each stage's fine-tuning."""
 
     epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1, le=65536)
     learning_rate: float = Field(default=1e-4, gt=0, le=10)
+    distill: DistillSettings | None = None  # fine-tune against a teacher instead of the labels alone
 
 
 class FineTuneOverride(_Strict):
@@ -36,9 +46,11 @@ class FineTuneOverride(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=1000)
     batch_size: int | None = Field(default=None, ge=1, le=65536)
     learning_rate: float | None = Field(default=None, gt=0, le=10)
+    distill: DistillSettings | None = None
 
     def over(self, base: TrainSettings) -> TrainSettings:
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        update = {name: getattr(self, name) for name in self.model_fields_set if getattr(self, name) is not None}
+        return base.model_copy(update=update)
 
 
 class ModelSource(_Strict):
@@ -140,6 +152,13 @@ class ChannelPruneStage(_StageBase):
     steps: int = Field(default=1, ge=1, le=20)
 
 
+class DistillStage(_StageBase):
+    """Fine-tune the current model against the teacher only (no compression), e.g. after channel_prune."""
+
+    kind: Literal["distill"]
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+
+
 class QatStage(_StageBase):
     """Quantization-aware training. ``scheme: auto`` picks TF-MOT's collaborative scheme from the earlier stages:
     PQAT after prune, CQAT after cluster, PCQAT after both, plain 8-bit QAT otherwise."""
@@ -156,7 +175,9 @@ class PtqStage(_StageBase):
     kind: Literal["ptq"]
 
 
-Stage = Annotated[ChannelPruneStage | PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")]
+Stage = Annotated[
+    ChannelPruneStage | DistillStage | PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")
+]
 
 
 class ConvertSettings(_Strict):
@@ -243,7 +264,10 @@ class Recipe(_Strict):
         return self
 
     def fine_tune_for(self, stage: Stage) -> TrainSettings:
-        return stage.fine_tune.over(self.fine_tune)
+        settings = stage.fine_tune.over(self.fine_tune)
+        if isinstance(stage, DistillStage):
+            settings = settings.model_copy(update={"distill": stage.distill})
+        return settings
 
 
 def stage_name(stage: Stage) -> str:

@@ -40,6 +40,8 @@ class StageContext:
     label: str
     # Decided once on the float model: TF-MOT's wrappers hide the head's activation from later stages.
     task: Task
+    # The model a stage distills from when its fine-tuning says distill (the float model, or the named file).
+    teacher: Any = None
 
 
 @dataclass

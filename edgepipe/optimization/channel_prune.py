@@ -51,7 +51,9 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
         label = ctx.label if stage.steps == 1 else f"{ctx.label}: step {step}/{stage.steps}"
         if stage.steps > 1:
             ctx.progress.phase(label)
-        for name, values in train(current, ctx.data, ctx.train, ctx.progress, label, ctx.task).items():
+        for name, values in train(
+            current, ctx.data, ctx.train, ctx.progress, label, ctx.task, teacher=ctx.teacher
+        ).items():
             history.setdefault(name, []).extend(values)
     final = channels.analyze(current)
     assert first_plan is not None

@@ -101,7 +101,7 @@ def apply(model: Any, stage: ClusterStage, ctx: StageContext) -> StageOutcome:
             ) from None
 
     wrapped = wrap_layers(work, wrap)
-    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task)
+    history = train(wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task, teacher=ctx.teacher)
     stripped = clustering.strip_clustering(wrapped)
     ctx.history.clustered = True
     return StageOutcome(

@@ -28,7 +28,19 @@ from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
-from edgepipe.optimization import channel_prune, cluster, gates, measure, prune, ptq, qat, rewrite, saving
+from edgepipe.optimization import (
+    channel_prune,
+    cluster,
+    distill,
+    distill_stage,
+    gates,
+    measure,
+    prune,
+    ptq,
+    qat,
+    rewrite,
+    saving,
+)
 from edgepipe.optimization.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
@@ -41,6 +53,7 @@ FINAL_MODEL = "model.tflite"
 
 TECHNIQUES: dict[str, Callable[[Any, Any, StageContext], StageOutcome]] = {
     "channel_prune": channel_prune.apply,
+    "distill": distill_stage.apply,
     "prune": prune.apply,
     "cluster": cluster.apply,
     "qat": qat.apply,
@@ -193,17 +206,29 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         label = f"stage {index + 1}/{len(recipe.stages)}: {name}"
         progress.phase(label)
         stage_started = time.perf_counter()
+        train_settings = recipe.fine_tune_for(stage) if stage.kind != "ptq" else recipe.fine_tune
+        teacher = None
+        if train_settings.distill is not None:
+            named = train_settings.distill.teacher
+            teacher = distill.load_teacher(named, prepared.base_dir) if named else model
         ctx = StageContext(
             data=data,
-            train=recipe.fine_tune_for(stage),
+            train=train_settings,
             seed=recipe.seed,
             progress=progress,
             history=history,
             where=f"{prepared.recipe_path}: stages[{index}]",
             label=label,
             task=task,
+            teacher=teacher,
         )
         outcome = TECHNIQUES[stage.kind](current, stage, ctx)
+        if train_settings.distill is not None and stage.kind != "ptq":
+            outcome.details["distilled_from"] = {
+                "teacher": train_settings.distill.teacher or "the float model",
+                "temperature": train_settings.distill.temperature,
+                "alpha": train_settings.distill.alpha,
+            }
         folder = work / "stages" / f"{index + 1}-{name}"
         progress.phase(f"{label}: converting to full-integer TFLite")
         content = to_int8_tflite(outcome.model, representative, recipe.convert.io_type)

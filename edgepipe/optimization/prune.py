@@ -81,7 +81,14 @@ def apply(model: Any, stage: PruneStage, ctx: StageContext) -> StageOutcome:
     except ValueError as exc:  # TF-MOT checks some layers (e.g. m-by-n on conv) only when the model is built
         raise ModelError(f"{ctx.where}: TF-MOT cannot prune this model: {exc}") from None
     history = train(
-        wrapped, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task, callbacks=[sparsity.UpdatePruningStep()]
+        wrapped,
+        ctx.data,
+        ctx.train,
+        ctx.progress,
+        ctx.label,
+        ctx.task,
+        callbacks=[sparsity.UpdatePruningStep()],
+        teacher=ctx.teacher,
     )
     stripped = sparsity.strip_pruning(wrapped)
     ctx.history.pruned = True

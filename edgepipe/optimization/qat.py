@@ -168,7 +168,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
         ) from None
     with _without_centroid_gradient_warning():
-        history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task)
+        history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task, teacher=ctx.teacher)
     return StageOutcome(
         model=quantized,
         details={
