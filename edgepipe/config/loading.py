@@ -98,8 +98,8 @@ def _config_error(exc: ValidationError, file: str) -> ConfigError:
     return ConfigError(message)
 
 
-_STAGE_TAGS = {"channel_prune", "distill", "prune", "cluster", "qat", "ptq"}
-_KINDS = "channel_prune, distill, prune, cluster, qat, ptq"
+_STAGE_TAGS = {"channel_prune", "low_rank", "distill", "prune", "cluster", "qat", "ptq"}
+_KINDS = "channel_prune, low_rank, distill, prune, cluster, qat, ptq"
 
 
 def format_location(loc: tuple[Any, ...]) -> str:

@@ -152,6 +152,25 @@ class ChannelPruneStage(_StageBase):
     steps: int = Field(default=1, ge=1, le=20)
 
 
+class LowRankStage(_StageBase):
+    """Truncated SVD of Dense and Conv2D kernels into two layers each; the rank keeps ``energy`` of the squared
+    singular values, or is ``rank_ratio`` of the full rank (give one). Layers it would not make cheaper are left."""
+
+    kind: Literal["low_rank"]
+    energy: float | None = Field(default=None, gt=0.0, le=1.0)
+    rank_ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
+    min_rank: int = Field(default=1, ge=1)
+    layers: LayerSelection = Field(default_factory=LayerSelection)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> LowRankStage:
+        if self.energy is not None and self.rank_ratio is not None:
+            raise ValueError("give energy or rank_ratio, not both")
+        if self.energy is None and self.rank_ratio is None:
+            object.__setattr__(self, "energy", 0.9)
+        return self
+
+
 class DistillStage(_StageBase):
     """Fine-tune the current model against the teacher only (no compression), e.g. after channel_prune."""
 
@@ -176,7 +195,8 @@ class PtqStage(_StageBase):
 
 
 Stage = Annotated[
-    ChannelPruneStage | DistillStage | PruneStage | ClusterStage | QatStage | PtqStage, Field(discriminator="kind")
+    ChannelPruneStage | LowRankStage | DistillStage | PruneStage | ClusterStage | QatStage | PtqStage,
+    Field(discriminator="kind"),
 ]
 
 
@@ -230,13 +250,14 @@ class Recipe(_Strict):
             raise ValueError("at most one quantization stage (qat or ptq) per recipe")
         if quantizing and quantizing[0] != len(kinds) - 1:
             raise ValueError(f"the {kinds[quantizing[0]]} stage must be the last stage: quantization ends the chain")
-        if "channel_prune" in kinds:
-            last = len(kinds) - 1 - kinds[::-1].index("channel_prune")
-            later = [k for k in kinds[:last] if k in ("prune", "cluster")]
-            if later:
-                raise ValueError(
-                    f"channel_prune must come before {later[0]}: rebuilding the model drops its zeros and clusters"
-                )
+        for rebuilding in ("channel_prune", "low_rank"):
+            if rebuilding in kinds:
+                last = len(kinds) - 1 - kinds[::-1].index(rebuilding)
+                earlier = [k for k in kinds[:last] if k in ("prune", "cluster")]
+                if earlier:
+                    raise ValueError(
+                        f"{rebuilding} must come before {earlier[0]}: rebuilding the model drops its zeros and clusters"
+                    )
         if "prune" in kinds and "cluster" in kinds and kinds.index("prune") > kinds.index("cluster"):
             raise ValueError("prune must come before cluster (pruning after clustering destroys the clusters)")
         names = [stage_name(s) for s in stages]

@@ -34,6 +34,7 @@ from edgepipe.optimization import (
     distill,
     distill_stage,
     gates,
+    low_rank,
     measure,
     prune,
     ptq,
@@ -54,6 +55,7 @@ FINAL_MODEL = "model.tflite"
 TECHNIQUES: dict[str, Callable[[Any, Any, StageContext], StageOutcome]] = {
     "channel_prune": channel_prune.apply,
     "distill": distill_stage.apply,
+    "low_rank": low_rank.apply,
     "prune": prune.apply,
     "cluster": cluster.apply,
     "qat": qat.apply,
