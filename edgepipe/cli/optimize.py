@@ -109,6 +109,14 @@ def optimize(
     stdout.print(f"wrote [bold]{outcome.directory}[/] (final model: {outcome.model_path})", highlight=False)
 
 
+def _totals(entry: dict[str, Any]) -> tuple[str, str]:
+    """MACs per inference and peak activation bytes of a stage's TFLite model (runs from before: n/a)."""
+    totals = entry.get("totals")
+    if not totals:
+        return "n/a", "n/a"
+    return f"{totals['macs']:,}", f"{totals['peak_activation_bytes']:,} B"
+
+
 def _unique_per_layer(weights: list[dict[str, Any]]) -> str:
     return " ".join(
         f"{row['layer']}:{row['unique']}"
@@ -134,6 +142,8 @@ def print_summary(result: dict[str, Any]) -> None:
         ".tflite bytes",
         "gzip bytes",
         "gzip ratio",
+        "MACs",
+        "peak act.",
         "sparsity",
         "unique weights per layer",
     ):
@@ -148,6 +158,7 @@ def print_summary(result: dict[str, Any]) -> None:
         f"{float_tflite['bytes']:,}",
         f"{float_gzip:,}",
         "1.0x",
+        *_totals(baseline),
         f"{float_tflite['sparsity']:.1%}",
         _unique_per_layer(float_tflite["weights"]),
     )
@@ -163,6 +174,7 @@ def print_summary(result: dict[str, Any]) -> None:
             f"{tflite['bytes']:,}",
             f"{tflite['gzip_bytes']:,}",
             f"{stage['gzip_ratio_vs_float']:.1f}x",
+            *_totals(stage),
             f"{tflite['sparsity']:.1%}",
             _unique_per_layer(tflite["weights"]),
         )

@@ -196,6 +196,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         "training": baseline_training,
         "rewrites": rewrites,
         "tflite": measure.public(float_tflite),
+        "totals": measure.analysis(float_tflite)["total"],
     }
     float_gzip = float_tflite["gzip_bytes"]
 
@@ -247,6 +248,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
                 **_keras_model_entry(saving.save(outcome.model, folder, work)),
                 "training": outcome.training,
                 "tflite": measure.public(final_entry),
+                "totals": measure.analysis(final_entry)["total"],  # params, MACs, peak activations: what it bought
                 "gzip_ratio_vs_float": round(float_gzip / final_entry["gzip_bytes"], 4),
                 "seconds": round(time.perf_counter() - stage_started, 2),
             }

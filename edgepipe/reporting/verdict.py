@@ -56,6 +56,9 @@ class Verdict:
         }
 
 
+# Stage kinds that should make a model smaller or faster than its parent.
+COMPRESSING = {"prune", "cluster", "channel_prune", "low_rank"}
+
 STATE_FIELDS = (
     ("device.board.machine", "machine"),
     ("device.board.cpu_model", "CPU model"),
@@ -183,8 +186,8 @@ def _paid_off(baseline: dict[str, Any], candidate: dict[str, Any], latency: Chec
     kinds = _stage_kinds(candidate)
     if get(baseline, "model.sha256") == get(candidate, "model.sha256"):
         return Check("compression paid off", "n/a", "the same model on both sides")
-    if not kinds & {"prune", "cluster"}:
-        return Check("compression paid off", "n/a", "the candidate is not a pruned or clustered model")
+    if not kinds & COMPRESSING:
+        return Check("compression paid off", "n/a", "the candidate is not a compressed model")
     base_gzip, cand_gzip = _gzip_bytes(baseline), _gzip_bytes(candidate)
     smaller = base_gzip is not None and cand_gzip is not None and cand_gzip < base_gzip
     faster = latency.faster
@@ -193,7 +196,7 @@ def _paid_off(baseline: dict[str, Any], candidate: dict[str, Any], latency: Chec
         return Check("compression paid off", "pass", ", ".join(w for w in why if w))
     return Check(
         "compression paid off", "warn",
-        f"the {'/'.join(sorted(kinds & {'prune', 'cluster'}))} model is neither smaller (gzip "
+        f"the {'/'.join(sorted(kinds & COMPRESSING))} model is neither smaller (gzip "
         f"{base_gzip} -> {cand_gzip} B) nor faster than its parent on this board",
     )  # fmt: skip
 
