@@ -38,17 +38,31 @@ def test_depthwise_follows_its_producer_and_a_separable_conv_is_named_not_pruned
     assert _group_of(plan, "ds2_pw_conv").blocked_by == ["sep_conv (SeparableConv2D)"]
 
 
-def test_concatenate_blocks_its_inputs() -> None:
+def _concatenating() -> Any:
+    """Two branches concatenated on the channel axis, then BatchNorm, a depthwise and a 1x1 convolution."""
     k = keras()
     inputs = k.Input((8, 8, 1))
-    a = k.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
-    b = k.layers.Conv2D(8, 3, padding="same", name="b")(inputs)
+    a = k.layers.Conv2D(8, 3, padding="same", activation="relu", name="a")(inputs)
+    b = k.layers.Conv2D(12, 3, padding="same", activation="relu", name="b")(inputs)
     x = k.layers.Concatenate(name="cat")([a, b])
-    x = k.layers.Conv2D(8, 1, name="c")(x)
-    model = k.Model(inputs, k.layers.Dense(3, name="out")(k.layers.GlobalAveragePooling2D()(x)))
-    plan = channels.analyze(model)
-    assert _group_of(plan, "a").blocked_by == ["cat (Concatenate)"]
-    assert not _group_of(plan, "c").blocked_by
+    x = k.layers.BatchNormalization(name="cat_bn")(x)
+    x = k.layers.DepthwiseConv2D(3, padding="same", name="cat_dw")(x)
+    x = k.layers.Conv2D(8, 1, activation="relu", name="c")(x)
+    return k.Model(inputs, k.layers.Dense(3, name="out")(k.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_a_concatenation_is_sliced_segment_by_segment() -> None:
+    plan = channels.analyze(_concatenating())
+    assert not _group_of(plan, "a").blocked_by and not _group_of(plan, "b").blocked_by
+    assert plan.composite["cat_bn"][0] == "out" and plan.composite["c"][0] == "in"
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    a = k.layers.Conv2D(4, 3, name="a")(inputs)
+    merged = k.layers.Add(name="add")(
+        [k.layers.Concatenate(name="cat")([a, a]), k.layers.Conv2D(8, 3, name="d")(inputs)]
+    )
+    model = k.Model(inputs, k.layers.Dense(3, name="out")(k.layers.GlobalAveragePooling2D()(merged)))
+    assert _group_of(channels.analyze(model), "a").blocked_by, "an Add after a Concatenate must block, not prune"
 
 
 def _zero_channels_and_prune(model: Any, zero: Any, criterion: str, ratio: float) -> tuple[Any, channels.Plan]:
@@ -90,6 +104,21 @@ def test_removing_channels_that_are_exactly_zero_leaves_the_outputs_unchanged() 
             kernel[..., doomed] = 0.0
             bias[doomed] = 0.0
             model.get_layer(name).set_weights([kernel, bias])
+
+    concatenating = _concatenating()
+
+    def zero_branches(model: Any) -> None:
+        for name in ("a", "b", "c"):
+            kernel, bias = model.get_layer(name).get_weights()
+            doomed = np.arange(0, kernel.shape[-1], 2)
+            kernel[..., doomed] = 0.0
+            bias[doomed] = 0.0
+            model.get_layer(name).set_weights([kernel, bias])
+
+    pruned, _ = _zero_channels_and_prune(concatenating, zero_branches, "l1", 0.5)
+    assert np.allclose(pruned.predict(x, verbose=0), concatenating.predict(x, verbose=0), atol=1e-5)
+    assert [pruned.get_layer(n).filters for n in ("a", "b", "c")] == [4, 8, 4]
+    assert pruned.get_layer("cat_dw").get_weights()[0].shape[2] == 12  # 4 + 8 kept, in segment order
 
     sequential = cnn()
     pruned, _ = _zero_channels_and_prune(sequential, zero_filters, "l1", 0.5)

@@ -11,10 +11,13 @@ last axis is traced back to the *channel group* that produced it:
   of a residual add keeps the same channels;
 - Flatten maps a group to blocks of the next Dense's inputs (channel ``c`` of an HxWxC tensor is every input
   ``i`` with ``i % C == c``);
+- a ``Concatenate`` on the channel axis lays its inputs' groups side by side: whatever reads it (a convolution, a
+  BatchNorm, a depthwise convolution) is sliced segment by segment, each group keeping its own channels;
 - a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
 
-What cannot be traced safely (Concatenate, Reshape, a grouped convolution, a custom layer, a group that reaches a
-model output) *blocks* the group: it is left whole and named in the stage's details, never pruned wrongly.
+What cannot be traced safely (Reshape, a grouped convolution, a custom layer, an Add or Flatten after a
+Concatenate, a group that reaches a model output) *blocks* the group: it is left whole and named in the stage's
+details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -54,6 +57,19 @@ class Plan:
 
     groups: list[Group]
     keep: dict[int, np.ndarray] = field(default_factory=dict)  # group index -> sorted kept channel indices
+    # Layers reading a Concatenate: name -> ("in" (input channels) or "out" (own channels), group indices in order)
+    composite: dict[str, tuple[str, list[int]]] = field(default_factory=dict)
+
+    def composite_keep(self, segments: list[int]) -> np.ndarray | None:
+        """Kept indices across concatenated groups (offsets from the groups' original widths); None: all kept."""
+        if not any(index in self.keep for index in segments):
+            return None
+        kept, offset = [], 0
+        for index in segments:
+            width = self.groups[index].channels
+            kept.append(offset + (self.keep[index] if index in self.keep else np.arange(width)))
+            offset += width
+        return np.concatenate(kept)
 
     def kept_count(self, index: int) -> int:
         return len(self.keep[index]) if index in self.keep else self.groups[index].channels
@@ -107,6 +123,7 @@ def analyze(model: Any) -> Plan:
     union = _Groups()
     # What each layer's output carries on its last axis: ("group", index), ("flat", index, block) or None.
     carries: dict[str, tuple[Any, ...] | None] = {}
+    composite: dict[str, tuple[str, list[int]]] = {}
     output_layers = {tensor._keras_history.layer.name for tensor in model.outputs}
     for layer in model.layers:
         kind = type(layer).__name__
@@ -119,11 +136,14 @@ def analyze(model: Any) -> Plan:
 
         def block(reason: str, sources: list[tuple[Any, ...] | None] = traced) -> None:
             for source in sources:
-                if source is not None:
-                    union.groups[union.find(source[1])].blocked_by.append(reason)
+                for member in _members(source):
+                    union.groups[union.find(member)].blocked_by.append(reason)
 
+        cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
         if kind in ("Conv2D", "Dense") and _simple(layer):
-            if traced:
+            if cat is not None:
+                composite[layer.name] = ("in", cat[1])
+            elif traced:
                 source = traced[0]
                 group = union.groups[union.find(source[1])]
                 group.consumers.append((layer.name, source[2] if source[0] == "flat" else 0))
@@ -135,6 +155,21 @@ def analyze(model: Any) -> Plan:
             carries[layer.name] = ("group", union.new(channels, layer.name))
             if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
                 union.groups[carries[layer.name][1]].blocked_by.append(f"{layer.name} (softmax over its channels)")
+        elif (
+            cat is not None
+            and (kind in PASSTHROUGH or (kind == "DepthwiseConv2D" and layer.depth_multiplier == 1))
+            and kind not in ("PReLU",)
+            and layer.get_config().get("activation") != "softmax"
+        ):
+            if kind in ("BatchNormalization", "DepthwiseConv2D"):
+                composite[layer.name] = ("out", cat[1])
+            carries[layer.name] = cat
+        elif kind == "Concatenate" and traced and len(traced) == len(sources) and _on_channels(layer):
+            carries[layer.name] = ("cat", [m for source in traced for m in _members(source)])
+            if any(source[0] == "flat" for source in traced):
+                block(f"{layer.name} (Concatenate of flattened tensors)")
+                carries[layer.name] = None
+                continue
         elif kind == "DepthwiseConv2D" and layer.depth_multiplier == 1 and traced and traced[0][0] == "group":
             union.groups[union.find(traced[0][1])].sliced.append(layer.name)
             carries[layer.name] = traced[0]
@@ -165,7 +200,25 @@ def analyze(model: Any) -> Plan:
         if layer.name in output_layers and carries[layer.name] is not None:
             block(f"{layer.name} (a model output)", [carries[layer.name]])
     roots = sorted({union.find(i) for i in range(len(union.parent))})
-    return Plan([union.groups[r] for r in roots])
+    position = {root: index for index, root in enumerate(roots)}
+    plan = Plan([union.groups[r] for r in roots])
+    for name, (role, members) in composite.items():
+        segments = [position[union.find(m)] for m in members]
+        plan.composite[name] = (role, segments)
+        if len(set(segments)) != len(segments):  # one group twice in a concatenation: keep it whole
+            for index in segments:
+                plan.groups[index].blocked_by.append(f"{name} (reads one group twice through a Concatenate)")
+    return plan
+
+
+def _members(source: tuple[Any, ...] | None) -> list[int]:
+    if source is None:
+        return []
+    return list(source[1]) if source[0] == "cat" else [source[1]]
+
+
+def _on_channels(layer: Any) -> bool:
+    return layer.axis in (-1, len(layer.output_shape) - 1)
 
 
 def _inbound(layer: Any) -> list[str]:
@@ -266,6 +319,14 @@ def rebuild(model: Any, plan: Plan) -> Any:
             out_keep[name] = kept
         for name, block in group.consumers:
             in_keep[name] = (kept, block)
+    for name, (role, segments) in plan.composite.items():
+        kept_across = plan.composite_keep(segments)
+        if kept_across is None:
+            continue
+        if role == "in":
+            in_keep[name] = (kept_across, 0)
+        else:
+            out_keep[name] = kept_across
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
