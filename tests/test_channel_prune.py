@@ -14,6 +14,7 @@ from edgepipe.examples.cnns import ds_cnn, resnet
 from edgepipe.examples.digits import cnn
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import channels
+from edgepipe.tflite_model import TfliteModel
 
 pytestmark = pytest.mark.slow
 
@@ -159,5 +160,8 @@ def test_a_channel_prune_recipe_gives_a_smaller_int8_model(tmp_path: Path) -> No
     assert details["channels"]["block2a_conv"] == {"before": 32, "after": 16}
     assert "logits" in next(iter(details["left_unpruned"]))
     assert record["final"]["conformance"]["passed"]
+    converted = TfliteModel.read(outcome.directory / "model.tflite")  # the plan reached the board's file
+    filters = sorted(converted.op_inputs(op)[1].shape[0] for op in converted.ops if op.name == "CONV_2D")
+    assert filters == [8, 8, 8, 16, 16, 16], filters
     macs = {name: record["analysis"][name]["total"]["macs"] for name in ("float", "final")}
     assert macs["final"] < macs["float"] / 2, macs  # fewer MACs on the board, not only fewer bytes
