@@ -111,6 +111,7 @@ def test_a_link_that_goes_silent_during_an_upload_gives_up_in_time_and_leaves_no
         cable.plug()
         cable.unlimit()
 
+    print(f"upload cut: gave up {gave_up_after:.1f} s after the cable was unplugged")  # shown with pytest -s
     assert gave_up_after < GIVE_UP_BOUND_S, f"gave up only after {gave_up_after:.0f} s"
     assert deploy.returncode in (13, 14), stderr
     assert "upload of model" in stderr and "cut off" in stderr, stderr
@@ -155,6 +156,7 @@ def test_a_link_that_goes_silent_while_the_agent_measures_gives_up_in_time(
         deploy.kill()
         cable.plug()
     stderr = "".join(lines) + rest
+    print(f"measuring: gave up {gave_up_after:.1f} s after the cable was unplugged")
     assert gave_up_after < GIVE_UP_BOUND_S, f"gave up only after {gave_up_after:.0f} s"
     assert deploy.returncode == 11, stderr
     assert "dropped while" in stderr and "Socket exception" not in stderr, stderr
