@@ -152,3 +152,32 @@ def test_the_board_runtime_is_pinned_like_the_hosts() -> None:
     assert pin in load_target("rpi4").agent_install.packages
     assert pin in AgentInstall().packages
     assert pin in load_target("rpi4-emu").emulator.python_packages
+
+
+@pytest.mark.parametrize(
+    ("stage", "expected"),
+    [
+        ("{kind: channel_prune, ratio: 1.5}", "stages[0].ratio"),
+        ("{kind: channel_prune, criterion: taylor}", "stages[0].criterion"),
+        ("{kind: channel_prune, per_layer: {conv*: 2}}", "stages[0].per_layer"),
+        ("{kind: channel_prune, round_to: 0}", "stages[0].round_to"),
+        ("{kind: low_rank, energy: 0.9, rank_ratio: 0.5}", "give energy or rank_ratio, not both"),
+        ("{kind: low_rank, energy: 1.5}", "stages[0].energy"),
+        ("{kind: distill, distill: {alpha: 2}}", "stages[0].distill.alpha"),
+        ("{kind: distill, distill: {temprature: 4}}", "temprature"),
+        ("{kind: prune, fine_tune: {distill: {temperature: 0}}}", "stages[0].fine_tune.distill.temperature"),
+    ],
+)
+def test_structured_compression_fields_fail_with_one_line_naming_them(
+    tmp_path: Path, stage: str, expected: str
+) -> None:
+    body = GOOD.replace("  - kind: prune\n    target_sparsity: 0.5\n", f"  - {stage}\n")
+    assert expected in error_for(tmp_path, body)
+
+
+def test_rebuilding_stages_come_before_masks() -> None:
+    base = {"name": "t", "model": {"source": "m.keras"}, "data": {"source": "d.npz"}}
+    for kind in ("channel_prune", "low_rank"):
+        with pytest.raises(Exception, match=f"{kind} must come before prune"):
+            Recipe.model_validate({**base, "stages": [{"kind": "prune"}, {"kind": kind}]})
+    Recipe.model_validate({**base, "stages": [{"kind": "channel_prune"}, {"kind": "distill"}, {"kind": "prune"}]})
