@@ -77,3 +77,14 @@ def test_a_low_rank_recipe_makes_the_int8_model_cheaper(tmp_path: Path) -> None:
     assert record["stages"][0]["details"]["layers"]["dense_2"]["rank"] == 32  # 0.125 of 256
     macs = {name: record["analysis"][name]["total"]["macs"] for name in ("float", "final")}
     assert macs["final"] < macs["float"] * 0.8, macs
+
+
+def test_the_reconstruction_error_is_the_energy_left_out() -> None:
+    """Eckart-Young: the squared Frobenius error of the rank-r kernel is the energy of the dropped singular values."""
+    model = mlp(hidden=128)
+    factorized, details = factorize(model, LowRankStage(kind="low_rank", energy=0.6), "test")
+    original = model.get_layer("dense_2").get_weights()[0]
+    rebuilt = factorized.get_layer("dense_2_lr").get_weights()[0] @ factorized.get_layer("dense_2").get_weights()[0]
+    error = float(np.sum((original - rebuilt) ** 2) / np.sum(original**2))
+    kept = details["layers"]["dense_2"]["energy_kept"]
+    assert kept >= 0.6 and error == pytest.approx(1 - kept, abs=1e-4)
