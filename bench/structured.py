@@ -1,6 +1,8 @@
 """Does compression buy speed? Unstructured pruning against channel pruning and low-rank factorization, paired.
 
-    .venv/bin/python bench/structured.py          # about 6 minutes on 2 cores
+    .venv/bin/python bench/structured.py            # the variants table, about 6 minutes on 2 cores
+    .venv/bin/python bench/structured.py --ratios   # and channel ratios 0.25/0.5/0.75, plain vs distilled
+                                                    # fine-tune, ResNet- and MobileNet-style (about 25 minutes)
 
 One trained float model (the ResNet-style example at width 48, so that the convolutions, not the interpreter's
 per-operator overhead, take the time), four recipes on it, each ending in full-integer PTQ: PTQ alone (the
@@ -28,12 +30,17 @@ from edgepipe.reporting.verdict import VerdictSettings
 from edgepipe.tflite_model import TfliteModel
 
 FACTORY = """
-from edgepipe.examples.cnns import resnet
+from edgepipe.examples.cnns import ds_cnn, resnet
 
 
 def wide():
     return resnet(width=48)
+
+
+def mobile():
+    return ds_cnn(width=64)
 """
+MODELS = {"ResNet-style (width 48)": "wide", "MobileNet-style (DS-CNN, width 64)": "mobile"}
 VARIANTS = {
     "PTQ": [{"kind": "ptq"}],
     "prune 50 % (unstructured)": [{"kind": "prune", "target_sparsity": 0.5}, {"kind": "ptq"}],
@@ -47,11 +54,15 @@ VARIANTS = {
 }  # fmt: skip
 
 
-def recipe(stages: list[dict], folder: Path, name: str) -> Path:
+def recipe(stages: list[dict], folder: Path, name: str, factory: str = "wide") -> Path:
     body = {
         "name": name,
         "seed": 0,
-        "model": {"source": "bench_models:wide", "train": {"epochs": 6, "learning_rate": 0.003}},
+        "model": {
+            "source": f"bench_models:{factory}",
+            "train": {"epochs": 6, "learning_rate": 0.003},
+            "split_separable_conv": True,
+        },
         "data": {"source": "edgepipe.examples.digits:load"},
         "fine_tune": {"epochs": 2, "learning_rate": 0.0005},
         "stages": stages,
@@ -67,6 +78,45 @@ def deploy_paired(model: Path, baseline: Path, out: Path) -> dict:
     command += ["--baseline", str(baseline), "--no-history", "--quiet", "--out", str(out), "--repeats", "5"]
     subprocess.run(command, check=True, capture_output=True, timeout=900)
     return json.loads(out.read_text())
+
+
+def ratios(work: Path) -> None:
+    """Channel ratios with a plain and a distilled fine-tune (same epochs), each model paired against its PTQ."""
+    rows = []
+    for label, factory in MODELS.items():
+        prepared = pipeline.prepare(recipe([{"kind": "ptq"}], work, f"{factory}-ptq", factory))
+        base = pipeline.run(prepared, work / f"{factory}-ptq")
+        baseline, base_accuracy = base.directory / "model.tflite", base.result["final"]["accuracy"]
+        base_total = analyze(TfliteModel.read(baseline))["total"]
+        size = f"{baseline.stat().st_size:,}"
+        rows.append((label, "PTQ", "", f"{base_accuracy:.4f}", f"{base_total['macs']:,}",
+                     f"{base_total['peak_activation_bytes']:,}", size, "(baseline)"))  # fmt: skip
+        for ratio in (0.25, 0.5, 0.75):
+            for mode in ("plain", "distilled"):
+                fine_tune = {"epochs": 4}
+                if mode == "distilled":
+                    fine_tune["distill"] = {"temperature": 4, "alpha": 0.3}
+                stages = [
+                    {"kind": "channel_prune", "ratio": ratio, "criterion": "l1", "round_to": 4, "fine_tune": fine_tune},
+                    {"kind": "ptq"},
+                ]
+                name = f"{factory}-{int(ratio * 100)}-{mode}"
+                outcome = pipeline.run(pipeline.prepare(recipe(stages, work, name, factory)), work / name)
+                path = outcome.directory / "model.tflite"
+                total = analyze(TfliteModel.read(path))["total"]
+                result = deploy_paired(path, baseline, work / f"{name}.json")
+                check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
+                rows.append((label, f"channel {ratio:.0%}", mode, f"{outcome.result['final']['accuracy']:.4f}",
+                             f"{total['macs']:,}", f"{total['peak_activation_bytes']:,}", f"{path.stat().st_size:,}",
+                             f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)"))  # fmt: skip
+    header = ("model", "variant", "fine-tune", "int8 accuracy", "MACs", "peak act. B", ".tflite B", "latency (paired)")
+    _print(header, rows)
+
+
+def _print(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)), flush=True)
 
 
 def main() -> None:
@@ -90,9 +140,10 @@ def main() -> None:
         rows.append((variant, f"{total['macs']:,}", f"{total['params']:,}", f"{total['peak_activation_bytes']:,}",
                      f"{size:,}", f"{accuracy:.4f}", effect))  # fmt: skip
     header = ("variant", "MACs", "params", "peak act. B", ".tflite B", "int8 accuracy", "latency vs PTQ (paired)")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    _print(header, rows)
+    if "--ratios" in sys.argv[1:]:
+        print()
+        ratios(work)
     print(f"runs kept in {work}")
 
 

@@ -72,6 +72,8 @@ def test_a_recipe_that_distills_records_and_shows_it(tmp_path: Path) -> None:
     assert stages[2]["details"]["distilled_from"]["temperature"] == 2.0
     assert "2. distill +KD" in done.stdout and "3. qat (QAT) +KD" in done.stdout
     assert stages[1]["training"]["accuracy"], "the distilled fine-tuning reports accuracy on the labels"
+    losses = stages[1]["training"]["loss"]
+    assert len(losses) == 2 and losses[-1] < losses[0], losses  # the distillation loss decreases
 
 
 def test_a_teacher_file_that_is_missing_is_named(tmp_path: Path) -> None:
