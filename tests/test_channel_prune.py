@@ -137,7 +137,7 @@ def test_min_channels_and_rounding() -> None:
 
 RECIPE = """
 name: channel-prune-qat
-model: {source: edgepipe.examples.cnns:resnet, train: {epochs: 3, learning_rate: 0.003}}
+model: {source: edgepipe.examples.cnns:resnet, train: {epochs: 2, learning_rate: 0.003}}
 data: {source: edgepipe.examples.digits:load}
 fine_tune: {epochs: 1, learning_rate: 0.001}
 stages:

@@ -46,7 +46,7 @@ def test_the_loss_is_cross_entropy_plus_the_softened_kl() -> None:
 
 RECIPE = """
 name: channel-prune-distill-qat
-model: {source: edgepipe.examples.cnns:resnet, train: {epochs: 4, learning_rate: 0.003}}
+model: {source: edgepipe.examples.cnns:resnet, train: {epochs: 2, learning_rate: 0.003}}
 data: {source: edgepipe.examples.digits:load}
 fine_tune: {epochs: 1, learning_rate: 0.001}
 stages:

@@ -59,7 +59,7 @@ def test_a_layer_that_would_not_get_cheaper_is_left_alone_and_named() -> None:
 
 RECIPE = """
 name: low-rank-qat
-model: {source: edgepipe.examples.digits:mlp, train: {epochs: 10, learning_rate: 0.002}}
+model: {source: edgepipe.examples.digits:mlp, train: {epochs: 6, learning_rate: 0.002}}
 data: {source: edgepipe.examples.digits:load}
 fine_tune: {epochs: 2, learning_rate: 0.0005}
 stages:

@@ -33,8 +33,11 @@ def test_wrong_fields_name_the_file_and_field(tmp_path: Path) -> None:
     bad.write_text("name: bad\ntransport: ssh\nhost: h\nuser: u\nkey: k\nthreds: 4\n")
     with pytest.raises(ConfigError, match=r"bad.yaml: threds: unknown field"):
         load_target(str(bad))
-    bad.write_text("name: bad\ntransport: ssh\nhost: h\n")
-    with pytest.raises(ConfigError, match="needs user"):
+    bad.write_text("name: bad\ntransport: ssh\nuser: u\nkey: k\n")
+    with pytest.raises(ConfigError, match="needs host"):
+        load_target(str(bad))
+    bad.write_text("name: bad\ntransport: ssh\nhost: h\n")  # no user is fine (your login name); no key is not
+    with pytest.raises(ConfigError, match="needs a key file, or use_agent"):
         load_target(str(bad))
     bad.write_text("name: bad\ntransport: serial\n")
     with pytest.raises(ConfigError, match="transport"):

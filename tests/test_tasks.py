@@ -99,7 +99,7 @@ def test_deploy_and_report_use_the_tasks_metric(task_runs: dict, name: str, tmp_
         assert document["metric"]["name"] == "mse" and "mean squared reconstruction error" in done.stdout
         assert "host MSE" in markdown and "local MSE" in markdown
         html = (run_copy / "report.html").read_text()
-        assert "Mean squared reconstruction error (lower is better) on the host (line)" in html
+        assert "Mean squared reconstruction error (lower is better) on the host (circles)" in html
         assert "<th>host MSE</th>" in html
         assert checks["device_accuracy"] is None and checks["error_matches_host"] is True
     else:
