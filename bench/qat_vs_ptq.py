@@ -13,13 +13,11 @@ the median block ratio (the regression gate's paired measure). Operator counts c
 from __future__ import annotations
 
 import collections
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from paired import deploy_paired, print_table
 
 from edgepipe.errors import EdgepipeError
 from edgepipe.optimization import pipeline
@@ -49,13 +47,6 @@ def recipe(model: str, stages: list[dict], folder: Path, name: str) -> Path:
     return path
 
 
-def deploy_paired(model: Path, baseline: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "edgepipe", "deploy", "--target", "local", "--model", str(model)]
-    command += ["--baseline", str(baseline), "--no-history", "--quiet", "--out", str(out), "--repeats", "5"]
-    subprocess.run(command, check=True, capture_output=True, timeout=900)
-    return json.loads(out.read_text())
-
-
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="edgepipe-bench-qat-"))
     rows = []
@@ -81,9 +72,7 @@ def main() -> None:
             extra = sum(ops[name] for name in ("MUL", "QUANTIZE", "DEQUANTIZE")) + ops["ADD"] - ops_adds(model)
             rows.append((model, variant, str(sum(ops.values())), str(extra), f"{accuracy[variant]:.4f}", effect))
     header = ("model", "variant", "operators", "extra MUL/ADD/QUANTIZE", "int8 accuracy", "latency vs PTQ (paired)")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
+    print_table(header, rows)
     print(f"runs kept in {work}")
 
 

@@ -15,13 +15,12 @@ from the flatbuffers.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
+from paired import deploy_paired, print_table
 
 from edgepipe.analyze.static import analyze
 from edgepipe.optimization import pipeline
@@ -73,13 +72,6 @@ def recipe(stages: list[dict], folder: Path, name: str, factory: str = "wide") -
     return path
 
 
-def deploy_paired(model: Path, baseline: Path, out: Path) -> dict:
-    command = [sys.executable, "-m", "edgepipe", "deploy", "--target", "local", "--model", str(model)]
-    command += ["--baseline", str(baseline), "--no-history", "--quiet", "--out", str(out), "--repeats", "5"]
-    subprocess.run(command, check=True, capture_output=True, timeout=900)
-    return json.loads(out.read_text())
-
-
 def ratios(work: Path) -> None:
     """Channel ratios with a plain and a distilled fine-tune (same epochs), each model paired against its PTQ."""
     rows = []
@@ -110,13 +102,7 @@ def ratios(work: Path) -> None:
                              f"{total['macs']:,}", f"{total['peak_activation_bytes']:,}", f"{path.stat().st_size:,}",
                              f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)"))  # fmt: skip
     header = ("model", "variant", "fine-tune", "int8 accuracy", "MACs", "peak act. B", ".tflite B", "latency (paired)")
-    _print(header, rows)
-
-
-def _print(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)), flush=True)
+    print_table(header, rows)
 
 
 def main() -> None:
@@ -140,7 +126,7 @@ def main() -> None:
         rows.append((variant, f"{total['macs']:,}", f"{total['params']:,}", f"{total['peak_activation_bytes']:,}",
                      f"{size:,}", f"{accuracy:.4f}", effect))  # fmt: skip
     header = ("variant", "MACs", "params", "peak act. B", ".tflite B", "int8 accuracy", "latency vs PTQ (paired)")
-    _print(header, rows)
+    print_table(header, rows)
     if "--ratios" in sys.argv[1:]:
         print()
         ratios(work)
