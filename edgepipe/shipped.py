@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from edgepipe.errors import AgentError
+from edgepipe.errors import AgentError, ConfigError
 
 Kind = Literal["device_agents", "targets", "recipes"]
 
@@ -35,4 +35,10 @@ def recipe_path(name_or_path: str | Path) -> Path:
     if path.exists() or path.suffix or len(path.parts) > 1:
         return path
     preset = folder("recipes") / f"{path.name}.yaml"
-    return preset if preset.is_file() else path
+    if preset.is_file():
+        return preset
+    known = ", ".join(sorted(p.stem for p in folder("recipes").glob("*.yaml")))
+    raise ConfigError(
+        f"{path}: no such recipe file, and no preset of that name",
+        hint=f"give a recipe YAML file, or one of the presets: {known}",
+    )

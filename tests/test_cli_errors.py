@@ -175,3 +175,10 @@ def test_a_missing_key_or_a_known_hosts_directory_is_a_set_up_mistake(broken: st
     assert result.returncode == 2, result.stderr
     expected = "key" if broken == "key" else "known_hosts"
     assert f"target loopback: {expected} {tmp_path}" in result.stderr and "listening" not in result.stderr
+
+
+def test_a_name_that_is_neither_a_file_nor_a_preset_lists_the_presets(tmp_path: Path) -> None:
+    result = run_cli("optimize", "prune-cluster-qta", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no such recipe file, and no preset of that name" in result.stderr
+    assert "prune-cluster-qat" in result.stderr and "Traceback" not in result.stderr
