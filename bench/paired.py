@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 
-def deploy_paired(model: Path, baseline: Path, out: Path) -> dict[str, Any]:
-    """Deploy ``model`` to ``local`` with ``baseline`` timed in the same processes (alternating blocks)."""
-    command = [sys.executable, "-m", "edgepipe", "deploy", "--target", "local", "--model", str(model)]
+def deploy_paired(model: Path, baseline: Path, out: Path, target: str = "local") -> dict[str, Any]:
+    """Deploy ``model`` to ``target`` with ``baseline`` timed in the same processes (alternating blocks)."""
+    command = [sys.executable, "-m", "edgepipe", "deploy", "--target", target, "--model", str(model)]
     command += ["--baseline", str(baseline), "--no-history", "--quiet", "--out", str(out), "--repeats", "5"]
-    subprocess.run(command, check=True, capture_output=True, timeout=900)
+    subprocess.run(command, check=True, capture_output=True, timeout=1800)
     return dict(json.loads(out.read_text()))
 
 

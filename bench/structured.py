@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/structured.py            # the variants table, about 6 minutes on 2 cores
     .venv/bin/python bench/structured.py --ratios   # and channel ratios 0.25/0.5/0.75, plain vs distilled
-                                                    # fine-tune, ResNet- and MobileNet-style (about 25 minutes)
+                                                    # fine-tune: Fashion-MNIST CNN (needs Debian's
+                                                    # dataset-fashion-mnist), ResNet- and MobileNet-style
+    .venv/bin/python bench/structured.py --ratios-only --models fashion   # the sweep of one model
 
 One trained float model (the ResNet-style example at width 48, so that the convolutions, not the interpreter's
 per-operator overhead, take the time), four recipes on it, each ending in full-integer PTQ: PTQ alone (the
@@ -15,8 +17,9 @@ from the flatbuffers.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -30,6 +33,7 @@ from edgepipe.tflite_model import TfliteModel
 
 FACTORY = """
 from edgepipe.examples.cnns import ds_cnn, resnet
+from edgepipe.examples.fashion import conv_bn
 
 
 def wide():
@@ -38,8 +42,34 @@ def wide():
 
 def mobile():
     return ds_cnn(width=64)
+
+
+def fashion():
+    return conv_bn(width=32)
 """
-MODELS = {"ResNet-style (width 48)": "wide", "MobileNet-style (DS-CNN, width 64)": "mobile"}
+DIGITS = "edgepipe.examples.digits:load"
+
+
+@dataclass(frozen=True)
+class Model:
+    """One float model of the ratio sweep: trained once, then pruned at every ratio (the same teacher for all)."""
+
+    factory: str
+    data: str
+    train: dict
+    fine_tune: dict
+
+
+MODELS = {
+    "Fashion-MNIST CNN (conv_bn, width 32)": Model(
+        "fashion", "edgepipe.examples.fashion:load", {"epochs": 8, "batch_size": 128, "learning_rate": 0.002},
+        {"epochs": 2, "batch_size": 128, "learning_rate": 0.001},
+    ),
+    "ResNet-style (width 48)": Model("wide", DIGITS, {"epochs": 6, "learning_rate": 0.003},
+                                     {"epochs": 4, "learning_rate": 0.0005}),
+    "MobileNet-style (DS-CNN, width 64)": Model("mobile", DIGITS, {"epochs": 6, "learning_rate": 0.003},
+                                                {"epochs": 4, "learning_rate": 0.0005}),
+}  # fmt: skip
 VARIANTS = {
     "PTQ": [{"kind": "ptq"}],
     "prune 50 % (unstructured)": [{"kind": "prune", "target_sparsity": 0.5}, {"kind": "ptq"}],
@@ -53,17 +83,25 @@ VARIANTS = {
 }  # fmt: skip
 
 
-def recipe(stages: list[dict], folder: Path, name: str, factory: str = "wide") -> Path:
+def recipe(
+    stages: list[dict],
+    folder: Path,
+    name: str,
+    source: str = "bench_models:wide",
+    train: dict | None = None,
+    data: str = DIGITS,
+    fine_tune: dict | None = None,
+) -> Path:
+    """A recipe file; ``source`` is a factory (trained with ``train``) or a trained .keras file (no training)."""
+    model: dict = {"source": source, "split_separable_conv": True}
+    if train is not None:
+        model["train"] = train
     body = {
         "name": name,
         "seed": 0,
-        "model": {
-            "source": f"bench_models:{factory}",
-            "train": {"epochs": 6, "learning_rate": 0.003},
-            "split_separable_conv": True,
-        },
-        "data": {"source": "edgepipe.examples.digits:load"},
-        "fine_tune": {"epochs": 2, "learning_rate": 0.0005},
+        "model": model,
+        "data": {"source": data},
+        "fine_tune": fine_tune or {"epochs": 2, "learning_rate": 0.0005},
         "stages": stages,
         "gates": {"max_accuracy_drop": None},
     }
@@ -72,42 +110,87 @@ def recipe(stages: list[dict], folder: Path, name: str, factory: str = "wide") -
     return path
 
 
-def ratios(work: Path) -> None:
-    """Channel ratios with a plain and a distilled fine-tune (same epochs), each model paired against its PTQ."""
+def speedups(path: Path, baseline: Path, out: Path, targets: list[str]) -> list[str]:
+    """The paired latency change against ``baseline`` on each target, as "-37.5% (1.60x)"."""
+    cells = []
+    for target in targets:
+        result = deploy_paired(path, baseline, out.with_name(f"{out.stem}-{target}.json"), target)
+        check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
+        cells.append(f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)")
+    return cells
+
+
+def ratios(work: Path, only: list[str], targets: list[str]) -> None:
+    """Channel ratios with a plain and a distilled fine-tune (same epochs), each model paired against its PTQ.
+
+    Each float model is trained once (the PTQ run); every ratio starts from that run's ``float/model.keras``, so
+    all rows of a model share one teacher and one starting point.
+    """
+    header = ("model", "variant", "fine-tune", "int8 accuracy", "MACs", "peak act. B", ".tflite B",
+              *[f"latency on {t} (paired)" for t in targets])  # fmt: skip
     rows = []
-    for label, factory in MODELS.items():
-        prepared = pipeline.prepare(recipe([{"kind": "ptq"}], work, f"{factory}-ptq", factory))
-        base = pipeline.run(prepared, work / f"{factory}-ptq")
+    for label, spec in MODELS.items():
+        if only and spec.factory not in only:
+            continue
+        prepared = pipeline.prepare(
+            recipe([{"kind": "ptq"}], work, f"{spec.factory}-ptq", f"bench_models:{spec.factory}", spec.train,
+                   spec.data, spec.fine_tune)
+        )  # fmt: skip
+        base = pipeline.run(prepared, work / f"{spec.factory}-ptq")
+        trained = str(base.directory / "float" / "model.keras")
         baseline, base_accuracy = base.directory / "model.tflite", base.result["final"]["accuracy"]
         base_total = analyze(TfliteModel.read(baseline))["total"]
+        float_accuracy = base.result["baseline"]["keras_accuracy"]
         size = f"{baseline.stat().st_size:,}"
-        rows.append((label, "PTQ", "", f"{base_accuracy:.4f}", f"{base_total['macs']:,}",
-                     f"{base_total['peak_activation_bytes']:,}", size, "(baseline)"))  # fmt: skip
+        rows.append((label, "PTQ", f"float {float_accuracy:.4f}", f"{base_accuracy:.4f}", f"{base_total['macs']:,}",
+                     f"{base_total['peak_activation_bytes']:,}", size, *["(baseline)"] * len(targets)))  # fmt: skip
         for ratio in (0.25, 0.5, 0.75):
             for mode in ("plain", "distilled"):
-                fine_tune = {"epochs": 4}
+                fine_tune = dict(spec.fine_tune)
                 if mode == "distilled":
                     fine_tune["distill"] = {"temperature": 4, "alpha": 0.3}
                 stages = [
                     {"kind": "channel_prune", "ratio": ratio, "criterion": "l1", "round_to": 4, "fine_tune": fine_tune},
                     {"kind": "ptq"},
                 ]
-                name = f"{factory}-{int(ratio * 100)}-{mode}"
-                outcome = pipeline.run(pipeline.prepare(recipe(stages, work, name, factory)), work / name)
+                name = f"{spec.factory}-{int(ratio * 100)}-{mode}"
+                path_ = recipe(stages, work, name, trained, None, spec.data, spec.fine_tune)
+                outcome = pipeline.run(pipeline.prepare(path_), work / name)
                 path = outcome.directory / "model.tflite"
                 total = analyze(TfliteModel.read(path))["total"]
-                result = deploy_paired(path, baseline, work / f"{name}.json")
-                check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
                 rows.append((label, f"channel {ratio:.0%}", mode, f"{outcome.result['final']['accuracy']:.4f}",
                              f"{total['macs']:,}", f"{total['peak_activation_bytes']:,}", f"{path.stat().st_size:,}",
-                             f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)"))  # fmt: skip
-    header = ("model", "variant", "fine-tune", "int8 accuracy", "MACs", "peak act. B", ".tflite B", "latency (paired)")
+                             *speedups(path, baseline, work / f"{name}.json", targets)))  # fmt: skip
+                print_table(header, rows[-1:])
+    print()
     print_table(header, rows)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ratios", action="store_true", help="also the channel-ratio sweep, plain vs distilled")
+    parser.add_argument("--ratios-only", action="store_true", help="only the channel-ratio sweep")
+    parser.add_argument(
+        "--models",
+        nargs="*",
+        default=[],
+        choices=[m.factory for m in MODELS.values()],
+        help="models of the sweep (default: all)",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=["local"],
+        help="targets of the sweep's paired latency, e.g. local rpi4-emu (default: local; rpi4-emu needs "
+        "`edgepipe emulator build rpi4`)",
+    )
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgepipe-bench-structured-"))
     (work / "bench_models.py").write_text(FACTORY)
+    if args.ratios_only:
+        ratios(work, args.models, args.targets)
+        print(f"runs kept in {work}")
+        return
     built: dict[str, tuple[Path, float]] = {}
     for index, (variant, stages) in enumerate(VARIANTS.items()):
         name = f"v{index}"
@@ -127,9 +210,9 @@ def main() -> None:
                      f"{size:,}", f"{accuracy:.4f}", effect))  # fmt: skip
     header = ("variant", "MACs", "params", "peak act. B", ".tflite B", "int8 accuracy", "latency vs PTQ (paired)")
     print_table(header, rows)
-    if "--ratios" in sys.argv[1:]:
+    if args.ratios:
         print()
-        ratios(work)
+        ratios(work, args.models, args.targets)
     print(f"runs kept in {work}")
 
 

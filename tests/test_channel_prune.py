@@ -128,11 +128,51 @@ def test_removing_channels_that_are_exactly_zero_leaves_the_outputs_unchanged() 
     assert pruned.get_layer("dense_1").get_weights()[0].shape[0] == sequential.get_layer("dense_1").input_shape[1] // 2
 
 
+def test_the_fashion_cnn_prunes_through_batchnorm_pooling_and_flatten_exactly() -> None:
+    """The Fashion-MNIST preset's model: Conv -> BN -> ReLU -> MaxPool blocks and a Flatten -> Dense head. With
+    half of every block's BatchNorm gamma and beta zero, removing those channels changes no output."""
+    from edgepipe.examples.fashion import conv_bn
+
+    model = conv_bn(width=8)
+    x = np.random.default_rng(1).random((8, 28, 28, 1), dtype=np.float32)
+
+    def zero_bn(model: Any) -> None:
+        for layer in model.layers:
+            if type(layer).__name__ == "BatchNormalization":
+                gamma, beta, *stats = layer.get_weights()
+                gamma[::2], beta[::2] = 0.0, 0.0
+                layer.set_weights([gamma, beta, *stats])
+
+    pruned, plan = _zero_channels_and_prune(model, zero_bn, "bn_gamma", 0.5)
+    assert np.allclose(pruned.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    assert [pruned.get_layer(f"conv{i}_conv").filters for i in range(1, 5)] == [4, 4, 8, 8]
+    assert pruned.get_layer("logits").get_weights()[0].shape[0] == 3 * 3 * 8  # Flatten rows of the kept channels
+    assert list(plan.blocked()) == ["logits"]
+
+
 def test_min_channels_and_rounding() -> None:
     assert channels._kept(16, 0.9, 4, 4) == 4  # never below min_channels
     assert channels._kept(16, 0.3, 4, 8) == 16  # 11.2 rounds up to 16: nothing to remove
     assert channels._kept(32, 0.5, 4, 8) == 16
     assert channels._kept(24, 0.5, 4, 8) == 16
+
+
+def test_batchnorm_statistics_are_re_estimated_after_removal() -> None:
+    """After rebuild, each BatchNorm's moving mean/variance describe what its (pruned) input now produces."""
+    k = keras()
+    model = resnet(width=8)
+    model.build((None, 8, 8, 1))
+    x = np.random.default_rng(0).random((300, 8, 8, 1), dtype=np.float32)
+    bn = model.get_layer("block1a_bn")
+    bn.set_weights([w * 0 + 5.0 for w in bn.get_weights()])  # statistics that describe nothing
+    used = channels.recalibrate_batchnorm(model, x, limit=256, batch_size=64)
+    assert used == 256
+    conv_out = k.Model(model.input, model.get_layer("block1a_conv").output).predict(x[:256], verbose=0)
+    moving_mean, moving_variance = bn.get_weights()[2:]
+    np.testing.assert_allclose(moving_mean, conv_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+    batch_variances = [conv_out[i : i + 64].var(axis=(0, 1, 2)) for i in range(0, 256, 64)]
+    np.testing.assert_allclose(moving_variance, np.mean(batch_variances, axis=0), rtol=2e-3, atol=1e-4)
+    assert bn.momentum == 0.9  # the layer's own momentum is back for fine-tuning
 
 
 RECIPE = """
@@ -159,6 +199,7 @@ def test_a_channel_prune_recipe_gives_a_smaller_int8_model(tmp_path: Path) -> No
     assert details["channels"]["stem_conv"] == {"before": 16, "after": 8}
     assert details["channels"]["block2a_conv"] == {"before": 32, "after": 16}
     assert "logits" in next(iter(details["left_unpruned"]))
+    assert details["batchnorm_recalibrated_on"] == 1347  # all training samples (fewer than the 2048 cap)
     assert record["final"]["conformance"]["passed"]
     converted = TfliteModel.read(outcome.directory / "model.tflite")  # the plan reached the board's file
     filters = sorted(converted.op_inputs(op)[1].shape[0] for op in converted.ops if op.name == "CONV_2D")

@@ -74,3 +74,29 @@ def cnn() -> Any:
         ],
         name="fashion_cnn",
     )
+
+
+def conv_bn(width: int = 32) -> Any:
+    """A VGG-style CNN as embedded teams train on Fashion-MNIST: Conv -> BatchNorm -> ReLU pairs, max pooling,
+    Flatten -> Dense logits (about 7 M MACs at width 32, so the convolutions, not per-operator overhead, take
+    the time: what channel pruning is for)."""
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+
+    def block(x: Any, filters: int, name: str) -> Any:
+        x = k.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+        x = k.layers.BatchNormalization(name=f"{name}_bn")(x)
+        return k.layers.ReLU(name=f"{name}_relu")(x)
+
+    inputs = k.layers.Input((28, 28, 1), name="image")
+    x = block(inputs, width, "conv1")
+    x = k.layers.MaxPooling2D(name="pool1")(x)
+    x = block(x, width, "conv2")
+    x = block(x, 2 * width, "conv3")
+    x = k.layers.MaxPooling2D(name="pool2")(x)
+    x = block(x, 2 * width, "conv4")
+    x = k.layers.MaxPooling2D(name="pool3")(x)
+    x = k.layers.Flatten(name="flatten")(x)
+    outputs = k.layers.Dense(10, name="logits")(x)
+    return k.Model(inputs, outputs, name="fashion_conv_bn")

@@ -11,6 +11,9 @@ from edgepipe.models import copy_model, train
 from edgepipe.optimization import channels
 from edgepipe.optimization.base import StageContext, StageOutcome
 
+# Samples on which BatchNorm statistics are re-estimated after each removal (channels.recalibrate_batchnorm).
+RECALIBRATION_SAMPLES = 2048
+
 
 def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutcome:
     current = copy_model(model)
@@ -48,6 +51,7 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
                 hint="lower min_channels or round_to, or split SeparableConv2D (model.split_separable_conv: true)",
             )  # fmt: skip
         current = channels.rebuild(current, plan)
+        recalibrated = channels.recalibrate_batchnorm(current, ctx.data.keras_x("train"), RECALIBRATION_SAMPLES)
         label = ctx.label if stage.steps == 1 else f"{ctx.label}: step {step}/{stage.steps}"
         if stage.steps > 1:
             ctx.progress.phase(label)
@@ -70,6 +74,7 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
                 for name, row in first_plan.removed().items()
             },
             "left_unpruned": first_plan.blocked(),
+            "batchnorm_recalibrated_on": recalibrated,
         },
         training=history,
     )
