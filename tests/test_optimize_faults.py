@@ -116,6 +116,15 @@ def test_own_module_beside_the_recipe_importing_tf_keras_just_works(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model.tflite").is_file()
     assert "1. prune" in result.stdout
+    # stderr is a pipe here, as in a CI log: one plain line per epoch (the float model's 2, the prune stage's 1),
+    # and no blank line left behind by a live bar.
+    lines = result.stderr.splitlines()
+    assert [line.strip().split("  ")[0] for line in lines if line.strip().startswith("epoch ")] == [
+        "epoch 1/2",
+        "epoch 2/2",
+        "epoch 1/1",
+    ], result.stderr
+    assert "" not in [line.strip() for line in lines[: lines.index(next(x for x in lines if "done verifying" in x))]]
 
 
 def test_a_factory_name_that_does_not_exist_fails_before_any_training(tmp_path: Path) -> None:

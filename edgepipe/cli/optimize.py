@@ -18,13 +18,18 @@ from edgepipe.progress import Progress
 
 
 class ConsoleProgress(Progress):
-    """Phases as ticked lines with their duration, training as a live epoch bar with loss and accuracy."""
+    """Phases as ticked lines with their duration, training as a live epoch bar with loss and accuracy.
+
+    When stderr is not a terminal (a CI log, a pipe), each epoch is one plain line instead of a bar: a log
+    cannot redraw, and a long training would otherwise show nothing until it ends.
+    """
 
     def __init__(self) -> None:
         self._phase: str | None = None
         self._phase_started = 0.0
         self._bar: RichBar | None = None
         self._task: Any = None
+        self._epochs: tuple[str, int, float] | None = None  # label, epochs, start (the plain-line form)
 
     def phase(self, text: str) -> None:
         self.finish()
@@ -40,6 +45,9 @@ class ConsoleProgress(Progress):
             self._phase = None
 
     def training_started(self, label: str, epochs: int) -> None:
+        if not stderr.is_terminal:
+            self._epochs = (label, epochs, time.perf_counter())
+            return
         self._bar = RichBar(
             TextColumn("  {task.description}"),
             BarColumn(),
@@ -53,14 +61,19 @@ class ConsoleProgress(Progress):
         self._task = self._bar.add_task(f"{label}: epoch", total=epochs, metrics="")
 
     def epoch_done(self, epoch: int, logs: Mapping[str, float]) -> None:
+        metrics = f"loss {logs.get('loss', float('nan')):.4f}" + _epoch_metric(logs)
         if self._bar is not None:
-            metrics = f"loss {logs.get('loss', float('nan')):.4f}" + _epoch_metric(logs)
             self._bar.update(self._task, completed=epoch, metrics=metrics)
+        elif self._epochs is not None:
+            _, epochs, started = self._epochs
+            seconds = time.perf_counter() - started
+            stderr.print(f"    epoch {epoch}/{epochs}  {metrics}  [dim]({seconds:.1f}s)[/]", highlight=False)
 
     def training_done(self) -> None:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+        self._epochs = None
 
     def note(self, text: str) -> None:
         stderr.print(f"  [yellow]note:[/] {text}", highlight=False)
