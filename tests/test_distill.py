@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ def test_a_recipe_that_distills_records_and_shows_it(tmp_path: Path) -> None:
     assert len(losses) == 2 and losses[-1] < losses[0], losses  # the distillation loss decreases
 
 
-def test_a_teacher_file_that_is_missing_is_named(tmp_path: Path) -> None:
+def test_a_teacher_file_that_is_missing_is_named_before_any_training(tmp_path: Path) -> None:
     body = RECIPE.replace("{temperature: 4, alpha: 0.3}", "{teacher: nowhere.keras}")
+    started = time.monotonic()
     done = run_cli("optimize", str(write_recipe(tmp_path, body)), "--out", str(tmp_path / "run"))
-    assert done.returncode == 2 and "nowhere.keras" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "stages[1] (distill): distill.teacher:" in done.stderr and "nowhere.keras does not exist" in done.stderr
+    assert "training" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+    assert time.monotonic() - started < 60, "failed at recipe load, not after training the float model"

@@ -3,12 +3,14 @@ the schema, and the HTML opened in headless Chromium."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from browser import artifacts_dir, body_attribute, load
 from conftest import run_cli
@@ -213,6 +215,7 @@ def test_a_failed_stage_deploy_shows_in_the_report(optimized_run: tuple[Path, di
     env = {"EDGEPIPE_TARGETS_DIR": str(targets)}
     deployed = run_cli("deploy", "--target", "strict", str(run), env=env)
     assert deployed.returncode == 24, deployed.stderr
+    assert "measure.time_limit_s" in deployed.stderr and "--eval-samples" in deployed.stderr  # what to change
     assert (run / "deploy-strict.failed.json").is_file() and not (run / "deploy-strict.json").exists()
     done = run_cli("report", str(run), "--md", str(tmp_path / "s.md"), "--json", str(tmp_path / "r.json"), env=env)
     assert done.returncode == 0, done.stderr
@@ -290,6 +293,40 @@ def test_legends_cover_no_point_and_no_bar(drawn: dict[str, Any]) -> None:
 def test_every_latency_axis_has_the_same_log_scale(drawn: dict[str, Any]) -> None:
     axes = [drawn["figures"]["accuracy_vs_latency"].axes[0], *drawn["figures"]["latency_distributions"].axes]
     assert [ax.get_xscale() for ax in axes] == ["log"] * len(axes)
+
+
+def test_latency_tick_labels_never_run_into_each_other(drawn: dict[str, Any]) -> None:
+    """Latencies of 5.5 to 20 ms (an emulated board): the labels of a log axis must not overlap."""
+    import copy
+
+    from edgepipe.reporting import plots
+
+    document = copy.deepcopy(drawn["document"])
+    for stage in document["stages"]:
+        for deployment in stage["deployments"]:
+            if deployment["latency_quantiles_ms"]:
+                count = len(deployment["latency_quantiles_ms"])
+                deployment["latency_quantiles_ms"] = list(np.geomspace(5.5, 20.0, count))
+    captured: list[Any] = []
+    original = plots._svg
+    try:
+        plots._svg = lambda fig: captured.append(fig) or ""
+        plots.latency_distributions(document)
+    finally:
+        plots._svg = original
+    (fig,) = captured
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        boxes = [
+            t.get_window_extent(renderer)
+            for t in ax.get_xticklabels()
+            if t.get_text() and low <= t.get_position()[0] <= high
+        ]
+        assert len(boxes) >= 2, [t.get_text() for t in ax.get_xticklabels()]
+        for left, right in itertools.pairwise(boxes):
+            assert left.x1 < right.x0, [t.get_text() for t in ax.get_xticklabels()]
 
 
 def test_the_layer_plot_names_keras_layers(drawn: dict[str, Any]) -> None:

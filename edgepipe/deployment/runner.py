@@ -54,7 +54,11 @@ AGENT_ERRORS: dict[str, tuple[type[EdgepipeError], str]] = {
     ),
     "InvokeFailed": (ModelCrash, "the interpreter refused to run the model; check its inputs and operators"),
     "ModelCrash": (ModelCrash, "the runtime crashed on this model; try another runtime version or rebuild the model"),
-    "ModelTimeout": (ModelTimeout, "raise the target's measure.time_limit_s, or lower measure.runs / min_seconds"),
+    "ModelTimeout": (
+        ModelTimeout,
+        "raise the target's measure.time_limit_s, evaluate on fewer samples (deploy --eval-samples N: a slow or "
+        "emulated board can take minutes per thousand), or lower measure.runs / min_seconds",
+    ),
     "ModelOutOfMemory": (
         ModelOutOfMemory,
         "raise the target's measure.memory_limit_mb if the board has the memory, or deploy a smaller model",

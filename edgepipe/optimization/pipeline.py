@@ -26,7 +26,7 @@ from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
-from edgepipe.errors import ConformanceError, GateFailed
+from edgepipe.errors import ConfigError, ConformanceError, GateFailed
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
     channel_prune,
@@ -99,8 +99,25 @@ def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
     data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
     if isinstance(model_source, EntryPoint):
         model_source.check(file, "model.source")  # a wrong factory name fails now, without importing TF here
+    _check_teachers(recipe, base, file)
     data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data, base)
+
+
+def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
+    """A teacher file that does not exist fails now, not after the float model and earlier stages trained."""
+    for index, stage in enumerate(recipe.stages):
+        settings = recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
+        if settings is None or not settings.teacher:
+            continue
+        path = Path(settings.teacher).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.exists():
+            raise ConfigError(
+                f"{file}: stages[{index}] ({stage_name(stage)}): distill.teacher: {path} does not exist",
+                hint="name a .keras or .h5 file of a trained model (relative paths start at the recipe's folder), "
+                "or leave teacher out to distill from the float model",
+            )
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:

@@ -227,8 +227,10 @@ def _log_x(ax: Any, always: bool) -> None:
         return
     ax.set_xscale("log")
     narrow = high / low < 10
-    ax.xaxis.set_major_locator(LogLocator(subs=tuple(range(1, 10)) if narrow else (1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    # Every integer step only when the data spans under 3x: wider, 6000 7000 8000 9000 10000 run into each other.
+    subs = tuple(range(1, 10)) if high / low < 3 else (1.0, 2.0, 5.0)
+    ax.xaxis.set_major_locator(LogLocator(subs=subs))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
     if narrow:  # a few µs apart: pad the range so the points sit inside, with a tick on either side
         ax.set_xlim(low / 1.25, high * 1.25)
