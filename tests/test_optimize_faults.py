@@ -116,6 +116,7 @@ def test_own_module_beside_the_recipe_importing_tf_keras_just_works(tmp_path: Pa
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model.tflite").is_file()
     assert "1. prune" in result.stdout
+    assert "wrote run (final model: run/model.tflite)" in result.stdout  # as typed, not /tmp/pytest-.../run
     # stderr is a pipe here, as in a CI log: one plain line per epoch (the float model's 2, the prune stage's 1),
     # and no blank line left behind by a live bar.
     lines = result.stderr.splitlines()
@@ -282,3 +283,19 @@ def test_module_beside_the_recipe_is_found_without_pythonpath(tmp_path: Path) ->
     (tmp_path / "beside.py").write_text(textwrap.dedent("def load():\n    return 42\n"))
     entry = resolve("beside:load", tmp_path, "r.yaml", "data.source", "x")
     assert entry.load("r.yaml", "data.source")() == 42  # type: ignore[union-attr]
+
+
+def test_quick_epochs_in_a_log_print_the_first_and_the_last_only() -> None:
+    """40 epochs of a second each would fill a CI log's screen: off a terminal only the first, the last, and one
+    line at most every EPOCH_LINE_EVERY_S in between are printed."""
+    from edgepipe.cli.console import stderr
+    from edgepipe.cli.optimize import ConsoleProgress
+
+    progress = ConsoleProgress()
+    with stderr.capture() as captured:
+        progress.training_started("training the float model", 40)
+        for epoch in range(1, 41):
+            progress.epoch_done(epoch, {"loss": 1.0 / epoch, "accuracy": 0.5})
+        progress.training_done()
+    lines = [line.strip().split("  ")[0] for line in captured.get().splitlines()]
+    assert lines == ["epoch 1/40", "epoch 40/40"], captured.get()

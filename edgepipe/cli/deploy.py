@@ -12,7 +12,7 @@ from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedCo
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from edgepipe.cli.console import stderr, stdout
+from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.cli.optimize import ConsoleProgress
 from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
@@ -175,7 +175,7 @@ def deploy(
     if isinstance(progress, ConsoleProgress):
         progress.finish()
     print_result(outcome.record)
-    stdout.print(f"wrote [bold]{outcome.path}[/]", highlight=False)
+    stdout.print(f"wrote [bold]{shown(outcome.path)}[/]", highlight=False)
     if outcome.run_id is not None:
         tags = f" tagged {', '.join(tag)}" if tag else ""
         stdout.print(f"recorded as run {outcome.run_id}{tags} in {outcome.record['history']['path']}", highlight=False)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as RichBar
 from rich.table import Table
 
-from edgepipe.cli.console import stderr, stdout
+from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.errors import GateFailed
 from edgepipe.progress import Progress
 
@@ -20,9 +20,12 @@ from edgepipe.progress import Progress
 class ConsoleProgress(Progress):
     """Phases as ticked lines with their duration, training as a live epoch bar with loss and accuracy.
 
-    When stderr is not a terminal (a CI log, a pipe), each epoch is one plain line instead of a bar: a log
-    cannot redraw, and a long training would otherwise show nothing until it ends.
+    When stderr is not a terminal (a CI log, a pipe), epochs are plain lines instead of a bar (a log cannot
+    redraw, and a long training would otherwise show nothing until it ends): the first, the last, and one at
+    most every ``EPOCH_LINE_EVERY_S`` in between, so 40 quick epochs do not fill a screen.
     """
+
+    EPOCH_LINE_EVERY_S = 10.0
 
     def __init__(self) -> None:
         self._phase: str | None = None
@@ -30,6 +33,7 @@ class ConsoleProgress(Progress):
         self._bar: RichBar | None = None
         self._task: Any = None
         self._epochs: tuple[str, int, float] | None = None  # label, epochs, start (the plain-line form)
+        self._last_line = 0.0
 
     def phase(self, text: str) -> None:
         self.finish()
@@ -47,6 +51,7 @@ class ConsoleProgress(Progress):
     def training_started(self, label: str, epochs: int) -> None:
         if not stderr.is_terminal:
             self._epochs = (label, epochs, time.perf_counter())
+            self._last_line = 0.0
             return
         self._bar = RichBar(
             TextColumn("  {task.description}"),
@@ -66,8 +71,10 @@ class ConsoleProgress(Progress):
             self._bar.update(self._task, completed=epoch, metrics=metrics)
         elif self._epochs is not None:
             _, epochs, started = self._epochs
-            seconds = time.perf_counter() - started
-            stderr.print(f"    epoch {epoch}/{epochs}  {metrics}  [dim]({seconds:.1f}s)[/]", highlight=False)
+            now = time.perf_counter()
+            if epoch in (1, epochs) or now - self._last_line >= self.EPOCH_LINE_EVERY_S:
+                self._last_line = now
+                stderr.print(f"    epoch {epoch}/{epochs}  {metrics}  [dim]({now - started:.1f}s)[/]", highlight=False)
 
     def training_done(self) -> None:
         if self._bar is not None:
@@ -119,7 +126,8 @@ def optimize(
     if isinstance(progress, ConsoleProgress):
         progress.finish()
     print_summary(outcome.record)
-    stdout.print(f"wrote [bold]{outcome.directory}[/] (final model: {outcome.model_path})", highlight=False)
+    written = f"wrote [bold]{shown(outcome.directory)}[/] (final model: {shown(outcome.model_path)})"
+    stdout.print(written, highlight=False)
 
 
 def _totals(entry: dict[str, Any]) -> tuple[str, str]:

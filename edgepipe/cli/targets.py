@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from edgepipe.cli.console import stdout
+from edgepipe.cli.console import shown, stdout
 from edgepipe.errors import EdgepipeError, InfrastructureError
 
 app = typer.Typer(
@@ -28,7 +27,7 @@ def list_targets() -> None:
         try:
             target = load_target(name)
         except EdgepipeError as exc:
-            table.add_row(name, "[red]invalid[/]", exc.message, "", "", _short(file), "")
+            table.add_row(name, "[red]invalid[/]", exc.message, "", "", shown(file), "")
             continue
         table.add_row(
             name,
@@ -36,7 +35,7 @@ def list_targets() -> None:
             target.where(),
             target.arch or "any",
             str(target.threads),
-            _short(file),
+            shown(file),
             target.description,
         )
     stdout.print(table)
@@ -69,7 +68,3 @@ def check(
             if hints
             else f"fix the rows marked fail; 'edgepipe agent install --target {target.name}' prepares a fresh board",
         )
-
-
-def _short(file: Path) -> str:
-    return str(file.relative_to(Path.cwd())) if file.is_relative_to(Path.cwd()) else str(file)
