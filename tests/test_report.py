@@ -111,6 +111,8 @@ def test_html_is_self_contained(reported: dict[str, Any]) -> None:
     assert parser.external == []
     assert parser.svgs >= 4 and "@import" not in text and "url(http" not in text
     assert "Parity with the host" not in text  # no emulated target here
+    # Several stages measured by separate deploys: the page says their latencies are not a paired comparison.
+    assert 'class="muted unpaired"' in text and "--baseline B.tflite" in text
 
 
 @pytest.mark.parametrize("width", [1400, 390])
