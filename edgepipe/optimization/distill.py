@@ -12,6 +12,7 @@ log, for student and teacher alike.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,12 +73,15 @@ def compile_distilled(model: Any, task: Task, settings: DistillSettings, learnin
     model.compile(optimizer=k.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
+def teacher_path(source: str, base_dir: Any) -> Path:
+    """Where a recipe's ``distill.teacher`` file is: relative paths start at the recipe's folder."""
+    path = Path(source).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
 def load_teacher(source: str, base_dir: Any) -> Any:
     """A teacher from a .keras/.h5 file (relative paths from the recipe's folder)."""
-    from pathlib import Path
-
-    path = Path(source).expanduser()
-    path = path if path.is_absolute() else Path(base_dir) / path
+    path = teacher_path(source, base_dir)
     if not path.exists():
         raise ConfigError(
             f"distill.teacher: {path} does not exist", hint="name a .keras or .h5 file of a trained model"

@@ -110,8 +110,7 @@ def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
         settings = recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
         if settings is None or not settings.teacher:
             continue
-        path = Path(settings.teacher).expanduser()
-        path = path if path.is_absolute() else base / path
+        path = distill.teacher_path(settings.teacher, base)
         if not path.exists():
             raise ConfigError(
                 f"{file}: stages[{index}] ({stage_name(stage)}): distill.teacher: {path} does not exist",
