@@ -49,6 +49,7 @@ logging.getLogger("paramiko").propagate = False
 PIECE = 32 * 1024  # stdin is handed to paramiko in pieces this big
 TIMEOUT_EXIT = 124  # coreutils timeout: the command timed out
 KILLED_EXIT = 137  # ... and had to be killed with SIGKILL
+OUTPUT_AFTER_EXIT_S = 10.0  # how long output may still arrive after the exit status
 
 
 class CountingSocket:
@@ -311,6 +312,7 @@ class SshTransport(Transport):
         writer.start()
         out, err = bytearray(), bytearray()
         pending = b""
+        exited: float | None = None
         give_up = started + timeout + KILL_GRACE_S + 5
         try:
             while True:
@@ -325,8 +327,15 @@ class SshTransport(Transport):
                         for line in lines:
                             on_stderr_line(line.decode("utf-8", "replace"))
                     continue
-                if channel.exit_status_ready() or channel.closed or not transport.is_active():
+                if channel.closed or not transport.is_active():
                     break
+                if channel.exit_status_ready():
+                    # sshd may send the exit status before the rest of the output it still reads from the
+                    # command's pipe (seen: a 200 kB result lost under four parallel deploys): wait for the end
+                    # of the output too, but not forever (a background child could hold the pipe open).
+                    exited = exited or time.monotonic()
+                    if channel.eof_received or time.monotonic() - exited > OUTPUT_AFTER_EXIT_S:
+                        break
                 if writer.stalled_for() > self.target.link_timeout_s:
                     self._abandon()
                     raise ConnectError(
