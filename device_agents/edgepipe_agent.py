@@ -69,6 +69,7 @@ Result, protocol ``edgepipe.result/1``::
                     samples in the order timed, in blocks of block_runs alternating A B B A ...; error is a
                     failure while measuring with the baseline (the model's own result stands)
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
+    clock           {"started", "finished"}: the board's wall clock (seconds since 1970) around the whole job
     accuracy        {samples, task, metric, value, per_output [...], accuracy, agreement: {top1, max_abs_diff}}:
                     metric "accuracy" (top-1, classification), "mae" (mean absolute error, regression) or "mse"
                     (mean squared error of each output against its input, reconstruction); ``value`` is the
@@ -97,7 +98,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.2.1"
+AGENT_VERSION = "1.3.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -922,7 +923,10 @@ def run(raw_job: str) -> tuple[dict[str, Any], int]:
     except JobFailed as exc:
         return {**base, "status": "error", "error": {"class": exc.error_class, "message": exc.message}}, 2
     base["board"] = board_state()
-    return {**base, **supervise(job)}, 0
+    started = time.time()
+    measured = supervise(job)
+    # The board's wall clock around the job: a device farm checks that two jobs never overlapped on one board.
+    return {**base, **measured, "clock": {"started": started, "finished": time.time()}}, 0
 
 
 def main(argv: list[str]) -> int:

@@ -8,6 +8,7 @@ The Python API mirrors the command line (see ``edgepipe.api`` and the README's "
     result = edgepipe.deploy(run.directory, target="local")
     edgepipe.report(run.directory)
     edgepipe.compare("main", str(run.directory)).raise_for_status()
+    farm = edgepipe.farm_run("farms/lab.yaml", ["runs/candidate"], baseline="runs/main")   # farm.exit_code
 
 Importing edgepipe imports neither TensorFlow nor paramiko: the functions load what they need when called.
 Every error is an ``EdgepipeError`` (``message``, ``hint``, ``exit_code``); the tree is in ``edgepipe.errors``.
@@ -47,6 +48,7 @@ from edgepipe.errors import (
     TransferError,
     UnsupportedOp,
 )
+from edgepipe.farm import FarmOutcome, farm_resume, farm_run
 
 __version__ = "0.1.0"
 
@@ -63,6 +65,7 @@ __all__ = [
     "DeployResult",
     "DeviceModelError",
     "EdgepipeError",
+    "FarmOutcome",
     "GateFailed",
     "HostKeyError",
     "Inconclusive",
@@ -80,6 +83,8 @@ __all__ = [
     "__version__",
     "compare",
     "deploy",
+    "farm_resume",
+    "farm_run",
     "optimize",
     "report",
 ]

@@ -185,3 +185,14 @@ class Inconclusive(InfrastructureError):
     """``edgepipe compare`` cannot judge: the two runs differ in board state (throttling, governor, versions)."""
 
     exit_code = 17
+
+
+def error_class_for(exit_code: int) -> type[EdgepipeError]:
+    """The error class that ends the CLI with ``exit_code`` (a farm run ends with its jobs' most serious one)."""
+    pending: list[type[EdgepipeError]] = [EdgepipeError]
+    while pending:
+        cls = pending.pop()
+        if cls.exit_code == exit_code:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return EdgepipeError

@@ -176,8 +176,22 @@ class History:
             self._tag(run_id, tags)
 
     def add(self, record: dict[str, Any], tags: Iterable[str] = ()) -> int:
-        run_id = self.start(record["target"]["name"], record["model"]["sha256"], record["model"].get("model"))
-        self.finish(run_id, record, tags)
+        with self._write():
+            return self._insert(record, tags)
+
+    def _insert(self, record: dict[str, Any], tags: Iterable[str]) -> int:
+        """A complete run from its record, inside the caller's transaction (the farm commits a job's runs and
+        the job itself together, or neither)."""
+        facts = summarize(record)
+        stamp = now()
+        cursor = self._db.execute(
+            f"INSERT INTO runs (started, finished, complete, target, model_sha256, source, record, "
+            f"{', '.join(facts)}) VALUES (?, ?, 1, ?, ?, ?, ?, {', '.join('?' for _ in facts)})",
+            (stamp, stamp, record["target"]["name"], record["model"]["sha256"], record["model"].get("model"),
+             json.dumps(record), *facts.values()),
+        )  # fmt: skip
+        run_id = int(cursor.lastrowid or 0)
+        self._tag(run_id, tags)
         return run_id
 
     def tag(self, run_id: int, tags: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +75,56 @@ def board_behind_cable(directory: Path) -> Iterator[tuple[LoopbackHost, Cable]]:
             subprocess.run(["kill", "-9", pid], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30)
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+
+
+@dataclass
+class LabBoard:
+    name: str
+    host: LoopbackHost
+    cable: Cable
+
+
+@contextmanager
+def lab(directory: Path, count: int) -> Iterator[list[LabBoard]]:
+    """``count`` boards, each the real sshd in its own namespace with its own address, on one bridge (a lab
+    switch) that this machine joins at ``.1``: a device farm on one machine. Everything is removed on exit."""
+    tag = str(os.getpid() % 100000)
+    bridge = f"epbr{tag}"
+    subnet = f"10.{150 + os.getpid() % 50}.{os.getpid() % 250}"
+    made: list[tuple[str, str]] = []
+    _ip("ip", "link", "add", bridge, "type", "bridge")
+    try:
+        _ip("ip", "addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _ip("ip", "link", "set", bridge, "up")
+        boards: list[LabBoard] = []
+        with ExitStack() as stack:
+            for index in range(count):
+                namespace, host_end, board_end = f"ep{tag}b{index}", f"eph{tag}b{index}", f"epb{tag}b{index}"
+                _ip("ip", "netns", "add", namespace)
+                made.append((namespace, host_end))
+                _ip("ip", "link", "add", host_end, "type", "veth", "peer", "name", board_end)
+                _ip("ip", "link", "set", board_end, "netns", namespace)
+                _ip("ip", "link", "set", host_end, "master", bridge)
+                _ip("ip", "link", "set", host_end, "up")
+                _ip("ip", "addr", "add", f"{subnet}.{10 + index}/24", "dev", board_end, namespace=namespace)
+                _ip("ip", "link", "set", board_end, "up", namespace=namespace)
+                _ip("ip", "link", "set", "lo", "up", namespace=namespace)
+                sshd = LoopbackSshd(
+                    directory / f"board{index}", address=f"{subnet}.{10 + index}",
+                    launcher=["ip", "netns", "exec", namespace],
+                )  # fmt: skip
+                host = stack.enter_context(sshd)
+                boards.append(LabBoard(f"board{index}", host, Cable(namespace, host_end, board_end)))
+            yield boards
+    finally:
+        for namespace, host_end in made:
+            _remove_namespace(namespace, host_end)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, timeout=30)
+
+
+def _remove_namespace(namespace: str, host_end: str) -> None:
+    pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=30)
+    for pid in pids.stdout.split():
+        subprocess.run(["kill", "-9", pid], capture_output=True, timeout=30)
+    subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30)
+    subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)

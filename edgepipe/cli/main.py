@@ -16,6 +16,7 @@ from edgepipe.cli import agent as agent_command
 from edgepipe.cli import compare as compare_command
 from edgepipe.cli import deploy as deploy_command
 from edgepipe.cli import emulator as emulator_command
+from edgepipe.cli import farm as farm_command
 from edgepipe.cli import history as history_command
 from edgepipe.cli import optimize as optimize_command
 from edgepipe.cli import recipes as recipes_command
@@ -45,6 +46,7 @@ app.add_typer(recipes_command.app, name="recipes")
 app.add_typer(targets_command.app, name="targets")
 app.add_typer(agent_command.app, name="agent")
 app.add_typer(emulator_command.app, name="emulator")
+app.add_typer(farm_command.app, name="farm")
 
 
 def _print_version(value: bool) -> None:

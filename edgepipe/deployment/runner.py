@@ -115,36 +115,61 @@ def deploy(
     """
     progress = progress or Progress()
     measure = measure or target.measure
-    deadline = deadline_s or target.deadline_s
     model_file, data_file, run_dir = resolve_sources(run_dir, model, data)
     path = result_path(target, run_dir, model_file, out)
     started = time.perf_counter()
     with temporary_directory("edgepipe-deploy-") as staging:
         progress.phase("evaluating the model on this machine (sandboxed)")
         inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
-        record = _record(target, measure, inputs)
-        if baseline is not None:
-            record["baseline"] = {"model_sha256": baseline.sha256, "source": baseline.source}
-        run_id = history.start(target.name, inputs.model.sha256, str(model_file), tags) if history else None
-        try:
-            device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline)
-        except InfrastructureError as exc:
-            record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
-            _remember(history, run_id, record)
-            write_json(failed_path(path), record)
-            exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
-            raise
-        except KeyboardInterrupt as exc:  # Ctrl-C, or the SIGTERM of a cancelled CI job: the farm keeps a record
-            error = {
-                "class": "Interrupted",
-                "kind": "infrastructure",
-                "exit_code": INTERRUPTED_EXIT_CODE,
-                "message": f"interrupted ({exc or 'Ctrl-C'}) before the board answered",
-            }
-            record.update(status="failed", error=error, seconds=_since(started))
-            _remember(history, run_id, record)
-            write_json(failed_path(path), record)
-            raise
+        return deploy_staged(
+            target, inputs, path, measure=measure, deadline_s=deadline_s, progress=progress, history=history,
+            tags=tags, baseline=baseline, started=started,
+        )  # fmt: skip
+
+
+def deploy_staged(
+    target: Target,
+    inputs: DeployInputs,
+    path: Path,
+    *,
+    measure: MeasureSettings | None = None,
+    deadline_s: float | None = None,
+    progress: Progress | None = None,
+    history: History | None = None,
+    tags: Sequence[str] = (),
+    baseline: BaselineModel | None = None,
+    started: float | None = None,
+) -> DeployOutcome:
+    """The board's part of a deploy, for inputs already staged (and evaluated on the host) by ``stage``: a
+    device farm stages each model once and measures it on many boards. Writes ``path`` (or its ``.failed``
+    sibling) and returns the outcome or raises, exactly like ``deploy``."""
+    progress = progress or Progress()
+    measure = measure or target.measure
+    deadline = deadline_s or target.deadline_s
+    started = time.perf_counter() if started is None else started
+    record = _record(target, measure, inputs)
+    if baseline is not None:
+        record["baseline"] = {"model_sha256": baseline.sha256, "source": baseline.source}
+    run_id = history.start(target.name, inputs.model.sha256, str(inputs.model.path), tags) if history else None
+    try:
+        device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline)
+    except InfrastructureError as exc:
+        record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
+        _remember(history, run_id, record)
+        write_json(failed_path(path), record)
+        exc.hint = (exc.hint + "; " if exc.hint else "") + f"the failure is recorded in {failed_path(path)}"
+        raise
+    except KeyboardInterrupt as exc:  # Ctrl-C, or the SIGTERM of a cancelled CI job: the farm keeps a record
+        error = {
+            "class": "Interrupted",
+            "kind": "infrastructure",
+            "exit_code": INTERRUPTED_EXIT_CODE,
+            "message": f"interrupted ({exc or 'Ctrl-C'}) before the board answered",
+        }
+        record.update(status="failed", error=error, seconds=_since(started))
+        _remember(history, run_id, record)
+        write_json(failed_path(path), record)
+        raise
     record["device"] = device
     record["transfer"] = transfer
     record["checks"] = checks = _checks(inputs, device, measure, target)
