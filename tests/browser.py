@@ -49,7 +49,7 @@ def load(page: Path, screenshot: Path | None = None, width: int = 1400) -> PageL
         netlog = Path(work) / "netlog.json"
         common = [chromium(), *FLAGS, f"--user-data-dir={work}/profile", "--enable-logging=stderr", "--v=0"]
         done = subprocess.run(
-            [*common, f"--log-net-log={netlog}", "--dump-dom", page.resolve().as_uri()],
+            [*common, f"--log-net-log={netlog}", f"--window-size={width},900", "--dump-dom", page.resolve().as_uri()],
             capture_output=True,
             text=True,
             timeout=120,
@@ -60,7 +60,7 @@ def load(page: Path, screenshot: Path | None = None, width: int = 1400) -> PageL
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             shot = subprocess.run(
-                [*common, f"--screenshot={screenshot}", "--window-size=1280,3200", page.resolve().as_uri()],
+                [*common, f"--screenshot={screenshot}", f"--window-size={width},3200", page.resolve().as_uri()],
                 capture_output=True,
                 text=True,
                 timeout=120,

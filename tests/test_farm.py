@@ -21,6 +21,7 @@ from typing import Any
 import netns
 import numpy as np
 import pytest
+from browser import artifacts_dir, body_attribute, load
 
 from edgepipe.farm.store import FarmStore
 
@@ -183,8 +184,13 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
     assert {(c.get("classname"), c.get("name")) for c in suite.iter("testcase")} == {
         (f"edgepipe.farm.{p}", m) for m in ("small", "wide") for p in ("rpi4", "jetson")
     }
-    html = (tmp_path / "farm-runs" / "testlab-1" / "farm.html").read_text()
-    assert 'id="matrix"' in html and "regression" in html
+    html = tmp_path / "farm-runs" / "testlab-1" / "farm.html"
+    for width in (1400, 390):  # a desktop and a phone: nothing fetched, no script error, no sideways scrolling
+        page = load(html, screenshot=artifacts_dir() / f"farm-{width}.png", width=width)
+        assert page.console == [] and page.page_requests == []
+        assert body_attribute(page.dom, "data-farm-schema") == "edgepipe.farm/1"
+        assert body_attribute(page.dom, "data-overflow-px") == "0"
+        assert 'id="matrix"' in page.dom and page.dom.count("badge failed") >= 2
     assert "| wide | regression" in (tmp_path / "farm-runs" / "testlab-1" / "farm.md").read_text()
     assert "farm run 1" in out and "2 regression (of 4 jobs)" in err
     # The history has every run; the user's tag names the candidates only.
@@ -330,6 +336,26 @@ def test_killed_controller_resumes_without_losing_or_doubling(lab: list, models:
     code, out, err = finish(farm_cli(tmp_path, "resume", "1"))
     assert code == 0 and len(attempts(tmp_path)) == len(doc["attempts"]), err
     assert finished_before
+
+
+def test_sigterm_hands_the_jobs_back_and_frees_the_boards(lab: list, models: dict, tmp_path: Path) -> None:
+    """A cancelled CI job (SIGTERM): exit 130, the running job back in the queue, its board's lease released (not
+    left to lapse), no report in place of a finished one; resume then runs the job."""
+    farm = write_farm(tmp_path, lab, {"rpi4": [0]}, measure={**QUICK, "min_seconds": 8, "repeats": 1},
+                      lease={"ttl_s": 120, "heartbeat_s": 10})  # fmt: skip
+    process = farm_cli(tmp_path, "run", str(farm), str(models["slow"]), "--data", str(models["data"]))
+    wait_for(lambda: measuring_on(tmp_path / "work" / "board0"), 60, "the agent to measure")
+    process.send_signal(signal.SIGTERM)
+    code, _out, err = finish(process, 60)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, err
+    with FarmStore(tmp_path / "history.sqlite") as store:
+        assert [job["state"] for job in store.jobs(1)] == ["pending"]
+        assert [a["outcome"] for a in store.attempts(1)] == ["abandoned"]
+        assert next(lease for lease in store.leases() if lease["board"] == "board0")["owner"] is None
+    assert not (tmp_path / "farm-runs" / "testlab-1" / "farm.json").exists()
+    code, out, err = finish(farm_cli(tmp_path, "resume", "1"))
+    assert code == 0 and "resumed" in out, err
+    assert [a["outcome"] for a in attempts(tmp_path)] == ["abandoned", "done"]
 
 
 def test_two_controllers_never_measure_on_one_board_at_once(lab: list, models: dict, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from edgepipe.errors import ConfigError
 from edgepipe.farm.jobs import FarmModel, StagedModels, resolve_baseline, resolve_models
 from edgepipe.farm.leases import new_owner
 from edgepipe.farm.report import farm_document, write_reports
-from edgepipe.farm.scheduler import FarmEvents, FarmJobSettings, run_workers
+from edgepipe.farm.scheduler import FarmContext, FarmEvents, FarmJobSettings, run_workers
 from edgepipe.farm.store import FarmStore
 from edgepipe.provenance import sha256_file
 from edgepipe.rundir import temporary_directory
@@ -117,7 +117,7 @@ def _execute(
     with temporary_directory("edgepipe-farm-") as staging:
         settings = FarmJobSettings(run, out, models, baseline, tuple(spec["tags"]), spec["thresholds"])
         try:
-            run_workers(farm, history, owner, settings, StagedModels(Path(staging)), events, stop)
+            run_workers(FarmContext(farm, history, owner, settings, StagedModels(Path(staging)), events, stop))
         except BaseException:  # Ctrl-C or SIGTERM: hand this controller's jobs back, then stop
             stop.set()
             with FarmStore(history) as store:

@@ -94,22 +94,27 @@ class Heartbeat:
                     return
 
 
+@dataclass(frozen=True)
+class FarmContext:
+    """What every worker of one controller shares."""
+
+    farm: Farm
+    history: Path
+    owner: str  # this controller, in leases
+    settings: FarmJobSettings
+    staged: StagedModels
+    events: FarmEvents
+    stop: threading.Event
+
+
 class BoardWorker:
-    def __init__(
-        self,
-        farm: Farm,
-        board: Board,
-        history: Path,
-        owner: str,
-        settings: FarmJobSettings,
-        staged: StagedModels,
-        events: FarmEvents,
-        stop: threading.Event,
-    ) -> None:
-        self.farm, self.board, self.history, self.owner = farm, board, history, owner
-        self.settings, self.staged, self.events, self.stop = settings, staged, events, stop
-        self.pool = farm.spec.pools[board.pool]
-        self.lease = farm.spec.lease
+    def __init__(self, context: FarmContext, board: Board) -> None:
+        self.farm, self.history, self.owner = context.farm, context.history, context.owner
+        self.settings, self.staged = context.settings, context.staged
+        self.events, self.stop = context.events, context.stop
+        self.board = board
+        self.pool = context.farm.spec.pools[board.pool]
+        self.lease = context.farm.spec.lease
 
     def run(self) -> None:
         with FarmStore(self.history) as store:
@@ -255,34 +260,27 @@ def _detail(result: JobResult) -> str:
     return ", ".join(parts)
 
 
-def run_workers(
-    farm: Farm,
-    history: Path,
-    owner: str,
-    settings: FarmJobSettings,
-    staged: StagedModels,
-    events: FarmEvents,
-    stop: threading.Event,
-) -> None:
+def run_workers(context: FarmContext) -> None:
     """One worker thread per board, all at once; returns when every pool's jobs are done or its boards are gone.
     Pending jobs of a pool whose boards are all quarantined end as infrastructure errors."""
     threads = [
         threading.Thread(
-            target=BoardWorker(farm, board, history, owner, settings, staged, events, stop).run,
+            target=BoardWorker(context, board).run,
             name=f"board-{board.name}",
             daemon=True,  # a Ctrl-C does not wait for a measurement: the leases lapse, resume picks the jobs up
         )
-        for board in farm.boards.values()
+        for board in context.farm.boards.values()
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         while thread.is_alive():  # join in slices, so Ctrl-C reaches the main thread
             thread.join(0.5)
-    with FarmStore(history) as store:
-        for pool in farm.spec.pools:
-            if store.healthy_boards(settings.run, pool) == 0 and not stop.is_set():
-                given_up = store.give_up(settings.run, pool, f"no healthy board left in pool {pool}")
+    run = context.settings.run
+    with FarmStore(context.history) as store:
+        for pool in context.farm.spec.pools:
+            if store.healthy_boards(run, pool) == 0 and not context.stop.is_set():
+                given_up = store.give_up(run, pool, f"no healthy board left in pool {pool}")
                 if given_up:
                     why = f"{given_up} job(s) not run: every board of pool {pool} is quarantined"
-                    events.job_ended("*", pool, "-", "infra-error", why)
+                    context.events.job_ended("*", pool, "-", "infra-error", why)

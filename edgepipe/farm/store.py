@@ -167,15 +167,13 @@ class FarmStore(LeaseTable, History):
         }  # fmt: skip
 
     def farm_runs(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        return self._dicts(
             "SELECT r.id, r.farm, r.created, r.finished, r.status, "
-            "(SELECT COUNT(*) FROM farm_jobs j WHERE j.farm_run = r.id), "
-            "(SELECT COUNT(*) FROM farm_jobs j WHERE j.farm_run = r.id AND j.state = 'done') "
+            "(SELECT COUNT(*) FROM farm_jobs j WHERE j.farm_run = r.id) AS jobs, "
+            "(SELECT COUNT(*) FROM farm_jobs j WHERE j.farm_run = r.id AND j.state = 'done') AS done "
             "FROM farm_runs r ORDER BY r.id DESC LIMIT ?",
             (limit,),
-        ).fetchall()
-        keys = ("id", "farm", "created", "finished", "status", "jobs", "done")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        )
 
     def finish_run(self, run: int) -> None:
         with self._write():
@@ -202,18 +200,21 @@ class FarmStore(LeaseTable, History):
                 if holder != owner or held_fence != fence or expires <= clock or owner_is_gone(owner)
             ]
             for job in stale:
-                self._db.execute(
-                    "UPDATE farm_jobs SET state = 'pending', attempts = attempts - 1, owner = NULL, fence = NULL "
-                    "WHERE id = ?",
-                    (job,),
-                )
-                self._db.execute(
-                    "UPDATE farm_attempts SET outcome = 'abandoned', finished = ?, message = "
-                    "'the controller stopped or lost its lease before the job ended' "
-                    "WHERE job = ? AND outcome = 'running'",
-                    (now(), job),
-                )
+                self._requeue(job, "the controller stopped or lost its lease before the job ended")
         return stale
+
+    def _requeue(self, job: int, why: str) -> None:
+        """A job that was taken but not finished goes back to the queue; its attempt is marked abandoned and
+        does not count against the job's attempts."""
+        self._db.execute(
+            "UPDATE farm_jobs SET state = 'pending', attempts = attempts - 1, owner = NULL, fence = NULL WHERE id = ?",
+            (job,),
+        )
+        self._db.execute(
+            "UPDATE farm_attempts SET outcome = 'abandoned', finished = ?, message = ? WHERE job = ? "
+            "AND outcome = 'running'",
+            (now(), why, job),
+        )
 
     def abandon(self, owner: str) -> None:
         """A controller that stops early (Ctrl-C, SIGTERM) hands its running jobs back and frees its boards."""
@@ -221,16 +222,7 @@ class FarmStore(LeaseTable, History):
             jobs = [j for (j,) in self._db.execute(
                 "SELECT id FROM farm_jobs WHERE owner = ? AND state = 'running'", (owner,))]  # fmt: skip
             for job in jobs:
-                self._db.execute(
-                    "UPDATE farm_jobs SET state = 'pending', attempts = attempts - 1, owner = NULL, fence = NULL "
-                    "WHERE id = ?",
-                    (job,),
-                )
-                self._db.execute(
-                    "UPDATE farm_attempts SET outcome = 'abandoned', finished = ?, message = 'the controller was "
-                    "interrupted' WHERE job = ? AND outcome = 'running'",
-                    (now(), job),
-                )
+                self._requeue(job, "the controller was interrupted")
             self._db.execute("UPDATE farm_leases SET owner = NULL, expires = 0, job = NULL WHERE owner = ?", (owner,))
 
     def claim(self, run: int, pool: str, board: str, owner: str, fence: int, healthy_boards: int) -> Claim | None:
@@ -339,38 +331,36 @@ class FarmStore(LeaseTable, History):
         return {PENDING: 0, RUNNING: 0, DONE: 0} | {state: int(count) for state, count in rows}
 
     def jobs(self, run: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        jobs = self._dicts(
             "SELECT id, model, pool, state, attempts, board, outcome, exit_code, run_id, baseline_run_id, summary "
             "FROM farm_jobs WHERE farm_run = ? ORDER BY id",
             (run,),
-        ).fetchall()
-        keys = ("id", "model", "pool", "state", "attempts", "board", "outcome", "exit_code", "run_id",
-                "baseline_run_id", "summary")  # fmt: skip
-        jobs = [dict(zip(keys, row, strict=True)) for row in rows]
+        )
         for job in jobs:
             job["summary"] = json.loads(job["summary"]) if job["summary"] else None
         return jobs
 
     def attempts(self, run: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        return self._dicts(
             "SELECT a.id, a.job, j.model, j.pool, a.board, a.fence, a.started, a.finished, a.outcome, a.error_class, "
             "a.exit_code, a.message FROM farm_attempts a JOIN farm_jobs j ON j.id = a.job WHERE j.farm_run = ? "
             "ORDER BY a.id",
             (run,),
-        ).fetchall()
-        keys = ("id", "job", "model", "pool", "board", "fence", "started", "finished", "outcome", "error_class",
-                "exit_code", "message")  # fmt: skip
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        )
+
+    def _dicts(self, query: str, parameters: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by the query's column names (the last part of ``a.id`` is ``id``)."""
+        cursor = self._db.execute(query, parameters)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     # --------------------------------------------------------------------------------------------- boards
     def boards(self, run: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
+        boards = self._dicts(
             "SELECT board, pool, state, failures, quarantined, reason, checked FROM farm_boards WHERE farm_run = ? "
             "ORDER BY pool, board",
             (run,),
-        ).fetchall()
-        keys = ("board", "pool", "state", "failures", "quarantined", "reason", "checked")
-        boards = [dict(zip(keys, row, strict=True)) for row in rows]
+        )
         for board in boards:
             board["quarantined"], board["checked"] = bool(board["quarantined"]), bool(board["checked"])
         return boards
