@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgepipe.database import as_location
 from edgepipe.errors import ConfigError, Inconclusive, RegressionFound
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def deploy(
     chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
     if stages and run is None:
         raise ConfigError("stages=True (--stages) needs a run directory of 'edgepipe optimize', not a model file")
-    history_path = Path(history) if history is not None else None
+    history_path = as_location(history)
     paired = baseline_model(baseline, chosen.name, history_path) if baseline is not None else None
     store = History(history_path) if record else None
     try:
@@ -291,7 +292,7 @@ def deploy_stages(
     from edgepipe.store import History
 
     chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
-    store = History(Path(history) if history is not None else None) if record else None
+    store = History(as_location(history)) if record else None
     try:
         return run_stages(
             chosen, Path(run), measure=measure, deadline_s=deadline_s, history=store, tags=tags, on_stage=on_stage
@@ -421,7 +422,7 @@ def compare(
     from edgepipe.reporting.verdict import compare as judge
 
     settings = validate(thresholds, VerdictSettings, "compare settings")
-    history_path = Path(history) if history is not None else None
+    history_path = as_location(history)
     candidate_record, candidate_from = resolve_run(candidate, target, history_path)
     target = target or candidate_record["target"]["name"]
     baseline_record, baseline_from = resolve_run(baseline, target, history_path)

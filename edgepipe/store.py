@@ -13,16 +13,13 @@ complete runs are listed, compared or reported unless asked otherwise.
 from __future__ import annotations
 
 import json
-import os
-import random
 import sqlite3
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from edgepipe.database import Database, Location, default_location, shown_location
 from edgepipe.errors import ConfigError
 from edgepipe.provenance import now
 
@@ -89,47 +86,34 @@ class RunRow:
     tags: tuple[str, ...]
 
 
-def default_path() -> Path:
-    """``$EDGEPIPE_HISTORY``, else ``$XDG_DATA_HOME/edgepipe/history.sqlite`` (``~/.local/share/...``)."""
-    if os.environ.get("EDGEPIPE_HISTORY"):
-        return Path(os.environ["EDGEPIPE_HISTORY"]).expanduser()
-    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    return base / "edgepipe" / "history.sqlite"
+def default_path() -> Location:
+    """``$EDGEPIPE_HISTORY`` (a file or a ``postgresql://`` URL), else ``~/.local/share/edgepipe/history.sqlite``."""
+    return default_location()
 
 
 class History:
-    def __init__(self, path: Path | None = None, timeout: float = 60.0) -> None:
+    """The results history on SQLite (a file) or PostgreSQL (a ``postgresql://`` URL): see ``edgepipe.database``."""
+
+    def __init__(self, path: Location | None = None, timeout: float = 60.0) -> None:
         self.path = path or default_path()
+        self._db = Database(self.path, timeout)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
             self._prepare(timeout)
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"{self.path}: not a usable results history: {exc}") from None
 
     def _prepare(self, timeout: float) -> None:
-        """WAL mode and the tables. Switching a new file to WAL can fail at once with "locked" while another
-        process creates it too (SQLite skips the busy handler there), so that step is retried until ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0.01, 0.1))
-        self._db.execute("PRAGMA foreign_keys=ON")
         with self._write():
-            for statement in TABLES.strip().split(";"):  # executescript would commit on its own
-                if statement.strip():
-                    self._db.execute(statement)
+            self._db.serialize_schema()
+            for statement in self._db.ddl(TABLES):
+                self._db.execute(statement)
             found = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
             if found is None:
-                self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
             elif int(found[0]) != SCHEMA_VERSION:
                 raise ConfigError(
-                    f"{self.path}: results history schema {found[0]}, this edgepipe reads {SCHEMA_VERSION}",
+                    f"{shown_location(self.path)}: results history schema {found[0]}, this edgepipe reads "
+                    f"{SCHEMA_VERSION}",
                     hint="use another --history file, or an edgepipe of the matching version",
                 )
 
@@ -142,25 +126,17 @@ class History:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        """One transaction that holds the write lock from its start (no lock upgrade, so no deadlock)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[None]:
+        """One write transaction (see ``Database.write``)."""
+        return self._db.write()
 
     # ------------------------------------------------------------------------------------------ writing
     def start(self, target: str, model_sha256: str, source: str | None = None, tags: Iterable[str] = ()) -> int:
         with self._write():
-            cursor = self._db.execute(
+            run_id = self._db.insert(
                 "INSERT INTO runs (started, status, target, model_sha256, source) VALUES (?, 'running', ?, ?, ?)",
                 (now(), target, model_sha256, source),
             )
-            run_id = int(cursor.lastrowid or 0)
             self._tag(run_id, tags)
         return run_id
 
@@ -184,13 +160,12 @@ class History:
         the job itself together, or neither)."""
         facts = summarize(record)
         stamp = now()
-        cursor = self._db.execute(
+        run_id = self._db.insert(
             f"INSERT INTO runs (started, finished, complete, target, model_sha256, source, record, "
             f"{', '.join(facts)}) VALUES (?, ?, 1, ?, ?, ?, ?, {', '.join('?' for _ in facts)})",
             (stamp, stamp, record["target"]["name"], record["model"]["sha256"], record["model"].get("model"),
              json.dumps(record), *facts.values()),
         )  # fmt: skip
-        run_id = int(cursor.lastrowid or 0)
         self._tag(run_id, tags)
         return run_id
 
@@ -262,7 +237,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "runtime_version": runtime.get("version"),
         "agent_version": device.get("agent_version"),
         "machine": board.get("machine"),
-        "emulated": board.get("emulated"),
+        "emulated": None if board.get("emulated") is None else int(bool(board["emulated"])),  # a column of 0/1
         "latency_p50_ms": latency.get("p50"),
         "latency_p99_ms": latency.get("p99"),
         "accuracy": (device.get("accuracy") or {}).get("accuracy"),

@@ -177,3 +177,25 @@ def loopback_env(sshd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """A PostgreSQL server of this test session (tests/postgres.py); CI installs Debian's postgresql."""
+    import postgres
+
+    reason = postgres.available()
+    if reason:
+        pytest.fail(f"the PostgreSQL tests need a server: {reason}")
+    with postgres.server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history_location(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A fresh, empty results history on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "history.sqlite"
+    import postgres
+
+    return postgres.new_database(request.getfixturevalue("postgres_server"))

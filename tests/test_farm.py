@@ -95,8 +95,8 @@ def write_farm(folder: Path, lab: list[netns.LabBoard], pools: dict[str, list[in
     return path
 
 
-def farm_cli(folder: Path, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "EDGEPIPE_HISTORY": str(folder / "history.sqlite")}
+def farm_cli(folder: Path, *args: str, history: Any = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "EDGEPIPE_HISTORY": str(history or folder / "history.sqlite")}
     return subprocess.Popen(
         [sys.executable, "-m", "edgepipe", "farm", *args], cwd=folder, env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -118,9 +118,9 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
 
 
-def attempts(folder: Path, run: int = 1) -> list[dict[str, Any]]:
-    path = folder / "history.sqlite"
-    if not path.exists():
+def attempts(folder: Path, run: int = 1, history: Any = None) -> list[dict[str, Any]]:
+    path = history or folder / "history.sqlite"
+    if isinstance(path, Path) and not path.exists():
         return []
     with FarmStore(path) as store:
         try:
@@ -139,14 +139,14 @@ def document(folder: Path, run: int = 1) -> dict[str, Any]:
     return dict(json.loads((folder / "farm-runs" / f"testlab-{run}" / "farm.json").read_text()))
 
 
-def board_intervals(folder: Path) -> dict[str, list[tuple[float, float]]]:
+def board_intervals(history: Any) -> dict[str, list[tuple[float, float]]]:
     """Every agent job's start and end as the board's clock saw them, per board, from the history's records."""
-    with FarmStore(folder / "history.sqlite") as store:
-        rows = store._db.execute("SELECT target, record FROM runs WHERE complete = 1").fetchall()
+    with FarmStore(history) as store:
+        records = [store.record(row.id) for row in store.runs(limit=10000)]
     spans: dict[str, list[tuple[float, float]]] = {}
-    for target, record in rows:
-        clock = json.loads(record)["device"]["clock"]
-        spans.setdefault(target, []).append((clock["started"], clock["finished"]))
+    for record in records:
+        clock = record["device"]["clock"]
+        spans.setdefault(record["target"]["name"], []).append((clock["started"], clock["finished"]))
     return spans
 
 
@@ -203,7 +203,7 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
     wide = [r for r in records if r["model"]["model"].endswith("wide.tflite")]
     references = {json.dumps(r["host_reference"], sort_keys=True) for r in wide}
     assert len(records) == 4 and len(wide) == 2 and len(references) == 1
-    assert_no_overlap(board_intervals(tmp_path))
+    assert_no_overlap(board_intervals(tmp_path / "history.sqlite"))
 
 
 # -------------------------------------------------------------------------------------------------- faults
@@ -306,35 +306,40 @@ def test_a_model_that_fails_on_the_board_is_not_retried(lab: list, models: dict,
 
 
 # ------------------------------------------------------------------------------------- controllers and leases
-def test_killed_controller_resumes_without_losing_or_doubling(lab: list, models: dict, tmp_path: Path) -> None:
+def test_killed_controller_resumes_without_losing_or_doubling(
+    lab: list, models: dict, tmp_path: Path, history_location: Any
+) -> None:
+    history = history_location
     slow = {**QUICK, "min_seconds": 6, "repeats": 1}
     farm = write_farm(tmp_path, lab, {"rpi4": [0, 1]}, measure=slow)
     chosen = [str(models["slow"]), str(models["wide"]), str(models["small"])]
-    process = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]))
-    outcomes = lambda: [a["outcome"] for a in attempts(tmp_path)]  # noqa: E731
+    process = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), history=history)
+    outcomes = lambda: [a["outcome"] for a in attempts(tmp_path, history=history)]  # noqa: E731
     wait_for(lambda: "done" in outcomes() and "running" in outcomes(), 120, "one job done, one running")
     process.send_signal(signal.SIGKILL)
     process.wait(30)
-    with FarmStore(tmp_path / "history.sqlite") as store:
+    with FarmStore(history) as store:
         before = {job["model"]: job["state"] for job in store.jobs(1)}
     assert "done" in before.values() and set(before.values()) != {"done"}
     # The same command again finds the unfinished run and completes it (no lease wait: the owner is dead).
     started = time.monotonic()
-    code, out, err = finish(farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"])))
+    code, out, err = finish(
+        farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), history=history)
+    )
     assert code == 0, err
     assert "resumed" in out and time.monotonic() - started < 120
     doc = document(tmp_path)
     assert [job["outcome"] for job in doc["jobs"]] == ["pass"] * 3
     outcomes = [a["outcome"] for a in doc["attempts"]]
     assert outcomes.count("done") == 3 and "abandoned" in outcomes
-    with FarmStore(tmp_path / "history.sqlite") as store:
+    with FarmStore(history) as store:
         results = store.runs()
         finished_before = [m for m, state in before.items() if state == "done"]
     assert len(results) == 3  # one result per job: nothing lost, nothing twice
     assert len({job["run_id"] for job in doc["jobs"]}) == 3
     # A finished run resumed again only writes its report.
-    code, out, err = finish(farm_cli(tmp_path, "resume", "1"))
-    assert code == 0 and len(attempts(tmp_path)) == len(doc["attempts"]), err
+    code, out, err = finish(farm_cli(tmp_path, "resume", "1", history=history))
+    assert code == 0 and len(attempts(tmp_path, history=history)) == len(doc["attempts"]), err
     assert finished_before
 
 
@@ -358,18 +363,23 @@ def test_sigterm_hands_the_jobs_back_and_frees_the_boards(lab: list, models: dic
     assert [a["outcome"] for a in attempts(tmp_path)] == ["abandoned", "done"]
 
 
-def test_two_controllers_never_measure_on_one_board_at_once(lab: list, models: dict, tmp_path: Path) -> None:
+def test_two_controllers_never_measure_on_one_board_at_once(
+    lab: list, models: dict, tmp_path: Path, history_location: Any
+) -> None:
+    """Two CI jobs on one lab sharing a history: a SQLite file on one machine, or PostgreSQL (where the jobs are
+    claimed with SELECT ... FOR UPDATE SKIP LOCKED and the leases judged by the server's clock)."""
+    history = history_location
     farm = write_farm(tmp_path, lab, {"rpi4": [0, 1]}, measure={**QUICK, "min_seconds": 1.5, "repeats": 1})
     chosen = [str(models["slow"]), str(models["slow"]), str(models["slow"])]
-    first = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), "--tag", "a")
+    first = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), "--tag", "a", history=history)
     second = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), "--tag", "b",
-                      "--out", "second")  # fmt: skip
+                      "--out", "second", history=history)  # fmt: skip
     (code_a, _, err_a), (code_b, _, err_b) = finish(first), finish(second)
     assert code_a == 0 and code_b == 0, err_a + err_b
-    spans = board_intervals(tmp_path)
+    spans = board_intervals(history)
     assert sum(len(v) for v in spans.values()) == 6
     assert_no_overlap(spans)  # seen from the boards: one agent job at a time on each
-    with FarmStore(tmp_path / "history.sqlite") as store:
+    with FarmStore(history) as store:
         rows = {tag: store.runs(tag=tag) for tag in ("a", "b")}
         clocks = {tag: [store.record(r.id)["device"]["clock"] for r in found] for tag, found in rows.items()}
         fences = sorted((a["board"], a["fence"]) for run in (1, 2) for a in store.attempts(run))
@@ -382,10 +392,10 @@ def test_two_controllers_never_measure_on_one_board_at_once(lab: list, models: d
     assert len(set(fences)) == 6  # every job under a lease of its own (a new fencing number per acquisition)
 
 
-def test_a_late_result_is_fenced_off(tmp_path: Path) -> None:
+def test_a_late_result_is_fenced_off(history_location: Any) -> None:
     """A worker whose lease expired and was taken by another cannot write its result, nor renew the lease."""
     record = {"target": {"name": "board0"}, "model": {"sha256": "ab" * 32, "bytes": 1}, "status": "passed"}
-    with FarmStore(tmp_path / "h.sqlite") as store:
+    with FarmStore(history_location) as store:
         run = store.create_run("lab", "key", {"models": []}, [("m", "rpi4")], [("board0", "rpi4"), ("board1", "rpi4")])
         fence = store.acquire("board0", "slow:1:a", ttl_s=0.3)
         assert fence == 1
@@ -439,6 +449,12 @@ def test_usage_mistakes(tmp_path: Path, models: dict) -> None:
     assert not (tmp_path / "farm-runs").exists()
     with FarmStore(tmp_path / "history.sqlite") as store:
         assert store.farm_runs() == []
+    # A shared history that cannot be reached is the infrastructure's fault (exit 10), and the password stays out.
+    dead = "postgresql://edgepipe:secret@127.0.0.1:1/lab"
+    code, _out, err = finish(farm_cli(tmp_path, "run", "lab.yaml", str(models["small"]), "--history", dead), 60)
+    assert code == 10, err
+    assert "cannot open the results history postgresql://edgepipe:***@127.0.0.1:1/lab" in err
+    assert "secret" not in err and "Traceback" not in err
 
 
 def test_status_shows_jobs_boards_leases_and_attempts(lab: list, models: dict, tmp_path: Path) -> None:

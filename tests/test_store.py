@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import run_cli
 
+from edgepipe.database import as_location
 from edgepipe.errors import ConfigError
 from edgepipe.store import History
 
@@ -37,14 +38,14 @@ def fake_record(target: str, sha: str, p50: float, samples: int = 5) -> dict[str
 
 
 def _writer(path: str, worker: int, count: int) -> list[int]:
-    with History(Path(path)) as store:
+    with History(as_location(path)) as store:
         return [
             store.add(fake_record(f"board-{worker}", f"{worker:02d}{i:062d}", 1.0 + i), ["farm"]) for i in range(count)
         ]
 
 
-def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "history.sqlite"
+def test_concurrent_writers_lose_nothing(history_location: Any) -> None:
+    path = history_location
     with ProcessPoolExecutor(4) as pool:
         ids = [i for batch in pool.map(_writer, [str(path)] * 4, range(4), [25] * 4) for i in batch]
     assert len(ids) == len(set(ids)) == 100
@@ -55,11 +56,11 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         assert store.record(ids[-1])["device"]["timing"]["samples_ms"] == [25.0] * 5  # 1.0 + 24
 
 
-def test_a_run_killed_before_it_finished_is_not_shown_as_complete(tmp_path: Path) -> None:
-    path = tmp_path / "history.sqlite"
+def test_a_run_killed_before_it_finished_is_not_shown_as_complete(history_location: Any) -> None:
+    path = history_location
     script = (
-        "import os, sys; from pathlib import Path; from edgepipe.store import History;"
-        "h = History(Path(sys.argv[1])); print(h.start('rpi4', 'ab' * 32, 'm.tflite', ['main']), flush=True);"
+        "import os, sys; from edgepipe.database import as_location; from edgepipe.store import History;"
+        "h = History(as_location(sys.argv[1])); print(h.start('rpi4', 'ab' * 32, 'm.tflite', ['main']), flush=True);"
         "os.kill(os.getpid(), 9)"
     )
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True)
@@ -73,8 +74,8 @@ def test_a_run_killed_before_it_finished_is_not_shown_as_complete(tmp_path: Path
             store.record(run_id)
 
 
-def test_lookup_by_target_tag_and_model(tmp_path: Path) -> None:
-    with History(tmp_path / "h.sqlite") as store:
+def test_lookup_by_target_tag_and_model(history_location: Any) -> None:
+    with History(history_location) as store:
         first = store.add(fake_record("rpi4", "aa" * 32, 2.0), ["main"])
         second = store.add(fake_record("rpi4", "bb" * 32, 3.0), ["feature-x"])
         store.add(fake_record("local", "aa" * 32, 0.1))
@@ -126,3 +127,27 @@ def test_deploys_are_recorded_with_raw_samples_failures_included(
     assert listing.returncode == 0 and "passed" in listing.stdout and "InvalidModel" in listing.stdout
     shown = run_cli("history", "--show", str(passed.id), env=env)
     assert json.loads(shown.stdout)["model"]["sha256"] == passed.model_sha256
+
+
+def test_the_cli_records_into_and_reads_from_postgresql(postgres_server: str, tmp_path: Path) -> None:
+    """``--history postgresql://...`` on deploy, history and compare (a URL, not a file name)."""
+    import postgres
+
+    from edgepipe.keras_compat import keras, tf
+
+    k = keras()
+    inputs = k.Input((8,))
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tf().lite.TFLiteConverter.from_keras_model(k.Model(inputs, k.layers.Dense(2)(inputs))).convert())
+    url = postgres.new_database(postgres_server)
+    env = {"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")}
+    quick = ("--runs", "20", "--min-seconds", "0", "--repeats", "2")
+    for tag in ("main", "pr"):
+        done = run_cli("deploy", "--target", "local", "--model", str(model), *quick, "--tag", tag, "--history", url,
+                       env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    listed = run_cli("history", "--history", url)
+    assert listed.returncode == 0 and "2 run(s) in postgresql://" in listed.stdout, listed.stderr
+    judged = run_cli("compare", "--baseline", "main", "--candidate", "pr", "--target", "local", "--history", url)
+    assert judged.returncode in (0, 7) and "verdict" in judged.stdout, judged.stderr
+    assert not (tmp_path / "postgresql:").exists() and not Path("postgresql:").exists()

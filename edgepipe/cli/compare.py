@@ -37,7 +37,9 @@ def compare(
     max_memory_growth: Annotated[
         float | None, typer.Option(help="Relative growth of the peak RSS (default 0.10).")
     ] = None,
-    history: Annotated[Path | None, typer.Option("--history", help="Results history (SQLite).")] = None,
+    history: Annotated[
+        str | None, typer.Option("--history", help="Results history: SQLite file or postgresql:// URL.")
+    ] = None,
 ) -> None:
     """Compare a candidate deploy with a baseline on the same target: exit 0 pass, 7 regression, 17 inconclusive."""
     from edgepipe import api

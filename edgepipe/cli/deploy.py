@@ -121,8 +121,10 @@ def deploy(
         typer.Option("--tag", help="Tag the run in the history (main, a commit, a branch); repeatable."),
     ] = None,
     history: Annotated[
-        Path | None,
-        typer.Option("--history", help="Results history (SQLite); default $EDGEPIPE_HISTORY or ~/.local/share."),
+        str | None,
+        typer.Option(
+            "--history", help="Results history: a SQLite file or postgresql:// URL; default $EDGEPIPE_HISTORY."
+        ),
     ] = None,
     no_history: Annotated[bool, typer.Option("--no-history", help="Do not record the run.")] = False,
     baseline: Annotated[

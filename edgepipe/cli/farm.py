@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgepipe.cli.console import shown, stderr, stdout
+from edgepipe.database import as_location
 from edgepipe.farm.scheduler import FarmEvents
 
 app = typer.Typer(
@@ -27,7 +28,10 @@ app = typer.Typer(
 
 OUTCOME_STYLE = {"pass": "green", "regression": "bold red", "model-error": "bold red", "infra-error": "magenta",
                  "inconclusive": "yellow", "retry": "yellow", "fenced-off": "yellow"}  # fmt: skip
-HistoryOption = Annotated[Path | None, typer.Option("--history", help="Results history (default $EDGEPIPE_HISTORY).")]
+HistoryOption = Annotated[
+    str | None,
+    typer.Option("--history", help="Results history: a SQLite file or postgresql:// URL (default $EDGEPIPE_HISTORY)."),
+]
 JunitOption = Annotated[Path | None, typer.Option("--junit", help="Write one JUnit test case per job.")]
 
 
@@ -106,7 +110,7 @@ def run(
     thresholds = {name: value for name, value in chosen.items() if value is not None}
     with ConsoleFarmEvents() as events:
         outcome = farm_run(farm_file, models, data=data, baseline=baseline, tags=tag or [], out=out,
-                           history=history, thresholds=thresholds, junit=junit, events=events)  # fmt: skip
+                           history=as_location(history), thresholds=thresholds, junit=junit, events=events)  # fmt: skip
     _finish(outcome.document, outcome.out, outcome.resumed, junit)
 
 
@@ -120,7 +124,7 @@ def resume(
     from edgepipe.farm import farm_resume
 
     with ConsoleFarmEvents() as events:
-        outcome = farm_resume(run_id, history=history, junit=junit, events=events)
+        outcome = farm_resume(run_id, history=as_location(history), junit=junit, events=events)
     _finish(outcome.document, outcome.out, True, junit)
 
 
@@ -135,7 +139,7 @@ def status(
     from edgepipe.farm.report import cell_text, farm_document
     from edgepipe.farm.store import FarmStore
 
-    with FarmStore(history) as store:
+    with FarmStore(as_location(history)) as store:
         if run_id is None:
             table = Table("run", "farm", "started", "status", "jobs done", box=None, pad_edge=False)
             for row in store.farm_runs():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,12 +22,15 @@ def history(
     ] = None,
     include_incomplete: Annotated[bool, typer.Option("--all", help="Also runs that never finished.")] = False,
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
-    path: Annotated[Path | None, typer.Option("--history", help="Results history (SQLite).")] = None,
+    path: Annotated[
+        str | None, typer.Option("--history", help="Results history: SQLite file or postgresql:// URL.")
+    ] = None,
 ) -> None:
     """List recorded deploys, show one as JSON, or tag one."""
+    from edgepipe.database import as_location
     from edgepipe.store import History
 
-    with History(path) as store:
+    with History(as_location(path)) as store:
         if show is not None:
             if add_tag:
                 store.tag(show, add_tag)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.config.farm import Farm, load_farm
+from edgepipe.database import Location
 from edgepipe.errors import ConfigError
 from edgepipe.farm.jobs import FarmModel, StagedModels, resolve_baseline, resolve_models
 from edgepipe.farm.leases import new_owner
@@ -48,7 +49,7 @@ def farm_run(
     baseline: str | None = None,
     tags: Sequence[str] = (),
     out: Path | None = None,
-    history: Path | None = None,
+    history: Location | None = None,
     thresholds: dict[str, float] | None = None,
     junit: Path | None = None,
     events: FarmEvents | None = None,
@@ -86,7 +87,7 @@ def farm_run(
     return _execute(farm, run, spec, history, events or FarmEvents(), resumed, junit)
 
 
-def farm_resume(run: int, *, history: Path | None = None, junit: Path | None = None,
+def farm_resume(run: int, *, history: Location | None = None, junit: Path | None = None,
                 events: FarmEvents | None = None) -> FarmOutcome:  # fmt: skip
     """Finish a farm run: only its jobs without a result run; a finished run just gets its report again."""
     history = history or default_path()
@@ -105,7 +106,7 @@ def farm_resume(run: int, *, history: Path | None = None, junit: Path | None = N
 
 
 def _execute(
-    farm: Farm, run: int, spec: dict[str, Any], history: Path, events: FarmEvents, resumed: bool, junit: Path | None
+    farm: Farm, run: int, spec: dict[str, Any], history: Location, events: FarmEvents, resumed: bool, junit: Path | None
 ) -> FarmOutcome:
     out = Path(spec["out"] or Path(spec["cwd"]) / "farm-runs" / f"{farm.name}-{run}")
     models = {raw["label"]: FarmModel.from_dict(raw) for raw in spec["models"]}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.config.target import Target
+from edgepipe.database import Location
 from edgepipe.deployment.inputs import DeployInputs, resolve_sources, stage
 from edgepipe.errors import ConfigError, DeviceModelError, EdgepipeError, InfrastructureError
 from edgepipe.progress import Progress
@@ -75,7 +76,7 @@ def resolve_models(names: list[str], data: Path | None) -> list[FarmModel]:
     return models
 
 
-def resolve_baseline(name: str, history: Path | None) -> FarmModel:
+def resolve_baseline(name: str, history: Location | None) -> FarmModel:
     """The baseline's bytes must be on this machine: every board of every pool measures it next to the candidate.
     A run directory or .tflite file, or a tag or run id of the history whose model file is still here. It is
     evaluated on each candidate's data, so their accuracies compare."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
-import time
 import uuid
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
+
+from edgepipe.database import Database
 
 WAITER_GRACE_S = 3.0  # how long a refused controller's claim to the next turn on a board stands
 
@@ -53,7 +53,7 @@ def _is_zombie(pid: int) -> bool:
 class LeaseTable:
     """The lease operations of ``FarmStore`` (mixed into it: they share its connection and transactions)."""
 
-    _db: sqlite3.Connection
+    _db: Database
 
     if TYPE_CHECKING:  # History provides it; declared here for the type checker only (it must not shadow it)
 
@@ -64,11 +64,13 @@ class LeaseTable:
 
         Turns are fair between controllers: one that was refused leaves its name on the board, and the last
         holder does not take the board straight back while that waiter polls (within ``WAITER_GRACE_S``)."""
-        clock = time.time()
         with self._write():
+            clock = self._db.clock()
             self._db.execute("INSERT OR IGNORE INTO farm_leases (board) VALUES (?)", (board,))
             holder, expires, last, wanted_by, wanted_at = self._db.execute(
-                "SELECT owner, expires, last_owner, wanted_by, wanted_at FROM farm_leases WHERE board = ?", (board,)
+                "SELECT owner, expires, last_owner, wanted_by, wanted_at FROM farm_leases WHERE board = ?"
+                + self._db.lock,
+                (board,),
             ).fetchone()
             held = holder is not None and holder != owner and expires > clock and not owner_is_gone(holder)
             waiter = wanted_by not in (None, owner) and wanted_at > clock - WAITER_GRACE_S
@@ -86,8 +88,8 @@ class LeaseTable:
 
     def renew(self, board: str, owner: str, fence: int, ttl_s: float) -> bool:
         """Extend a lease that is still held and unexpired; False when it was lost."""
-        clock = time.time()
         with self._write():
+            clock = self._db.clock()
             cursor = self._db.execute(
                 "UPDATE farm_leases SET expires = ? WHERE board = ? AND owner = ? AND fence = ? AND expires > ?",
                 (clock + ttl_s, board, owner, fence, clock),
@@ -103,12 +105,14 @@ class LeaseTable:
             )
 
     def _holds(self, board: str, owner: str, fence: int) -> bool:
-        found = self._db.execute("SELECT owner, fence, expires FROM farm_leases WHERE board = ?", (board,)).fetchone()
-        return found is not None and found[0] == owner and found[1] == fence and found[2] > time.time()
+        found = self._db.execute(
+            "SELECT owner, fence, expires FROM farm_leases WHERE board = ?" + self._db.lock, (board,)
+        ).fetchone()
+        return found is not None and found[0] == owner and found[1] == fence and found[2] > self._db.clock()
 
     def leases(self) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT board, owner, fence, expires, job FROM farm_leases ORDER BY board").fetchall()
-        clock = time.time()
+        clock = self._db.clock()
         return [
             {"board": b, "owner": o, "fence": f, "expires_in_s": round(e - clock, 1) if o else None, "job": j}
             for b, o, f, e, j in rows

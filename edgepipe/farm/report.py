@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from edgepipe.database import shown_location
 from edgepipe.farm.store import FarmStore
 from edgepipe.files import write_all_atomic, write_json
 from edgepipe.provenance import now
@@ -44,7 +45,7 @@ def farm_document(store: FarmStore, run: int) -> dict[str, Any]:
         "started": info["created"],
         "finished": info["finished"],
         "status": info["status"],
-        "history": str(store.path),
+        "history": shown_location(store.path),
         "models": [m["label"] for m in spec["models"]],
         "pools": sorted({job["pool"] for job in jobs}, key=[j["pool"] for j in jobs].index),
         "baseline": spec["baseline"],

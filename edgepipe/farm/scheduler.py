@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepipe.config.farm import Board, Farm
-from edgepipe.errors import EdgepipeError, InfrastructureError
+from edgepipe.database import Location
+from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, EdgepipeError, InfrastructureError
 from edgepipe.farm.jobs import FarmModel, JobResult, StagedModels, run_job
 from edgepipe.farm.store import Claim, FarmStore
 from edgepipe.progress import Progress
@@ -67,7 +68,7 @@ class _BoardProgress(Progress):
 class Heartbeat:
     """Renews a lease every ``interval_s`` on its own connection; ``lost`` is set when a renewal fails."""
 
-    def __init__(self, history: Path, claim_board: str, owner: str, fence: int, ttl_s: float, interval_s: float):
+    def __init__(self, history: Location, claim_board: str, owner: str, fence: int, ttl_s: float, interval_s: float):
         self.args = (claim_board, owner, fence, ttl_s)
         self.history, self.interval_s = history, interval_s
         self.lost = threading.Event()
@@ -99,7 +100,7 @@ class FarmContext:
     """What every worker of one controller shares."""
 
     farm: Farm
-    history: Path
+    history: Location
     owner: str  # this controller, in leases
     settings: FarmJobSettings
     staged: StagedModels
@@ -117,11 +118,13 @@ class BoardWorker:
         self.lease = context.farm.spec.lease
 
     def run(self) -> None:
-        with FarmStore(self.history) as store:
-            try:
+        try:
+            with FarmStore(self.history) as store:
                 self._loop(store)
-            except EdgepipeError as exc:  # the history itself failed: this board stops, the others go on
-                self.events.board(self.board.name, "stopped", exc.message)
+        except EdgepipeError as exc:  # the history itself failed: this board stops, the others go on
+            self.events.board(self.board.name, "stopped", exc.message)
+        except Exception as exc:  # a bug: say so; the run ends without this board instead of hanging
+            self.events.board(self.board.name, "stopped", f"internal error (a bug): {type(exc).__name__}: {exc}")
 
     def _loop(self, store: FarmStore) -> None:
         run, name = self.settings.run, self.board.name
@@ -184,6 +187,11 @@ class BoardWorker:
                 )
         except InfrastructureError as exc:
             self._infrastructure_failure(store, claim, exc)
+            return
+        except Exception as exc:  # a bug: the job goes back to the queue (or ends) like after a failure
+            message = f"internal error (a bug): {exc}"
+            store.fail(claim, type(exc).__name__, INTERNAL_ERROR_EXIT_CODE, message, self.pool.attempts)
+            self.events.job_ended(claim.model, claim.pool, self.board.name, "infra-error", message)
             return
         self._record(store, claim, result, lost=beat.lost.is_set())
 

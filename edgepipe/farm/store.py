@@ -19,7 +19,6 @@ writers), so two workers never take one job.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -120,9 +119,9 @@ class FarmStore(LeaseTable, History):
     def _prepare(self, timeout: float) -> None:
         super()._prepare(timeout)
         with self._write():
-            for statement in FARM_TABLES.strip().split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
+            self._db.serialize_schema()
+            for statement in self._db.ddl(FARM_TABLES):
+                self._db.execute(statement)
 
     # ------------------------------------------------------------------------------------------ farm runs
     def create_run(
@@ -134,11 +133,10 @@ class FarmStore(LeaseTable, History):
         boards: Iterable[tuple[str, str]],
     ) -> int:
         with self._write():
-            cursor = self._db.execute(
+            run = self._db.insert(
                 "INSERT INTO farm_runs (farm, created, spec_key, spec, status) VALUES (?, ?, ?, ?, 'running')",
                 (farm, now(), spec_key, json.dumps(spec)),
             )
-            run = int(cursor.lastrowid or 0)
             self._db.executemany(
                 "INSERT INTO farm_jobs (farm_run, model, pool, state) VALUES (?, ?, ?, 'pending')",
                 [(run, model, pool) for model, pool in jobs],
@@ -187,42 +185,48 @@ class FarmStore(LeaseTable, History):
     def reclaim(self, run: int) -> list[int]:
         """Jobs left "running" by a holder whose lease has expired, or who is gone: back to pending, their
         attempt marked abandoned (it does not count against the job's attempts). Returns their ids."""
-        clock = time.time()
         with self._write():
+            clock = self._db.clock()
             rows = self._db.execute(
                 "SELECT j.id, j.board, j.owner, j.fence, l.owner, l.fence, l.expires FROM farm_jobs j "
                 "LEFT JOIN farm_leases l ON l.board = j.board WHERE j.farm_run = ? AND j.state = 'running'",
                 (run,),
             ).fetchall()
             stale = [
-                job
+                (job, owner, fence)
                 for job, _board, owner, fence, holder, held_fence, expires in rows
                 if holder != owner or held_fence != fence or expires <= clock or owner_is_gone(owner)
             ]
-            for job in stale:
-                self._requeue(job, "the controller stopped or lost its lease before the job ended")
-        return stale
+            why = "the controller stopped or lost its lease before the job ended"
+            requeued = [job for job, owner, fence in stale if self._requeue(job, owner, fence, why)]
+        return requeued
 
-    def _requeue(self, job: int, why: str) -> None:
+    def _requeue(self, job: int, owner: str, fence: int, why: str) -> bool:
         """A job that was taken but not finished goes back to the queue; its attempt is marked abandoned and
-        does not count against the job's attempts."""
-        self._db.execute(
-            "UPDATE farm_jobs SET state = 'pending', attempts = attempts - 1, owner = NULL, fence = NULL WHERE id = ?",
-            (job,),
+        does not count against the job's attempts. Only while ``owner`` still has it under ``fence``: two
+        controllers reclaiming at once requeue it once."""
+        cursor = self._db.execute(
+            "UPDATE farm_jobs SET state = 'pending', attempts = attempts - 1, owner = NULL, fence = NULL "
+            "WHERE id = ? AND state = 'running' AND owner = ? AND fence = ?",
+            (job, owner, fence),
         )
+        if cursor.rowcount != 1:
+            return False
         self._db.execute(
             "UPDATE farm_attempts SET outcome = 'abandoned', finished = ?, message = ? WHERE job = ? "
             "AND outcome = 'running'",
             (now(), why, job),
         )
+        return True
 
     def abandon(self, owner: str) -> None:
         """A controller that stops early (Ctrl-C, SIGTERM) hands its running jobs back and frees its boards."""
         with self._write():
-            jobs = [j for (j,) in self._db.execute(
-                "SELECT id FROM farm_jobs WHERE owner = ? AND state = 'running'", (owner,))]  # fmt: skip
-            for job in jobs:
-                self._requeue(job, "the controller was interrupted")
+            jobs = self._db.execute(
+                "SELECT id, fence FROM farm_jobs WHERE owner = ? AND state = 'running'", (owner,)
+            ).fetchall()
+            for job, fence in jobs:
+                self._requeue(job, owner, fence, "the controller was interrupted")
             self._db.execute("UPDATE farm_leases SET owner = NULL, expires = 0, job = NULL WHERE owner = ?", (owner,))
 
     def claim(self, run: int, pool: str, board: str, owner: str, fence: int, healthy_boards: int) -> Claim | None:
@@ -234,7 +238,7 @@ class FarmStore(LeaseTable, History):
             rows = self._db.execute(
                 "SELECT j.id, j.model, j.attempts, EXISTS (SELECT 1 FROM farm_attempts a WHERE a.job = j.id AND "
                 "a.board = ? AND a.outcome = 'infra-error') FROM farm_jobs j WHERE j.farm_run = ? AND j.pool = ? "
-                "AND j.state = 'pending' ORDER BY j.id",
+                "AND j.state = 'pending' ORDER BY j.id" + self._db.skip_locked("j"),
                 (board, run, pool),
             ).fetchall()
             choice = next((r for r in rows if not r[3]), None)
@@ -248,12 +252,12 @@ class FarmStore(LeaseTable, History):
                 (attempts + 1, board, owner, fence, job),
             )
             self._db.execute("UPDATE farm_leases SET job = ? WHERE board = ?", (job, board))
-            cursor = self._db.execute(
+            attempt = self._db.insert(
                 "INSERT INTO farm_attempts (job, board, owner, fence, started, outcome) "
                 "VALUES (?, ?, ?, ?, ?, 'running')",
                 (job, board, owner, fence, now()),
             )
-            return Claim(job, model, pool, board, owner, fence, int(cursor.lastrowid or 0), attempts + 1)
+            return Claim(job, model, pool, board, owner, fence, attempt, attempts + 1)
 
     def complete(
         self,

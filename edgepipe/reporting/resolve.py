@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepipe.database import Location
 from edgepipe.errors import ConfigError
 from edgepipe.provenance import sha256_file
 from edgepipe.rundir import MARKER
 
 
-def resolve_run(name: str, target: str | None, history_path: Path | None) -> tuple[dict[str, Any], str]:
+def resolve_run(name: str, target: str | None, history_path: Location | None) -> tuple[dict[str, Any], str]:
     """(deploy record, a description of where it came from)."""
     path = Path(name)
     if path.is_file():
@@ -65,7 +66,7 @@ class BaselineModel:
     source: str  # what the user named, resolved (for the record and messages)
 
 
-def baseline_model(name: str, target: str, history_path: Path | None) -> BaselineModel:
+def baseline_model(name: str, target: str, history_path: Location | None) -> BaselineModel:
     """A .tflite file, a run directory (its model.tflite) or a recorded run (its model, by sha256)."""
     path = Path(name)
     if path.is_file() and path.suffix == ".tflite":
