@@ -172,7 +172,7 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
     for pool, boards in (("rpi4", {"board0", "board1"}), ("jetson", {"board2", "board3"})):
         assert cells[("small", pool)]["outcome"] == "pass"  # the same bytes as the baseline: no regression
         assert cells[("wide", pool)]["outcome"] == "regression"
-        assert "latency" in cells[("wide", pool)]["message"]
+        assert "latency" in cells[("wide", pool)]["message"] and cells[("wide", pool)]["latency_change"] > 0.03
         for model in ("small", "wide"):
             job = cells[(model, pool)]
             assert job["board"] in boards and job["attempts"] == 1
@@ -191,7 +191,8 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
         assert body_attribute(page.dom, "data-farm-schema") == "edgepipe.farm/1"
         assert body_attribute(page.dom, "data-overflow-px") == "0"
         assert 'id="matrix"' in page.dom and page.dom.count("badge failed") >= 2
-    assert "| wide | regression" in (tmp_path / "farm-runs" / "testlab-1" / "farm.md").read_text()
+    markdown = (tmp_path / "farm-runs" / "testlab-1" / "farm.md").read_text()
+    assert "| wide | regression · p50 " in markdown and "% vs baseline)" in markdown
     assert "farm run 1" in out and "2 regression (of 4 jobs)" in err
     # The history has every run; the user's tag names the candidates only.
     with FarmStore(tmp_path / "history.sqlite") as store:

@@ -78,6 +78,8 @@ def _job_row(job: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, A
         "emulated": summary.get("emulated"),
         "message": summary.get("message"),
         "checks": verdict.get("checks", []),
+        # the latency change against the baseline (paired when both ran in one job), as the verdict measured it
+        "latency_change": next((c["change"] for c in verdict.get("checks", []) if c["name"] == "latency"), None),
         "run_id": job["run_id"],
         "baseline_run_id": job["baseline_run_id"],
     }
@@ -101,7 +103,8 @@ def cell_text(row: dict[str, Any]) -> str:
     """One matrix cell in words: the outcome, then what was measured and where."""
     parts = [row["outcome"] or row["state"]]
     if row["p50_ms"] is not None:
-        parts.append(f"p50 {latency(row['p50_ms'])}")
+        change = row.get("latency_change")
+        parts.append(f"p50 {latency(row['p50_ms'])}" + (f" ({change:+.1%} vs baseline)" if change is not None else ""))
     if row["peak_rss_kb"] is not None:
         parts.append(mib(row["peak_rss_kb"]))
     if row["accuracy"] is not None:
