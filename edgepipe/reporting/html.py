@@ -26,9 +26,11 @@ CAPTIONS = (
 )
 
 
-def render_html(report: dict[str, Any]) -> str:
+def template_environment(package: str) -> Environment:
+    """Jinja for edgepipe's HTML pages: the package's ``templates/``, escaping on, a missing value an error, and
+    the number formats every report shares."""
     environment = Environment(
-        loader=PackageLoader("edgepipe.reporting", "templates"),
+        loader=PackageLoader(package, "templates"),
         autoescape=select_autoescape(["html", "j2"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -37,6 +39,11 @@ def render_html(report: dict[str, Any]) -> str:
     environment.filters.update(
         kib=kib, mib=mib, pct=pct, points=points, latency=latency, score=score, score_delta=score_delta
     )
+    return environment
+
+
+def render_html(report: dict[str, Any]) -> str:
+    environment = template_environment("edgepipe.reporting")
     template = environment.get_template("report.html.j2")
     return template.render(
         report=report,
