@@ -104,7 +104,12 @@ def farm_cli(folder: Path, *args: str, history: Any = None) -> subprocess.Popen[
 
 
 def finish(process: subprocess.Popen[str], seconds: float = 300) -> tuple[int, str, str]:
-    out, err = process.communicate(timeout=seconds)
+    try:
+        out, err = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()  # a controller that hangs must not outlive its test
+        out, err = process.communicate()
+        raise AssertionError(f"the controller did not finish within {seconds:.0f} s:\n{err[-3000:]}") from None
     return process.returncode, out, err
 
 
@@ -342,6 +347,27 @@ def test_killed_controller_resumes_without_losing_or_doubling(
     code, out, err = finish(farm_cli(tmp_path, "resume", "1", history=history))
     assert code == 0 and len(attempts(tmp_path, history=history)) == len(doc["attempts"]), err
     assert finished_before
+
+
+def test_a_job_of_a_controller_on_another_machine_is_taken_over_when_its_lease_lapses(
+    lab: list, models: dict, tmp_path: Path
+) -> None:
+    """A controller on another machine died holding a job: its lease is still valid when resume starts, so the
+    job is not touched then; once the lease lapses, the waiting workers take it over and finish the run."""
+    farm = write_farm(tmp_path, lab, {"rpi4": [0]}, measure={**QUICK, "min_seconds": 6, "repeats": 1})
+    process = farm_cli(tmp_path, "run", str(farm), str(models["slow"]), "--data", str(models["data"]))
+    wait_for(lambda: measuring_on(tmp_path / "work" / "board0"), 60, "the agent to measure")
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    with FarmStore(tmp_path / "history.sqlite") as store, store._write():  # as if it ran on another host
+        elsewhere = "otherhost:4242:dead"
+        store._db.execute("UPDATE farm_jobs SET owner = ?", (elsewhere,))
+        store._db.execute("UPDATE farm_leases SET owner = ?, expires = ?", (elsewhere, time.time() + 8))
+    started = time.monotonic()
+    code, out, err = finish(farm_cli(tmp_path, "resume", "1"), 120)
+    assert code == 0 and "resumed" in out, err
+    assert time.monotonic() - started > 7  # it waited for the lease, it did not take a live one
+    assert [a["outcome"] for a in attempts(tmp_path)] == ["abandoned", "done"]
 
 
 def test_sigterm_hands_the_jobs_back_and_frees_the_boards(lab: list, models: dict, tmp_path: Path) -> None:

@@ -139,7 +139,9 @@ class BoardWorker:
                     store.board_state(run, name, "done")
                     self.events.board(name, "done")
                     return
-                self._idle(store, "idle", "waiting: jobs still running elsewhere may come back")
+                # A job of a controller that died elsewhere comes back once its lease lapses: look each time.
+                if not store.reclaim(run):
+                    self._idle(store, "idle", "waiting: jobs still running elsewhere may come back")
                 continue
             fence = store.acquire(name, self.owner, self.lease.ttl_s)
             if fence is None:
