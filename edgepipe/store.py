@@ -1,9 +1,11 @@
-"""The results history: every deploy, kept in SQLite, findable by target, tag and model.
+"""The results history: every deploy, kept in SQLite (a file) or PostgreSQL (a URL), findable by target, tag
+and model.
 
 One row per deploy holds the searchable facts (target, model sha256, runtime and agent versions, headline
 metrics) and the whole result record as JSON: the recipe as resolved, the board state, provenance and every raw
-latency sample. Several processes may write at once (a device farm runs boards in parallel): the database is in
-WAL mode, writers take the lock up front (``BEGIN IMMEDIATE``) and wait for each other up to ``timeout``.
+latency sample. Several processes may write at once (a device farm runs boards in parallel): on SQLite the
+database is in WAL mode, writers take the lock up front (``BEGIN IMMEDIATE``) and wait for each other up to
+``timeout``; ``edgepipe.database`` says how PostgreSQL differs.
 
 A deploy is recorded twice: ``start`` when it begins (``complete = 0``) and ``finish`` when it ends, in one
 transaction that fills every column. A deploy that is killed in between stays visible as incomplete, and only
