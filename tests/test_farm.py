@@ -8,24 +8,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import netns
-import numpy as np
 import pytest
 from browser import artifacts_dir, body_attribute, load
+from farmkit import QUICK, attempts, farm_cli, finish, make_models, wait_for
 
 from edgepipe.farm.store import FarmStore
-
-QUICK = {"runs": 30, "min_seconds": 0.2, "repeats": 2, "time_limit_s": 120}
 
 
 @pytest.fixture(scope="module")
@@ -46,28 +43,7 @@ def cables_back(lab: list[netns.LabBoard]) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Float models of the digits' shape: small (µs per inference), wide (~30x its work), slow (about a
-    millisecond: a measurement of some seconds stays under the agent's max_runs), and evaluation data."""
-    from edgepipe.examples.digits import load
-    from edgepipe.keras_compat import keras, tf
-
-    k = keras()
-    k.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("models")
-    data = load()
-    np.savez(folder / "eval.npz", x=data.x_test[0][:120].reshape(120, 64).astype(np.float32), y=data.y_test[0][:120])
-    for name, widths in (("small", [16]), ("wide", [512]), ("slow", [1024, 1024])):
-        inputs = outputs = k.Input((64,))
-        for width in widths:
-            outputs = k.layers.Dense(width, activation="relu")(outputs)
-        model = k.Model(inputs, k.layers.Dense(10)(outputs))
-        (folder / f"{name}.tflite").write_bytes(tf().lite.TFLiteConverter.from_keras_model(model).convert())
-    (folder / "copy").mkdir()
-    (folder / "copy" / "small.tflite").write_bytes((folder / "small.tflite").read_bytes())
-    (folder / "broken.tflite").write_bytes((folder / "small.tflite").read_bytes()[:200])
-    return {"small": folder / "small.tflite", "wide": folder / "wide.tflite", "slow": folder / "slow.tflite",
-            "data": folder / "eval.npz",
-            "copy": folder / "copy" / "small.tflite", "broken": folder / "broken.tflite"}  # fmt: skip
+    return make_models(tmp_path_factory.mktemp("models"))
 
 
 def write_farm(folder: Path, lab: list[netns.LabBoard], pools: dict[str, list[int]], measure: dict | None = None,
@@ -93,45 +69,6 @@ def write_farm(folder: Path, lab: list[netns.LabBoard], pools: dict[str, list[in
     path = folder / "lab.yaml"
     path.write_text(json.dumps(farm))
     return path
-
-
-def farm_cli(folder: Path, *args: str, history: Any = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "EDGEPIPE_HISTORY": str(history or folder / "history.sqlite")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgepipe", "farm", *args], cwd=folder, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-
-
-def finish(process: subprocess.Popen[str], seconds: float = 300) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()  # a controller that hangs must not outlive its test
-        out, err = process.communicate()
-        raise AssertionError(f"the controller did not finish within {seconds:.0f} s:\n{err[-3000:]}") from None
-    return process.returncode, out, err
-
-
-def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-
-
-def attempts(folder: Path, run: int = 1, history: Any = None) -> list[dict[str, Any]]:
-    path = history or folder / "history.sqlite"
-    if isinstance(path, Path) and not path.exists():
-        return []
-    with FarmStore(path) as store:
-        try:
-            return store.attempts(run)
-        except Exception:
-            return []
 
 
 def measuring_on(workdir: Path) -> bool:

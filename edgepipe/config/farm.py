@@ -2,7 +2,9 @@
 
 A pool is a board type (rpi4, jetson-nano, ...): any of its boards may measure any job sent to the pool, so a job
 whose board fails is retried on another board of the same pool. Each board is an existing target, named or given
-as a file (relative to the farm file). Like targets, every string may be ``${EDGEPIPE_*}``.
+as a file (relative to the farm file), or a pool is the labgrid places whose tags match (``labgrid:``; the places
+are found on the coordinator when the run starts, see ``edgepipe.farm.labgrid``). Like targets, every string may
+be ``${EDGEPIPE_*}``.
 
 Example::
 
@@ -12,11 +14,17 @@ Example::
         boards: [pi-a, pi-b, boards/pi-c.yaml]
         attempts: 3            # an infrastructure failure is retried until a job had this many attempts
         quarantine_after: 2    # consecutive infrastructure failures that take a board out of the run
+      rpi5:                    # the labgrid places tagged board=rpi5; each place's NetworkService gives the
+        labgrid:               # address, port and user that the target's SSH settings are completed with
+          tags: {board: rpi5}
+          target: rpi5
+    labgrid: {coordinator: "lab-server:20408"}   # default: $LG_COORDINATOR, as labgrid-client
     lease: {ttl_s: 60, heartbeat_s: 10}
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +41,49 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+TAG_PATTERN = r"^[a-z][a-z0-9_]+$"  # labgrid's TAG_KEY
+
+
+class LabgridPool(Strict):
+    """A pool of labgrid places: every place whose tags include ``tags`` is a board of the pool."""
+
+    tags: dict[str, str] = Field(min_length=1, description="tags a place must have (labgrid-client set-tags)")
+    target: str = Field(
+        description="the SSH target (name or file) whose settings every place uses; host, port and user come from "
+        "the place's NetworkService. '{place}' in its workdir becomes the place's name"
+    )
+    resource: str | None = Field(None, description="the NetworkService's name, when a place has several")
+
+    @model_validator(mode="after")
+    def _tag_keys(self) -> LabgridPool:
+        import re
+
+        for key in self.tags:
+            if not re.match(TAG_PATTERN, key):
+                raise ValueError(f"labgrid tag {key!r}: a tag is a lower-case letter, then letters, digits or '_'")
+        return self
+
+
+class LabgridSettings(Strict):
+    coordinator: str | None = Field(None, description="HOST[:PORT] of labgrid-coordinator; default $LG_COORDINATOR")
+
+
 class Pool(Strict):
-    boards: list[str] = Field(min_length=1, description="target names or target files of interchangeable boards")
+    boards: list[str] = Field(
+        default_factory=list, description="target names or target files of interchangeable boards"
+    )
+    labgrid: LabgridPool | None = Field(None, description="instead of boards: the labgrid places matching tags")
     attempts: int = Field(3, ge=1, le=20, description="attempts a job gets when the infrastructure fails")
     quarantine_after: int = Field(
         2, ge=1, le=100, description="consecutive infrastructure failures after which a board is quarantined"
     )
     health_check: bool = Field(True, description="check a board before its first job and after each failure")
+
+    @model_validator(mode="after")
+    def _boards_or_labgrid(self) -> Pool:
+        if bool(self.boards) == (self.labgrid is not None):
+            raise ValueError("a pool has either 'boards' (targets) or 'labgrid' (places matching tags), not both")
+        return self
 
 
 class LeaseSettings(Strict):
@@ -58,6 +102,7 @@ class FarmFile(Strict):
     description: str = ""
     pools: dict[str, Pool] = Field(min_length=1)
     lease: LeaseSettings = Field(default_factory=LeaseSettings)
+    labgrid: LabgridSettings = Field(default_factory=LabgridSettings)
 
     @model_validator(mode="after")
     def _pool_names(self) -> FarmFile:
@@ -71,11 +116,14 @@ class FarmFile(Strict):
 
 @dataclass(frozen=True)
 class Board:
-    """One board of the farm: its target (the name is the board's identity in leases and results) and pool."""
+    """One board of the farm: its target (the name is the board's identity in leases and results) and pool.
+    A labgrid place's board has the place's name and its pool's target as ``target``, still without the address:
+    that is read from the place's NetworkService once the place is acquired."""
 
     name: str
     pool: str
     target: Target
+    place: str | None = None  # the labgrid place
 
 
 @dataclass(frozen=True)
@@ -83,10 +131,33 @@ class Farm:
     file: Path
     spec: FarmFile
     boards: dict[str, Board]
+    templates: dict[str, Target]  # labgrid pools: the target each of their places completes
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def coordinator(self) -> str | None:
+        """labgrid-coordinator's address, when a pool is made of labgrid places."""
+        if not self.templates:
+            return None
+        return self.spec.labgrid.coordinator or os.environ.get("LG_COORDINATOR") or None
+
+    def with_places(self, places: dict[str, list[str]]) -> Farm:
+        """This farm with the labgrid places found on the coordinator (pool -> place names) as boards."""
+        boards = dict(self.boards)
+        for pool, names in places.items():
+            for place in names:
+                if place in boards:
+                    other = boards[place].pool
+                    raise ConfigError(
+                        f"{self.file}: labgrid place {place!r} matches pool {pool!r} and is also a board of pool "
+                        f"{other!r}",
+                        hint="a board belongs to one pool: give the pools' labgrid tags that tell them apart",
+                    )
+                boards[place] = Board(place, pool, self.templates[pool], place=place)
+        return Farm(self.file, self.spec, boards, self.templates)
 
     def pool_boards(self, pool: str) -> list[Board]:
         return [board for board in self.boards.values() if board.pool == pool]
@@ -99,7 +170,10 @@ def load_farm(path: Path) -> Farm:
 
     spec = load_model(path, FarmFile)
     boards: dict[str, Board] = {}
+    templates: dict[str, Target] = {}
     for pool_name, pool in spec.pools.items():
+        if pool.labgrid is not None:
+            templates[pool_name] = _template(path, pool_name, pool.labgrid.target)
         for index, entry in enumerate(pool.boards):
             where = f"pools.{pool_name}.boards[{index}]"
             file = Path(entry)
@@ -118,4 +192,29 @@ def load_farm(path: Path) -> Farm:
                     hint="a board belongs to one pool; leases and results know it by its target name",
                 )
             boards[target.name] = Board(target.name, pool_name, target)
-    return Farm(path, spec, boards)
+    farm = Farm(path, spec, boards, templates)
+    if templates and not farm.coordinator:
+        raise ConfigError.at(
+            str(path), "labgrid.coordinator", "no labgrid coordinator given, and LG_COORDINATOR is not set",
+            hint="set labgrid: {coordinator: HOST:PORT} in the farm file, or export LG_COORDINATOR (as labgrid-client)",
+        )  # fmt: skip
+    return farm
+
+
+def _template(path: Path, pool: str, entry: str) -> Target:
+    from edgepipe.targets import load_target
+
+    where = f"pools.{pool}.labgrid.target"
+    file = Path(entry)
+    if file.suffix in (".yaml", ".yml") and not file.is_absolute():
+        entry = str(path.parent / file)
+    try:
+        target = load_target(entry)
+    except ConfigError as exc:
+        raise ConfigError.at(str(path), where, exc.message, hint=exc.hint) from None
+    if target.transport != "ssh":
+        raise ConfigError.at(
+            str(path), where, f"target {target.name!r} uses transport {target.transport!r}",
+            hint="a labgrid place is reached over SSH at its NetworkService: name an ssh target",
+        )  # fmt: skip
+    return target

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from edgepipe.config.farm import Farm, load_farm
 from edgepipe.database import Location
 from edgepipe.errors import ConfigError
 from edgepipe.farm.jobs import FarmModel, StagedModels, resolve_baseline, resolve_models
+from edgepipe.farm.labgrid import LabgridSession
 from edgepipe.farm.leases import new_owner
 from edgepipe.farm.report import farm_document, write_reports
 from edgepipe.farm.scheduler import FarmContext, FarmEvents, FarmJobSettings, run_workers
@@ -65,6 +67,25 @@ def farm_run(
     base = resolve_baseline(baseline, history) if baseline else None
     thresholds = dict(thresholds or {})
     _check_thresholds(thresholds)
+    owner = new_owner()
+    with _labgrid(farm, owner) as (farm, session):
+        return _start(farm, session, owner, farm_file, chosen, base, tags, out, history, thresholds, junit, events)
+
+
+def _start(
+    farm: Farm,
+    session: LabgridSession | None,
+    owner: str,
+    farm_file: Path,
+    chosen: list[FarmModel],
+    base: FarmModel | None,
+    tags: Sequence[str],
+    out: Path | None,
+    history: Location,
+    thresholds: dict[str, float],
+    junit: Path | None,
+    events: FarmEvents | None,
+) -> FarmOutcome:
     key = _spec_key(farm_file, chosen, base, tags, thresholds)
     spec = {
         "farm_file": str(farm_file.resolve()),
@@ -84,7 +105,8 @@ def farm_run(
             run = store.create_run(farm.name, key, spec, jobs, boards)
         else:
             spec = store.run_info(run)["spec"]
-    return _execute(farm, run, spec, history, events or FarmEvents(), resumed, junit)
+            store.add_boards(run, [(b.name, b.pool) for b in farm.boards.values()])
+    return _execute(farm, session, owner, run, spec, history, events or FarmEvents(), resumed, junit)
 
 
 def farm_resume(run: int, *, history: Location | None = None, junit: Path | None = None,
@@ -96,29 +118,65 @@ def farm_resume(run: int, *, history: Location | None = None, junit: Path | None
         recorded = {row["board"] for row in store.boards(run)}
     spec = info["spec"]
     farm = load_farm(Path(spec["farm_file"]))
-    if set(farm.boards) != recorded:
+    targets = {name for name, board in farm.boards.items() if board.place is None}  # labgrid places may change
+    if not targets <= recorded:
         raise ConfigError(
             f"{spec['farm_file']}: its boards changed since farm run {run} started "
             f"(then: {', '.join(sorted(recorded))}; now: {', '.join(sorted(farm.boards))})",
             hint="start a new farm run with 'edgepipe farm run'",
         )
-    return _execute(farm, run, spec, history, events or FarmEvents(), True, junit)
+    owner = new_owner()
+    with _labgrid(farm, owner) as (farm, session):
+        with FarmStore(history) as store:
+            store.add_boards(run, [(b.name, b.pool) for b in farm.boards.values()])
+        return _execute(farm, session, owner, run, spec, history, events or FarmEvents(), True, junit)
+
+
+@contextmanager
+def _labgrid(farm: Farm, owner: str) -> Iterator[tuple[Farm, LabgridSession | None]]:
+    """The farm with its labgrid places as boards, and the coordinator session the workers take them through
+    (a farm of targets only: itself, and no session)."""
+    if farm.coordinator is None:
+        yield farm, None
+        return
+    with LabgridSession(farm.coordinator, owner) as session:
+        places: dict[str, list[str]] = {}
+        for name, pool in farm.spec.pools.items():
+            if pool.labgrid is None:
+                continue
+            places[name] = session.places(pool.labgrid.tags)
+            if not places[name]:
+                wanted = " ".join(f"{k}={v}" for k, v in pool.labgrid.tags.items())
+                raise ConfigError.at(
+                    str(farm.file), f"pools.{name}.labgrid.tags",
+                    f"no labgrid place on {farm.coordinator} has the tags {wanted}",
+                    hint="'labgrid-client places' lists the places, 'labgrid-client -p PLACE set-tags' tags them",
+                )  # fmt: skip
+        yield farm.with_places(places), session
 
 
 def _execute(
-    farm: Farm, run: int, spec: dict[str, Any], history: Location, events: FarmEvents, resumed: bool, junit: Path | None
+    farm: Farm,
+    session: LabgridSession | None,
+    owner: str,
+    run: int,
+    spec: dict[str, Any],
+    history: Location,
+    events: FarmEvents,
+    resumed: bool,
+    junit: Path | None,
 ) -> FarmOutcome:
     out = Path(spec["out"] or Path(spec["cwd"]) / "farm-runs" / f"{farm.name}-{run}")
     models = {raw["label"]: FarmModel.from_dict(raw) for raw in spec["models"]}
     baseline = FarmModel.from_dict(spec["baseline"]) if spec["baseline"] else None
-    owner = new_owner()
     with FarmStore(history) as store:
         store.reclaim(run)
     stop = threading.Event()
     with temporary_directory("edgepipe-farm-") as staging:
         settings = FarmJobSettings(run, out, models, baseline, tuple(spec["tags"]), spec["thresholds"])
         try:
-            run_workers(FarmContext(farm, history, owner, settings, StagedModels(Path(staging)), events, stop))
+            context = FarmContext(farm, history, owner, settings, StagedModels(Path(staging)), events, stop, session)
+            run_workers(context)
         except BaseException:  # Ctrl-C or SIGTERM: hand this controller's jobs back, then stop
             stop.set()
             with FarmStore(history) as store:

@@ -104,6 +104,14 @@ class LeaseTable:
                 (board, owner, fence),
             )
 
+    def lapsed(self, board: str, owner: str) -> bool:
+        """True when ``owner`` is gone for good as far as this board is concerned: a process of this machine that
+        no longer runs, or a controller whose lease on the board expired without being released."""
+        if owner_is_gone(owner):
+            return True
+        found = self._db.execute("SELECT owner, expires FROM farm_leases WHERE board = ?", (board,)).fetchone()
+        return found is not None and found[0] == owner and found[1] < self._db.clock()
+
     def _holds(self, board: str, owner: str, fence: int) -> bool:
         found = self._db.execute(
             "SELECT owner, fence, expires FROM farm_leases WHERE board = ?" + self._db.lock, (board,)

@@ -2,6 +2,8 @@
 
 A worker's loop (LAVA's dispatcher, labgrid's place acquisition, on the results history instead of a server):
 
+0. a labgrid place is first taken through labgrid's coordinator (reserved, waited for, acquired: see
+   ``edgepipe.farm.labgrid``); its address comes from the place, and it is released after step 5;
 1. take the board's lease (wait while another worker or controller holds it: two measurements on one board at
    once would corrupt both latencies);
 2. before the board's first job and after each infrastructure failure, check it (``targets check``); a failed
@@ -22,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepipe.config.farm import Board, Farm
+from edgepipe.config.target import Target
 from edgepipe.database import Location
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, EdgepipeError, InfrastructureError
 from edgepipe.farm.jobs import FarmModel, JobResult, StagedModels, run_job
+from edgepipe.farm.labgrid import LabgridSession, PlaceTurn
 from edgepipe.farm.store import Claim, FarmStore
 from edgepipe.progress import Progress
 
@@ -106,6 +110,7 @@ class FarmContext:
     staged: StagedModels
     events: FarmEvents
     stop: threading.Event
+    labgrid: LabgridSession | None = None  # when pools are labgrid places
 
 
 class BoardWorker:
@@ -113,6 +118,7 @@ class BoardWorker:
         self.farm, self.history, self.owner = context.farm, context.history, context.owner
         self.settings, self.staged = context.settings, context.staged
         self.events, self.stop = context.events, context.stop
+        self.labgrid = context.labgrid
         self.board = board
         self.pool = context.farm.spec.pools[board.pool]
         self.lease = context.farm.spec.lease
@@ -143,28 +149,58 @@ class BoardWorker:
                 if not store.reclaim(run):
                     self._idle(store, "idle", "waiting: jobs still running elsewhere may come back")
                 continue
-            fence = store.acquire(name, self.owner, self.lease.ttl_s)
-            if fence is None:
-                if not waiting_said:
-                    self._idle(store, "waiting", "leased by another controller")
-                    waiting_said = True
-                else:
-                    self.stop.wait(IDLE_POLL_S)
-                continue
-            waiting_said = False
+            turn = self._place_turn()
+            target: Target | None = self.board.target
+            if turn is not None:
+                try:
+                    target = turn.take(lambda why: self._keep_waiting(store, why),
+                                       lambda owner: store.lapsed(name, owner))  # fmt: skip
+                except InfrastructureError as exc:
+                    self._board_failure(store, f"{type(exc).__name__}: {exc.message}")
+                    continue
+                if target is None:
+                    continue
             try:
-                self._with_lease(store, fence)
+                fence = store.acquire(name, self.owner, self.lease.ttl_s)
+                if fence is None:
+                    if not waiting_said:
+                        self._idle(store, "waiting", "leased by another controller")
+                        waiting_said = True
+                    else:
+                        self.stop.wait(IDLE_POLL_S)
+                    continue
+                waiting_said = False
+                try:
+                    self._with_lease(store, fence, target)
+                finally:
+                    store.release(name, self.owner, fence)
             finally:
-                store.release(name, self.owner, fence)
+                if turn is not None:
+                    turn.give_back()
+
+    def _place_turn(self) -> PlaceTurn | None:
+        if self.board.place is None:
+            return None
+        assert self.labgrid is not None, "a farm with labgrid places runs with a labgrid session"
+        spec = self.pool.labgrid
+        assert spec is not None
+        return PlaceTurn(self.labgrid, self.board.place, spec.tags, spec.resource, self.board.target)
+
+    def _keep_waiting(self, store: FarmStore, why: str) -> bool:
+        """While a labgrid place is busy: say why, and keep waiting while this pool has jobs that wait too."""
+        if self.stop.is_set() or store.counts(self.settings.run, self.board.pool)["pending"] == 0:
+            return False
+        self._idle(store, "waiting", why)
+        return not self.stop.is_set()
 
     def _idle(self, store: FarmStore, state: str, detail: str) -> None:
         store.board_state(self.settings.run, self.board.name, state)
         self.events.board(self.board.name, state, detail)
         self.stop.wait(IDLE_POLL_S)
 
-    def _with_lease(self, store: FarmStore, fence: int) -> None:
+    def _with_lease(self, store: FarmStore, fence: int, target: Target) -> None:
         run, name = self.settings.run, self.board.name
-        if self.pool.health_check and not _checked(store, run, name) and not self._health_check(store):
+        if self.pool.health_check and not _checked(store, run, name) and not self._health_check(store, target):
             return
         claim = store.claim(run, self.board.pool, name, self.owner, fence, store.healthy_boards(run, self.board.pool))
         if claim is None:  # the jobs left failed here and wait for another board of the pool
@@ -179,7 +215,7 @@ class BoardWorker:
         try:
             with beat:
                 result = run_job(
-                    self.board.target,
+                    target,
                     self.settings.models[claim.model],
                     self.settings.baseline,
                     self.staged,
@@ -223,14 +259,23 @@ class BoardWorker:
         if store.board_failed(run, name, f"{type(exc).__name__}: {exc.message}", self.pool.quarantine_after):
             self.events.board(name, "quarantined", _reason(store, run, name))
 
-    def _health_check(self, store: FarmStore) -> bool:
+    def _board_failure(self, store: FarmStore, reason: str) -> None:
+        """The board could not be reached or taken (before any job): it counts towards its quarantine."""
+        run, name = self.settings.run, self.board.name
+        if store.board_failed(run, name, reason, self.pool.quarantine_after):
+            self.events.board(name, "quarantined", _reason(store, run, name))
+        else:
+            self.events.board(name, "failed", reason)
+            self.stop.wait(IDLE_POLL_S)
+
+    def _health_check(self, store: FarmStore, target: Target) -> bool:
         from edgepipe.deployment.board import check_target
 
         run, name = self.settings.run, self.board.name
         store.board_state(run, name, "checking")
         self.events.board(name, "checking", "targets check")
         try:
-            rows = check_target(self.board.target)
+            rows = check_target(target)
         except EdgepipeError as exc:
             failed = f"{type(exc).__name__}: {exc.message}"
         else:
@@ -239,12 +284,7 @@ class BoardWorker:
         if not failed:
             store.board_ok(run, name)
             return True
-        reason = f"health check failed: {failed}"
-        if store.board_failed(run, name, reason, self.pool.quarantine_after):
-            self.events.board(name, "quarantined", _reason(store, run, name))
-        else:
-            self.events.board(name, "failed check", reason)
-            self.stop.wait(IDLE_POLL_S)
+        self._board_failure(store, f"health check failed: {failed}")
         return False
 
 

@@ -369,6 +369,15 @@ class FarmStore(LeaseTable, History):
             board["quarantined"], board["checked"] = bool(board["quarantined"]), bool(board["checked"])
         return boards
 
+    def add_boards(self, run: int, boards: Iterable[tuple[str, str]]) -> None:
+        """Boards that joined since the run started (labgrid places tagged for a pool meanwhile)."""
+        with self._write():
+            self._db.executemany(
+                "INSERT INTO farm_boards (farm_run, board, pool) SELECT ?, ?, ? WHERE NOT EXISTS "
+                "(SELECT 1 FROM farm_boards WHERE farm_run = ? AND board = ?)",
+                [(run, board, pool, run, board) for board, pool in boards],
+            )
+
     def board_state(self, run: int, board: str, state: str) -> None:
         with self._write():
             self._db.execute(
