@@ -25,6 +25,8 @@ Example::
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,12 @@ class Strict(BaseModel):
 TAG_PATTERN = r"^[a-z][a-z0-9_]+$"  # labgrid's TAG_KEY
 
 
+def _all_match(names: Iterable[str], pattern: str, problem: str) -> None:
+    for name in names:
+        if not re.match(pattern, name):
+            raise ValueError(problem.format(name))
+
+
 class LabgridPool(Strict):
     """A pool of labgrid places: every place whose tags include ``tags`` is a board of the pool."""
 
@@ -56,11 +64,7 @@ class LabgridPool(Strict):
 
     @model_validator(mode="after")
     def _tag_keys(self) -> LabgridPool:
-        import re
-
-        for key in self.tags:
-            if not re.match(TAG_PATTERN, key):
-                raise ValueError(f"labgrid tag {key!r}: a tag is a lower-case letter, then letters, digits or '_'")
+        _all_match(self.tags, TAG_PATTERN, "labgrid tag {!r}: a lower-case letter, then letters, digits or '_'")
         return self
 
 
@@ -106,11 +110,7 @@ class FarmFile(Strict):
 
     @model_validator(mode="after")
     def _pool_names(self) -> FarmFile:
-        import re
-
-        for name in self.pools:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(f"pool name {name!r}: use lower-case letters, digits, '.', '_' and '-'")
+        _all_match(self.pools, NAME_PATTERN, "pool name {!r}: use lower-case letters, digits, '.', '_' and '-'")
         return self
 
 
@@ -166,8 +166,6 @@ class Farm:
 def load_farm(path: Path) -> Farm:
     """Read and validate a farm file, and load every board's target: a wrong board is named with its place in
     the file (``lab.yaml: pools.rpi4.boards[1]: unknown target 'pi-x'``) before anything runs."""
-    from edgepipe.targets import load_target
-
     spec = load_model(path, FarmFile)
     boards: dict[str, Board] = {}
     templates: dict[str, Target] = {}
@@ -176,13 +174,7 @@ def load_farm(path: Path) -> Farm:
             templates[pool_name] = _template(path, pool_name, pool.labgrid.target)
         for index, entry in enumerate(pool.boards):
             where = f"pools.{pool_name}.boards[{index}]"
-            file = Path(entry)
-            if file.suffix in (".yaml", ".yml") and not file.is_absolute():
-                entry = str(path.parent / file)
-            try:
-                target = load_target(entry)
-            except ConfigError as exc:
-                raise ConfigError.at(str(path), where, exc.message, hint=exc.hint) from None
+            target = _target(path, where, entry)
             if target.name in boards:
                 other = boards[target.name].pool
                 raise ConfigError.at(
@@ -201,17 +193,22 @@ def load_farm(path: Path) -> Farm:
     return farm
 
 
-def _template(path: Path, pool: str, entry: str) -> Target:
+def _target(path: Path, where: str, entry: str) -> Target:
+    """A target named in the farm file (a file relative to it, or a name), its errors placed at ``where``."""
     from edgepipe.targets import load_target
 
-    where = f"pools.{pool}.labgrid.target"
     file = Path(entry)
     if file.suffix in (".yaml", ".yml") and not file.is_absolute():
         entry = str(path.parent / file)
     try:
-        target = load_target(entry)
+        return load_target(entry)
     except ConfigError as exc:
         raise ConfigError.at(str(path), where, exc.message, hint=exc.hint) from None
+
+
+def _template(path: Path, pool: str, entry: str) -> Target:
+    where = f"pools.{pool}.labgrid.target"
+    target = _target(path, where, entry)
     if target.transport != "ssh":
         raise ConfigError.at(
             str(path), where, f"target {target.name!r} uses transport {target.transport!r}",
