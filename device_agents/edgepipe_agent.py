@@ -87,9 +87,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import resource
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -98,7 +100,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.3.0"
+AGENT_VERSION = "1.4.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -121,6 +123,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "max_runs": 20000,
     "repeats": 1,
     "baseline": None,
+    "profile": None,  # {model, operators_length_at, outputs_at, cuts, min_seconds, min_rounds}: see measure_profile
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -439,6 +442,15 @@ def _time_runs(interpreter: Any, job: dict[str, Any]) -> list[float]:
     return [s / 1e6 for s in samples]
 
 
+def _timed_block(invoke: Any, count: int, samples: list[int]) -> None:
+    """``count`` invocations, each timed alone (nothing but invoke() between the clock reads)."""
+    clock = time.perf_counter_ns
+    for _ in range(count):
+        t0 = clock()
+        invoke()
+        samples.append(clock() - t0)
+
+
 TASKS = ("classification", "regression", "reconstruction")
 
 
@@ -604,11 +616,7 @@ def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
     try:
         while len(ordered[0][1]) < max_runs and (len(ordered[0][1]) < runs or clock() - started < min_ns):
             for interpreter, samples in ordered if turn % 2 == 0 else ordered[::-1]:
-                invoke = interpreter.invoke
-                for _ in range(block):
-                    t0 = clock()
-                    invoke()
-                    samples.append(clock() - t0)
+                _timed_block(interpreter.invoke, block, samples)
             turn += 1
     except (ValueError, RuntimeError) as exc:
         raise JobFailed("InvokeFailed", f"invoke() failed: {_clean(exc)}") from None
@@ -618,6 +626,92 @@ def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
         "block_runs": block,
         "model_ms": [s / 1e6 for s in model_ns],
         "baseline_ms": [s / 1e6 for s in baseline_ns],
+    }
+
+
+def _prefix(content: bytes, profile: dict[str, Any], k: int) -> bytes:
+    """Prefix k of the profile's model: its first k+1 operators, with the tensors still needed after them as
+    outputs (two vectors edited in place; the host planned the offsets: edgepipe.analyze.prefixes)."""
+    outputs = [int(t) for t in profile["cuts"][k + 1]]
+    edited = bytearray(content)
+    struct.pack_into("<I", edited, int(profile["operators_length_at"]), k + 1)
+    struct.pack_into("<I", edited, int(profile["outputs_at"]) - 4, len(outputs))
+    struct.pack_into(f"<{len(outputs)}i", edited, int(profile["outputs_at"]), *outputs)
+    return bytes(edited)
+
+
+def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
+    """The time of every prefix of the model (prefix k runs operators 0..k; prefix -1 none): the host takes
+    differences for each operator's time.
+
+    All prefixes are loaded in this one process and timed in rounds; each round visits every prefix once, in a
+    new random order, for a block of invocations, so that a slow spell of the board lands on all of them alike
+    instead of on the operators timed while it lasted. Rounds go on until ``min_seconds`` have passed and at
+    least ``min_rounds`` were done. Each prefix's median and median absolute deviation go back.
+    """
+    profile = job["profile"]
+    np = _import_under_limit(job, lambda: __import__("numpy"), "numpy")
+    interpreter_class, resolver, _, _ = _import_under_limit(
+        job, lambda: _import_runtime(job["runtime"]), "the TFLite runtime"
+    )
+    try:
+        with open(profile["model"], "rb") as handle:
+            content = handle.read()
+    except OSError as exc:
+        raise JobFailed("InvalidModel", f"cannot read the profile's model file: {exc}") from None
+    count = len(profile["cuts"]) - 1
+    _emit("phase", phase="profile-load", prefixes=count + 1)
+    options: dict[str, Any] = {"num_threads": int(job["threads"])}
+    if not job["xnnpack"] and resolver is not None:
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    prefixes = []
+    for k in range(-1, count):
+        try:
+            interpreter = interpreter_class(model_content=_prefix(content, profile, k), **options)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise JobFailed(_refusal_class(str(exc)), f"prefix {k} of the model: {_clean(exc)}") from None
+        _prepare_input(np, interpreter, job)
+        prefixes.append(interpreter)
+    whole, _ = _load_model(job, interpreter_class, resolver)  # the model itself, timed in the same rounds
+    _prepare_input(np, whole, job)
+    prefixes.append(whole)
+    typical = []
+    for interpreter in prefixes:
+        for _ in range(max(int(job["warmup_runs"]) // 4, 2)):
+            _invoke(interpreter)
+        t0 = time.perf_counter_ns()
+        _invoke(interpreter)
+        typical.append(time.perf_counter_ns() - t0)
+    # a visit of about 1 ms of the whole model: short against a slow spell, long against the clock's reads
+    block = max(1, min(200, int(1e6 / max(typical[-1], 1))))
+    samples: list[list[int]] = [[] for _ in prefixes]
+    order = list(range(len(prefixes)))
+    shuffle = random.Random(0).shuffle
+    clock = time.perf_counter_ns
+    min_ns, min_rounds = float(profile["min_seconds"]) * 1e9, int(profile["min_rounds"])
+    _emit("phase", phase="profile", prefixes=len(prefixes), min_seconds=profile["min_seconds"])
+    started, rounds = clock(), 0
+    try:
+        while rounds < min_rounds or (clock() - started < min_ns and rounds < 10000):
+            shuffle(order)
+            for index in order:
+                _timed_block(prefixes[index].invoke, block, samples[index])
+            rounds += 1
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed("InvokeFailed", f"invoke() of a prefix failed: {_clean(exc)}") from None
+    found = []
+    for timed in samples:
+        ordered = sorted(timed)
+        middle = _percentile(ordered, 50) / 1e6
+        spread = sorted(abs(t / 1e6 - middle) for t in ordered)
+        found.append({"median_ms": middle, "mad_ms": _percentile(spread, 50), "n": len(ordered)})
+    return {
+        "prefixes": found[:-1],
+        "whole": found[-1],
+        "rounds": rounds,
+        "block_runs": block,
+        "seconds": (clock() - started) / 1e9,
     }
 
 
@@ -678,7 +772,10 @@ def sandbox_main() -> int:
     """Child entry point: read the job on stdin, write ``{"ok": ...}`` or ``{"error": ...}`` on stdout."""
     job = json.loads(sys.stdin.read())
     try:
-        answer: dict[str, Any] = {"ok": measure_paired(job) if job.get("_paired") else measure(job)}
+        if job.get("_profile"):
+            answer: dict[str, Any] = {"ok": {"profile": measure_profile(job)}}
+        else:
+            answer = {"ok": measure_paired(job) if job.get("_paired") else measure(job)}
     except JobFailed as exc:
         answer = {"error": {"class": exc.error_class, "message": exc.message}}
     except MemoryError:
@@ -764,6 +861,12 @@ def supervise(job: dict[str, Any]) -> dict[str, Any]:
     result["timing"].update({"repeats": repeats, "samples_ms": pooled, "latency_ms": summarize(pooled)})
     if job["baseline"]:
         result["timing"]["baseline"] = _paired(job, light)
+    if job["profile"]:
+        _emit("phase", phase="profile")
+        again = sandboxed({**light, "_profile": True})
+        # a profile that fails (a prefix the runtime refuses, the memory of many interpreters) leaves the
+        # measurement standing: the error goes with the profile
+        result["profile"] = again["profile"] if again["status"] == "ok" else {"error": again["error"]}
     return result
 
 
@@ -897,6 +1000,7 @@ def check_job(raw: str) -> dict[str, Any]:
         raise JobFailed("BadJob", "the job needs 'model', the path of a .tflite file")
     if job.get("baseline") is not None and not isinstance(job["baseline"], str):
         raise JobFailed("BadJob", "baseline must be the path of a .tflite file, or null")
+    _check_profile(job.get("profile"))
     merged = {**JOB_DEFAULTS, **job}
     if merged["task"] not in (None, *TASKS):
         raise JobFailed("BadJob", f"task {merged['task']!r}: expected null or one of {', '.join(TASKS)}")
@@ -914,6 +1018,28 @@ def check_job(raw: str) -> dict[str, Any]:
         if not isinstance(merged[field], (int, float)) or merged[field] < 0:
             raise JobFailed("BadJob", f"{field} must be a non-negative number (got {merged[field]!r})")
     return merged
+
+
+def _check_profile(profile: Any) -> None:
+    if profile is None:
+        return
+    fields = {"model", "operators_length_at", "outputs_at", "cuts", "min_seconds", "min_rounds"}
+    if not isinstance(profile, dict) or set(profile) != fields:
+        raise JobFailed("BadJob", f"profile must be null or an object with exactly: {', '.join(sorted(fields))}")
+    cuts = profile["cuts"]
+    if not isinstance(profile["model"], str):
+        raise JobFailed("BadJob", "profile.model must be the path of a .tflite file")
+    for name in ("operators_length_at", "outputs_at", "min_rounds"):
+        if not isinstance(profile[name], int) or profile[name] < 1:
+            raise JobFailed("BadJob", f"profile.{name} must be a positive integer (got {profile[name]!r})")
+    if not isinstance(profile["min_seconds"], (int, float)) or profile["min_seconds"] < 0:
+        raise JobFailed("BadJob", f"profile.min_seconds must be a non-negative number (got {profile['min_seconds']!r})")
+    if (
+        not isinstance(cuts, list)
+        or len(cuts) < 2
+        or not all(isinstance(c, list) and c and all(isinstance(t, int) and t >= 0 for t in c) for c in cuts)
+    ):
+        raise JobFailed("BadJob", "profile.cuts must be a list of at least two non-empty lists of tensor indices")
 
 
 def run(raw_job: str) -> tuple[dict[str, Any], int]:

@@ -221,6 +221,7 @@ def deploy(
     tags: Sequence[str] = (),
     baseline: str | None = None,
     stages: bool = False,
+    profile: bool = False,
     progress: Progress | None = None,
     on_stage: Callable[[Any], None] | None = None,
 ) -> DeployResult:
@@ -231,8 +232,10 @@ def deploy(
     ``repeats`` and ``eval_samples`` override the target's measure settings. The run is recorded in the results
     history (``history``, default ``$EDGEPIPE_HISTORY``) unless ``record=False``. ``baseline`` (a tag, run id,
     result file or run directory) is timed in the same processes, for ``compare``. ``stages=True`` also measures
-    the run's float and stage models (``DeployResult.stages``). Raises ConfigError, InfrastructureError
-    (exit 10-17: the board, the link, the agent) or DeviceModelError (exit 20-26: the model on the board).
+    the run's float and stage models (``DeployResult.stages``). ``profile=True`` measures every operator's time
+    on the board too (``record["profile"]``: time, share, MACs, bytes, roofline bound). Raises ConfigError,
+    InfrastructureError (exit 10-17: the board, the link, the agent) or DeviceModelError (exit 20-26: the model on
+    the board).
     """
     from edgepipe.deployment import deploy as run_deploy
     from edgepipe.reporting.resolve import baseline_model
@@ -257,6 +260,7 @@ def deploy(
             history=store,
             tags=tags,
             baseline=paired,
+            profile=profile,
         )
     finally:
         if store is not None:

@@ -196,3 +196,21 @@ def test_models_beyond_single_output_classifiers_deploy_to_the_emulated_board(
     report = run_cli("report", str(run_copy))
     assert report.returncode == 0, report.stderr
     assert "rpi4-emu" in report.stdout and "EMULATED" in report.stdout
+
+
+def test_a_profile_on_the_emulated_board_is_labelled_emulated(
+    built_image: Any, emulator_env: dict, optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The agent's prefixes run under QEMU with tflite_runtime too; the figures are marked as not the board's."""
+    from edgepipe.tflite_model import TfliteModel
+
+    directory, _ = optimized_run
+    out = tmp_path / "profile.json"
+    quick = ("--repeats", "1", "--min-seconds", "0.2", "--runs", "50", "--no-history", "-o", str(out))
+    done = run_cli("deploy", "--target", "rpi4-emu", str(directory), "--profile", *quick, env=emulator_env)
+    assert done.returncode == 0, done.stderr
+    profile = json.loads(out.read_text())["profile"]
+    assert profile["emulated"] is True and "error" not in profile
+    ops = TfliteModel.read(directory / "model.tflite").ops
+    assert [row["op"] for row in profile["ops"]] == [op.name for op in ops]
+    assert "slowest operators" in done.stdout and "emulated: not the board's speed" in done.stdout

@@ -139,6 +139,10 @@ def deploy(
         bool,
         typer.Option("--stages", help="Also measure the float model and every recipe stage's model (for the report)."),
     ] = False,
+    profile: Annotated[
+        bool,
+        typer.Option("--profile", help="Also measure each operator's time on the board (and its roofline place)."),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
@@ -168,6 +172,7 @@ def deploy(
             record=not no_history,
             tags=tag or [],
             baseline=baseline,
+            profile=profile,
             progress=progress,
         )
     except BaseException:
@@ -177,6 +182,8 @@ def deploy(
     if isinstance(progress, ConsoleProgress):
         progress.finish()
     print_result(outcome.record)
+    if "profile" in outcome.record:
+        print_profile(outcome.record["profile"])
     stdout.print(f"wrote [bold]{shown(outcome.path)}[/]", highlight=False)
     if outcome.run_id is not None:
         tags = f" tagged {', '.join(tag)}" if tag else ""
@@ -187,6 +194,32 @@ def deploy(
             deadline_s=deadline, history=history, record=not no_history, tags=tag or [], on_stage=started,
         )  # fmt: skip
         print_stages(done)
+
+
+def print_profile(profile: dict[str, Any], count: int = 10) -> None:
+    """The slowest operators, and how their sum compares with the whole model's latency."""
+    from edgepipe.analyze.profile import slowest
+
+    if "error" in profile:
+        error = profile["error"]
+        stderr.print(f"[yellow]warning:[/] no profile: {error['class']}: {error['message']}", highlight=False)
+        return
+    emulated = "  [yellow](emulated: not the board's speed)[/]" if profile["emulated"] else ""
+    table = Table("#", "operator", "layer", "time", "share", "MACs", "bytes", "bound", box=None, pad_edge=False,
+                  title=f"slowest operators (of {len(profile['ops'])}){emulated}", title_justify="left")  # fmt: skip
+    for row in slowest(profile, count):
+        table.add_row(
+            str(row["index"]), row["op"], row["layer"] or "", _ms(row["time_ms"]), f"{row['share']:.1%}",
+            f"{row['macs']:,}", f"{row['bytes']:,}", row.get("bound", ""),
+        )  # fmt: skip
+    stdout.print(table)
+    ratio = profile["sum_over_whole"]
+    whole = f" = {ratio:.0%} of the whole model's {_ms(profile['whole_ms'])} timed in the same rounds" if ratio else ""
+    stdout.print(
+        f"per-operator times sum to {_ms(profile['sum_ms'])}{whole}; {profile['unresolved']} operator(s) too fast "
+        f"to resolve; {profile['rounds']} rounds in {profile['seconds']:.1f} s",
+        highlight=False,
+    )
 
 
 def print_stages(done: list[StageDeploy]) -> None:

@@ -31,6 +31,7 @@ def build_job(
     *,
     baseline: str | None = None,
     task: str | None = None,
+    profile: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     job = {
         "protocol": JOB_PROTOCOL,
@@ -53,6 +54,8 @@ def build_job(
         job["baseline"] = baseline
     if task is not None:
         job["task"] = task
+    if profile is not None:
+        job["profile"] = {**profile, "min_seconds": max(2 * measure.min_seconds, 1.0), "min_rounds": 15}
     return job
 
 

@@ -8,12 +8,15 @@ good result; a success removes a stale failure of the same target. Both are writ
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgepipe.analyze import prefixes
+from edgepipe.analyze import profile as profile_schema
 from edgepipe.config.target import MeasureSettings, ParitySettings, Target
 from edgepipe.deployment.agent import agent_info, agent_python, helper_python, install_agent
 from edgepipe.deployment.cache import RemoteCache
@@ -106,8 +109,12 @@ def deploy(
     history: History | None = None,
     tags: Sequence[str] = (),
     baseline: BaselineModel | None = None,
+    profile: bool = False,
 ) -> DeployOutcome:
     """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed).
+
+    With ``profile``, each operator's time is measured too (``record["profile"]``: see
+    ``edgepipe.analyze.profile``), with its memory traffic and its place on the target's roofline.
 
     With ``baseline``, that model is timed in the same job and in the same processes as the candidate, in
     alternating blocks (``device.timing.baseline``): what ``compare`` needs for a latency verdict that a slow
@@ -123,7 +130,7 @@ def deploy(
         inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
         return deploy_staged(
             target, inputs, path, measure=measure, deadline_s=deadline_s, progress=progress, history=history,
-            tags=tags, baseline=baseline, started=started,
+            tags=tags, baseline=baseline, started=started, profile=profile,
         )  # fmt: skip
 
 
@@ -139,6 +146,7 @@ def deploy_staged(
     tags: Sequence[str] = (),
     baseline: BaselineModel | None = None,
     started: float | None = None,
+    profile: bool = False,
 ) -> DeployOutcome:
     """The board's part of a deploy, for inputs already staged (and evaluated on the host) by ``stage``: a
     device farm stages each model once and measures it on many boards. Writes ``path`` (or its ``.failed``
@@ -150,9 +158,10 @@ def deploy_staged(
     record = _record(target, measure, inputs)
     if baseline is not None:
         record["baseline"] = {"model_sha256": baseline.sha256, "source": baseline.source}
+    plan = prefixes.plan(inputs.model.path) if profile else None  # a model that cannot be profiled: before the board
     run_id = history.start(target.name, inputs.model.sha256, str(inputs.model.path), tags) if history else None
     try:
-        device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline)
+        device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline, plan)
     except InfrastructureError as exc:
         record.update(status="failed", error=_error_entry(exc, "infrastructure"), seconds=_since(started))
         _remember(history, run_id, record)
@@ -172,6 +181,8 @@ def deploy_staged(
         raise
     record["device"] = device
     record["transfer"] = transfer
+    if plan is not None:
+        record["profile"] = _profile(inputs, device, target)
     record["checks"] = checks = _checks(inputs, device, measure, target)
     record["seconds"] = _since(started)
     failure = _failure(device, checks, target)
@@ -201,6 +212,7 @@ def _on_board(
     inputs: DeployInputs,
     progress: Progress,
     baseline: BaselineModel | None = None,
+    plan: prefixes.PrefixPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     progress.phase(f"connecting to {target.name} ({target.where()})")
     started = time.perf_counter()
@@ -229,6 +241,7 @@ def _on_board(
                 "reference outputs",
             )
         remote_baseline = _baseline_on_board(transport, cache, baseline) if baseline is not None else None
+        remote_profile = _profile_on_board(cache, plan) if plan is not None else None
         transfer_s = time.perf_counter() - started
         progress.phase(f"running the agent on {target.name}")
         job = build_job(
@@ -239,6 +252,7 @@ def _on_board(
             remote_reference,
             baseline=remote_baseline,
             task=inputs.task if remote_data else None,
+            profile=remote_profile,
         )
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         socket = getattr(transport, "socket", None)
@@ -266,6 +280,26 @@ def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: Basel
         f"the baseline's model ({baseline.source}) is neither on this machine nor on {transport.describe()}",
         hint="name the baseline by its run directory or .tflite file (--baseline runs/main), or deploy it again",
     )
+
+
+def _profile_on_board(cache: RemoteCache, plan: prefixes.PrefixPlan) -> dict[str, Any]:
+    """Send the model the agent cuts its prefixes from (content-addressed, like every blob)."""
+    digest = hashlib.sha256(plan.content).hexdigest()
+    with temporary_directory("edgepipe-profile-") as folder:
+        local = Path(folder) / "profile.tflite"
+        local.write_bytes(plan.content)
+        remote = cache.ensure(local, cache.blob_path(digest, ".tflite"), digest, "profile model")
+    return plan.to_job(remote)
+
+
+def _profile(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dict[str, Any]:
+    raw = device.get("profile")
+    if not raw or "error" in raw:
+        error = (raw or {}).get("error") or {"class": "AgentFailure", "message": "the agent returned no profile"}
+        return {"schema": profile_schema.SCHEMA, "error": error}
+    whole = ((device.get("timing") or {}).get("latency_ms") or {}).get("p50")
+    emulated = bool((device.get("board") or {}).get("emulated")) or target.emulated
+    return profile_schema.per_operator(inputs.model.path, raw, whole, target, emulated)
 
 
 def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target) -> dict[str, Any]:

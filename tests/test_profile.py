@@ -1,0 +1,188 @@
+"""Per-operator profiles: the prefixes the agent times, the static traffic and roofline, ``deploy --profile``.
+
+The models are real int8 conversions of small Keras models shaped like users' (Conv → ReLU, a residual add, a
+depthwise conv, global pooling, a dense head) and the digits MLP; every profile runs through the real agent.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgepipe.analyze.prefixes import plan
+from edgepipe.analyze.roofline import roofline, traffic
+from edgepipe.deployment.agent import AGENT_FILE
+from edgepipe.tflite_model import TfliteModel
+
+pytestmark = pytest.mark.slow
+
+
+def _convert(model: Any, shape: tuple[int, ...], int8: bool = True) -> bytes:
+    from edgepipe.keras_compat import tf
+
+    converter = tf().lite.TFLiteConverter.from_keras_model(model)
+    if int8:
+        rng = np.random.default_rng(0)
+
+        def samples() -> Any:
+            for _ in range(8):
+                yield [rng.random((1, *shape), dtype=np.float32)]
+
+        converter.optimizations = [tf().lite.Optimize.DEFAULT]
+        converter.representative_dataset = samples
+        converter.target_spec.supported_ops = [tf().lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf().int8
+    return bytes(converter.convert())
+
+
+@pytest.fixture(scope="module")
+def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Conv → ReLU, a residual add, a depthwise and a pointwise conv, global pooling, a dense head."""
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((24, 24, 3))
+    x = k.layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    y = k.layers.Conv2D(16, 3, padding="same", activation="relu", name="branch")(x)
+    x = k.layers.Add(name="residual")([x, y])
+    x = k.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
+    x = k.layers.Conv2D(64, 1, activation="relu", name="pointwise")(x)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = k.layers.Dense(10, name="head")(x)
+    path = tmp_path_factory.mktemp("conv") / "conv.tflite"
+    path.write_bytes(_convert(k.Model(inputs, outputs), (24, 24, 3)))
+    return path
+
+
+def test_every_prefix_computes_what_the_whole_model_computes_up_to_its_cut(conv_net: Path) -> None:
+    """Prefix k, run by the interpreter, gives exactly the full model's intermediate tensors after operator k."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    found = plan(conv_net)
+    model = TfliteModel.read(conv_net)
+    full = Interpreter(model_path=str(conv_net), experimental_preserve_all_tensors=True)
+    full.allocate_tensors()
+    sample = np.random.default_rng(1).integers(-128, 128, size=(1, 24, 24, 3), dtype=np.int8)
+    full.set_tensor(full.get_input_details()[0]["index"], sample)
+    full.invoke()
+    assert len(found.cuts) == len(model.ops) + 1
+    residual = next(op for op in model.ops if op.name == "ADD")
+    skip = next(t for t in residual.inputs if t in found.cuts[residual.index])  # the stem's output, still needed
+    assert skip in found.cuts[residual.index]  # cut after the branch conv: the skip tensor is an output too
+    for k in range(-1, len(model.ops)):
+        prefix = Interpreter(model_content=found.prefix(k))
+        prefix.allocate_tensors()
+        assert len(TfliteModel.read(found.prefix(k)).ops) == k + 1
+        prefix.set_tensor(prefix.get_input_details()[0]["index"], sample)
+        prefix.invoke()
+        for detail in prefix.get_output_details():
+            assert np.array_equal(prefix.get_tensor(detail["index"]), full.get_tensor(detail["index"])), (k, detail)
+
+
+def test_traffic_and_macs_match_hand_computed_values(tmp_path: Path) -> None:
+    """A float model, so every byte count is elements x 4: conv 8x8x2 -> 6x6x4 (3x3), depthwise 3x3 -> 4x4x4,
+    dense 64 -> 3."""
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 2))
+    biased = {"bias_initializer": "ones"}  # a zero bias may be left out of the file by the converter
+    x = k.layers.Conv2D(4, 3, name="conv", **biased)(inputs)
+    x = k.layers.DepthwiseConv2D(3, name="depthwise", **biased)(x)
+    outputs = k.layers.Dense(3, name="dense", **biased)(k.layers.Flatten()(x))
+    path = tmp_path / "float.tflite"
+    path.write_bytes(_convert(k.Model(inputs, outputs), (8, 8, 2), int8=False))
+    model = TfliteModel.read(path)
+    rows = {model.ops[row["index"]].name: row for row in traffic(model)}
+    conv, depthwise, dense = rows["CONV_2D"], rows["DEPTHWISE_CONV_2D"], rows["FULLY_CONNECTED"]
+    assert conv["macs"] == 6 * 6 * 4 * (3 * 3 * 2)
+    assert conv["weight_bytes"] == (4 * 3 * 3 * 2 + 4) * 4
+    assert (conv["activation_read_bytes"], conv["activation_write_bytes"]) == (8 * 8 * 2 * 4, 6 * 6 * 4 * 4)
+    assert depthwise["macs"] == 4 * 4 * 4 * (3 * 3)
+    assert depthwise["weight_bytes"] == (3 * 3 * 4 + 4) * 4
+    assert (depthwise["activation_read_bytes"], depthwise["activation_write_bytes"]) == (6 * 6 * 4 * 4, 4 * 4 * 4 * 4)
+    assert dense["macs"] == 64 * 3
+    assert dense["weight_bytes"] == (64 * 3 + 3) * 4
+    assert (dense["activation_read_bytes"], dense["activation_write_bytes"]) == (64 * 4, 3 * 4)
+    assert conv["intensity"] == pytest.approx(2 * conv["macs"] / conv["bytes"], abs=1e-4)
+    # The roofline of a board with a ridge at 10 ops/byte: the conv (about 3.4 ops/byte) is memory-bound.
+    placed = roofline(list(rows.values()), peak_gops=10, bandwidth_gbs=1)
+    bounds = {model.ops[p["index"]].name: p["bound"] for p in placed["ops"]}
+    assert placed["ridge_ops_per_byte"] == 10 and bounds["CONV_2D"] == "memory"
+    compute_heavy = roofline([{"index": 0, "macs": 10**6, "bytes": 10, "intensity": 2e5}], 10, 1)["ops"][0]
+    assert compute_heavy["bound"] == "compute" and compute_heavy["attainable_ms"] == pytest.approx(0.2)
+
+
+def _deploy(folder: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "edgepipe", "deploy", *args, "--no-history", "-o", str(folder / "deploy.json")],
+        cwd=folder, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    record = json.loads((folder / "deploy.json").read_text()) if (folder / "deploy.json").exists() else {}
+    return done, record
+
+
+def test_deploy_profile_of_a_conv_net_on_the_local_target(conv_net: Path, tmp_path: Path) -> None:
+    target = tmp_path / "board.yaml"  # the local board with roofline figures, so every operator gets a bound
+    target.write_text(json.dumps({"name": "board", "transport": "local", "peak_gops": 50, "memory_bandwidth_gbs": 10,
+                                  "measure": {"runs": 100, "min_seconds": 0.5, "repeats": 1}}))  # fmt: skip
+    done, record = _deploy(tmp_path, "--model", str(conv_net), "--target", str(target), "--profile")
+    assert done.returncode == 0, done.stderr
+    profile = record["profile"]
+    model = TfliteModel.read(conv_net)
+    assert [row["op"] for row in profile["ops"]] == [op.name for op in model.ops]
+    layers = {row["layer"] for row in profile["ops"]}
+    assert {"stem", "branch", "depthwise", "pointwise", "head"} <= layers
+    for row in profile["ops"]:
+        assert row["resolved"] == (row["time_ms"] > row["resolution_ms"])
+        assert row["bound"] in ("compute", "memory") and row["attainable_ms"] > 0
+    resolved = [row for row in profile["ops"] if row["resolved"]]
+    assert {row["layer"] for row in resolved} >= {"stem", "branch"}  # the two 3x3 convs take measurable time
+    assert sum(row["share"] for row in profile["ops"]) == pytest.approx(1.0)
+    # The operators' times add up to the model's (timed in the same rounds); the bench measures how closely.
+    assert 0.7 < profile["sum_over_whole"] < 1.3, profile["sum_over_whole"]
+    assert profile["deploy_p50_ms"] == record["device"]["timing"]["latency_ms"]["p50"]
+    assert not profile["emulated"] and profile["rounds"] >= 15
+    assert f"slowest operators (of {len(model.ops)})" in done.stdout and "too fast to resolve" in done.stdout
+
+
+def test_profile_of_the_digits_mlp_through_the_python_api(tmp_path: Path) -> None:
+    from edgepipe import api
+    from edgepipe.examples.digits import load
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    data = load()
+    model = k.Sequential([k.Input((64,)), k.layers.Dense(32, activation="relu"), k.layers.Dense(10)])
+    path = tmp_path / "digits.tflite"
+    path.write_bytes(_convert(model, (64,)))
+    np.savez(tmp_path / "eval.npz", x=data.x_test[0][:50].reshape(50, 64).astype(np.float32), y=data.y_test[0][:50])
+    result = api.deploy(model=path, data=tmp_path / "eval.npz", out=tmp_path / "d.json", record=False,
+                        runs=50, min_seconds=0.2, repeats=1, profile=True)  # fmt: skip
+    profile = result.record["profile"]
+    assert [row["op"] for row in profile["ops"]] == [op.name for op in TfliteModel.read(path).ops]
+    assert profile["roofline"]["ridge_ops_per_byte"] is None  # the local target states no peak figures
+    unresolved = [row for row in profile["ops"] if not row["resolved"]]
+    assert len(unresolved) == profile["unresolved"] and all(row["share"] == 0 for row in unresolved)
+    assert result.record["device"]["accuracy"] is not None  # the profile leaves the ordinary measurement whole
+
+
+def test_the_agent_refuses_a_malformed_profile_field(conv_net: Path) -> None:
+    from edgepipe.config.target import MeasureSettings, Target
+    from edgepipe.deployment.job import build_job
+
+    job = build_job(Target(name="local", transport="local"), MeasureSettings(), str(conv_net))
+    job["profile"] = {"model": str(conv_net), "cuts": "all"}
+    done = subprocess.run([sys.executable, str(AGENT_FILE), "run", "-"], input=json.dumps(job),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    error = json.loads(done.stdout)["error"]
+    assert done.returncode == 2 and error["class"] == "BadJob"
+    assert "profile must be null or an object" in error["message"]
