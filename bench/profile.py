@@ -3,7 +3,8 @@
     .venv/bin/python bench/profile.py                 # MobileNetV2 (224x224, int8) and the digits MLP, 3 runs each
     .venv/bin/python bench/profile.py --size 128      # a smaller MobileNetV2 input
 
-For each model, three ``deploy --profile`` runs on the local target (one process each, ``repeats: 1``): the sum of
+For each model, three ``deploy --profile`` runs on the local target (one process each, ``repeats: 1``, 20 s of
+prefix timing by default: ``--profile-seconds``): the sum of
 the operators' times over the whole model's time measured in the same rounds, the number of unresolved
 operators, the five slowest operators of each run (and whether all three runs agree on them), the largest
 run-to-run spread (standard deviation) of an operator's share, and what the profile costs in wall time next to
@@ -55,9 +56,9 @@ def models(out: Path, size: int) -> dict[str, Path]:
     return {f"MobileNetV2 {size}x{size}": mobilenet, "digits MLP": digits}
 
 
-def one(model: Path, out: Path, profile: bool) -> tuple[dict[str, Any], float]:
+def one(model: Path, out: Path, profile: bool, seconds: float) -> tuple[dict[str, Any], float]:
     started = time.perf_counter()
-    result = api.deploy(model=model, out=out, record=False, repeats=1, profile=profile)
+    result = api.deploy(model=model, out=out, record=False, repeats=1, profile=profile, profile_seconds=seconds)
     return result.record, time.perf_counter() - started
 
 
@@ -65,15 +66,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224, help="MobileNetV2 input size")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile-seconds", type=float, default=20.0, help="how long each profile times")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "profile")
     args = parser.parse_args()
     columns = f"{'model':<22} {'run':>3} {'ops':>4} {'unres.':>6} {'whole':>10} {'sum/whole':>9} {'profile s':>9}"
     print(f"{columns}  slowest five")
     for name, path in models(args.out, args.size).items():
-        _, plain_s = one(path, args.out / "plain.json", profile=False)
+        _, plain_s = one(path, args.out / "plain.json", False, args.profile_seconds)
         profiles, costs = [], []
         for run in range(args.runs):
-            record, seconds = one(path, args.out / f"run{run}.json", profile=True)
+            record, seconds = one(path, args.out / f"{path.stem}-{run}.json", True, args.profile_seconds)
             profile = record["profile"]
             profiles.append(profile)
             costs.append(seconds - plain_s)

@@ -87,7 +87,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import random
 import resource
 import shutil
 import signal
@@ -641,13 +640,16 @@ def _prefix(content: bytes, profile: dict[str, Any], k: int) -> bytes:
 
 
 def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
-    """The time of every prefix of the model (prefix k runs operators 0..k; prefix -1 none): the host takes
-    differences for each operator's time.
+    """The time of every operator, from the times of the model's prefixes (prefix k runs operators 0..k;
+    prefix -1 none).
 
-    All prefixes are loaded in this one process and timed in rounds; each round visits every prefix once, in a
-    new random order, for a block of invocations, so that a slow spell of the board lands on all of them alike
-    instead of on the operators timed while it lasted. Rounds go on until ``min_seconds`` have passed and at
-    least ``min_rounds`` were done. Each prefix's median and median absolute deviation go back.
+    All prefixes, and the model itself, are loaded in this one process and timed in rounds. A round visits them
+    in order, for a block of invocations each (ascending in even rounds, descending in odd ones, so a drift
+    during the round cancels out); operator k's time in a round is prefix k's block median less prefix k-1's,
+    timed moments apart. A slow spell of the board lasts much longer than two neighbouring blocks, so it lands
+    on both sides of each difference instead of on the operators timed while it lasted. Rounds go on until
+    ``min_seconds`` have passed and at least ``min_rounds`` were done. Back go, per operator, the median and
+    median absolute deviation of its per-round differences, and each prefix's (and the model's) median.
     """
     profile = job["profile"]
     np = _import_under_limit(job, lambda: __import__("numpy"), "numpy")
@@ -686,33 +688,41 @@ def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
     # a visit of about 1 ms of the whole model: short against a slow spell, long against the clock's reads
     block = max(1, min(200, int(1e6 / max(typical[-1], 1))))
     samples: list[list[int]] = [[] for _ in prefixes]
-    order = list(range(len(prefixes)))
-    shuffle = random.Random(0).shuffle
+    per_round: list[list[float]] = [[] for _ in prefixes]  # each visit's block median
+    ascending = list(range(len(prefixes)))
     clock = time.perf_counter_ns
     min_ns, min_rounds = float(profile["min_seconds"]) * 1e9, int(profile["min_rounds"])
     _emit("phase", phase="profile", prefixes=len(prefixes), min_seconds=profile["min_seconds"])
     started, rounds = clock(), 0
     try:
         while rounds < min_rounds or (clock() - started < min_ns and rounds < 10000):
-            shuffle(order)
-            for index in order:
-                _timed_block(prefixes[index].invoke, block, samples[index])
+            for index in ascending if rounds % 2 == 0 else ascending[::-1]:
+                visit: list[int] = []
+                _timed_block(prefixes[index].invoke, block, visit)
+                samples[index].extend(visit)
+                per_round[index].append(_percentile(sorted(visit), 50) / 1e6)
             rounds += 1
     except (ValueError, RuntimeError) as exc:
         raise JobFailed("InvokeFailed", f"invoke() of a prefix failed: {_clean(exc)}") from None
-    found = []
-    for timed in samples:
-        ordered = sorted(timed)
-        middle = _percentile(ordered, 50) / 1e6
-        spread = sorted(abs(t / 1e6 - middle) for t in ordered)
-        found.append({"median_ms": middle, "mad_ms": _percentile(spread, 50), "n": len(ordered)})
+    found = [_median_and_spread([t / 1e6 for t in timed]) for timed in samples]
+    operators = [
+        _median_and_spread([after - before for before, after in zip(per_round[k], per_round[k + 1], strict=True)])
+        for k in range(count)
+    ]
     return {
+        "operators": operators,
         "prefixes": found[:-1],
         "whole": found[-1],
         "rounds": rounds,
         "block_runs": block,
         "seconds": (clock() - started) / 1e9,
     }
+
+
+def _median_and_spread(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    middle = _percentile(ordered, 50)
+    return {"median_ms": middle, "mad_ms": _percentile(sorted(abs(v - middle) for v in ordered), 50), "n": len(values)}
 
 
 def measure(job: dict[str, Any]) -> dict[str, Any]:

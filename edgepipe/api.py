@@ -222,6 +222,7 @@ def deploy(
     baseline: str | None = None,
     stages: bool = False,
     profile: bool = False,
+    profile_seconds: float | None = None,
     progress: Progress | None = None,
     on_stage: Callable[[Any], None] | None = None,
 ) -> DeployResult:
@@ -233,15 +234,16 @@ def deploy(
     history (``history``, default ``$EDGEPIPE_HISTORY``) unless ``record=False``. ``baseline`` (a tag, run id,
     result file or run directory) is timed in the same processes, for ``compare``. ``stages=True`` also measures
     the run's float and stage models (``DeployResult.stages``). ``profile=True`` measures every operator's time
-    on the board too (``record["profile"]``: time, share, MACs, bytes, roofline bound). Raises ConfigError,
-    InfrastructureError (exit 10-17: the board, the link, the agent) or DeviceModelError (exit 20-26: the model on
-    the board).
+    on the board too (``record["profile"]``: time, share, MACs, bytes, roofline bound), for at least
+    ``profile_seconds`` (default: the target's ``measure.profile_seconds``; longer resolves faster operators).
+    Raises ConfigError, InfrastructureError (exit 10-17: the board, the link, the agent) or DeviceModelError (exit
+    20-26: the model on the board).
     """
     from edgepipe.deployment import deploy as run_deploy
     from edgepipe.reporting.resolve import baseline_model
     from edgepipe.store import History
 
-    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
+    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s, profile_seconds)
     if stages and run is None:
         raise ConfigError("stages=True (--stages) needs a run directory of 'edgepipe optimize', not a model file")
     history_path = as_location(history)
@@ -313,6 +315,7 @@ def _board_settings(
     repeats: int | None,
     eval_samples: int | None,
     deadline_s: float | None,
+    profile_seconds: float | None = None,
 ) -> tuple[Target, Any]:
     """The target, and its measure settings with the caller's overrides, validated like the target file."""
     import math
@@ -325,7 +328,8 @@ def _board_settings(
     chosen = target if isinstance(target, TargetModel) else load_target(str(target))
     if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
         raise ConfigError(f"deadline {deadline_s} is not a positive number of seconds")
-    overrides = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats}
+    overrides = {"runs": runs, "min_seconds": min_seconds, "eval_samples": eval_samples, "repeats": repeats,
+                 "profile_seconds": profile_seconds}  # fmt: skip
     settings = {name: value for name, value in overrides.items() if value is not None}
     return chosen, validate({**chosen.measure.model_dump(), **settings}, MeasureSettings, "measure settings")
 

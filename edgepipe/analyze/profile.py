@@ -1,12 +1,12 @@
 """A per-operator profile from the agent's prefix timings: each operator's time, share, traffic and roofline place.
 
-The agent times prefix k (operators 0..k) for every k, all in one process and interleaved (see
-``edgepipe.analyze.prefixes`` and the agent's ``measure_profile``); operator k's time is the median of prefix k
-minus the median of prefix k-1. A difference smaller than the noise of the two medians cannot be told from zero:
-such an operator is marked unresolved and shown as "< resolution" rather than as a figure, and its share is 0.
-The differences add up to the last prefix's time less the invoke overhead (prefix -1); the agent times the model
-itself in the same rounds, and the profile sets the sum against it (``sum_over_whole``), next to the deploy's
-own p50 (``deploy_p50_ms``, measured before the profile, in other processes).
+The agent times prefix k (operators 0..k) for every k, all in one process, in rounds (see
+``edgepipe.analyze.prefixes`` and the agent's ``measure_profile``); operator k's time is the median over the
+rounds of prefix k's time less prefix k-1's, timed moments apart in the same round. A time smaller than the noise
+of that median cannot be told from zero: such an operator is marked unresolved and shown as "< resolution"
+rather than as a figure, and its share is 0. The agent times the model itself in the same rounds, and the profile
+sets the sum of the operators' times against it (``sum_over_whole``), next to the deploy's own p50
+(``deploy_p50_ms``, measured before the profile, in other processes).
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ def per_operator(model_file: Path, raw: dict[str, Any], deploy_p50_ms: float | N
                  emulated: bool) -> dict[str, Any]:  # fmt: skip
     """The profile of ``model_file`` from the agent's raw prefix timings (``raw["prefixes"]``: prefix -1 first)."""
     model = TfliteModel.read(model_file)
-    prefixes = raw["prefixes"]
-    if len(prefixes) != len(model.ops) + 1:
-        raise ValueError(f"{len(prefixes)} prefix timings for a model of {len(model.ops)} operators")
+    prefixes, operators = raw["prefixes"], raw["operators"]
+    if len(operators) != len(model.ops) or len(prefixes) != len(model.ops) + 1:
+        raise ValueError(f"{len(operators)} operator timings for a model of {len(model.ops)} operators")
     moved = traffic(model)
     rows = []
-    for op, cost in zip(model.ops, moved, strict=True):
-        before, after = prefixes[op.index], prefixes[op.index + 1]
-        time_ms = float(after["median_ms"]) - float(before["median_ms"])
-        resolution = NOISE_SIGMAS * math.hypot(_standard_error(before), _standard_error(after))
+    for op, cost, timed in zip(model.ops, moved, operators, strict=True):
+        time_ms = float(timed["median_ms"])
+        resolution = NOISE_SIGMAS * _standard_error(timed)
         rows.append(
             {
                 "index": op.index,

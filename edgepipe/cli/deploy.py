@@ -143,6 +143,10 @@ def deploy(
         bool,
         typer.Option("--profile", help="Also measure each operator's time on the board (and its roofline place)."),
     ] = False,
+    profile_seconds: Annotated[
+        float | None,
+        typer.Option(help="Time the profile at least this long (overrides the target; longer: finer resolution)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output; the table only.")] = False,
 ) -> None:
     """Send a model to a board, measure latency, memory and accuracy there, and write the result."""
@@ -172,7 +176,8 @@ def deploy(
             record=not no_history,
             tags=tag or [],
             baseline=baseline,
-            profile=profile,
+            profile=profile or profile_seconds is not None,
+            profile_seconds=profile_seconds,
             progress=progress,
         )
     except BaseException:

@@ -31,6 +31,9 @@ class MeasureSettings(Strict):
     time_limit_s: float = Field(300, gt=0, description="wall-time limit of the sandboxed model process")
     memory_limit_mb: int = Field(2048, ge=64, description="address-space limit of the sandboxed model process")
     eval_samples: int | None = Field(None, ge=1, description="evaluate on the first N samples only")
+    profile_seconds: float = Field(
+        5.0, ge=0, description="deploy --profile: time the model's prefixes at least this long (longer: finer)"
+    )
     accuracy_tolerance: float = Field(
         0.5, ge=0, description="largest difference, in accuracy points, between the board and the host"
     )

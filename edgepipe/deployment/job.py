@@ -55,7 +55,7 @@ def build_job(
     if task is not None:
         job["task"] = task
     if profile is not None:
-        job["profile"] = {**profile, "min_seconds": max(2 * measure.min_seconds, 1.0), "min_rounds": 15}
+        job["profile"] = {**profile, "min_seconds": measure.profile_seconds, "min_rounds": 20}
     return job
 
 
