@@ -187,3 +187,13 @@ def test_the_agent_refuses_a_malformed_profile_field(conv_net: Path) -> None:
     error = json.loads(done.stdout)["error"]
     assert done.returncode == 2 and error["class"] == "BadJob"
     assert "profile must be null or an object" in error["message"]
+
+
+def test_profile_usage_mistakes_are_one_line(conv_net: Path, tmp_path: Path) -> None:
+    done, record = _deploy(tmp_path, "--model", str(conv_net), "--profile-seconds", "-1")
+    assert done.returncode == 2 and "profile_seconds" in done.stderr and "Traceback" not in done.stderr
+    assert record == {}  # nothing measured, nothing written
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(conv_net.read_bytes()[:300])
+    done, record = _deploy(tmp_path, "--model", str(broken), "--profile")
+    assert done.returncode == 3 and "malformed TFLite flatbuffer" in done.stderr and "Traceback" not in done.stderr
