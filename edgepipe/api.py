@@ -378,6 +378,7 @@ class Comparison:
     candidate: str
     settings: VerdictSettings
     candidate_record: dict[str, Any]
+    layers: dict[str, Any] | None = None  # both sides deployed with --profile: the per-operator diff
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -389,6 +390,7 @@ class Comparison:
             "status": self.status,
             "checks": [check.__dict__ for check in self.checks],
             "changed": [{"field": f, "baseline": b, "candidate": c} for f, b, c in self.changed],
+            "layers": self.layers,
         }
 
     def raise_for_status(self) -> None:
@@ -444,6 +446,7 @@ def compare(
         candidate_from,
         settings,
         candidate_record,
+        verdict.layers,
     )
     if junit is not None:
         write_junit(verdict, target, Path(junit))

@@ -41,8 +41,7 @@ def _convert(model: Any, shape: tuple[int, ...], int8: bool = True) -> bytes:
     return bytes(converter.convert())
 
 
-@pytest.fixture(scope="module")
-def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _conv_net(path: Path, pointwise: int = 64) -> Path:
     """Conv → ReLU, a residual add, a depthwise and a pointwise conv, global pooling, a dense head."""
     from edgepipe.keras_compat import keras
 
@@ -53,12 +52,16 @@ def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     y = k.layers.Conv2D(16, 3, padding="same", activation="relu", name="branch")(x)
     x = k.layers.Add(name="residual")([x, y])
     x = k.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
-    x = k.layers.Conv2D(64, 1, activation="relu", name="pointwise")(x)
+    x = k.layers.Conv2D(pointwise, 1, activation="relu", name="pointwise")(x)
     x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = k.layers.Dense(10, name="head")(x)
-    path = tmp_path_factory.mktemp("conv") / "conv.tflite"
     path.write_bytes(_convert(k.Model(inputs, outputs), (24, 24, 3)))
     return path
+
+
+@pytest.fixture(scope="module")
+def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _conv_net(tmp_path_factory.mktemp("conv") / "conv.tflite")
 
 
 def test_every_prefix_computes_what_the_whole_model_computes_up_to_its_cut(conv_net: Path) -> None:
@@ -197,3 +200,32 @@ def test_profile_usage_mistakes_are_one_line(conv_net: Path, tmp_path: Path) -> 
     broken.write_bytes(conv_net.read_bytes()[:300])
     done, record = _deploy(tmp_path, "--model", str(broken), "--profile")
     assert done.returncode == 3 and "malformed TFLite flatbuffer" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -> None:
+    """The same network with a pointwise conv four times as wide: compare names that layer as the largest
+    regression; every other layer keeps its name and is matched."""
+    heavier = _conv_net(tmp_path / "heavier.tflite", pointwise=256)
+    target = tmp_path / "board.yaml"
+    target.write_text(json.dumps({"name": "board", "transport": "local", "measure": {
+        "runs": 100, "min_seconds": 0.3, "repeats": 2, "profile_seconds": 2}}))  # fmt: skip
+    records = {}
+    for name, model in (("base", conv_net), ("heavy", heavier)):
+        folder = tmp_path / name
+        folder.mkdir()
+        done, records[name] = _deploy(folder, "--model", str(model), "--target", str(target), "--profile")
+        assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "edgepipe", "compare", "--baseline", str(tmp_path / "base" / "deploy.json"),
+         "--candidate", str(tmp_path / "heavy" / "deploy.json"), "--json", str(tmp_path / "verdict.json")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode in (0, 7, 17), done.stderr  # the verdict itself is the latency test's business
+    layers = json.loads((tmp_path / "verdict.json").read_text())["layers"]
+    assert layers["largest_regression"]["layer"] == "pointwise"
+    assert layers["removed"] == 0 and layers["added"] == 0  # same layers, new shapes: all matched
+    pointwise = next(row for row in layers["ops"] if row["layer"] == "pointwise")
+    assert pointwise["shapes_changed"] and pointwise["status"] == "slower"
+    others = [row["change_ms"] for row in layers["ops"] if row["layer"] != "pointwise"]
+    assert pointwise["change_ms"] > 2 * max(others)  # it, and only it, stands out
+    assert "per-operator time" in done.stdout and "largest regression: pointwise" in done.stdout

@@ -65,10 +65,33 @@ def compare(
         for field, before, after in verdict.changed:
             changes.add_row(field, _short(before), _short(after))
         stdout.print(changes)
+    if verdict.layers is not None:
+        print_layer_changes(verdict.layers)
     colour = {"pass": "green", "regression": "bold red", "inconclusive": "yellow"}[verdict.status]
     stdout.print(f"verdict: [{colour}]{verdict.status}[/]", highlight=False)
     _point_to_report(verdict.candidate_record)
     verdict.raise_for_status()
+
+
+def print_layer_changes(layers: dict[str, Any], count: int = 8) -> None:
+    """The operators whose time changed the most (beyond the noise), and those a recipe removed or added."""
+    changed = [row for row in layers["ops"] if row["status"] != "same"]
+    if not changed:
+        stdout.print("per-operator time: no operator changed beyond the noise", highlight=False)
+        return
+    table = Table("operator", "layer", "baseline", "candidate", "change", "", box=None, pad_edge=False,
+                  title="per-operator time, largest changes first", title_justify="left")  # fmt: skip
+    for row in sorted(changed, key=lambda r: -abs(r["change_ms"]))[:count]:
+        style = "red" if row["status"] in ("slower", "added") else "green"
+        table.add_row(
+            row["op"], row["layer"] or "", _us(row["baseline_ms"]), _us(row["candidate_ms"]),
+            f"[{style}]{row['change_ms'] * 1000:+.1f} µs[/]", row["status"],
+        )  # fmt: skip
+    stdout.print(table)
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} µs"
 
 
 def _point_to_report(record: dict[str, Any]) -> None:

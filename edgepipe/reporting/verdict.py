@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepipe.analyze import profile_diff
 from edgepipe.deployment.record import DeployRecord
 from edgepipe.errors import ConfigError
 from edgepipe.reporting.checks import Check, get
@@ -47,12 +48,14 @@ class Verdict:
     status: str  # "pass" | "regression" | "inconclusive"
     checks: list[Check]
     changed: list[tuple[str, Any, Any]] = field(default_factory=list)
+    layers: dict[str, Any] | None = None  # both deployed with --profile: the per-operator diff
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "checks": [c.__dict__ for c in self.checks],
             "changed": [{"field": f, "baseline": b, "candidate": c} for f, b, c in self.changed],
+            "layers": self.layers,
         }
 
 
@@ -113,11 +116,23 @@ def compare(
         ),
         _paid_off(baseline, candidate, latency),
     ]
+    layers = _layers(baseline, candidate)
+    if layers is not None:
+        slower = layers["largest_regression"] is not None
+        checks.append(Check("per-operator time", "warn" if slower else "pass", profile_diff.summary(layers)))
     statuses = {c.status for c in checks}
     # Different board states make every number incomparable: inconclusive wins over fail.
     status = "inconclusive" if "inconclusive" in statuses else "regression" if "fail" in statuses else "pass"
     changed = [(f, get(baseline, f), get(candidate, f)) for f in DIFF_FIELDS if get(baseline, f) != get(candidate, f)]
-    return Verdict(status, checks, changed)
+    return Verdict(status, checks, changed, layers)
+
+
+def _layers(baseline: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-operator diff, when both sides were deployed with --profile (and both profiles worked)."""
+    profiles = baseline.get("profile"), candidate.get("profile")
+    if any(p is None or "error" in p for p in profiles):
+        return None
+    return profile_diff.diff(*profiles)  # type: ignore[arg-type]
 
 
 def _state(baseline: DeployRecord, candidate: DeployRecord) -> list[Check]:
