@@ -229,3 +229,43 @@ def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -
     others = [row["change_ms"] for row in layers["ops"] if row["layer"] != "pointwise"]
     assert pointwise["change_ms"] > 2 * max(others)  # it, and only it, stands out
     assert "per-operator time" in done.stdout and "largest regression: pointwise" in done.stdout
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_the_report_shows_the_profile_and_the_roofline(optimized_run: tuple[Path, dict], tmp_path: Path,
+                                                       width: int) -> None:  # fmt: skip
+    """The digits run deployed with --profile on a board with roofline figures: the HTML report's per-operator
+    chart, roofline and slowest-operators table, at a desktop's and a phone's width; the Markdown's line."""
+    import shutil
+
+    from browser import artifacts_dir, body_attribute, load
+
+    directory, _ = optimized_run
+    run = tmp_path / "run"
+    shutil.copytree(directory, run)
+    target = tmp_path / "board.yaml"
+    target.write_text(
+        json.dumps(
+            {
+                "name": "board",
+                "transport": "local",
+                "peak_gops": 50,
+                "memory_bandwidth_gbs": 10,
+                "measure": {"runs": 50, "min_seconds": 0.2, "repeats": 1, "profile_seconds": 1},
+            }
+        )
+    )
+    done = subprocess.run([sys.executable, "-m", "edgepipe", "deploy", "--target", str(target), str(run), "--profile",
+                           "--no-history"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, "-m", "edgepipe", "report", str(run), "--html", str(run / "report.html"),
+                           "--md", str(run / "report.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    page = load(run / "report.html", screenshot=artifacts_dir() / f"profile-report-{width}.png", width=width)
+    assert page.console == [] and page.page_requests == []
+    assert body_attribute(page.dom, "data-plots-drawn") == "6"  # the four of every report, the profile, the roofline
+    assert body_attribute(page.dom, "data-overflow-px") in (None, "0")
+    assert 'id="plot-profile"' in page.dom and 'id="plot-roofline"' in page.dom and 'id="slowest"' in page.dom
+    assert "Where the time goes: board" in page.dom
+    markdown = (run / "report.md").read_text()
+    assert "Slowest operators on board: " in markdown and "(FULLY_CONNECTED)" in markdown

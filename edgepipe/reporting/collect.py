@@ -150,6 +150,26 @@ def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, 
         "memory_kb": {k: memory.get(k) for k in ("before_load", "after_load", "after_runs")} if memory else None,
         "parity": checks.get("parity"),
         "error": {"class": error["class"], "message": error["message"]} if error else None,
+        "profile": _profile(result.get("profile")),
+    }
+
+
+PROFILE_OP_FIELDS = ("index", "op", "layer", "time_ms", "resolution_ms", "resolved", "share", "macs", "bytes",
+                     "intensity", "bound", "attainable_ms", "achieved_gops")  # fmt: skip
+
+
+def _profile(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the report shows of a deploy's per-operator profile (``deploy --profile``)."""
+    if not profile or "error" in profile:
+        return None
+    roof = profile["roofline"]
+    return {
+        "whole_ms": profile["whole_ms"],
+        "sum_over_whole": profile["sum_over_whole"],
+        "unresolved": profile["unresolved"],
+        "peak_gops": roof["peak_gops"],
+        "memory_bandwidth_gbs": roof["memory_bandwidth_gbs"],
+        "ops": [{name: row.get(name) for name in PROFILE_OP_FIELDS} for row in profile["ops"]],
     }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from edgepipe.reporting.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
-from edgepipe.reporting.plots import figures
+from edgepipe.reporting.plots import figures, profiled_deployment
 
 CAPTIONS = (
     (
@@ -23,6 +23,16 @@ CAPTIONS = (
         "median, whiskers p1-p99, dots the fastest and slowest run.",
     ),
     ("layers", "Parameters (all and non-zero) and multiply-accumulates per Keras layer of the final model."),
+    (
+        "profile",
+        "Measured time per operator of the final model (deploy --profile) next to its multiply-accumulates and "
+        "the bytes it reads and writes; grey: too fast to resolve.",
+    ),
+    (
+        "roofline",
+        "Each operator with multiply-accumulates at its arithmetic intensity and measured throughput, under the "
+        "target's ceilings: left of the dotted ridge an operator is memory-bound, right of it compute-bound.",
+    ),
 )
 
 
@@ -45,8 +55,11 @@ def template_environment(package: str) -> Environment:
 def render_html(report: dict[str, Any]) -> str:
     environment = template_environment("edgepipe.reporting")
     template = environment.get_template("report.html.j2")
+    profiled = profiled_deployment(report)
     return template.render(
         report=report,
+        profiled=profiled,
+        slowest=_slowest(profiled) if profiled else [],
         metric=report["metric"]["name"],
         label=score_label(report["metric"]["name"]),
         figures=figures(report),
@@ -56,6 +69,11 @@ def render_html(report: dict[str, Any]) -> str:
         # Inside <script>, "</" would end the element early; JSON allows the escaped form.
         report_json=json.dumps(report, separators=(",", ":")).replace("</", "<\\/"),
     )
+
+
+def _slowest(deployment: dict[str, Any], count: int = 10) -> list[dict[str, Any]]:
+    resolved = [row for row in deployment["profile"]["ops"] if row["resolved"]]
+    return sorted(resolved, key=lambda row: -row["time_ms"])[:count]
 
 
 def _score_word(report: dict[str, Any]) -> str:

@@ -36,6 +36,7 @@ def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str
     emulated = [t["name"] for t in targets if t["emulated"]]
     if emulated:
         lines.append(f"† emulated (QEMU): latency is the emulator's, not the board's. {_parity_line(report)}")
+    lines += _slowest_line(report)
     if not targets:
         lines.append("No deploy results yet: `edgepipe deploy --target NAME RUN_DIR --stages`.")
     if html_name:
@@ -57,3 +58,17 @@ def _parity_line(report: dict[str, Any]) -> str:
                     + f"largest difference {parity['max_abs_diff']:g} step(s))."
                 )
     return " ".join(parts)
+
+
+def _slowest_line(report: dict[str, Any], count: int = 5) -> list[str]:
+    """The final model's slowest operators on the board, when it was deployed with --profile."""
+    from edgepipe.reporting.plots import profiled_deployment
+
+    deployment = profiled_deployment(report)
+    if deployment is None:
+        return []
+    rows = sorted((r for r in deployment["profile"]["ops"] if r["resolved"]), key=lambda r: -r["time_ms"])[:count]
+    named = ", ".join(f"{r['layer'] or '#' + str(r['index'])} ({r['op']}) {latency(r['time_ms'])} ({r['share']:.0%})"
+                      for r in rows)  # fmt: skip
+    mark = " †" if deployment["emulated"] else ""
+    return [f"Slowest operators on {deployment['target']}{mark}: {named}.", ""]

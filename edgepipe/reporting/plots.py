@@ -43,7 +43,83 @@ def figures(report: dict[str, Any]) -> dict[str, str]:
         if any(d["latency_ms"] for stage in report["stages"] for d in stage["deployments"]):
             drawn["accuracy_vs_latency"] = accuracy_vs_latency(report)
             drawn["latency_distributions"] = latency_distributions(report)
+        profiled = profiled_deployment(report)
+        if profiled is not None:
+            drawn["profile"] = profile_bars(profiled)
+            drawn["roofline"] = roofline_plot(profiled)
     return drawn
+
+
+def profiled_deployment(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The final model's deploy with a per-operator profile (a real board before an emulated one)."""
+    final = next(s for s in report["stages"] if s["final"])
+    found = [d for d in final["deployments"] if d.get("profile")]
+    return min(found, key=lambda d: d["emulated"], default=None)
+
+
+def profile_bars(deployment: dict[str, Any], most: int = 20) -> str:
+    """Measured time per operator next to its MACs and bytes moved: the slowest ``most`` operators."""
+    profile = deployment["profile"]
+    ranked = sorted(profile["ops"], key=lambda r: (not r["resolved"], -r["time_ms"]))[:most]
+    names = [_layer_label(r) for r in ranked]
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH_IN, 1.3 + 0.3 * max(len(ranked), 2)), sharey=True)
+    ys = list(range(len(ranked)))
+    times = [r["time_ms"] * 1000 if r["resolved"] else 0.0 for r in ranked]
+    axes[0].barh(ys, times, height=0.6, color=[COLORS[0] if r["resolved"] else "#cccccc" for r in ranked])
+    for y, row in zip(ys, ranked, strict=True):
+        if not row["resolved"]:
+            axes[0].text(0, y, " < resolution", va="center", fontsize=8, color="#666666")
+    axes[1].barh(ys, [r["macs"] for r in ranked], height=0.6, color=COLORS[2])
+    axes[2].barh(ys, [r["bytes"] for r in ranked], height=0.6, color=COLORS[4])
+    axes[0].set_yticks(ys, names)
+    axes[0].invert_yaxis()
+    for ax, label in zip(axes, ("time (µs)", "MACs", "bytes moved"), strict=True):
+        ax.set_xlabel(label)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+        ax.xaxis.set_major_locator(MaxNLocator(2))
+    emulated = " (EMULATED)" if deployment["emulated"] else ""
+    shown = f"slowest {len(ranked)} of {len(profile['ops'])}" if len(profile["ops"]) > len(ranked) else "all"
+    fig.suptitle(f"{deployment['target']}{emulated}: time per operator, {shown} operators", fontsize=10)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def roofline_plot(deployment: dict[str, Any]) -> str:
+    """Log-log: each operator's arithmetic intensity against its achieved throughput, under the target's two
+    ceilings (peak compute, memory bandwidth x intensity); hollow: where the roof puts an unresolved operator."""
+    profile = deployment["profile"]
+    ops = [r for r in profile["ops"] if r["macs"] > 0 and r["intensity"] > 0]
+    peak, bandwidth = profile["peak_gops"], profile["memory_bandwidth_gbs"]
+    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.6))
+    xs = [r["intensity"] for r in ops]
+    if peak and bandwidth and xs:
+        span = [*xs, peak / bandwidth]
+        low, high = min(span) / 3, max(span) * 3
+        grid = [low * (high / low) ** (i / 100) for i in range(101)]
+        ax.plot(grid, [min(peak, bandwidth * x) for x in grid], color="#444444", linewidth=1.5, label="roof")
+        ax.axvline(peak / bandwidth, color="#999999", linestyle=":", linewidth=1)
+        roofed = [r for r in ops if not r["resolved"]]
+        on_roof = [min(peak, bandwidth * r["intensity"]) for r in roofed]
+        if roofed:
+            ax.scatter([r["intensity"] for r in roofed], on_roof, s=24, facecolors="none", edgecolors="#888888",
+                       label="unresolved (on the roof)", zorder=3)  # fmt: skip
+    for bound, color in (("compute", COLORS[1]), ("memory", COLORS[0]), (None, COLORS[2])):
+        chosen = [r for r in ops if r["resolved"] and r.get("bound") == bound and r.get("achieved_gops")]
+        if bound is None:  # no ceilings: achieved throughput from the time alone
+            chosen = [r for r in ops if r["resolved"] and not r.get("bound") and r["time_ms"] > 0]
+        if chosen:
+            ys = [r.get("achieved_gops") or 2 * r["macs"] / (r["time_ms"] * 1e6) for r in chosen]
+            label = f"{bound}-bound" if bound else "measured"
+            ax.scatter([r["intensity"] for r in chosen], ys, s=30, color=color, label=label, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda value, _: _compact(value)))
+        axis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
+    emulated = " (EMULATED)" if deployment["emulated"] else ""
+    ceilings = "" if peak and bandwidth else ": the target states no peak_gops / memory_bandwidth_gbs"
+    return _finish(fig, ax, "arithmetic intensity (ops per byte, log scale)", "GOPS (log scale)",
+                   f"{deployment['target']}{emulated}: roofline{ceilings}")  # fmt: skip
 
 
 def accuracy_vs_size(report: dict[str, Any]) -> str:
