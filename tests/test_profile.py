@@ -157,11 +157,13 @@ def test_deploy_profile_of_a_conv_net_on_the_local_target(conv_net: Path, tmp_pa
     assert f"slowest operators (of {len(model.ops)})" in done.stdout and "too fast to resolve" in done.stdout
 
 
-def test_profile_of_the_digits_mlp_through_the_python_api(tmp_path: Path) -> None:
+def test_profile_of_the_digits_mlp_through_the_python_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgepipe import api
+    from edgepipe.analyze.calibrate import cache_file
     from edgepipe.examples.digits import load
     from edgepipe.keras_compat import keras
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     k = keras()
     k.utils.set_random_seed(0)
     data = load()
@@ -173,7 +175,13 @@ def test_profile_of_the_digits_mlp_through_the_python_api(tmp_path: Path) -> Non
                         runs=50, min_seconds=0.2, repeats=1, profile=True, profile_seconds=1)  # fmt: skip
     profile = result.record["profile"]
     assert [row["op"] for row in profile["ops"]] == [op.name for op in TfliteModel.read(path).ops]
-    assert profile["roofline"]["ridge_ops_per_byte"] is None  # the local target states no peak figures
+    # The local target states no ceilings: this machine's are measured once and kept with their CPU and date.
+    roof = profile["roofline"]
+    assert roof["source"]["from"] == "calibration" and roof["peak_gops"] > 0 and roof["memory_bandwidth_gbs"] > 0
+    assert roof["ridge_ops_per_byte"] == pytest.approx(roof["peak_gops"] / roof["memory_bandwidth_gbs"])
+    kept = json.loads(cache_file().read_text())
+    assert [entry["peak_gops"] for entry in kept.values()] == [roof["peak_gops"]]
+    assert all(row["bound"] in ("compute", "memory") for row in profile["ops"])
     unresolved = [row for row in profile["ops"] if not row["resolved"]]
     assert len(unresolved) == profile["unresolved"] and all(row["share"] == 0 for row in unresolved)
     assert result.record["device"]["accuracy"] is not None  # the profile leaves the ordinary measurement whole

@@ -299,7 +299,18 @@ def _profile(inputs: DeployInputs, device: dict[str, Any], target: Target) -> di
         return {"schema": profile_schema.SCHEMA, "error": error}
     whole = ((device.get("timing") or {}).get("latency_ms") or {}).get("p50")
     emulated = bool((device.get("board") or {}).get("emulated")) or target.emulated
-    return profile_schema.per_operator(inputs.model.path, raw, whole, target, emulated)
+    source: dict[str, Any] = {"from": "target"}
+    if target.transport == "local" and not (target.peak_gops and target.memory_bandwidth_gbs):
+        from edgepipe.analyze.calibrate import calibration
+
+        measured = calibration(target.threads)  # this machine is the board: measure its ceilings (once)
+        target = target.model_copy(
+            update={"peak_gops": measured["peak_gops"], "memory_bandwidth_gbs": measured["memory_bandwidth_gbs"]}
+        )
+        source = {"from": "calibration", **measured}
+    found = profile_schema.per_operator(inputs.model.path, raw, whole, target, emulated)
+    found["roofline"]["source"] = source
+    return found
 
 
 def _checks(inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target) -> dict[str, Any]:
