@@ -379,6 +379,29 @@ def test_a_late_result_is_fenced_off(history_location: Any) -> None:
         assert [job["state"] for job in store.jobs(run)] == ["done"]
 
 
+def test_a_job_that_failed_on_a_board_goes_back_to_it_when_no_other_board_takes_it(
+    history_location: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other board of the pool is healthy but never free (a labgrid place someone keeps locked): the job
+    waits for it only RETRY_ELSEWHERE_S, then the board it failed on may retry it (seen hanging a CI run)."""
+    from edgepipe.farm import store as farm_store
+
+    monkeypatch.setattr(farm_store, "RETRY_ELSEWHERE_S", 2.0)
+    with FarmStore(history_location) as store:
+        run = store.create_run("lab", "key", {"models": []}, [("m", "rpi4")], [("board0", "rpi4"), ("board1", "rpi4")])
+        fence = store.acquire("board0", "me:1:a", ttl_s=30)
+        claim = store.claim(run, "rpi4", "board0", "me:1:a", fence, healthy_boards=2)
+        assert claim is not None
+        assert store.fail(claim, "AgentError", 16, "the agent crashed", attempts=3) == "pending"
+        assert not store.claimable(run, "rpi4", "board0", healthy_boards=2)  # another board should try first
+        assert store.claim(run, "rpi4", "board0", "me:1:a", fence, healthy_boards=2) is None
+        assert store.claimable(run, "rpi4", "board1", healthy_boards=2)
+        time.sleep(3.1)  # attempts end on whole seconds
+        assert store.claimable(run, "rpi4", "board0", healthy_boards=2)
+        again = store.claim(run, "rpi4", "board0", "me:1:a", fence, healthy_boards=2)
+        assert again is not None and again.number == 2
+
+
 # ------------------------------------------------------------------------------------------------- mistakes
 @pytest.mark.parametrize(
     ("farm", "expected"),

@@ -41,8 +41,11 @@ T = TypeVar("T")
 
 
 def _labgrid() -> Any:
-    # gRPC's core logs to stderr at INFO ("skipping fork() handlers" whenever a worker starts a process)
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    # The workers start processes (the local transport's agent, with a preexec_fn: a real fork) while gRPC's
+    # threads run; gRPC's fork handlers then run in the child between fork and exec, where one crashed it with
+    # SIGSEGV (seen once in CI). The children exec at once and never use gRPC: its fork support is not needed.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # its core's INFO lines on stderr are not edgepipe's output
     try:
         from labgrid.remote import client
     except ImportError:

@@ -149,6 +149,10 @@ class BoardWorker:
                 if not store.reclaim(run):
                     self._idle(store, "idle", "waiting: jobs still running elsewhere may come back")
                 continue
+            healthy = store.healthy_boards(run, self.board.pool)
+            if not store.claimable(run, self.board.pool, name, healthy):  # e.g. a job that failed here
+                self._idle(store, "idle", "the jobs left wait for another board of the pool")
+                continue
             turn = self._place_turn()
             target: Target | None = self.board.target
             if turn is not None:

@@ -21,12 +21,15 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgepipe.errors import ConfigError
 from edgepipe.farm.leases import LeaseTable, owner_is_gone
 from edgepipe.provenance import now
 from edgepipe.store import History
+
+RETRY_ELSEWHERE_S = 30.0  # how long a job that failed on a board waits for another board before it may go back
 
 FARM_TABLES = """
 CREATE TABLE IF NOT EXISTS farm_runs (
@@ -231,22 +234,16 @@ class FarmStore(LeaseTable, History):
 
     def claim(self, run: int, pool: str, board: str, owner: str, fence: int, healthy_boards: int) -> Claim | None:
         """The next pending job of ``pool`` for ``board``, under the lease (owner, fence). A job that failed on
-        this board waits for another board of the pool while ``healthy_boards`` says there is one."""
+        this board waits for another board of the pool while ``healthy_boards`` says there is one, but only for
+        ``RETRY_ELSEWHERE_S``: a board that is healthy but never free (locked in labgrid by someone else) must not
+        hold the job forever."""
         with self._write():
             if not self._holds(board, owner, fence):
                 return None
-            rows = self._db.execute(
-                "SELECT j.id, j.model, j.attempts, EXISTS (SELECT 1 FROM farm_attempts a WHERE a.job = j.id AND "
-                "a.board = ? AND a.outcome = 'infra-error') FROM farm_jobs j WHERE j.farm_run = ? AND j.pool = ? "
-                "AND j.state = 'pending' ORDER BY j.id" + self._db.skip_locked("j"),
-                (board, run, pool),
-            ).fetchall()
-            choice = next((r for r in rows if not r[3]), None)
-            if choice is None and rows and healthy_boards <= 1:
-                choice = rows[0]  # this is the only board left: a retry here beats no result
+            choice = self._choose(run, pool, board, healthy_boards, lock=True)
             if choice is None:
                 return None
-            job, model, attempts = choice[0], choice[1], choice[2]
+            job, model, attempts = choice
             self._db.execute(
                 "UPDATE farm_jobs SET state = 'running', attempts = ?, board = ?, owner = ?, fence = ? WHERE id = ?",
                 (attempts + 1, board, owner, fence, job),
@@ -258,6 +255,26 @@ class FarmStore(LeaseTable, History):
                 (job, board, owner, fence, now()),
             )
             return Claim(job, model, pool, board, owner, fence, attempt, attempts + 1)
+
+    def claimable(self, run: int, pool: str, board: str, healthy_boards: int) -> bool:
+        """Whether ``claim`` would give this board a job now (read only: a worker asks before taking its board)."""
+        return self._choose(run, pool, board, healthy_boards, lock=False) is not None
+
+    def _choose(self, run: int, pool: str, board: str, healthy_boards: int, lock: bool) -> tuple[int, str, int] | None:
+        rows = self._db.execute(
+            "SELECT j.id, j.model, j.attempts, EXISTS (SELECT 1 FROM farm_attempts a WHERE a.job = j.id AND "
+            "a.board = ? AND a.outcome = 'infra-error'), (SELECT MAX(a.finished) FROM farm_attempts a WHERE "
+            "a.job = j.id) FROM farm_jobs j WHERE j.farm_run = ? AND j.pool = ? AND j.state = 'pending' "
+            "ORDER BY j.id" + (self._db.skip_locked("j") if lock else ""),
+            (board, run, pool),
+        ).fetchall()
+        waited_out = datetime.now(UTC) - timedelta(seconds=RETRY_ELSEWHERE_S)
+        for job, model, attempts, failed_here, last_end in rows:
+            if not failed_here or (last_end and datetime.fromisoformat(last_end) < waited_out):
+                return job, model, attempts
+        if rows and healthy_boards <= 1:
+            return rows[0][0], rows[0][1], rows[0][2]  # this is the only board left: a retry here beats no result
+        return None
 
     def complete(
         self,
