@@ -716,6 +716,7 @@ def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
         "rounds": rounds,
         "block_runs": block,
         "seconds": (clock() - started) / 1e9,
+        "vmhwm_kb": _vmhwm_kb(),  # every prefix is loaded at once: this grows with the operator count
     }
 
 

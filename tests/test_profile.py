@@ -154,6 +154,7 @@ def test_deploy_profile_of_a_conv_net_on_the_local_target(conv_net: Path, tmp_pa
     assert 0.7 < profile["sum_over_whole"] < 1.3, profile["sum_over_whole"]
     assert profile["deploy_p50_ms"] == record["device"]["timing"]["latency_ms"]["p50"]
     assert not profile["emulated"] and profile["rounds"] >= 20 and profile["seconds"] >= 1
+    assert profile["peak_rss_kb"] > record["device"]["memory"]["vmhwm_kb"]["before_load"]
     assert f"slowest operators (of {len(model.ops)})" in done.stdout and "too fast to resolve" in done.stdout
 
 
@@ -211,9 +212,9 @@ def test_profile_usage_mistakes_are_one_line(conv_net: Path, tmp_path: Path) -> 
 
 
 def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -> None:
-    """The same network with a pointwise conv four times as wide: compare names that layer as the largest
+    """The same network with a pointwise conv eight times as wide: compare names that layer as the largest
     regression; every other layer keeps its name and is matched."""
-    heavier = _conv_net(tmp_path / "heavier.tflite", pointwise=256)
+    heavier = _conv_net(tmp_path / "heavier.tflite", pointwise=512)
     target = tmp_path / "board.yaml"
     target.write_text(json.dumps({"name": "board", "transport": "local", "measure": {
         "runs": 100, "min_seconds": 0.3, "repeats": 2, "profile_seconds": 2}}))  # fmt: skip
@@ -234,8 +235,10 @@ def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -
     assert layers["removed"] == 0 and layers["added"] == 0  # same layers, new shapes: all matched
     pointwise = next(row for row in layers["ops"] if row["layer"] == "pointwise")
     assert pointwise["shapes_changed"] and pointwise["status"] == "slower"
-    others = [row["change_ms"] for row in layers["ops"] if row["layer"] != "pointwise"]
-    assert pointwise["change_ms"] > 2 * max(others)  # it, and only it, stands out
+    others = [abs(row["change_ms"]) for row in layers["ops"] if row["layer"] != "pointwise"]
+    # it, and only it, stands out (the two deploys are separate processes: on a loaded machine the other layers
+    # drift by tens of µs between them, so the margin is not asked to be large)
+    assert pointwise["change_ms"] > max(others)
     assert "per-operator time" in done.stdout and "largest regression: pointwise" in done.stdout
 
 

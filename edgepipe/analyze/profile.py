@@ -82,6 +82,7 @@ def per_operator(model_file: Path, raw: dict[str, Any], deploy_p50_ms: float | N
         "rounds": raw["rounds"],
         "block_runs": raw["block_runs"],
         "seconds": raw["seconds"],
+        "peak_rss_kb": raw.get("vmhwm_kb"),
         "roofline": {
             **roof,
             "model_achieved_gops": 2 * macs / (whole_ms * 1e-3) / 1e9 if whole_ms else None,

@@ -222,7 +222,8 @@ def print_profile(profile: dict[str, Any], count: int = 10) -> None:
     whole = f" = {ratio:.0%} of the whole model's {_ms(profile['whole_ms'])} timed in the same rounds" if ratio else ""
     stdout.print(
         f"per-operator times sum to {_ms(profile['sum_ms'])}{whole}; {profile['unresolved']} operator(s) too fast "
-        f"to resolve; {profile['rounds']} rounds in {profile['seconds']:.1f} s",
+        f"to resolve; {profile['rounds']} rounds in {profile['seconds']:.1f} s"
+        + (f", peak RSS {profile['peak_rss_kb'] / 1024:.0f} MiB" if profile.get("peak_rss_kb") else ""),
         highlight=False,
     )
 
