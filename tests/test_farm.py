@@ -361,12 +361,13 @@ def test_a_late_result_is_fenced_off(history_location: Any) -> None:
     record = {"target": {"name": "board0"}, "model": {"sha256": "ab" * 32, "bytes": 1}, "status": "passed"}
     with FarmStore(history_location) as store:
         run = store.create_run("lab", "key", {"models": []}, [("m", "rpi4")], [("board0", "rpi4"), ("board1", "rpi4")])
-        fence = store.acquire("board0", "slow:1:a", ttl_s=0.3)
+        # The lease must outlive the next two statements on a loaded CI machine (0.3 s did not, once): 5 s.
+        fence = store.acquire("board0", "slow:1:a", ttl_s=5)
         assert fence == 1
         claim = store.claim(run, "rpi4", "board0", "slow:1:a", fence, healthy_boards=2)
         assert claim is not None
         assert store.acquire("board0", "fast:2:b", ttl_s=30) is None  # held: nobody else gets it
-        time.sleep(0.4)
+        time.sleep(5.2)
         assert not store.renew("board0", "slow:1:a", fence, ttl_s=30)  # expired: never renewed
         assert store.acquire("board0", "fast:2:b", ttl_s=30) == 2
         assert not store.complete(claim, "pass", 0, {}, {"candidate": record})
