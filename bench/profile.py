@@ -5,7 +5,8 @@
 
 For each model, three ``deploy --profile`` runs on the local target (one process each, ``repeats: 1``, 20 s of
 prefix timing by default: ``--profile-seconds``): the sum of
-the operators' times over the whole model's time measured in the same rounds, the number of unresolved
+the operators' times over the whole model's time measured in the same rounds (and with the invoke overhead
+added), the number of unresolved
 operators, the five slowest operators of each run (and whether all three runs agree on them), the largest
 run-to-run spread (standard deviation) of an operator's share, and what the profile costs in wall time next to
 the same deploy without it. Everything comes from one invocation; the models are kept under bench/out/.
@@ -69,7 +70,10 @@ def main() -> None:
     parser.add_argument("--profile-seconds", type=float, default=20.0, help="how long each profile times")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "profile")
     args = parser.parse_args()
-    columns = f"{'model':<22} {'run':>3} {'ops':>4} {'unres.':>6} {'whole':>10} {'sum/whole':>9} {'profile s':>9}"
+    columns = (
+        f"{'model':<22} {'run':>3} {'ops':>4} {'unres.':>6} {'whole':>10} {'overhead':>10} {'sum/whole':>9} "
+        f"{'(sum+o)/w':>9} {'groups':>6} {'MiB':>5} {'profile s':>9}"
+    )
     print(f"{columns}  slowest five")
     for name, path in models(args.out, args.size).items():
         _, plain_s = one(path, args.out / "plain.json", False, args.profile_seconds)
@@ -82,7 +86,9 @@ def main() -> None:
             top = [f"{row['index']}:{row['op'].lower()}" for row in slowest(profile)]
             print(
                 f"{name:<22} {run + 1:>3} {len(profile['ops']):>4} {profile['unresolved']:>6} "
-                f"{profile['whole_ms']:>8.3f}ms {profile['sum_over_whole']:>9.3f} {costs[-1]:>9.1f}  {' '.join(top)}"
+                f"{profile['whole_ms']:>8.4f}ms {profile['overhead_ms']:>8.4f}ms {profile['sum_over_whole']:>9.3f} "
+                f"{(profile['sum_ms'] + profile['overhead_ms']) / profile['whole_ms']:>9.3f} {profile['groups']:>6} "
+                f"{profile['peak_rss_kb'] / 1024:>5.0f} {costs[-1]:>9.1f}  {' '.join(top)}"
             )
         tops = [tuple(row["index"] for row in slowest(p)) for p in profiles]
         same = all(set(t) == set(tops[0]) for t in tops)

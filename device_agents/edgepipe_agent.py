@@ -99,7 +99,7 @@ import traceback
 from importlib import metadata
 from typing import Any
 
-AGENT_VERSION = "1.4.0"
+AGENT_VERSION = "1.5.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -122,7 +122,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "max_runs": 20000,
     "repeats": 1,
     "baseline": None,
-    "profile": None,  # {model, operators_length_at, outputs_at, cuts, min_seconds, min_rounds}: see measure_profile
+    "profile": None,  # {model, windows, pairs, their offsets, min_seconds, min_rounds}: see measure_profile
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -628,28 +628,46 @@ def measure_paired(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _prefix(content: bytes, profile: dict[str, Any], k: int) -> bytes:
-    """Prefix k of the profile's model: its first k+1 operators, with the tensors still needed after them as
-    outputs (two vectors edited in place; the host planned the offsets: edgepipe.analyze.prefixes)."""
-    outputs = [int(t) for t in profile["cuts"][k + 1]]
+def _window(content: bytes, profile: dict[str, Any], index: int) -> bytes:
+    """Window ``index`` of the profile's model: operators start..start+length-1, fed its inputs, giving its
+    outputs (four places of the subgraph edited in place; the host planned the offsets: edgepipe.analyze.windows)."""
+    start, length, inputs, outputs = profile["windows"][index]
     edited = bytearray(content)
-    struct.pack_into("<I", edited, int(profile["operators_length_at"]), k + 1)
-    struct.pack_into("<I", edited, int(profile["outputs_at"]) - 4, len(outputs))
-    struct.pack_into(f"<{len(outputs)}i", edited, int(profile["outputs_at"]), *outputs)
+    field_at = int(profile["operators_field_at"])
+    (to_operators,) = struct.unpack_from("<I", content, field_at)
+    struct.pack_into("<I", edited, field_at, to_operators + 4 * int(start))
+    struct.pack_into("<I", edited, int(profile["operators_at"]) + 4 * int(start) - 4, int(length))
+    for at, tensors in ((int(profile["inputs_at"]), inputs), (int(profile["outputs_at"]), outputs)):
+        struct.pack_into("<I", edited, at - 4, len(tensors))
+        struct.pack_into(f"<{len(tensors)}i", edited, at, *tensors)
     return bytes(edited)
 
 
-def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
-    """The time of every operator, from the times of the model's prefixes (prefix k runs operators 0..k;
-    prefix -1 none).
+def _tensor_values(job: dict[str, Any], interpreter_class: Any, options: dict[str, Any], wanted: set[int],
+                   np: Any) -> dict[int, Any]:  # fmt: skip
+    """What the whole model computes at the ``wanted`` tensors for the timed input: what the windows are fed."""
+    try:
+        reference = interpreter_class(model_path=job["model"], experimental_preserve_all_tensors=True, **options)
+        reference.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise JobFailed(_refusal_class(str(exc)), f"the runtime refused the model: {_clean(exc)}") from None
+    _prepare_input(np, reference, job)
+    _invoke(reference)
+    return {t: np.array(reference.get_tensor(t)) for t in wanted}
 
-    All prefixes, and the model itself, are loaded in this one process and timed in rounds. A round visits them
-    in order, for a block of invocations each (ascending in even rounds, descending in odd ones, so a drift
-    during the round cancels out); operator k's time in a round is prefix k's block median less prefix k-1's,
-    timed moments apart. A slow spell of the board lasts much longer than two neighbouring blocks, so it lands
-    on both sides of each difference instead of on the operators timed while it lasted. Rounds go on until
-    ``min_seconds`` have passed and at least ``min_rounds`` were done. Back go, per operator, the median and
-    median absolute deviation of its per-round differences, and each prefix's (and the model's) median.
+
+def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
+    """The time of every operator k: the time of a window running operators k-w..k less that of the window
+    running k-w..k-1 (edgepipe.analyze.windows says why windows), each fed what the whole model computes there.
+
+    The windows, and the model itself, are loaded in this one process and timed in rounds. A round visits every
+    operator's pair of windows in turn, a block of invocations each, the two moments apart (ascending and
+    "with k" first in even rounds, descending and "without k" first in odd ones, so a drift cancels out); a
+    slow spell of the board lasts much longer than a pair's two blocks, so it lands on both sides of the
+    difference. The model itself is timed once a round, for the sum check. Rounds go on until ``min_seconds``
+    have passed and at least ``min_rounds`` were done. When the windows do not all fit in the memory limit at
+    once, the operators are timed in groups, one after the other, each for its share of the time. Back go, per
+    operator, the median and median absolute deviation of its per-round differences, and the model's median.
     """
     profile = job["profile"]
     np = _import_under_limit(job, lambda: __import__("numpy"), "numpy")
@@ -661,63 +679,88 @@ def measure_profile(job: dict[str, Any]) -> dict[str, Any]:
             content = handle.read()
     except OSError as exc:
         raise JobFailed("InvalidModel", f"cannot read the profile's model file: {exc}") from None
-    count = len(profile["cuts"]) - 1
-    _emit("phase", phase="profile-load", prefixes=count + 1)
+    windows, pairs = profile["windows"], [tuple(pair) for pair in profile["pairs"]]
+    count = len(pairs)
     options: dict[str, Any] = {"num_threads": int(job["threads"])}
     if not job["xnnpack"] and resolver is not None:
         options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    prefixes = []
-    for k in range(-1, count):
-        try:
-            interpreter = interpreter_class(model_content=_prefix(content, profile, k), **options)
-            interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise JobFailed(_refusal_class(str(exc)), f"prefix {k} of the model: {_clean(exc)}") from None
-        _prepare_input(np, interpreter, job)
-        prefixes.append(interpreter)
+    _emit("phase", phase="profile-load", windows=len(windows))
+    values = _tensor_values(job, interpreter_class, options, {t for w in windows for t in w[2]}, np)
     whole, _ = _load_model(job, interpreter_class, resolver)  # the model itself, timed in the same rounds
     _prepare_input(np, whole, job)
-    prefixes.append(whole)
-    typical = []
-    for interpreter in prefixes:
-        for _ in range(max(int(job["warmup_runs"]) // 4, 2)):
-            _invoke(interpreter)
-        t0 = time.perf_counter_ns()
-        _invoke(interpreter)
-        typical.append(time.perf_counter_ns() - t0)
-    # a visit of about 1 ms of the whole model: short against a slow spell, long against the clock's reads
-    block = max(1, min(200, int(1e6 / max(typical[-1], 1))))
-    samples: list[list[int]] = [[] for _ in prefixes]
-    per_round: list[list[float]] = [[] for _ in prefixes]  # each visit's block median
-    ascending = list(range(len(prefixes)))
+    for _ in range(2):
+        _invoke(whole)
+    t0 = time.perf_counter_ns()
+    _invoke(whole)
+    whole_block = max(1, min(200, int(5e5 / max(time.perf_counter_ns() - t0, 1))))  # a visit: as for the windows
+    # every window holds its own copy of the model's bytes: as many as fit in a third of the address space left
+    per_group = max(1, int(_headroom(job["memory_limit_mb"]) / 3 / (2 * max(len(content), 1))))
+    groups = [list(range(first, min(first + per_group, count))) for first in range(0, count, per_group)]
+    differences: list[list[float]] = [[] for _ in range(count)]
+    overhead: list[float] = []
+    whole_ms: list[float] = []
     clock = time.perf_counter_ns
     min_ns, min_rounds = float(profile["min_seconds"]) * 1e9, int(profile["min_rounds"])
-    _emit("phase", phase="profile", prefixes=len(prefixes), min_seconds=profile["min_seconds"])
-    started, rounds = clock(), 0
-    try:
-        while rounds < min_rounds or (clock() - started < min_ns and rounds < 10000):
-            for index in ascending if rounds % 2 == 0 else ascending[::-1]:
-                visit: list[int] = []
-                _timed_block(prefixes[index].invoke, block, visit)
-                samples[index].extend(visit)
-                per_round[index].append(_percentile(sorted(visit), 50) / 1e6)
-            rounds += 1
-    except (ValueError, RuntimeError) as exc:
-        raise JobFailed("InvokeFailed", f"invoke() of a prefix failed: {_clean(exc)}") from None
-    found = [_median_and_spread([t / 1e6 for t in timed]) for timed in samples]
-    operators = [
-        _median_and_spread([after - before for before, after in zip(per_round[k], per_round[k + 1], strict=True)])
-        for k in range(count)
-    ]
+    _emit("phase", phase="profile", operators=count, groups=len(groups), min_seconds=profile["min_seconds"])
+    started, fewest_rounds, largest_block = clock(), None, 1
+    for group in groups:
+        loaded = {index: _window_interpreter(content, profile, index, interpreter_class, options, values)
+                  for k in group for index in pairs[k]}  # fmt: skip
+        blocks = {}
+        for k in group:
+            for index in pairs[k]:
+                for _ in range(max(int(job["warmup_runs"]) // 4, 2)):
+                    _invoke(loaded[index])
+            t0 = clock()
+            _invoke(loaded[pairs[k][0]])
+            blocks[k] = max(1, min(200, int(5e5 / max(clock() - t0, 1))))  # about 0.5 ms a visit
+        largest_block = max(largest_block, *blocks.values())
+        share_ns, group_started, rounds = min_ns * len(group) / count, clock(), 0
+        try:
+            while rounds < min_rounds or (clock() - group_started < share_ns and rounds < 10000):
+                for k in group if rounds % 2 == 0 else group[::-1]:
+                    with_k, without_k = pairs[k]
+                    medians = {}
+                    for index in (with_k, without_k) if rounds % 2 == 0 else (without_k, with_k):
+                        visit: list[int] = []
+                        _timed_block(loaded[index].invoke, blocks[k], visit)
+                        medians[index] = _percentile(sorted(visit), 50) / 1e6
+                    differences[k].append(medians[with_k] - medians[without_k])
+                    if k == 0:
+                        overhead.append(medians[without_k])
+                visit = []
+                _timed_block(whole.invoke, whole_block, visit)
+                whole_ms.append(_percentile(sorted(visit), 50) / 1e6)
+                rounds += 1
+        except (ValueError, RuntimeError) as exc:
+            raise JobFailed("InvokeFailed", f"invoke() of a window failed: {_clean(exc)}") from None
+        fewest_rounds = rounds if fewest_rounds is None else min(fewest_rounds, rounds)
+        del loaded  # the next group's windows take their memory
     return {
-        "operators": operators,
-        "prefixes": found[:-1],
-        "whole": found[-1],
-        "rounds": rounds,
-        "block_runs": block,
+        "operators": [_median_and_spread(found) for found in differences],
+        "overhead": _median_and_spread(overhead),
+        "whole": _median_and_spread(whole_ms),
+        "rounds": fewest_rounds,
+        "groups": len(groups),
+        "block_runs": largest_block,
         "seconds": (clock() - started) / 1e9,
-        "vmhwm_kb": _vmhwm_kb(),  # every prefix is loaded at once: this grows with the operator count
+        "vmhwm_kb": _vmhwm_kb(),  # the windows of a group are loaded at once: this grows with the group
     }
+
+
+def _window_interpreter(content: bytes, profile: dict[str, Any], index: int, interpreter_class: Any,
+                        options: dict[str, Any], values: dict[int, Any]) -> Any:  # fmt: skip
+    start, length = profile["windows"][index][:2]
+    try:
+        interpreter = interpreter_class(model_content=_window(content, profile, index), **options)
+        interpreter.allocate_tensors()
+        for detail in interpreter.get_input_details():
+            interpreter.set_tensor(detail["index"], values[detail["index"]])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise JobFailed(
+            _refusal_class(str(exc)), f"the window of operators {start}..{start + length - 1}: {_clean(exc)}"
+        ) from None
+    return interpreter
 
 
 def _median_and_spread(values: list[float]) -> dict[str, Any]:
@@ -875,7 +918,7 @@ def supervise(job: dict[str, Any]) -> dict[str, Any]:
     if job["profile"]:
         _emit("phase", phase="profile")
         again = sandboxed({**light, "_profile": True})
-        # a profile that fails (a prefix the runtime refuses, the memory of many interpreters) leaves the
+        # a profile that fails (a window the runtime refuses, the memory of many interpreters) leaves the
         # measurement standing: the error goes with the profile
         result["profile"] = again["profile"] if again["status"] == "ok" else {"error": again["error"]}
     return result
@@ -1034,23 +1077,37 @@ def check_job(raw: str) -> dict[str, Any]:
 def _check_profile(profile: Any) -> None:
     if profile is None:
         return
-    fields = {"model", "operators_length_at", "outputs_at", "cuts", "min_seconds", "min_rounds"}
+    fields = {"model", "operators_field_at", "operators_at", "inputs_at", "outputs_at", "windows", "pairs",
+              "min_seconds", "min_rounds"}  # fmt: skip
     if not isinstance(profile, dict) or set(profile) != fields:
         raise JobFailed("BadJob", f"profile must be null or an object with exactly: {', '.join(sorted(fields))}")
-    cuts = profile["cuts"]
     if not isinstance(profile["model"], str):
         raise JobFailed("BadJob", "profile.model must be the path of a .tflite file")
-    for name in ("operators_length_at", "outputs_at", "min_rounds"):
-        if not isinstance(profile[name], int) or profile[name] < 1:
+    for name in ("operators_field_at", "operators_at", "inputs_at", "outputs_at", "min_rounds"):
+        if not isinstance(profile[name], int) or isinstance(profile[name], bool) or profile[name] < 1:
             raise JobFailed("BadJob", f"profile.{name} must be a positive integer (got {profile[name]!r})")
     if not isinstance(profile["min_seconds"], (int, float)) or profile["min_seconds"] < 0:
         raise JobFailed("BadJob", f"profile.min_seconds must be a non-negative number (got {profile['min_seconds']!r})")
+    windows, pairs = profile["windows"], profile["pairs"]
+
+    def indices(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(t, int) and t >= 0 for t in value)
+
     if (
-        not isinstance(cuts, list)
-        or len(cuts) < 2
-        or not all(isinstance(c, list) and c and all(isinstance(t, int) and t >= 0 for t in c) for c in cuts)
+        not isinstance(windows, list)
+        or not windows
+        or not all(
+            isinstance(w, list) and len(w) == 4 and indices(w[:2]) and indices(w[2]) and indices(w[3]) and w[3]
+            for w in windows
+        )
     ):
-        raise JobFailed("BadJob", "profile.cuts must be a list of at least two non-empty lists of tensor indices")
+        raise JobFailed("BadJob", "profile.windows must be a non-empty list of [start, length, inputs, outputs]")
+    if (
+        not isinstance(pairs, list)
+        or not pairs
+        or not all(isinstance(p, list) and len(p) == 2 and indices(p) and max(p) < len(windows) for p in pairs)
+    ):
+        raise JobFailed("BadJob", "profile.pairs must be a non-empty list of two window indices per operator")
 
 
 def run(raw_job: str) -> tuple[dict[str, Any], int]:

@@ -201,7 +201,7 @@ def test_models_beyond_single_output_classifiers_deploy_to_the_emulated_board(
 def test_a_profile_on_the_emulated_board_is_labelled_emulated(
     built_image: Any, emulator_env: dict, optimized_run: tuple[Path, dict], tmp_path: Path
 ) -> None:
-    """The agent's prefixes run under QEMU with tflite_runtime too; the figures are marked as not the board's."""
+    """The agent's windows run under QEMU with tflite_runtime too; the figures are marked as not the board's."""
     from edgepipe.tflite_model import TfliteModel
 
     directory, _ = optimized_run

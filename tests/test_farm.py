@@ -334,26 +334,29 @@ def test_two_controllers_never_measure_on_one_board_at_once(
     claimed with SELECT ... FOR UPDATE SKIP LOCKED and the leases judged by the server's clock)."""
     history = history_location
     farm = write_farm(tmp_path, lab, {"rpi4": [0, 1]}, measure={**QUICK, "min_seconds": 1.5, "repeats": 1})
-    chosen = [str(models["slow"]), str(models["slow"]), str(models["slow"])]
-    first = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), "--tag", "a", history=history)
+    # The first controller gets twice the work, so it is still measuring when the second one gets going (on a
+    # loaded CI machine the second started its first job 8 s after the first, once: after 3 jobs had ended).
+    chosen = [str(models["slow"])] * 3
+    first = farm_cli(tmp_path, "run", str(farm), *chosen, *chosen, "--data", str(models["data"]), "--tag", "a",
+                     history=history)  # fmt: skip
     second = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]), "--tag", "b",
                       "--out", "second", history=history)  # fmt: skip
     (code_a, _, err_a), (code_b, _, err_b) = finish(first), finish(second)
     assert code_a == 0 and code_b == 0, err_a + err_b
     spans = board_intervals(history)
-    assert sum(len(v) for v in spans.values()) == 6
+    assert sum(len(v) for v in spans.values()) == 9
     assert_no_overlap(spans)  # seen from the boards: one agent job at a time on each
     with FarmStore(history) as store:
         rows = {tag: store.runs(tag=tag) for tag in ("a", "b")}
         clocks = {tag: [store.record(r.id)["device"]["clock"] for r in found] for tag, found in rows.items()}
         fences = sorted((a["board"], a["fence"]) for run in (1, 2) for a in store.attempts(run))
-    assert len(rows["a"]) == 3 and len(rows["b"]) == 3
+    assert len(rows["a"]) == 6 and len(rows["b"]) == 3
     # The two controllers really competed: both used the same boards, while the other one was running.
     assert {r.target for r in rows["a"]} & {r.target for r in rows["b"]}
     first_a, last_a = min(c["started"] for c in clocks["a"]), max(c["finished"] for c in clocks["a"])
     first_b, last_b = min(c["started"] for c in clocks["b"]), max(c["finished"] for c in clocks["b"])
     assert first_a < last_b and first_b < last_a
-    assert len(set(fences)) == 6  # every job under a lease of its own (a new fencing number per acquisition)
+    assert len(set(fences)) == 9  # every job under a lease of its own (a new fencing number per acquisition)
 
 
 def test_a_late_result_is_fenced_off(history_location: Any) -> None:

@@ -1,4 +1,4 @@
-"""Per-operator profiles: the prefixes the agent times, the static traffic and roofline, ``deploy --profile``.
+"""Per-operator profiles: the windows the agent times, the static traffic and roofline, ``deploy --profile``.
 
 The models are real int8 conversions of small Keras models shaped like users' (Conv → ReLU, a residual add, a
 depthwise conv, global pooling, a dense head) and the digits MLP; every profile runs through the real agent.
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgepipe.analyze.prefixes import plan
 from edgepipe.analyze.roofline import roofline, traffic
+from edgepipe.analyze.windows import CONTEXT_OPS, plan
 from edgepipe.deployment.agent import AGENT_FILE
 from edgepipe.tflite_model import TfliteModel
 
@@ -64,29 +64,39 @@ def conv_net(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _conv_net(tmp_path_factory.mktemp("conv") / "conv.tflite")
 
 
-def test_every_prefix_computes_what_the_whole_model_computes_up_to_its_cut(conv_net: Path) -> None:
-    """Prefix k, run by the interpreter, gives exactly the full model's intermediate tensors after operator k."""
-    from ai_edge_litert.interpreter import Interpreter
+def test_every_window_computes_what_the_whole_model_computes_there(conv_net: Path) -> None:
+    """Each window, fed the full model's tensors where it starts, gives exactly the full model's tensors where
+    it ends; the pair of each operator differs by that operator alone."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    builtin = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     found = plan(conv_net)
     model = TfliteModel.read(conv_net)
-    full = Interpreter(model_path=str(conv_net), experimental_preserve_all_tensors=True)
+    full = Interpreter(model_path=str(conv_net), experimental_preserve_all_tensors=True, **builtin)
     full.allocate_tensors()
     sample = np.random.default_rng(1).integers(-128, 128, size=(1, 24, 24, 3), dtype=np.int8)
     full.set_tensor(full.get_input_details()[0]["index"], sample)
     full.invoke()
-    assert len(found.cuts) == len(model.ops) + 1
-    residual = next(op for op in model.ops if op.name == "ADD")
-    skip = next(t for t in residual.inputs if t in found.cuts[residual.index])  # the stem's output, still needed
-    assert skip in found.cuts[residual.index]  # cut after the branch conv: the skip tensor is an output too
-    for k in range(-1, len(model.ops)):
-        prefix = Interpreter(model_content=found.prefix(k))
-        prefix.allocate_tensors()
-        assert len(TfliteModel.read(found.prefix(k)).ops) == k + 1
-        prefix.set_tensor(prefix.get_input_details()[0]["index"], sample)
-        prefix.invoke()
-        for detail in prefix.get_output_details():
-            assert np.array_equal(prefix.get_tensor(detail["index"]), full.get_tensor(detail["index"])), (k, detail)
+    assert len(found.pairs) == len(model.ops)
+    for k, (with_k, without_k) in enumerate(found.pairs):
+        a, b = found.windows[with_k], found.windows[without_k]
+        start = max(0, k - CONTEXT_OPS)
+        assert (a.start, a.length, b.start, b.length) == (start, k - start + 1, start, k - start)
+    depthwise = next(op for op in model.ops if op.name == "DEPTHWISE_CONV_2D")
+    around = found.windows[found.pairs[depthwise.index][0]]  # branch conv, residual add, depthwise
+    assert [op.name for op in model.ops[around.start : depthwise.index + 1]] == ["CONV_2D", "ADD", "DEPTHWISE_CONV_2D"]
+    assert around.inputs == model.ops[0].outputs  # the stem's output, fed to the branch and the add's skip side
+    for index, window in enumerate(found.windows):
+        cut = Interpreter(model_content=found.window(index), **builtin)
+        cut.allocate_tensors()
+        assert len(TfliteModel.read(found.window(index)).ops) == window.length
+        assert sorted(d["index"] for d in cut.get_input_details()) == list(window.inputs)
+        for detail in cut.get_input_details():
+            cut.set_tensor(detail["index"], full.get_tensor(detail["index"]))
+        cut.invoke()
+        assert sorted(d["index"] for d in cut.get_output_details()) == list(window.outputs)
+        for detail in cut.get_output_details():
+            assert np.array_equal(cut.get_tensor(detail["index"]), full.get_tensor(detail["index"])), (index, detail)
 
 
 def test_traffic_and_macs_match_hand_computed_values(tmp_path: Path) -> None:
@@ -193,7 +203,7 @@ def test_the_agent_refuses_a_malformed_profile_field(conv_net: Path) -> None:
     from edgepipe.deployment.job import build_job
 
     job = build_job(Target(name="local", transport="local"), MeasureSettings(), str(conv_net))
-    job["profile"] = {"model": str(conv_net), "cuts": "all"}
+    job["profile"] = {"model": str(conv_net), "windows": "all"}
     done = subprocess.run([sys.executable, str(AGENT_FILE), "run", "-"], input=json.dumps(job),
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     error = json.loads(done.stdout)["error"]

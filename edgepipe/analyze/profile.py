@@ -1,9 +1,9 @@
-"""A per-operator profile from the agent's prefix timings: each operator's time, share, traffic and roofline place.
+"""A per-operator profile from the agent's window timings: each operator's time, share, traffic and roofline place.
 
-The agent times prefix k (operators 0..k) for every k, all in one process, in rounds (see
-``edgepipe.analyze.prefixes`` and the agent's ``measure_profile``); operator k's time is the median over the
-rounds of prefix k's time less prefix k-1's, timed moments apart in the same round. A time smaller than the noise
-of that median cannot be told from zero: such an operator is marked unresolved and shown as "< resolution"
+The agent times, for every operator k, a window of operators k-w..k and the same window without k, all in one
+process, in rounds (see ``edgepipe.analyze.windows`` and the agent's ``measure_profile``); operator k's time is
+the median over the rounds of the difference, the two timed moments apart in the same round. A time smaller than
+the noise of that median cannot be told from zero: such an operator is marked unresolved and shown as "< resolution"
 rather than as a figure, and its share is 0. The agent times the model itself in the same rounds, and the profile
 sets the sum of the operators' times against it (``sum_over_whole``), next to the deploy's own p50
 (``deploy_p50_ms``, measured before the profile, in other processes).
@@ -17,6 +17,7 @@ from typing import Any
 
 from edgepipe.analyze.roofline import roofline, traffic
 from edgepipe.analyze.static import keras_layer
+from edgepipe.analyze.windows import CONTEXT_OPS
 from edgepipe.config.target import Target
 from edgepipe.tflite_model import TfliteModel
 
@@ -26,16 +27,16 @@ MEDIAN_ERROR = 1.2533  # the standard error of a median is about 1.25 sigma / sq
 MAD_TO_SIGMA = 1.4826
 
 
-def _standard_error(prefix: dict[str, Any]) -> float:
-    return MEDIAN_ERROR * MAD_TO_SIGMA * float(prefix["mad_ms"]) / math.sqrt(max(int(prefix["n"]), 1))
+def _standard_error(timed: dict[str, Any]) -> float:
+    return MEDIAN_ERROR * MAD_TO_SIGMA * float(timed["mad_ms"]) / math.sqrt(max(int(timed["n"]), 1))
 
 
 def per_operator(model_file: Path, raw: dict[str, Any], deploy_p50_ms: float | None, target: Target,
                  emulated: bool) -> dict[str, Any]:  # fmt: skip
-    """The profile of ``model_file`` from the agent's raw prefix timings (``raw["prefixes"]``: prefix -1 first)."""
+    """The profile of ``model_file`` from the agent's raw window timings (one difference per operator)."""
     model = TfliteModel.read(model_file)
-    prefixes, operators = raw["prefixes"], raw["operators"]
-    if len(operators) != len(model.ops) or len(prefixes) != len(model.ops) + 1:
+    operators = raw["operators"]
+    if len(operators) != len(model.ops):
         raise ValueError(f"{len(operators)} operator timings for a model of {len(model.ops)} operators")
     moved = traffic(model)
     rows = []
@@ -70,16 +71,18 @@ def per_operator(model_file: Path, raw: dict[str, Any], deploy_p50_ms: float | N
     whole_ms = float(raw["whole"]["median_ms"])
     return {
         "schema": SCHEMA,
-        "method": "prefix differences",
+        "method": "window differences",
+        "context_ops": CONTEXT_OPS,
         "emulated": emulated,
         "ops": rows,
         "sum_ms": total,
-        "overhead_ms": float(prefixes[0]["median_ms"]),
+        "overhead_ms": float(raw["overhead"]["median_ms"]),
         "whole_ms": whole_ms,
         "sum_over_whole": total / whole_ms if whole_ms else None,
         "deploy_p50_ms": deploy_p50_ms,
         "unresolved": sum(1 for row in rows if not row["resolved"]),
         "rounds": raw["rounds"],
+        "groups": raw["groups"],
         "block_runs": raw["block_runs"],
         "seconds": raw["seconds"],
         "peak_rss_kb": raw.get("vmhwm_kb"),

@@ -219,7 +219,12 @@ def print_profile(profile: dict[str, Any], count: int = 10) -> None:
         )  # fmt: skip
     stdout.print(table)
     ratio = profile["sum_over_whole"]
-    whole = f" = {ratio:.0%} of the whole model's {_ms(profile['whole_ms'])} timed in the same rounds" if ratio else ""
+    whole = (
+        f" = {ratio:.0%} of the whole model's {_ms(profile['whole_ms'])} timed in the same rounds (its invoke "
+        f"overhead of {_ms(profile['overhead_ms'])} not counted)"
+        if ratio
+        else ""
+    )
     stdout.print(
         f"per-operator times sum to {_ms(profile['sum_ms'])}{whole}; {profile['unresolved']} operator(s) too fast "
         f"to resolve; {profile['rounds']} rounds in {profile['seconds']:.1f} s"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgepipe.analyze import prefixes
 from edgepipe.analyze import profile as profile_schema
+from edgepipe.analyze import windows
 from edgepipe.config.target import MeasureSettings, ParitySettings, Target
 from edgepipe.deployment.agent import agent_info, agent_python, helper_python, install_agent
 from edgepipe.deployment.cache import RemoteCache
@@ -158,7 +158,7 @@ def deploy_staged(
     record = _record(target, measure, inputs)
     if baseline is not None:
         record["baseline"] = {"model_sha256": baseline.sha256, "source": baseline.source}
-    plan = prefixes.plan(inputs.model.path) if profile else None  # a model that cannot be profiled: before the board
+    plan = windows.plan(inputs.model.path) if profile else None  # a model that cannot be profiled: before the board
     run_id = history.start(target.name, inputs.model.sha256, str(inputs.model.path), tags) if history else None
     try:
         device, transfer = _on_board(target, measure, deadline, inputs, progress, baseline, plan)
@@ -212,7 +212,7 @@ def _on_board(
     inputs: DeployInputs,
     progress: Progress,
     baseline: BaselineModel | None = None,
-    plan: prefixes.PrefixPlan | None = None,
+    plan: windows.WindowPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     progress.phase(f"connecting to {target.name} ({target.where()})")
     started = time.perf_counter()
@@ -282,8 +282,8 @@ def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: Basel
     )
 
 
-def _profile_on_board(cache: RemoteCache, plan: prefixes.PrefixPlan) -> dict[str, Any]:
-    """Send the model the agent cuts its prefixes from (content-addressed, like every blob)."""
+def _profile_on_board(cache: RemoteCache, plan: windows.WindowPlan) -> dict[str, Any]:
+    """Send the model the agent cuts its windows from (content-addressed, like every blob)."""
     digest = hashlib.sha256(plan.content).hexdigest()
     with temporary_directory("edgepipe-profile-") as folder:
         local = Path(folder) / "profile.tflite"

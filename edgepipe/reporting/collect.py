@@ -166,6 +166,7 @@ def _profile(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     return {
         "whole_ms": profile["whole_ms"],
         "sum_over_whole": profile["sum_over_whole"],
+        "overhead_ms": profile["overhead_ms"],
         "unresolved": profile["unresolved"],
         "peak_gops": roof["peak_gops"],
         "memory_bandwidth_gbs": roof["memory_bandwidth_gbs"],
