@@ -272,7 +272,8 @@ def deploy(
         assert run is not None
         done = deploy_stages(
             run, target=chosen, runs=runs, min_seconds=min_seconds, repeats=repeats, eval_samples=eval_samples,
-            deadline_s=deadline_s, history=history, record=record, tags=tags, on_stage=on_stage,
+            deadline_s=deadline_s, history=history, record=record, tags=tags, on_stage=on_stage, profile=profile,
+            profile_seconds=profile_seconds,
         )  # fmt: skip
     return DeployResult(outcome.result, outcome.path, outcome.run_id, done)
 
@@ -290,19 +291,21 @@ def deploy_stages(
     record: bool = True,
     tags: Sequence[str] = (),
     on_stage: Callable[[Any], None] | None = None,
+    profile: bool = False,
+    profile_seconds: float | None = None,
 ) -> list[StageDeploy]:
     """Measure the float model and every stage's model of a run (what ``deploy(stages=True)`` adds), each into
     ``deploy-TARGET.json`` next to its model. A stage whose model fails on the board is returned with its
-    ``error``; the others still run. ``on_stage`` is called with each stage before it is measured."""
+    ``error``; the others still run. ``on_stage`` is called with each stage before it is measured. With
+    ``profile``, every stage is profiled operator by operator too."""
     from edgepipe.deployment.stages import deploy_stages as run_stages
     from edgepipe.store import History
 
-    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s)
+    chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s, profile_seconds)
     store = History(as_location(history)) if record else None
     try:
-        return run_stages(
-            chosen, Path(run), measure=measure, deadline_s=deadline_s, history=store, tags=tags, on_stage=on_stage
-        )
+        return run_stages(chosen, Path(run), measure=measure, deadline_s=deadline_s, history=store, tags=tags,
+                          on_stage=on_stage, profile=profile)  # fmt: skip
     finally:
         if store is not None:
             store.close()

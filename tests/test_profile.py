@@ -41,8 +41,9 @@ def _convert(model: Any, shape: tuple[int, ...], int8: bool = True) -> bytes:
     return bytes(converter.convert())
 
 
-def _conv_net(path: Path, pointwise: int = 64) -> Path:
-    """Conv → ReLU, a residual add, a depthwise and a pointwise conv, global pooling, a dense head."""
+def _conv_net(path: Path, pointwise: int = 64, factored: bool = False) -> Path:
+    """Conv → ReLU, a residual add, a depthwise and a pointwise conv, global pooling, a dense head. ``factored``:
+    the pointwise conv as two thinner ones (what a low-rank stage does to a layer)."""
     from edgepipe.keras_compat import keras
 
     k = keras()
@@ -52,7 +53,11 @@ def _conv_net(path: Path, pointwise: int = 64) -> Path:
     y = k.layers.Conv2D(16, 3, padding="same", activation="relu", name="branch")(x)
     x = k.layers.Add(name="residual")([x, y])
     x = k.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
-    x = k.layers.Conv2D(pointwise, 1, activation="relu", name="pointwise")(x)
+    if factored:
+        x = k.layers.Conv2D(4, 1, name="pointwise_low")(x)
+        x = k.layers.Conv2D(pointwise, 1, activation="relu", name="pointwise_up")(x)
+    else:
+        x = k.layers.Conv2D(pointwise, 1, activation="relu", name="pointwise")(x)
     x = k.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = k.layers.Dense(10, name="head")(x)
     path.write_bytes(_convert(k.Model(inputs, outputs), (24, 24, 3)))
@@ -198,6 +203,31 @@ def test_profile_of_the_digits_mlp_through_the_python_api(tmp_path: Path, monkey
     assert result.record["device"]["accuracy"] is not None  # the profile leaves the ordinary measurement whole
 
 
+def test_windows_that_do_not_fit_in_the_memory_limit_are_timed_in_groups(tmp_path: Path) -> None:
+    """Every window holds a copy of the model: a 6 MB Dense-heavy model under a 270 MB address-space limit (the
+    runtime itself takes about 215 MB) cannot have its 8 windows loaded at once, so its operators are timed in
+    groups; all of them still get a time, and the times still add up to the whole model's."""
+    from edgepipe import api
+    from edgepipe.config.target import MeasureSettings, Target
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    layers = [k.layers.Dense(2048, activation="relu"), k.layers.Dense(2048, activation="relu"), k.layers.Dense(10)]
+    path = tmp_path / "dense.tflite"
+    path.write_bytes(_convert(k.Sequential([k.Input((512,)), *layers]), (512,)))
+    assert path.stat().st_size > 5 * 2**20
+    settings = MeasureSettings(memory_limit_mb=270, runs=50, min_seconds=0.2, repeats=1, profile_seconds=1)
+    result = api.deploy(model=path, target=Target(name="small", transport="local", measure=settings),
+                        out=tmp_path / "d.json", record=False, profile=True)  # fmt: skip
+    profile = result.record["profile"]
+    assert "error" not in profile, profile
+    assert profile["groups"] > 1 and profile["rounds"] >= 20
+    assert [row["op"] for row in profile["ops"]] == ["FULLY_CONNECTED"] * 3
+    assert all(row["resolved"] for row in profile["ops"][:2])  # 1 M and 4 M MACs: far above the noise
+    assert 0.7 < (profile["sum_ms"] + profile["overhead_ms"]) / profile["whole_ms"] < 1.3
+
+
 def test_the_agent_refuses_a_malformed_profile_field(conv_net: Path) -> None:
     from edgepipe.config.target import MeasureSettings, Target
     from edgepipe.deployment.job import build_job
@@ -252,6 +282,30 @@ def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -
     assert "per-operator time" in done.stdout and "largest regression: pointwise" in done.stdout
 
 
+def test_the_diff_shows_a_factorised_layer_as_removed_and_its_two_parts_as_added(conv_net: Path,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    """A recipe that factorises a layer (low-rank) changes the operator sequence: the old layer is removed, the
+    two new ones are added, every other layer is still matched to itself."""
+    from edgepipe.analyze.profile_diff import diff
+
+    factored = _conv_net(tmp_path / "factored.tflite", factored=True)
+    profiles = []
+    for name, model in (("base", conv_net), ("factored", factored)):
+        folder = tmp_path / name
+        folder.mkdir()
+        done, record = _deploy(folder, "--model", str(model), "--profile", "--profile-seconds", "0.5",
+                               "--runs", "50", "--min-seconds", "0.2", "--repeats", "1")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        profiles.append(record["profile"])
+    layers = diff(*profiles)
+    by_status = {status: sorted(r["layer"] for r in layers["ops"] if r["status"] == status)
+                 for status in ("removed", "added")}  # fmt: skip
+    assert by_status == {"removed": ["pointwise"], "added": ["pointwise_low", "pointwise_up"]}
+    matched = {r["layer"] for r in layers["ops"] if r["status"] in ("slower", "faster", "same")}
+    assert {"stem", "branch", "depthwise", "head"} <= matched
+    assert layers["removed"] == 1 and layers["added"] == 2
+
+
 @pytest.mark.parametrize("width", [1400, 390])
 def test_the_report_shows_the_profile_and_the_roofline(optimized_run: tuple[Path, dict], tmp_path: Path,
                                                        width: int) -> None:  # fmt: skip
@@ -277,10 +331,15 @@ def test_the_report_shows_the_profile_and_the_roofline(optimized_run: tuple[Path
         )
     )
     done = subprocess.run([sys.executable, "-m", "edgepipe", "deploy", "--target", str(target), str(run), "--profile",
-                           "--no-history"], capture_output=True, text=True, timeout=600)  # fmt: skip
+                           "--stages", "--no-history"], capture_output=True, text=True, timeout=900)  # fmt: skip
     assert done.returncode == 0, done.stderr
+    # --stages: the float model and the stages before the final one, next to their models
+    measured = [*run.glob("float/deploy-board.json"), *sorted(run.glob("stages/*/deploy-board.json"))]
+    assert [path.parent.name for path in measured] == ["float", "1-prune", "2-cluster"]
+    assert all("ops" in json.loads(path.read_text())["profile"] for path in measured)  # each profiled too
     done = subprocess.run([sys.executable, "-m", "edgepipe", "report", str(run), "--html", str(run / "report.html"),
-                           "--md", str(run / "report.md")], capture_output=True, text=True, timeout=300)  # fmt: skip
+                           "--md", str(run / "report.md"), "--json", str(run / "report.json")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     page = load(run / "report.html", screenshot=artifacts_dir() / f"profile-report-{width}.png", width=width)
     assert page.console == [] and page.page_requests == []
@@ -288,5 +347,13 @@ def test_the_report_shows_the_profile_and_the_roofline(optimized_run: tuple[Path
     assert body_attribute(page.dom, "data-overflow-px") in (None, "0")
     assert 'id="plot-profile"' in page.dom and 'id="plot-roofline"' in page.dom and 'id="slowest"' in page.dom
     assert "Where the time goes: board" in page.dom
+    # the float model's profile against the final one's, per layer: each operator matched to itself by name
+    change = json.loads((run / "report.json").read_text())["profile_changes"]
+    final = json.loads((run / "deploy-board.json").read_text())["profile"]
+    assert [(c["target"], c["from"]) for c in change] == [("board", "float")]
+    assert [(r["op"], r["layer"]) for r in change[0]["ops"]] == [(r["op"], r["layer"]) for r in final["ops"]]
+    assert change[0]["removed"] == change[0]["added"] == 0
+    assert 'id="profile-change-board"' in page.dom and "Per layer, float →" in page.dom
     markdown = (run / "report.md").read_text()
     assert "Slowest operators on board: " in markdown and "(FULLY_CONNECTED)" in markdown
+    assert f"Per layer, float → {change[0]['to']} on board" in markdown

@@ -81,6 +81,14 @@ def _alone(row: dict[str, Any], status: str) -> dict[str, Any]:
     }
 
 
+def signed_time(ms: float) -> str:
+    """A change of time with its sign, in a unit that keeps two significant digits (ns, µs or ms)."""
+    size = abs(ms)
+    if size < 0.001:
+        return f"{ms * 1e6:+.0f} ns"
+    return f"{ms * 1000:+.1f} µs" if size < 1 else f"{ms:+.2f} ms"
+
+
 def summary(found: dict[str, Any]) -> str:
     """One line for a verdict: the layer behind the change."""
     worst = found["largest_regression"]
@@ -89,9 +97,9 @@ def summary(found: dict[str, Any]) -> str:
     if worst is not None:
         ratio = f", {worst['ratio']:.1f}x" if worst["ratio"] else ""
         parts.append(f"largest regression: {worst['layer'] or worst['op']} ({worst['op']}) "
-                     f"+{worst['change_ms'] * 1000:.1f} µs{ratio}")  # fmt: skip
+                     f"{signed_time(worst['change_ms'])}{ratio}")  # fmt: skip
     if best is not None:
-        parts.append(f"largest improvement: {best['layer'] or best['op']} {best['change_ms'] * 1000:.1f} µs")
+        parts.append(f"largest improvement: {best['layer'] or best['op']} {signed_time(best['change_ms'])}")
     if found["removed"] or found["added"]:
         parts.append(f"{found['removed']} operator(s) removed, {found['added']} added")
     return "; ".join(parts) or "no operator changed beyond the noise"

@@ -12,7 +12,9 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from edgepipe.analyze.profile_diff import signed_time
 from edgepipe.cli.console import stdout
+from edgepipe.reporting.formatting import latency
 
 STYLE = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "warn": "yellow", "n/a": "dim"}
 
@@ -85,13 +87,13 @@ def print_layer_changes(layers: dict[str, Any], count: int = 8) -> None:
         style = "red" if row["status"] in ("slower", "added") else "green"
         table.add_row(
             row["op"], row["layer"] or "", _us(row["baseline_ms"]), _us(row["candidate_ms"]),
-            f"[{style}]{row['change_ms'] * 1000:+.1f} µs[/]", row["status"],
+            f"[{style}]{signed_time(row['change_ms'])}[/]", row["status"],
         )  # fmt: skip
     stdout.print(table)
 
 
 def _us(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} µs"
+    return "-" if value is None else latency(value)
 
 
 def _point_to_report(record: dict[str, Any]) -> None:

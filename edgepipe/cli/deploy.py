@@ -141,7 +141,11 @@ def deploy(
     ] = False,
     profile: Annotated[
         bool,
-        typer.Option("--profile", help="Also measure each operator's time on the board (and its roofline place)."),
+        typer.Option(
+            "--profile",
+            help="Also measure each operator's time on the board (and its roofline place); with --stages, every "
+            "stage's (the report shows what changed per layer from the float model to the final one).",
+        ),
     ] = False,
     profile_seconds: Annotated[
         float | None,
@@ -197,6 +201,7 @@ def deploy(
         done = api.deploy_stages(
             run_dir, target=target, runs=runs, min_seconds=min_seconds, repeats=repeats, eval_samples=eval_samples,
             deadline_s=deadline, history=history, record=not no_history, tags=tag or [], on_stage=started,
+            profile=profile or profile_seconds is not None, profile_seconds=profile_seconds,
         )  # fmt: skip
         print_stages(done)
 

@@ -37,8 +37,11 @@ def deploy_stages(
     history: History | None,
     tags: Sequence[str] = (),
     on_stage: Callable[[RunModel], None] | None = None,
+    profile: bool = False,
 ) -> list[StageDeploy]:
-    """Deploy every non-final model of ``run_dir``; ``tags`` are suffixed with ``:stage-NAME`` in the history."""
+    """Deploy every non-final model of ``run_dir``; ``tags`` are suffixed with ``:stage-NAME`` in the history.
+    With ``profile``, each stage is profiled operator by operator too (the report diffs the float model's
+    profile against the final one's)."""
     done = []
     for model in run_models(run_dir):
         if model.final:
@@ -57,6 +60,7 @@ def deploy_stages(
                 progress=Progress(),
                 history=history,
                 tags=stage_tags,
+                profile=profile,
             )
         except DeviceModelError as exc:
             done.append(StageDeploy(model, None, exc))

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe import __version__
+from edgepipe.analyze import profile_diff
 from edgepipe.analyze.static import analyze
 from edgepipe.provenance import now
 from edgepipe.run_models import RunModel, read_optimize_record, run_models
@@ -52,7 +53,41 @@ def collect(run_dir: Path) -> dict[str, Any]:
         },
         "stages": stages,
         "targets": [_target_summary(name, stages) for name in targets],
+        "profile_changes": _profile_changes(stages),
     }
+
+
+def _profile_changes(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per target: the final model's profile against the first stage's profiled on the same target (the float
+    model's, after ``deploy --stages --profile``), operator by operator: what the recipe bought per layer."""
+    final = next(stage for stage in stages if stage["final"])
+    changes = []
+    for after in final["deployments"]:
+        if after["profile"] is None:
+            continue
+        earlier = (
+            (stage, before)
+            for stage in stages
+            if not stage["final"] and stage["model"]["sha256"] != final["model"]["sha256"]
+            for before in stage["deployments"]
+            if before["target"] == after["target"] and before["profile"] is not None
+        )
+        found = next(earlier, None)
+        if found is None:
+            continue
+        stage, before = found
+        layers = profile_diff.diff(before["profile"], after["profile"])
+        changes.append(
+            {
+                "target": after["target"],
+                "emulated": after["emulated"] or before["emulated"],
+                "from": stage["name"],
+                "to": final["name"],
+                "summary": profile_diff.summary(layers),
+                **layers,
+            }
+        )
+    return changes
 
 
 def _metric(record: dict[str, Any]) -> dict[str, Any]:
@@ -154,8 +189,8 @@ def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, 
     }
 
 
-PROFILE_OP_FIELDS = ("index", "op", "layer", "time_ms", "resolution_ms", "resolved", "share", "macs", "bytes",
-                     "intensity", "bound", "attainable_ms", "achieved_gops")  # fmt: skip
+PROFILE_OP_FIELDS = ("index", "op", "layer", "outputs", "time_ms", "resolution_ms", "resolved", "share", "macs",
+                     "bytes", "intensity", "bound", "attainable_ms", "achieved_gops")  # fmt: skip
 
 
 def _profile(profile: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from edgepipe.analyze.profile_diff import signed_time
 from edgepipe.reporting.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
 from edgepipe.reporting.plots import figures, profiled_deployment
 
@@ -47,7 +48,14 @@ def template_environment(package: str) -> Environment:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        kib=kib, mib=mib, pct=pct, points=points, latency=latency, score=score, score_delta=score_delta
+        kib=kib,
+        mib=mib,
+        pct=pct,
+        points=points,
+        latency=latency,
+        score=score,
+        score_delta=score_delta,
+        signed_time=signed_time,
     )
     return environment
 
@@ -60,6 +68,7 @@ def render_html(report: dict[str, Any]) -> str:
         report=report,
         profiled=profiled,
         slowest=_slowest(profiled) if profiled else [],
+        changes=[{**change, "shown": _changed(change)} for change in report.get("profile_changes", [])],
         metric=report["metric"]["name"],
         label=score_label(report["metric"]["name"]),
         figures=figures(report),
@@ -69,6 +78,12 @@ def render_html(report: dict[str, Any]) -> str:
         # Inside <script>, "</" would end the element early; JSON allows the escaped form.
         report_json=json.dumps(report, separators=(",", ":")).replace("</", "<\\/"),
     )
+
+
+def _changed(change: dict[str, Any], count: int = 12) -> list[dict[str, Any]]:
+    """The operators that changed most (removed and added ones included), largest change first."""
+    moved = [row for row in change["ops"] if row["status"] != "same"]
+    return sorted(moved, key=lambda row: -abs(row["change_ms"]))[:count]
 
 
 def _slowest(deployment: dict[str, Any], count: int = 10) -> list[dict[str, Any]]:

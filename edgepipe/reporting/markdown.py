@@ -71,4 +71,10 @@ def _slowest_line(report: dict[str, Any], count: int = 5) -> list[str]:
     named = ", ".join(f"{r['layer'] or '#' + str(r['index'])} ({r['op']}) {latency(r['time_ms'])} ({r['share']:.0%})"
                       for r in rows)  # fmt: skip
     mark = " †" if deployment["emulated"] else ""
-    return [f"Slowest operators on {deployment['target']}{mark}: {named}.", ""]
+    lines = [f"Slowest operators on {deployment['target']}{mark}: {named}.", ""]
+    for change in report.get("profile_changes", []):
+        mark = " †" if change["emulated"] else ""
+        whole = f"{latency(change['baseline_ms'])} → {latency(change['candidate_ms'])}"
+        lines += [f"Per layer, {change['from']} → {change['to']} on {change['target']}{mark} ({whole}): "
+                  f"{change['summary']}.", ""]  # fmt: skip
+    return lines
