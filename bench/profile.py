@@ -94,6 +94,12 @@ def main() -> None:
         same = all(set(t) == set(tops[0]) for t in tops)
         spreads = [statistics.pstdev(p["ops"][i]["share"] for p in profiles) for i in range(len(profiles[0]["ops"]))]
         worst = max(range(len(spreads)), key=spreads.__getitem__)
+        bounds = [row.get("bound") for row in profiles[0]["ops"]]
+        placed = sum(1 for bound in bounds if bound in ("compute", "memory"))
+        print(
+            f"{name:<22} roofline ({profiles[0]['roofline']['source']['from']}): {placed} of {len(bounds)} operators "
+            f"placed, {bounds.count('compute')} compute-bound, {bounds.count('memory')} memory-bound"
+        )
         print(
             f"{name:<22} slowest five the same in all {args.runs} runs: {'yes' if same else 'NO'}; largest share "
             f"spread {spreads[worst] * 100:.2f} points (op {worst}, {profiles[0]['ops'][worst]['op']}); "
