@@ -754,7 +754,13 @@ def _window_interpreter(content: bytes, profile: dict[str, Any], index: int, int
     try:
         interpreter = interpreter_class(model_content=_window(content, profile, index), **options)
         interpreter.allocate_tensors()
-        for detail in interpreter.get_input_details():
+        fed = interpreter.get_input_details()
+        resized = [d for d in fed if list(d["shape"]) != list(values[d["index"]].shape)]
+        for detail in resized:  # a model made for another batch size runs at batch 1, as the deploy times it
+            interpreter.resize_tensor_input(detail["index"], list(values[detail["index"]].shape))
+        if resized:
+            interpreter.allocate_tensors()
+        for detail in fed:
             interpreter.set_tensor(detail["index"], values[detail["index"]])
     except (ValueError, RuntimeError, KeyError) as exc:
         raise JobFailed(

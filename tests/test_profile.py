@@ -228,6 +228,28 @@ def test_windows_that_do_not_fit_in_the_memory_limit_are_timed_in_groups(tmp_pat
     assert 0.7 < (profile["sum_ms"] + profile["overhead_ms"]) / profile["whole_ms"] < 1.3
 
 
+def test_a_model_made_for_another_batch_size_is_profiled_at_batch_one(tmp_path: Path) -> None:
+    """The deploy times a batch-4 model at batch 1; its windows, fed batch-1 tensors, are resized to match
+    (before, the first window refused them: "Dimension mismatch")."""
+    from edgepipe import api
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    inputs = k.Input((12, 12, 3), batch_size=4)
+    x = k.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    outputs = k.layers.Dense(10, name="head")(k.layers.Flatten()(x))
+    path = tmp_path / "batch4.tflite"
+    path.write_bytes(_convert(k.Model(inputs, outputs), (12, 12, 3)))
+    assert TfliteModel.read(path).tensors[TfliteModel.read(path).inputs[0]].shape[0] == 4
+    result = api.deploy(model=path, out=tmp_path / "d.json", record=False, runs=50, min_seconds=0.2, repeats=1,
+                        profile=True, profile_seconds=0.5)  # fmt: skip
+    profile = result.record["profile"]
+    assert "error" not in profile, profile
+    assert [row["op"] for row in profile["ops"]] == ["CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    assert profile["ops"][0]["resolved"] and profile["ops"][0]["time_ms"] > 0
+
+
 def test_the_agent_refuses_a_malformed_profile_field(conv_net: Path) -> None:
     from edgepipe.config.target import MeasureSettings, Target
     from edgepipe.deployment.job import build_job
