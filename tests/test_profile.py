@@ -271,6 +271,20 @@ def test_profile_usage_mistakes_are_one_line(conv_net: Path, tmp_path: Path) -> 
     broken.write_bytes(conv_net.read_bytes()[:300])
     done, record = _deploy(tmp_path, "--model", str(broken), "--profile")
     assert done.returncode == 3 and "malformed TFLite flatbuffer" in done.stderr and "Traceback" not in done.stderr
+    # control flow: the IF operator runs two more subgraphs, which no window can cut
+    from edgepipe.keras_compat import tf
+
+    @tf().function(input_signature=[tf().TensorSpec([1, 4], tf().float32)])
+    def branching(x: Any) -> Any:
+        return tf().cond(tf().reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0)
+
+    converter = tf().lite.TFLiteConverter.from_concrete_functions([branching.get_concrete_function()], branching)
+    branched = tmp_path / "branched.tflite"
+    branched.write_bytes(converter.convert())
+    done, record = _deploy(tmp_path, "--model", str(branched), "--profile")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "control flow (3 subgraphs) cannot be profiled operator by operator" in done.stderr
+    assert "hint: deploy without --profile" in done.stderr and record == {}
 
 
 def test_the_diff_names_the_layer_made_heavier(conv_net: Path, tmp_path: Path) -> None:
