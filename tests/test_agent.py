@@ -187,3 +187,41 @@ def test_probe_reports_runtimes_and_free_disk(tmp_path: Path) -> None:
     report = json.loads(done.stdout)
     assert report["runtimes"]["ai_edge_litert"] == metadata.version("ai-edge-litert")
     assert report["free_disk_bytes"] > 0 and report["board"]["machine"] == os.uname().machine
+
+
+def test_the_agent_file_is_parsed_once_and_by_one_thread_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A farm's board workers ask for the agent's version together. ``ast.parse`` in two threads at once can fail
+    on CPython before 3.11.8 (python/cpython#106905; a CI farm run lost an attempt to it), so the agent's source
+    is parsed by one thread at a time, and once per process."""
+    import ast
+    import threading
+    import time
+
+    from edgepipe.deployment import agent as agent_module
+
+    inside, most, calls = 0, 0, 0
+    guard = threading.Lock()
+    real = ast.parse
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inside, most, calls
+        with guard:
+            inside, calls = inside + 1, calls + 1
+            most = max(most, inside)
+        time.sleep(0.05)  # long enough for every other thread to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                inside -= 1
+
+    monkeypatch.setattr(ast, "parse", watched)
+    agent_module._read_agent_info.cache_clear()
+    found: list[Any] = []
+    workers = [threading.Thread(target=lambda: found.append(agent_module.agent_info())) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert (most, calls) == (1, 1)
+    assert len(found) == 4 and len({info.version for info in found}) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,9 +39,21 @@ class AgentInfo:
         return f"{workdir.rstrip('/')}/agent/edgepipe_agent-{self.version}-{self.sha256[:12]}.py"
 
 
-@cache
+_READING = threading.Lock()
+
+
 def agent_info(path: Path = AGENT_FILE) -> AgentInfo:
-    """Read the version constants from the agent's source (without importing it)."""
+    """Read the version constants from the agent's source (without importing it), once per process.
+
+    One thread at a time: on CPython before 3.11.8 ``ast.parse`` in two threads at once can fail with
+    "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), which is what a farm run
+    hit when the workers of all its boards started their first deploy together (3.11.7 here)."""
+    with _READING:
+        return _read_agent_info(path)
+
+
+@cache
+def _read_agent_info(path: Path) -> AgentInfo:
     if not path.is_file():
         raise AgentError(f"the device agent {path} is missing from this installation", hint="reinstall edgepipe")
     constants: dict[str, str] = {}
