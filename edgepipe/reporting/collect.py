@@ -1,4 +1,4 @@
-"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/2``).
+"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/3``).
 
 The document is the single source for the HTML page, the Markdown summary and the JSON file: each renderer
 reads only this dict, so the three never disagree. Its schema is ``report.schema.json`` next to this module.
@@ -22,7 +22,7 @@ from edgepipe.run_models import RunModel, read_optimize_record, run_models
 from edgepipe.tasks import METRIC_MEANING
 from edgepipe.tflite_model import TfliteModel
 
-SCHEMA = "edgepipe.report/2"
+SCHEMA = "edgepipe.report/3"
 LATENCY_FIELDS = ("min", "p50", "p90", "p99", "max", "mean", "count")
 QUANTILES = 101  # latency distribution kept per deployment: percentiles 0, 1, ..., 100
 
