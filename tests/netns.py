@@ -9,6 +9,7 @@ sending rate (``tc tbf``) so an upload takes long enough to be cut in the middle
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -55,7 +56,8 @@ class Cable:
 
 @contextmanager
 def board_behind_cable(directory: Path) -> Iterator[tuple[LoopbackHost, Cable]]:
-    tag = str(os.getpid() % 100000)
+    remove_leftovers()
+    tag = str(os.getpid())
     namespace, host_end, board_end = f"ep{tag}", f"eph{tag}", f"epb{tag}"
     subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
     _ip("ip", "netns", "add", namespace)
@@ -88,7 +90,8 @@ class LabBoard:
 def lab(directory: Path, count: int) -> Iterator[list[LabBoard]]:
     """``count`` boards, each the real sshd in its own namespace with its own address, on one bridge (a lab
     switch) that this machine joins at ``.1``: a device farm on one machine. Everything is removed on exit."""
-    tag = str(os.getpid() % 100000)
+    remove_leftovers()
+    tag = str(os.getpid())  # names carry the creator's pid (at most 13 characters: Linux allows 15)
     bridge = f"epbr{tag}"
     subnet = f"10.{150 + os.getpid() % 50}.{os.getpid() % 250}"
     made: list[tuple[str, str]] = []
@@ -128,3 +131,23 @@ def _remove_namespace(namespace: str, host_end: str) -> None:
         subprocess.run(["kill", "-9", pid], capture_output=True, timeout=30)
     subprocess.run(["ip", "link", "del", host_end], capture_output=True, timeout=30)
     subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=30)
+
+
+def remove_leftovers() -> list[str]:
+    """Remove the namespaces, cables and bridges of earlier runs whose process is gone (a test run killed with
+    SIGKILL never reaches its clean-up); returns their names. Names carry their creator's pid."""
+    removed: list[str] = []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    for line in listed.splitlines():
+        name = line.split()[0] if line.split() else ""
+        found = re.fullmatch(r"ep(\d+)(b\d+)?", name)
+        if found and not Path(f"/proc/{found.group(1)}").exists():
+            _remove_namespace(name, "eph" + name[2:])
+            removed.append(name)
+    bridges = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True,
+                             timeout=30).stdout  # fmt: skip
+    for found in re.finditer(r"^\d+: (epbr(\d+))[:@]", bridges, re.MULTILINE):
+        if not Path(f"/proc/{found.group(2)}").exists():
+            subprocess.run(["ip", "link", "del", found.group(1)], capture_output=True, timeout=30)
+            removed.append(found.group(1))
+    return removed

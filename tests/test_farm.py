@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -133,6 +134,7 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
         assert body_attribute(page.dom, "data-farm-schema") == "edgepipe.farm/1"
         assert body_attribute(page.dom, "data-overflow-px") == "0"
         assert 'id="matrix"' in page.dom and page.dom.count("badge failed") >= 2
+        assert page.dom.count('class="bar passed"') == 4  # the timeline: one bar per attempt
     markdown = (tmp_path / "farm-runs" / "testlab-1" / "farm.md").read_text()
     assert "| wide | regression · p50 " in markdown and "% vs baseline)" in markdown
     assert "farm run 1" in out and "2 regression (of 4 jobs)" in err
@@ -147,6 +149,18 @@ def test_matrix_of_models_and_pools_with_baseline(lab: list, models: dict[str, P
     references = {json.dumps(r["host_reference"], sort_keys=True) for r in wide}
     assert len(records) == 4 and len(wide) == 2 and len(references) == 1
     assert_no_overlap(board_intervals(tmp_path / "history.sqlite"))
+    # The timeline: every attempt once, on its board, in order, within the run's span; busy = attempts / span.
+    timeline = doc["timeline"]
+    lanes = {lane["board"]: lane for lane in timeline["boards"]}
+    assert set(lanes) <= {"board0", "board1", "board2", "board3"}
+    assert sum(len(lane["bars"]) for lane in lanes.values()) == len(doc["attempts"]) == 4
+    for lane in lanes.values():
+        bars = sorted(lane["bars"], key=lambda bar: bar["start_s"])
+        assert all(bar["start_s"] >= 0 and bar["seconds"] > 0 for bar in bars)
+        assert all(a["start_s"] + a["seconds"] <= b["start_s"] + 1e-3 for a, b in itertools.pairwise(bars))
+        assert bars[-1]["start_s"] + bars[-1]["seconds"] <= timeline["span_s"] + 1e-3
+        assert lane["busy"] == pytest.approx(sum(bar["seconds"] for bar in bars) / timeline["span_s"], abs=1e-3)
+    assert "Boards busy over the run's" in markdown
 
 
 # -------------------------------------------------------------------------------------------------- faults
@@ -476,3 +490,21 @@ def test_python_api_on_the_shipped_one_board_farm(models: dict, tmp_path: Path) 
     again = edgepipe.farm_run(farm, [models["copy"]], data=models["data"], baseline=str(models["small"]),
                               out=tmp_path / "out", history=tmp_path / "history.sqlite")  # fmt: skip
     assert again.run == outcome.run + 1  # a finished run is not resumed: the same command measures anew
+
+
+def test_a_killed_test_runs_namespaces_are_removed_by_the_next(lab: list) -> None:
+    """A test run killed with SIGKILL never reaches its clean-up: the next lab removes what it left (names carry
+    the pid of their creator, and that process is gone); what belongs to a live process stays."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = dead.stdout.strip()
+    subprocess.run(["ip", "netns", "add", f"ep{pid}b0"], check=True)
+    subprocess.run(["ip", "link", "add", f"epbr{pid}", "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "add", f"eph{pid}b0", "type", "veth", "peer", "name", f"epb{pid}b0"], check=True)
+    subprocess.run(["ip", "link", "set", f"epb{pid}b0", "netns", f"ep{pid}b0"], check=True)
+    removed = netns.remove_leftovers()
+    assert set(removed) == {f"ep{pid}b0", f"epbr{pid}"}
+    assert f"ep{pid}b0" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f"epbr{pid}" not in links and f"eph{pid}b0" not in links
+    mine = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"ep{os.getpid()}b0" in mine  # this run's lab (the module's fixture) is left alone

@@ -8,12 +8,14 @@ from edgepipe.reporting.html import template_environment
 
 BADGE = {"pass": "passed", "regression": "failed", "model-error": "failed", "infra-error": "infra",
          "inconclusive": "warn"}  # fmt: skip
+ATTEMPT_BADGE = {"done": "passed", "model-error": "failed", "infra-error": "infra", "fenced-off": "warn",
+                 "abandoned": "warn"}  # fmt: skip
 
 
 def render_html(document: dict[str, Any]) -> str:
     cells = {(job["model"], job["pool"]): job for job in document["jobs"]}
     template = template_environment("edgepipe.farm").get_template("farm.html.j2")
-    return template.render(doc=document, cells=cells, badge=BADGE, plural=plural)
+    return template.render(doc=document, cells=cells, badge=BADGE, attempt_badge=ATTEMPT_BADGE, plural=plural)
 
 
 def plural(count: int, noun: str) -> str:

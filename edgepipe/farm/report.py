@@ -13,6 +13,7 @@ The farm's exit code is decided here, from the jobs' outcomes, most serious firs
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ OUTCOMES = ("pass", "regression", "inconclusive", "model-error", "infra-error")
 def farm_document(store: FarmStore, run: int) -> dict[str, Any]:
     info = store.run_info(run)
     spec = info["spec"]
-    jobs, attempts = store.jobs(run), store.attempts(run)
+    jobs, attempts = store.jobs(run), [_timed(a) for a in store.attempts(run)]
     by_job: dict[int, list[dict[str, Any]]] = {}
     for attempt in attempts:
         by_job.setdefault(attempt["job"], []).append(attempt)
@@ -53,9 +54,40 @@ def farm_document(store: FarmStore, run: int) -> dict[str, Any]:
         "jobs": rows,
         "boards": store.boards(run),
         "attempts": attempts,
+        "timeline": timeline(info["created"], attempts),
         "counts": counts,
         "exit_code": exit_code(rows),
     }
+
+
+def _timed(attempt: dict[str, Any]) -> dict[str, Any]:
+    """An attempt with its duration (None while it runs)."""
+    ended = attempt["finished"]
+    took = _seconds(ended) - _seconds(attempt["started"]) if ended else None
+    return {**attempt, "seconds": round(took, 3) if took is not None else None}
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def timeline(created: str, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per board, when each attempt ran (seconds since the farm run was created) and how busy the board was:
+    where a farm run's time went (a board that idled, one that kept failing, a tail of one long job)."""
+    begin = _seconds(created)
+    ended = [a for a in attempts if a["finished"]]
+    span = max((_seconds(a["finished"]) - begin for a in ended), default=0.0)
+    boards: dict[str, list[dict[str, Any]]] = {}
+    for a in ended:
+        start = _seconds(a["started"]) - begin
+        boards.setdefault(a["board"], []).append(
+            {"start_s": round(start, 3), "seconds": a["seconds"], "model": a["model"], "outcome": a["outcome"]}
+        )
+    rows = [
+        {"board": board, "bars": bars, "busy": round(sum(b["seconds"] for b in bars) / span, 4) if span else None}
+        for board, bars in sorted(boards.items())
+    ]
+    return {"span_s": round(span, 3), "boards": rows}
 
 
 def _job_row(job: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -133,6 +165,10 @@ def render_markdown(document: dict[str, Any]) -> str:
     for model in document["models"]:
         row = [cell_text(cells[(model, pool)]) if (model, pool) in cells else "" for pool in document["pools"]]
         lines.append(f"| {model} | " + " | ".join(row) + " |")
+    lanes = document["timeline"]["boards"]
+    if lanes:
+        busy = ", ".join(f"{lane['board']} {lane['busy']:.0%} ({len(lane['bars'])})" for lane in lanes)
+        lines += ["", f"Boards busy over the run's {document['timeline']['span_s']:.1f} s (attempts): {busy}."]
     problems = [r for r in document["jobs"] if r["outcome"] not in ("pass", None)]
     if problems:
         lines += ["", "## What did not pass", ""]

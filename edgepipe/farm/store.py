@@ -26,7 +26,6 @@ from typing import Any
 
 from edgepipe.errors import ConfigError
 from edgepipe.farm.leases import LeaseTable, owner_is_gone
-from edgepipe.provenance import now
 from edgepipe.store import History
 
 RETRY_ELSEWHERE_S = 30.0  # how long a job that failed on a board waits for another board before it may go back
@@ -102,6 +101,13 @@ CREATE INDEX IF NOT EXISTS farm_attempts_by_job ON farm_attempts (job);
 PENDING, RUNNING, DONE = "pending", "running", "done"
 
 
+def stamp() -> str:
+    """A farm row's time: UTC to the millisecond (attempts last seconds; the farm report and bench/farm.py
+    measure their durations and the gaps between them). One format for every farm row, so that the text
+    comparisons of the queries (MAX(finished)) order them correctly."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 @dataclass(frozen=True)
 class Claim:
     """A job a worker took: which one, on which board, under which lease (owner and fencing number)."""
@@ -138,7 +144,7 @@ class FarmStore(LeaseTable, History):
         with self._write():
             run = self._db.insert(
                 "INSERT INTO farm_runs (farm, created, spec_key, spec, status) VALUES (?, ?, ?, ?, 'running')",
-                (farm, now(), spec_key, json.dumps(spec)),
+                (farm, stamp(), spec_key, json.dumps(spec)),
             )
             self._db.executemany(
                 "INSERT INTO farm_jobs (farm_run, model, pool, state) VALUES (?, ?, ?, 'pending')",
@@ -181,7 +187,7 @@ class FarmStore(LeaseTable, History):
             self._db.execute(
                 "UPDATE farm_runs SET status = 'done', finished = ? WHERE id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM farm_jobs WHERE farm_run = ? AND state != 'done')",
-                (now(), run, run),
+                (stamp(), run, run),
             )
 
     # ----------------------------------------------------------------------------------------------- jobs
@@ -218,7 +224,7 @@ class FarmStore(LeaseTable, History):
         self._db.execute(
             "UPDATE farm_attempts SET outcome = 'abandoned', finished = ?, message = ? WHERE job = ? "
             "AND outcome = 'running'",
-            (now(), why, job),
+            (stamp(), why, job),
         )
         return True
 
@@ -252,7 +258,7 @@ class FarmStore(LeaseTable, History):
             attempt = self._db.insert(
                 "INSERT INTO farm_attempts (job, board, owner, fence, started, outcome) "
                 "VALUES (?, ?, ?, ?, ?, 'running')",
-                (job, board, owner, fence, now()),
+                (job, board, owner, fence, stamp()),
             )
             return Claim(job, model, pool, board, owner, fence, attempt, attempts + 1)
 
@@ -331,7 +337,7 @@ class FarmStore(LeaseTable, History):
         self._db.execute(
             "UPDATE farm_attempts SET finished = ?, outcome = ?, error_class = ?, exit_code = ?, message = ? "
             "WHERE id = ?",
-            (now(), outcome, error_class, exit_code, message, claim.attempt),
+            (stamp(), outcome, error_class, exit_code, message, claim.attempt),
         )
 
     def give_up(self, run: int, pool: str, reason: str) -> int:
