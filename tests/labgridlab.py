@@ -41,16 +41,18 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def coordinator(directory: Path) -> Iterator[str]:
-    """A fresh coordinator; yields its ``HOST:PORT``."""
+def coordinator(directory: Path, port: int = 0) -> Iterator[str]:
+    """A coordinator keeping its places in ``directory`` (a second one started there, on the same ``port``, is
+    the first restarted: the places stay, acquisitions and reservations are forgotten); yields ``HOST:PORT``."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "coordinator.log"
-    command = [sys.executable, "-m", "labgrid.remote.coordinator", "-l", "127.0.0.1:0"]
+    log.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "labgrid.remote.coordinator", "-l", f"127.0.0.1:{port}"]
     process = _start(command, directory, log, "listening on")
     try:
-        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
-        assert port, log.read_text()
-        yield f"127.0.0.1:{port.group(1)}"
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", log.read_text())
+        assert found, log.read_text()
+        yield f"127.0.0.1:{found.group(1)}"
     finally:
         _stop(process)
 

@@ -6,7 +6,10 @@ places made, tagged and locked with ``labgrid-client``, the farm run through the
 from __future__ import annotations
 
 import json
+import re
 import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -213,3 +216,43 @@ def test_labgrid_mistakes_are_one_line(lab: list, coordinator: str, models: dict
     assert code == 2 and "pools.jetson.labgrid.target: target 'local' uses transport 'local'" in err, err
     with FarmStore(tmp_path / "history.sqlite") as store:
         assert store.farm_runs() == []
+
+
+def test_a_restarted_coordinator_is_reconnected_to_and_no_board_is_blamed(
+    lab: list, models: dict, tmp_path: Path
+) -> None:
+    """The lab's coordinator restarts mid-run (an upgrade): it forgets every acquisition and reservation, its
+    exporter reconnects after it. The farm reconnects too, counts nothing against the boards, and finishes every
+    job; no place stays acquired."""
+    folder = tmp_path / "coordinator"
+    groups = {board.name: {"NetworkService": {"address": board.host.address, "port": board.host.port,
+                                              "username": board.host.user}} for board in lab}  # fmt: skip
+    slow = {**QUICK, "min_seconds": 1.5, "repeats": 1}
+    chosen = [str(models["small"]), str(models["wide"]), str(models["copy"])]
+    with socket.socket() as probe:  # a port of its own: the restarted coordinator listens on it again
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", groups):
+        for place, (tag, index) in PLACES.items():
+            labgridlab.client(address, "-p", place, "create")
+            labgridlab.client(address, "-p", place, "add-match", f"rack2/board{index}/NetworkService")
+            labgridlab.client(address, "-p", place, "set-tags", f"board={tag}", "site=test")
+        wait_for(lambda: "nano-a" in (folder / "places.yaml").read_text() if (folder / "places.yaml").exists()
+                 else False, 30, "the coordinator to save its places")  # fmt: skip
+        farm = write_farm(tmp_path, lab, address, measure=slow)
+        process = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]))
+        wait_for(lambda: [a for a in attempts(tmp_path) if a["outcome"] == "done"], 120, "a first job done")
+        # The coordinator goes first (its exporter then loses it and exits, as labgrid's exporters do).
+        subprocess.run(["pkill", "-KILL", "-f", f"labgrid.remote.coordinator -l 127.0.0.1:{port}"], check=True)
+        time.sleep(1)
+    time.sleep(3)  # the coordinator is gone for a while
+    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", groups):
+        code, _out, err = finish(process, 240)
+        assert code == 0, err
+        assert "Traceback" not in err and "reconnected to the labgrid coordinator" in err, err
+        doc = document(tmp_path)
+        assert [job["outcome"] for job in doc["jobs"]] == ["pass"] * 6
+        assert all(not board["quarantined"] and board["failures"] == 0 for board in doc["boards"]), doc["boards"]
+        assert all(a["outcome"] == "done" for a in doc["attempts"]), doc["attempts"]
+        assert not re.search(r"^\s*[\d.]+s\s+\S+\s+(failed|quarantined)\s", err, re.MULTILINE), err  # board lines
+        assert labgridlab.who(address) == []

@@ -77,6 +77,10 @@ class ConsoleFarmEvents(FarmEvents):
         with self.lock:
             (self.live.console if self.live is not None else stderr).print(line, highlight=False, soft_wrap=True)
 
+    def note(self, text: str) -> None:
+        with self.lock:
+            (self.live.console if self.live is not None else stderr).print(text, highlight=False, soft_wrap=True)
+
     def _table(self) -> Table:
         table = Table("board", "state", "for", "detail", box=None, pad_edge=False)
         now = time.monotonic()

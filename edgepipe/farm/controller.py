@@ -171,6 +171,8 @@ def _execute(
     baseline = FarmModel.from_dict(spec["baseline"]) if spec["baseline"] else None
     with FarmStore(history) as store:
         store.reclaim(run)
+    if session is not None:
+        session.on_reconnect = events.note
     stop = threading.Event()
     with temporary_directory("edgepipe-farm-") as staging:
         settings = FarmJobSettings(run, out, models, baseline, tuple(spec["tags"]), spec["thresholds"])

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from edgepipe.errors import ConfigError, InfrastructureError
 OPEN_TIMEOUT_S = 15.0  # connecting to the coordinator and receiving its places and resources
 CALL_TIMEOUT_S = 30.0  # one request to the coordinator
 POLL_S = 1.0  # how often a waiting reservation is polled (labgrid-client reserve --wait polls every second)
+RECONNECT_S = 120.0  # how long a lost coordinator is waited for (a restart, an upgrade) before the boards fail
 IDENTITY_PREFIX = "edgepipe-"
 
 T = TypeVar("T")
@@ -86,9 +88,19 @@ class PlaceStatus:
     reserved_by: str | None  # whose reservation the place is allocated to, when not this one's
 
 
+class CoordinatorLost(InfrastructureError):
+    """The connection to the coordinator is gone (it restarted, or the network between failed). Not a board's
+    fault: the workers wait while the session reconnects, until ``given_up`` (``RECONNECT_S`` without it)."""
+
+    def __init__(self, message: str, *, given_up: bool = False, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.given_up = given_up
+
+
 class LabgridSession:
     """A connection to labgrid's coordinator for one farm run. Every method blocks for at most ``CALL_TIMEOUT_S``
-    and raises InfrastructureError when the coordinator fails or cannot be reached."""
+    and raises InfrastructureError when the coordinator fails or cannot be reached (CoordinatorLost when the
+    connection was lost: ``reconnect`` opens a new one)."""
 
     def __init__(self, address: str, owner: str) -> None:
         self.address = address
@@ -102,6 +114,10 @@ class LabgridSession:
         self._lock = threading.Lock()
         self._held: set[str] = set()  # places and reservations of this controller, given back by close()
         self._tokens: set[str] = set()
+        self._reconnecting = threading.Lock()
+        self._lost_since: float | None = None
+        self.reconnections = 0
+        self.on_reconnect: Callable[[str], None] = lambda _said: None  # told once per new connection
         try:
             self._session = self._call(self._open(), OPEN_TIMEOUT_S, "connecting")
         except BaseException:
@@ -125,7 +141,39 @@ class LabgridSession:
         except InfrastructureError:
             raise
         except Exception as exc:  # grpc's AioRpcError, labgrid's ServerError and UserError
+            if _connection_failed(exc):
+                raise self._lost(f"{doing}: {_detail(exc)}") from None
             raise self._unreachable(f"{doing}: {_detail(exc)}") from None
+
+    def _lost(self, why: str) -> CoordinatorLost:
+        return CoordinatorLost(
+            f"labgrid coordinator {self.address}: {why}",
+            hint="is labgrid-coordinator running there? the farm reconnects for "
+            f"{RECONNECT_S:.0f} s before it gives the boards up",
+        )
+
+    def reconnect(self) -> None:
+        """Open a new connection when the coordinator was lost (restarted, upgraded, a network failure); a
+        restarted coordinator has forgotten every acquisition and reservation. One worker reconnects while the
+        others wait for it; when it cannot yet, CoordinatorLost (``given_up`` after ``RECONNECT_S`` of that)."""
+        with self._reconnecting:
+            if self._session is not None and not self._session.stopping.is_set():
+                self._lost_since = None
+                return
+            self._lost_since = self._lost_since or time.monotonic()
+            lost_for = time.monotonic() - self._lost_since
+            old = self._session
+            try:
+                self._session = self._call(self._open(), OPEN_TIMEOUT_S, "reconnecting")
+            except InfrastructureError as exc:
+                raise CoordinatorLost(
+                    f"{exc.message} (lost for {lost_for:.0f} s)", given_up=lost_for > RECONNECT_S, hint=exc.hint
+                ) from None
+            with contextlib.suppress(InfrastructureError):
+                self._call(_close(old), 10, "closing the lost connection")
+            self._lost_since = None
+            self.reconnections += 1
+        self.on_reconnect(f"reconnected to the labgrid coordinator {self.address} after {lost_for:.0f} s")
 
     def _unreachable(self, why: str) -> InfrastructureError:
         return InfrastructureError(
@@ -317,7 +365,7 @@ class LabgridSession:
 
     async def _synced(self) -> None:
         if self._session.stopping.is_set() or not await self._session.sync_with_coordinator():
-            raise self._unreachable("the connection was lost")
+            raise self._lost("the connection was lost")
 
 
 class PlaceTurn:
@@ -336,6 +384,7 @@ class PlaceTurn:
         ``POLL_S`` with what the wait is for) said to stop waiting. ``lapsed(owner)`` tells whether an edgepipe
         controller that still holds the place is gone (its acquisition is then released)."""
         session, place = self.session, self.place
+        session.reconnect()  # when the coordinator was lost; otherwise nothing
         try:
             self._token = session.reserve(place, self.tags)
             while True:
@@ -368,6 +417,10 @@ class PlaceTurn:
     def _free_from_the_dead(self, status: PlaceStatus, lapsed: Callable[[str], bool]) -> bool:
         """Release the place and cancel the reservations of an edgepipe controller that died holding them
         (labgrid has no leases: its acquisitions would stay forever). True when something was freed."""
+        if status.holder == f"{self.session.host}/{self.session.user}":
+            # this controller's own, left acquired when the connection was lost while the place was given back
+            self.session.release(self.place)
+            return True
         for user in (status.holder, status.reserved_by):
             owner = owner_of(user) if user else None
             if user and owner is not None and lapsed(owner):
@@ -412,6 +465,13 @@ def board_target(template: Target, place: str, service: dict[str, Any]) -> Targe
 def _target_name(place: str) -> str:
     name = re.sub(r"[^a-z0-9._-]", "-", place.lower())
     return name if re.match(r"^[a-z0-9]", name) else f"place-{name}"
+
+
+def _connection_failed(exc: Exception) -> bool:
+    """gRPC's word for a coordinator that is not there (UNAVAILABLE), or a call cut off with the connection."""
+    code = getattr(exc, "code", None)
+    name = getattr(code(), "name", "") if callable(code) else ""
+    return name in ("UNAVAILABLE", "CANCELLED")
 
 
 def _detail(exc: Exception) -> str:

@@ -28,7 +28,7 @@ from edgepipe.config.target import Target
 from edgepipe.database import Location
 from edgepipe.errors import INTERNAL_ERROR_EXIT_CODE, EdgepipeError, InfrastructureError
 from edgepipe.farm.jobs import FarmModel, JobResult, StagedModels, run_job
-from edgepipe.farm.labgrid import LabgridSession, PlaceTurn
+from edgepipe.farm.labgrid import CoordinatorLost, LabgridSession, PlaceTurn
 from edgepipe.farm.store import Claim, FarmStore
 from edgepipe.progress import Progress
 
@@ -47,6 +47,9 @@ class FarmEvents:
 
     def job_ended(self, model: str, pool: str, board: str, outcome: str, detail: str) -> None:
         """A job ended on a board: pass, regression, inconclusive, model-error, infra-error, retry, fenced-off."""
+
+    def note(self, text: str) -> None:
+        """Something about the whole lab (the labgrid coordinator was reconnected to)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,12 @@ class BoardWorker:
                 try:
                     target = turn.take(lambda why: self._keep_waiting(store, why),
                                        lambda owner: store.lapsed(name, owner))  # fmt: skip
+                except CoordinatorLost as exc:  # the lab's server, not this board: wait while it comes back
+                    if exc.given_up:
+                        self._board_failure(store, f"{type(exc).__name__}: {exc.message}")
+                    else:
+                        self._idle(store, "waiting", f"{exc.message}; reconnecting")
+                    continue
                 except InfrastructureError as exc:
                     self._board_failure(store, f"{type(exc).__name__}: {exc.message}")
                     continue
