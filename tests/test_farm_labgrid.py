@@ -218,21 +218,24 @@ def test_labgrid_mistakes_are_one_line(lab: list, coordinator: str, models: dict
         assert store.farm_runs() == []
 
 
-def test_a_restarted_coordinator_is_reconnected_to_and_no_board_is_blamed(
-    lab: list, models: dict, tmp_path: Path
-) -> None:
-    """The lab's coordinator restarts mid-run (an upgrade): it forgets every acquisition and reservation, its
-    exporter reconnects after it. The farm reconnects too, counts nothing against the boards, and finishes every
-    job; no place stays acquired."""
-    folder = tmp_path / "coordinator"
-    groups = {board.name: {"NetworkService": {"address": board.host.address, "port": board.host.port,
-                                              "username": board.host.user}} for board in lab}  # fmt: skip
+def _groups(lab: list) -> dict[str, Any]:
+    return {board.name: {"NetworkService": {"address": board.host.address, "port": board.host.port,
+                                            "username": board.host.user}} for board in lab}  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:  # a port of its own: a restarted coordinator listens on it again
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _lose_coordinator_mid_run(lab: list, models: dict, tmp_path: Path, folder: Path, port: int,
+                              **extra: Any) -> subprocess.Popen[str]:  # fmt: skip
+    """A coordinator of the test's own with the three places; a farm run started on it; once its first job is
+    done, the coordinator is killed (its exporter goes with it, as labgrid's exporters do). Returns the run."""
     slow = {**QUICK, "min_seconds": 1.5, "repeats": 1}
     chosen = [str(models["small"]), str(models["wide"]), str(models["copy"])]
-    with socket.socket() as probe:  # a port of its own: the restarted coordinator listens on it again
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", groups):
+    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", _groups(lab)):
         for place, (tag, index) in PLACES.items():
             labgridlab.client(address, "-p", place, "create")
             labgridlab.client(address, "-p", place, "add-match", f"rack2/board{index}/NetworkService")
@@ -240,13 +243,26 @@ def test_a_restarted_coordinator_is_reconnected_to_and_no_board_is_blamed(
         wait_for(lambda: "nano-a" in (folder / "places.yaml").read_text() if (folder / "places.yaml").exists()
                  else False, 30, "the coordinator to save its places")  # fmt: skip
         farm = write_farm(tmp_path, lab, address, measure=slow)
+        spec = json.loads(farm.read_text())
+        spec["labgrid"].update(extra)
+        farm.write_text(json.dumps(spec))
         process = farm_cli(tmp_path, "run", str(farm), *chosen, "--data", str(models["data"]))
         wait_for(lambda: [a for a in attempts(tmp_path) if a["outcome"] == "done"], 120, "a first job done")
-        # The coordinator goes first (its exporter then loses it and exits, as labgrid's exporters do).
         subprocess.run(["pkill", "-KILL", "-f", f"labgrid.remote.coordinator -l 127.0.0.1:{port}"], check=True)
         time.sleep(1)
+    return process
+
+
+def test_a_restarted_coordinator_is_reconnected_to_and_no_board_is_blamed(
+    lab: list, models: dict, tmp_path: Path
+) -> None:
+    """The lab's coordinator restarts mid-run (an upgrade): it forgets every acquisition and reservation, its
+    exporter reconnects after it. The farm reconnects too, counts nothing against the boards, and finishes every
+    job; no place stays acquired."""
+    folder, port = tmp_path / "coordinator", _free_port()
+    process = _lose_coordinator_mid_run(lab, models, tmp_path, folder, port)
     time.sleep(3)  # the coordinator is gone for a while
-    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", groups):
+    with labgridlab.coordinator(folder, port) as address, labgridlab.exporter(address, folder, "rack2", _groups(lab)):
         code, _out, err = finish(process, 240)
         assert code == 0, err
         assert "Traceback" not in err and "reconnected to the labgrid coordinator" in err, err
@@ -256,3 +272,21 @@ def test_a_restarted_coordinator_is_reconnected_to_and_no_board_is_blamed(
         assert all(a["outcome"] == "done" for a in doc["attempts"]), doc["attempts"]
         assert not re.search(r"^\s*[\d.]+s\s+\S+\s+(failed|quarantined)\s", err, re.MULTILINE), err  # board lines
         assert labgridlab.who(address) == []
+
+
+def test_a_coordinator_that_never_comes_back_ends_the_run_as_infrastructure(
+    lab: list, models: dict, tmp_path: Path
+) -> None:
+    """``labgrid.reconnect_s`` after the coordinator went away, the boards that still have jobs fail their turns
+    and are quarantined; the jobs not run end as infrastructure errors (exit 10), the ones done stay done."""
+    started = time.monotonic()
+    process = _lose_coordinator_mid_run(lab, models, tmp_path, tmp_path / "coordinator", _free_port(), reconnect_s=3)
+    code, _out, err = finish(process, 180)
+    assert code == 10, err
+    assert "Traceback" not in err and time.monotonic() - started < 150
+    doc = document(tmp_path)
+    outcomes = [job["outcome"] for job in doc["jobs"]]
+    assert "pass" in outcomes and "infra-error" in outcomes and set(outcomes) <= {"pass", "infra-error"}
+    quarantined = [board for board in doc["boards"] if board["quarantined"]]
+    assert quarantined and all("labgrid coordinator" in board["reason"] for board in quarantined), doc["boards"]
+    assert "reconnecting" in err  # the wait was said while it lasted

@@ -70,6 +70,9 @@ class LabgridPool(Strict):
 
 class LabgridSettings(Strict):
     coordinator: str | None = Field(None, description="HOST[:PORT] of labgrid-coordinator; default $LG_COORDINATOR")
+    reconnect_s: float = Field(
+        120.0, ge=0, le=3600, description="how long a lost coordinator is waited for before the boards fail"
+    )
 
 
 class Pool(Strict):

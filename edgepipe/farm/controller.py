@@ -139,7 +139,7 @@ def _labgrid(farm: Farm, owner: str) -> Iterator[tuple[Farm, LabgridSession | No
     if farm.coordinator is None:
         yield farm, None
         return
-    with LabgridSession(farm.coordinator, owner) as session:
+    with LabgridSession(farm.coordinator, owner, farm.spec.labgrid.reconnect_s) as session:
         places: dict[str, list[str]] = {}
         for name, pool in farm.spec.pools.items():
             if pool.labgrid is None:

@@ -36,7 +36,6 @@ from edgepipe.errors import ConfigError, InfrastructureError
 OPEN_TIMEOUT_S = 15.0  # connecting to the coordinator and receiving its places and resources
 CALL_TIMEOUT_S = 30.0  # one request to the coordinator
 POLL_S = 1.0  # how often a waiting reservation is polled (labgrid-client reserve --wait polls every second)
-RECONNECT_S = 120.0  # how long a lost coordinator is waited for (a restart, an upgrade) before the boards fail
 IDENTITY_PREFIX = "edgepipe-"
 
 T = TypeVar("T")
@@ -90,7 +89,7 @@ class PlaceStatus:
 
 class CoordinatorLost(InfrastructureError):
     """The connection to the coordinator is gone (it restarted, or the network between failed). Not a board's
-    fault: the workers wait while the session reconnects, until ``given_up`` (``RECONNECT_S`` without it)."""
+    fault: the workers wait while the session reconnects, until ``given_up`` (``reconnect_s`` without it)."""
 
     def __init__(self, message: str, *, given_up: bool = False, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
@@ -102,8 +101,8 @@ class LabgridSession:
     and raises InfrastructureError when the coordinator fails or cannot be reached (CoordinatorLost when the
     connection was lost: ``reconnect`` opens a new one)."""
 
-    def __init__(self, address: str, owner: str) -> None:
-        self.address = address
+    def __init__(self, address: str, owner: str, reconnect_s: float = 120.0) -> None:
+        self.address, self.reconnect_s = address, reconnect_s
         self.host, self.user = identity(owner)
         self._client = _labgrid()
         self._loop = asyncio.new_event_loop()
@@ -149,13 +148,13 @@ class LabgridSession:
         return CoordinatorLost(
             f"labgrid coordinator {self.address}: {why}",
             hint="is labgrid-coordinator running there? the farm reconnects for "
-            f"{RECONNECT_S:.0f} s before it gives the boards up",
+            f"{self.reconnect_s:.0f} s (labgrid.reconnect_s) before it gives the boards up",
         )
 
     def reconnect(self) -> None:
         """Open a new connection when the coordinator was lost (restarted, upgraded, a network failure); a
         restarted coordinator has forgotten every acquisition and reservation. One worker reconnects while the
-        others wait for it; when it cannot yet, CoordinatorLost (``given_up`` after ``RECONNECT_S`` of that)."""
+        others wait for it; when it cannot yet, CoordinatorLost (``given_up`` after ``reconnect_s`` of that)."""
         with self._reconnecting:
             if self._session is not None and not self._session.stopping.is_set():
                 self._lost_since = None
@@ -167,7 +166,7 @@ class LabgridSession:
                 self._session = self._call(self._open(), OPEN_TIMEOUT_S, "reconnecting")
             except InfrastructureError as exc:
                 raise CoordinatorLost(
-                    f"{exc.message} (lost for {lost_for:.0f} s)", given_up=lost_for > RECONNECT_S, hint=exc.hint
+                    f"{exc.message} (lost for {lost_for:.0f} s)", given_up=lost_for > self.reconnect_s, hint=exc.hint
                 ) from None
             with contextlib.suppress(InfrastructureError):
                 self._call(_close(old), 10, "closing the lost connection")
