@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/farm.py               # makespan: 8 boards, 64 jobs; one controller, then two on PostgreSQL
     .venv/bin/python bench/farm.py --faults      # 20 link cuts, 10 controller SIGKILLs, double bookings (+ labgrid)
+    .venv/bin/python bench/farm.py --faults bookings   # one part: cuts, kills or bookings
 
 The lab is the tests' lab (tests/netns.py): eight boards, each OpenSSH's sshd in its own network namespace with
 its own address on one bridge, running the real agent; the controllers are real ``edgepipe farm`` processes; the
@@ -54,6 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the lab rig the farm tests use
 import labgridlab  # noqa: E402
 import netns  # noqa: E402
 import postgres  # noqa: E402
+from farmkit import board_target  # noqa: E402
 from paired import print_table  # noqa: E402
 
 from edgepipe.farm.store import FarmStore  # noqa: E402
@@ -94,12 +96,7 @@ def write_farm(folder: Path, boards: list[netns.LabBoard], **pool: Any) -> Path:
     """Two pools of four boards (a board type each), every board a target file of its own."""
     (folder / "targets").mkdir(parents=True, exist_ok=True)
     for board in boards:
-        target = {
-            "name": board.name, "transport": "ssh", "host": board.host.address, "port": board.host.port,
-            "user": board.host.user, "key": str(board.host.key), "known_hosts": str(board.host.known_hosts),
-            "python": sys.executable, "workdir": str(folder / "work" / board.name), "connect_timeout_s": 4,
-            "connect_attempts": 1, "link_timeout_s": 6, "measure": MEASURE,
-        }  # fmt: skip
+        target = board_target(board, folder, MEASURE)
         (folder / "targets" / f"{board.name}.yaml").write_text(json.dumps(target))
     half = len(boards) // 2
     pools = {"rpi4": boards[:half], "jetson": boards[half:]}
@@ -117,6 +114,7 @@ def write_farm(folder: Path, boards: list[netns.LabBoard], **pool: Any) -> Path:
 
 def write_labgrid_farm(folder: Path, boards: list[netns.LabBoard], coordinator: str) -> Path:
     """The same two pools as labgrid places found by tag: one target template, the address from each place."""
+    folder.mkdir(parents=True, exist_ok=True)
     known_hosts = folder / "known_hosts"
     known_hosts.write_text("".join(board.host.known_hosts.read_text() for board in boards))
     target = {
@@ -430,9 +428,12 @@ def double_bookings(folder: Path, boards: list[netns.LabBoard], models: list[Pat
     return len(ends), agent_jobs, overlaps
 
 
+FAULTS = ("cuts", "kills", "bookings")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--faults", action="store_true", help="the fault counts instead of the makespan")
+    parser.add_argument("--faults", nargs="*", choices=FAULTS, help="the fault counts (all, or the parts named)")
     parser.add_argument("--jobs", type=int, default=64, help="jobs of a makespan run (models x 2 pools)")
     parser.add_argument("--cuts", type=int, default=20)
     parser.add_argument("--kills", type=int, default=10)
@@ -444,28 +445,32 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     header = ("experiment", "what", "figure", "")
-    rows: list[tuple[str, ...]] = []
+    parts = set(args.faults or FAULTS) if args.faults is not None else set()
     with netns.lab(out / "lab", BOARDS) as boards, postgres.server() as server:
-        if not args.faults:
+        if not parts:
             models, baseline, data = make_models(out / "models", args.jobs // 2, [256], "m")
-            rows += makespan(out / "one", boards, models, baseline, data, out / "one" / "history.sqlite", 1)
-            rows += makespan(out / "two", boards, models, baseline, data, postgres.new_database(server), 2)
-        else:
-            big, baseline, data = make_models(out / "big", 32, [512, 512], "b")  # 1.2 MB: uploads take seconds
-            rows += link_cuts(out / "cuts", boards, big, baseline, data, args.cuts)
-            models, baseline, data = make_models(out / "models", 8, [256], "m")
-            rows += kills(out / "kills", boards, models, baseline, data, server, args.kills)
-            more, _, _ = make_models(out / "more", 16, [256], "d")
+            print_table(
+                header, makespan(out / "one", boards, models, baseline, data, out / "one" / "history.sqlite", 1)
+            )
+            print_table(header, makespan(out / "two", boards, models, baseline, data, postgres.new_database(server), 2))
+            return
+        models, baseline, data = make_models(out / "models", 16, [256], "m")
+        if "cuts" in parts:
+            big, big_baseline, _ = make_models(out / "big", 32, [512, 512], "b")  # 1.2 MB: uploads take seconds
+            print_table(header, link_cuts(out / "cuts", boards, big, big_baseline, data, args.cuts))
+        if "kills" in parts:
+            print_table(header, kills(out / "kills", boards, models[:8], baseline, data, server, args.kills))
+        if "bookings" in parts:
             pg_farm = write_farm(out / "pg", boards)
-            _, agent_jobs, overlaps = double_bookings(out / "pg", boards, more, baseline, data,
-                                                       postgres.new_database(server), pg_farm)  # fmt: skip
-            rows.append(("2 controllers, PostgreSQL", "double bookings", str(overlaps), f"of {agent_jobs} agent jobs"))
+            _, agent_jobs, overlaps = double_bookings(out / "pg", boards, models, baseline, data,
+                                                      postgres.new_database(server), pg_farm)  # fmt: skip
+            rows = [("2 controllers, PostgreSQL", "double bookings", str(overlaps), f"of {agent_jobs} agent jobs")]
             with labgrid_places(out / "labgrid", boards) as address:
                 lg_farm = write_labgrid_farm(out / "lg", boards, address)
-                _, agent_jobs, overlaps = double_bookings(out / "lg", boards, more, baseline, data,
-                                                           postgres.new_database(server), lg_farm)  # fmt: skip
+                _, agent_jobs, overlaps = double_bookings(out / "lg", boards, models, baseline, data,
+                                                          postgres.new_database(server), lg_farm)  # fmt: skip
             rows.append(("2 controllers, labgrid", "double bookings", str(overlaps), f"of {agent_jobs} agent jobs"))
-    print_table(header, rows)
+            print_table(header, rows)
 
 
 if __name__ == "__main__":

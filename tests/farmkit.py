@@ -41,6 +41,17 @@ def make_models(folder: Path) -> dict[str, Path]:
             "copy": folder / "copy" / "small.tflite", "broken": folder / "broken.tflite"}  # fmt: skip
 
 
+def board_target(board: Any, folder: Path, measure: dict[str, Any]) -> dict[str, Any]:
+    """The target file of a lab board (tests/netns.py): SSH to its sshd with its own key and known_hosts, short
+    timeouts (a cut cable is noticed in seconds), its workdir under ``folder``."""
+    return {
+        "name": board.name, "transport": "ssh", "host": board.host.address, "port": board.host.port,
+        "user": board.host.user, "key": str(board.host.key), "known_hosts": str(board.host.known_hosts),
+        "python": sys.executable, "workdir": str(folder / "work" / board.name), "connect_timeout_s": 4,
+        "connect_attempts": 1, "link_timeout_s": 6, "measure": measure,
+    }  # fmt: skip
+
+
 def farm_cli(folder: Path, *args: str, history: Any = None) -> subprocess.Popen[str]:
     env = {**os.environ, "EDGEPIPE_HISTORY": str(history or folder / "history.sqlite")}
     return subprocess.Popen(

@@ -21,7 +21,7 @@ from typing import Any
 import netns
 import pytest
 from browser import artifacts_dir, body_attribute, load
-from farmkit import QUICK, attempts, farm_cli, finish, make_models, wait_for
+from farmkit import QUICK, attempts, board_target, farm_cli, finish, make_models, wait_for
 
 from edgepipe.farm.store import FarmStore
 
@@ -52,12 +52,7 @@ def write_farm(folder: Path, lab: list[netns.LabBoard], pools: dict[str, list[in
     """Target files for the lab's boards and a farm file grouping them (board i of the lab is ``board{i}``)."""
     (folder / "targets").mkdir(parents=True, exist_ok=True)
     for board in lab:
-        target = {
-            "name": board.name, "transport": "ssh", "host": board.host.address, "port": board.host.port,
-            "user": board.host.user, "key": str(board.host.key), "known_hosts": str(board.host.known_hosts),
-            "python": sys.executable, "workdir": str(folder / "work" / board.name), "connect_timeout_s": 4,
-            "connect_attempts": 1, "link_timeout_s": 6, "measure": measure or QUICK,
-        }  # fmt: skip
+        target = board_target(board, folder, measure or QUICK)
         (folder / "targets" / f"{board.name}.yaml").write_text(json.dumps(target))
     farm = {
         "name": "testlab",
