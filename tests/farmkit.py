@@ -18,8 +18,9 @@ QUICK = {"runs": 30, "min_seconds": 0.2, "repeats": 2, "time_limit_s": 120}
 
 
 def make_models(folder: Path) -> dict[str, Path]:
-    """Float models of the digits' shape: small (µs per inference), wide (~30x its work), slow (about a
-    millisecond: a measurement of some seconds stays under the agent's max_runs), and evaluation data."""
+    """Float models of the digits' shape: small (µs per inference), wide (~30x its work), slow (three 32-channel
+    convolutions over 64x64: about a millisecond even on a fast x86 core, so a measurement of some seconds stays
+    under the agent's max_runs and min_seconds decides how long it lasts), and evaluation data."""
     from edgepipe.examples.digits import load
     from edgepipe.keras_compat import keras, tf
 
@@ -27,12 +28,18 @@ def make_models(folder: Path) -> dict[str, Path]:
     k.utils.set_random_seed(0)
     data = load()
     np.savez(folder / "eval.npz", x=data.x_test[0][:120].reshape(120, 64).astype(np.float32), y=data.y_test[0][:120])
-    for name, widths in (("small", [16]), ("wide", [512]), ("slow", [1024, 1024])):
+    for name, widths in (("small", [16]), ("wide", [512])):
         inputs = outputs = k.Input((64,))
         for width in widths:
             outputs = k.layers.Dense(width, activation="relu")(outputs)
         model = k.Model(inputs, k.layers.Dense(10)(outputs))
         (folder / f"{name}.tflite").write_bytes(tf().lite.TFLiteConverter.from_keras_model(model).convert())
+    inputs = k.Input((64,))
+    image = k.layers.Reshape((64, 64, 1))(k.layers.Dense(64 * 64, activation="relu")(inputs))
+    for _ in range(3):
+        image = k.layers.Conv2D(32, 3, padding="same", activation="relu")(image)
+    model = k.Model(inputs, k.layers.Dense(10)(k.layers.GlobalAveragePooling2D()(image)))
+    (folder / "slow.tflite").write_bytes(tf().lite.TFLiteConverter.from_keras_model(model).convert())
     (folder / "copy").mkdir()
     (folder / "copy" / "small.tflite").write_bytes((folder / "small.tflite").read_bytes())
     (folder / "broken.tflite").write_bytes((folder / "small.tflite").read_bytes()[:200])

@@ -217,12 +217,15 @@ def test_link_cut_mid_upload_leaves_no_partial_blob(lab: list, models: dict, tmp
 
 
 def test_board_that_never_comes_back_is_quarantined(lab: list, models: dict, tmp_path: Path) -> None:
-    farm = write_farm(tmp_path, lab, {"rpi4": [0, 1, 2]}, quarantine_after=2)
+    # Jobs must still wait while the dead board fails its check twice: they measure for 3 s, its connects give up
+    # after 1 s (two checks and the poll between them: about 3 s, before the third job is taken).
+    farm = write_farm(tmp_path, lab, {"rpi4": [0, 1, 2]}, measure={**QUICK, "min_seconds": 3, "repeats": 1},
+                      quarantine_after=2)  # fmt: skip
+    dead_target = tmp_path / "targets" / "board2.yaml"
+    dead_target.write_text(json.dumps({**json.loads(dead_target.read_text()), "connect_timeout_s": 1}))
     lab[2].cable.unplug()
-    code, _out, err = finish(farm_cli(
-        tmp_path, "run", str(farm), str(models["small"]), str(models["wide"]), str(models["copy"]),
-        "--data", str(models["data"]),
-    ))  # fmt: skip
+    code, _out, err = finish(farm_cli(tmp_path, "run", str(farm), *[str(models["slow"])] * 3,
+                                      "--data", str(models["data"])))  # fmt: skip
     assert code == 0, err
     doc = document(tmp_path)
     assert all(job["outcome"] == "pass" for job in doc["jobs"]) and len(doc["jobs"]) == 3

@@ -57,7 +57,8 @@ def _target(folder: Path, host: Any) -> Path:
                 "workdir": str(folder / "board"),
                 "connect_timeout_s": 5,
                 "connect_attempts": 1,
-                "measure": {"runs": 20, "min_seconds": 0.1, "repeats": 1, "time_limit_s": 300},
+                # max_runs high: --min-seconds, not the run cap, must decide how long the agent measures
+                "measure": {"runs": 20, "min_seconds": 0.1, "repeats": 1, "time_limit_s": 300, "max_runs": 3_000_000},
             }
         )
     )
