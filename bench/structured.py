@@ -124,7 +124,7 @@ def speedups(path: Path, baseline: Path, out: Path, targets: list[str]) -> list[
     return cells
 
 
-def ratios(work: Path, only: list[str], targets: list[str]) -> None:
+def ratios(work: Path, only: list[str], targets: list[str], shares: list[float]) -> None:
     """Channel ratios with a plain and a distilled fine-tune (same epochs), each model paired against its PTQ.
 
     Each float model is trained once (the PTQ run); every ratio starts from that run's ``float/model.keras``, so
@@ -148,7 +148,7 @@ def ratios(work: Path, only: list[str], targets: list[str]) -> None:
         size = f"{baseline.stat().st_size:,}"
         rows.append((label, "PTQ", f"float {float_accuracy:.4f}", f"{base_accuracy:.4f}", f"{base_total['macs']:,}",
                      f"{base_total['peak_activation_bytes']:,}", size, *["(baseline)"] * len(targets)))  # fmt: skip
-        for ratio in (0.25, 0.5, 0.75):
+        for ratio in shares:
             for mode in ("plain", "distilled"):
                 fine_tune = dict(spec.fine_tune)
                 if mode == "distilled":
@@ -188,11 +188,14 @@ def main() -> None:
         help="targets of the sweep's paired latency, e.g. local rpi4-emu (default: local; rpi4-emu needs "
         "`edgepipe emulator build rpi4`)",
     )
+    parser.add_argument(
+        "--channel-ratios", nargs="+", type=float, default=[0.25, 0.5, 0.75], help="shares of channels to remove"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgepipe-bench-structured-"))
     (work / "bench_models.py").write_text(FACTORY)
     if args.ratios_only:
-        ratios(work, args.models, args.targets)
+        ratios(work, args.models, args.targets, args.channel_ratios)
         print(f"runs kept in {work}")
         return
     built: dict[str, tuple[Path, float]] = {}
@@ -216,7 +219,7 @@ def main() -> None:
     print_table(header, rows)
     if args.ratios:
         print()
-        ratios(work, args.models, args.targets)
+        ratios(work, args.models, args.targets, args.channel_ratios)
     print(f"runs kept in {work}")
 
 
