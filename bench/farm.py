@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the lab rig the farm tests use
 import labgridlab  # noqa: E402
 import netns  # noqa: E402
 import postgres  # noqa: E402
-from farmkit import board_target  # noqa: E402
+from farmkit import board_intervals, board_target  # noqa: E402
 from paired import print_table  # noqa: E402
 
 from edgepipe.farm.store import FarmStore  # noqa: E402
@@ -192,12 +192,7 @@ def latest_runs(history: Any, count: int) -> list[int]:
 
 def board_overlaps(history: Any) -> tuple[int, int]:
     """(agent jobs, overlapping pairs on one board) from every record's board clock."""
-    with FarmStore(history) as store:
-        records = [store.record(row.id) for row in store.runs(limit=100000)]
-    spans: dict[str, list[tuple[float, float]]] = {}
-    for record in records:
-        clock = record["device"]["clock"]
-        spans.setdefault(record["target"]["name"], []).append((clock["started"], clock["finished"]))
+    spans = board_intervals(history)
     overlaps = 0
     for intervals in spans.values():
         for (_, end), (start, _) in itertools.pairwise(sorted(intervals)):

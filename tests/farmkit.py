@@ -96,3 +96,14 @@ def attempts(folder: Path, run: int = 1, history: Any = None) -> list[dict[str, 
             return store.attempts(run)
         except Exception:
             return []
+
+
+def board_intervals(history: Any) -> dict[str, list[tuple[float, float]]]:
+    """Every agent job's start and end as the board's clock saw them, per board, from the history's records."""
+    with FarmStore(history) as store:
+        records = [store.record(row.id) for row in store.runs(limit=100000)]
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        clock = record["device"]["clock"]
+        spans.setdefault(record["target"]["name"], []).append((clock["started"], clock["finished"]))
+    return spans

@@ -21,7 +21,7 @@ from typing import Any
 import netns
 import pytest
 from browser import artifacts_dir, body_attribute, load
-from farmkit import QUICK, attempts, board_target, farm_cli, finish, make_models, wait_for
+from farmkit import QUICK, attempts, board_intervals, board_target, farm_cli, finish, make_models, wait_for
 
 from edgepipe.farm.store import FarmStore
 
@@ -75,17 +75,6 @@ def measuring_on(workdir: Path) -> bool:
 
 def document(folder: Path, run: int = 1) -> dict[str, Any]:
     return dict(json.loads((folder / "farm-runs" / f"testlab-{run}" / "farm.json").read_text()))
-
-
-def board_intervals(history: Any) -> dict[str, list[tuple[float, float]]]:
-    """Every agent job's start and end as the board's clock saw them, per board, from the history's records."""
-    with FarmStore(history) as store:
-        records = [store.record(row.id) for row in store.runs(limit=10000)]
-    spans: dict[str, list[tuple[float, float]]] = {}
-    for record in records:
-        clock = record["device"]["clock"]
-        spans.setdefault(record["target"]["name"], []).append((clock["started"], clock["finished"]))
-    return spans
 
 
 def assert_no_overlap(spans: dict[str, list[tuple[float, float]]]) -> None:
