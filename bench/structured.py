@@ -30,6 +30,7 @@ import yaml
 from paired import deploy_paired, print_table
 
 from edgepipe.analyze.static import analyze
+from edgepipe.errors import EdgepipeError
 from edgepipe.optimization import pipeline
 from edgepipe.reporting.latency import paired_check
 from edgepipe.reporting.verdict import VerdictSettings
@@ -224,4 +225,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except EdgepipeError as exc:  # e.g. Fashion-MNIST not installed: say what to do, as the CLI does
+        raise SystemExit(f"error: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else "")) from None
