@@ -7,6 +7,7 @@ faithful (see ``keras_compat.convert_keras3``) and refused otherwise.
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -145,8 +146,16 @@ def copy_model(model: Any) -> Any:
     return twin
 
 
-def compile_for(model: Any, task: Task, learning_rate: float) -> None:
-    """Adam + the task's loss per output + its metric (accuracy for a classifier)."""
+def learning_rate(settings: TrainSettings, samples: int) -> Any:
+    """Adam's learning rate for ``settings``: the number, or a cosine decay to zero over every step of the fit."""
+    if settings.learning_rate_schedule == "constant":
+        return settings.learning_rate
+    steps = settings.epochs * math.ceil(samples / settings.batch_size)
+    return keras().optimizers.schedules.CosineDecay(settings.learning_rate, decay_steps=max(1, steps))
+
+
+def compile_for(model: Any, task: Task, learning_rate: Any) -> None:
+    """Adam (``learning_rate``: a number or a Keras schedule) + the task's loss per output + its metric."""
     k = keras()
     losses = task.losses()
     model.compile(
@@ -182,9 +191,9 @@ def train(
         from edgepipe.optimization import distill
 
         targets = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
-        distill.compile_distilled(model, task, settings.distill, settings.learning_rate)
+        distill.compile_distilled(model, task, settings.distill, learning_rate(settings, data.train_samples))
     else:
-        compile_for(model, task, settings.learning_rate)
+        compile_for(model, task, learning_rate(settings, data.train_samples))
     progress.training_started(label, settings.epochs)
     try:
         history = _fit(model, data, settings, callbacks, _Report(), label, targets)

@@ -166,6 +166,7 @@ def test_the_board_runtime_is_pinned_like_the_hosts() -> None:
         ("{kind: distill, distill: {alpha: 2}}", "stages[0].distill.alpha"),
         ("{kind: distill, distill: {temprature: 4}}", "temprature"),
         ("{kind: prune, fine_tune: {distill: {temperature: 0}}}", "stages[0].fine_tune.distill.temperature"),
+        ("{kind: prune, fine_tune: {learning_rate_schedule: cosin}}", "stages[0].fine_tune.learning_rate_schedule"),
     ],
 )
 def test_structured_compression_fields_fail_with_one_line_naming_them(

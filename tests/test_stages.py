@@ -225,3 +225,20 @@ def test_per_channel_clustering_of_a_too_small_conv_is_named(digits: Any) -> Non
         cnn(), ClusterStage(kind="cluster", clusters=16, per_channel=True), context(digits, epochs=1)
     )
     assert "conv_1" in outcome.details["skipped_unsupported"] and "conv_2" in outcome.details["layers"]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_fine_tune_learning_rate_schedule(digits: Any, trained_mlp: Any, schedule: str) -> None:
+    """cosine decays Adam's rate to zero by the fit's last step; constant keeps it (TF-MOT's guides)."""
+    from edgepipe.models import copy_model, train
+
+    model = copy_model(trained_mlp)
+    settings = TrainSettings(epochs=2, batch_size=64, learning_rate=0.01, learning_rate_schedule=schedule)
+    train(model, digits, settings, Progress(), "test", Task())
+    steps = int(model.optimizer.iterations.numpy())
+    assert steps == 2 * -(-digits.train_samples // 64)
+    final = float(model.optimizer.learning_rate.numpy())  # the rate of the last step
+    if schedule == "cosine":
+        assert final < 0.01 * 0.01
+    else:
+        assert final == pytest.approx(0.01)

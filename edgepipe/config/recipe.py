@@ -37,6 +37,9 @@ class TrainSettings(_Strict):
     epochs: int = Field(default=2, ge=1, le=1000)
     batch_size: int = Field(default=32, ge=1, le=65536)
     learning_rate: float = Field(default=1e-4, gt=0, le=10)
+    # constant: Adam at learning_rate throughout (TF-MOT's guides); cosine: decayed to zero by the last step,
+    # which ends a short fine-tune in a settled place instead of wherever the last batches left it.
+    learning_rate_schedule: Literal["constant", "cosine"] = "constant"
     distill: DistillSettings | None = None  # fine-tune against a teacher instead of the labels alone
 
 
@@ -46,6 +49,7 @@ class FineTuneOverride(_Strict):
     epochs: int | None = Field(default=None, ge=1, le=1000)
     batch_size: int | None = Field(default=None, ge=1, le=65536)
     learning_rate: float | None = Field(default=None, gt=0, le=10)
+    learning_rate_schedule: Literal["constant", "cosine"] | None = None
     distill: DistillSettings | None = None
 
     def over(self, base: TrainSettings) -> TrainSettings:

@@ -36,7 +36,7 @@ def packed_targets(teacher: Any, data: Dataset, task: Task, teacher_task: Task) 
     return np.concatenate([targets.reshape(samples, -1), produced.reshape(samples, -1)], axis=1)
 
 
-def compile_distilled(model: Any, task: Task, settings: DistillSettings, learning_rate: float) -> None:
+def compile_distilled(model: Any, task: Task, settings: DistillSettings, learning_rate: Any) -> None:
     """Adam, the distillation loss on packed targets, and the task's metric read from the label columns."""
     k, t = keras(), tf()
     temperature, alpha = float(settings.temperature), float(settings.alpha)
