@@ -139,6 +139,9 @@ class Sweep:
     schedule: str
     temperature: float
     alpha: float
+    float_model: str | None = None  # a trained .keras to start from instead of training the model's factory
+    epochs: int | None = None  # fine-tune epochs and learning rate instead of the model's own
+    learning_rate: float | None = None
 
 
 def ratios(work: Path, sweep: Sweep) -> None:
@@ -157,9 +160,11 @@ def ratios(work: Path, sweep: Sweep) -> None:
         if sweep.models and spec.factory not in sweep.models:
             continue
         base_tune = {**spec.fine_tune, "learning_rate_schedule": sweep.schedule}
+        base_tune.update({"epochs": sweep.epochs} if sweep.epochs else {})
+        base_tune.update({"learning_rate": sweep.learning_rate} if sweep.learning_rate else {})
+        source, train = (sweep.float_model, None) if sweep.float_model else (f"bench_models:{spec.factory}", spec.train)
         prepared = pipeline.prepare(
-            recipe([{"kind": "ptq"}], work, f"{spec.factory}-ptq", f"bench_models:{spec.factory}", spec.train,
-                   spec.data, base_tune)
+            recipe([{"kind": "ptq"}], work, f"{spec.factory}-ptq", source, train, spec.data, base_tune)
         )  # fmt: skip
         base = pipeline.run(prepared, work / f"{spec.factory}-ptq")
         trained = str(base.directory / "float" / "model.keras")
@@ -200,7 +205,10 @@ def ratios(work: Path, sweep: Sweep) -> None:
                 print_table(header, rows[-1:])
             print(recovered(label, ratio, float_accuracy, means["plain"], means["distilled"]), flush=True)
     print()
-    print(f"fine-tunes: {sweep.schedule} learning rate, seeds {' '.join(map(str, sweep.seeds))}")
+    print(f"fine-tunes: {sweep.schedule} learning rate, seeds {' '.join(map(str, sweep.seeds))}"
+          + (f", epochs {sweep.epochs}" if sweep.epochs else "")
+          + (f", learning rate {sweep.learning_rate:g}" if sweep.learning_rate else "")
+          + (f", float model {sweep.float_model}" if sweep.float_model else ""))  # fmt: skip
     print_table(header, rows)
 
 
@@ -240,9 +248,20 @@ def main() -> None:
     )
     parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature (default 4)")
     parser.add_argument("--alpha", type=float, default=0.3, help="distillation: weight of the labels (default 0.3)")
+    parser.add_argument("--epochs", type=int, help="fine-tune epochs (default: the model's own, Fashion 2, digits 4)")
+    parser.add_argument("--learning-rate", type=float, help="fine-tune learning rate (default: the model's own)")
+    parser.add_argument(
+        "--float-model",
+        type=Path,
+        help="a trained .keras of the one model in --models to prune (and distill from) instead of training its "
+        "factory, e.g. bench/augmented_teacher.py's",
+    )
     args = parser.parse_args()
+    if args.float_model is not None and (len(args.models) != 1 or not args.float_model.is_file()):
+        parser.error("--float-model needs an existing .keras file and exactly one model in --models")
+    float_model = str(args.float_model.resolve()) if args.float_model else None
     sweep = Sweep(args.models, args.targets, args.channel_ratios, args.seeds, args.schedule, args.temperature,
-                  args.alpha)  # fmt: skip
+                  args.alpha, float_model, args.epochs, args.learning_rate)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="edgepipe-bench-structured-"))
     (work / "bench_models.py").write_text(FACTORY)
     if args.ratios_only:
