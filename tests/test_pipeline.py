@@ -71,7 +71,13 @@ def test_sizes_and_ratios_are_consistent(finished: tuple[Path, dict]) -> None:
 
 def test_resolved_recipe_and_provenance_are_recorded(finished: tuple[Path, dict]) -> None:
     _, result = finished
-    expected = {"epochs": 2, "batch_size": 32, "learning_rate": 0.0005, "distill": None}  # every field, resolved
+    expected = {  # every field, resolved
+        "epochs": 2,
+        "batch_size": 32,
+        "learning_rate": 0.0005,
+        "learning_rate_schedule": "constant",
+        "distill": None,
+    }
     assert result["recipe"]["stages"][0]["fine_tune"] == expected
     assert result["recipe"]["convert"]["io_type"] == "int8"
     provenance = result["provenance"]
