@@ -146,7 +146,7 @@ def copy_model(model: Any) -> Any:
     return twin
 
 
-def learning_rate(settings: TrainSettings, samples: int) -> Any:
+def learning_rate_for(settings: TrainSettings, samples: int) -> Any:
     """Adam's learning rate for ``settings``: the number, or a cosine decay to zero over every step of the fit."""
     if settings.learning_rate_schedule == "constant":
         return settings.learning_rate
@@ -191,9 +191,9 @@ def train(
         from edgepipe.optimization import distill
 
         targets = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
-        distill.compile_distilled(model, task, settings.distill, learning_rate(settings, data.train_samples))
+        distill.compile_distilled(model, task, settings.distill, learning_rate_for(settings, data.train_samples))
     else:
-        compile_for(model, task, learning_rate(settings, data.train_samples))
+        compile_for(model, task, learning_rate_for(settings, data.train_samples))
     progress.training_started(label, settings.epochs)
     try:
         history = _fit(model, data, settings, callbacks, _Report(), label, targets)
