@@ -32,7 +32,7 @@ def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = Non
         except Exception as exc:
             raise ModelError(f"{file}: {field}: {source} failed: {type(exc).__name__}: {exc}") from None
     else:
-        model = _load_file(source, data)
+        model = load_file(source)
     if is_keras3_model(model):
         model = convert_keras3(model, data.head(64)[0])
     k = keras()
@@ -82,7 +82,8 @@ def _shapes(shape: Any) -> list[tuple[Any, ...]]:
     return list(shape) if isinstance(shape, list) else [shape]
 
 
-def _load_file(path: Path, data: Dataset) -> Any:
+def load_file(path: Path) -> Any:
+    """A Keras model from a .keras (tf_keras or Keras 3) or .h5 file or a SavedModel directory, uncompiled."""
     k = keras()
     if path.is_dir():
         if not (path / "keras_metadata.pb").exists():
@@ -190,7 +191,8 @@ def train(
     if settings.distill is not None and teacher is not None:
         from edgepipe.optimization import distill
 
-        targets = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
+        packed = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
+        targets = packed[0] if len(packed) == 1 else packed
         distill.compile_distilled(model, task, settings.distill, learning_rate_for(settings, data.train_samples))
     else:
         compile_for(model, task, learning_rate_for(settings, data.train_samples))
@@ -209,7 +211,7 @@ def _fit(
     callbacks: list[Any] | None,
     report: Any,
     label: str,
-    targets: np.ndarray | None = None,
+    targets: np.ndarray | list[np.ndarray] | None = None,
 ) -> Any:
     """``model.fit``; an exception from the model's own code is a ModelError naming the training, not a bug."""
     try:

@@ -87,7 +87,8 @@ def optimized_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]
     return outcome.directory, outcome.result
 
 
-# Models that are not one-input, one-output classifiers (edgepipe/examples/tasks.py), each compressed briefly.
+# Models that are not one-input, one-output classifiers (edgepipe/examples/tasks.py), each compressed briefly;
+# the QAT stage distills from the float model (each output from the teacher's same output).
 TASK_RECIPES = {
     "autoencoder": """
 name: autoencoder
@@ -97,7 +98,7 @@ data: {source: edgepipe.examples.tasks:flat_digits}
 fine_tune: {epochs: 1, learning_rate: 0.0005}
 stages:
   - {kind: prune, target_sparsity: 0.5}
-  - {kind: qat}
+  - {kind: qat, fine_tune: {distill: {alpha: 0.5}}}
 convert: {representative_samples: 64}
 gates: {max_error_increase: 1.0}
 """,
@@ -108,7 +109,7 @@ data: {source: edgepipe.examples.tasks:two_heads_data}
 fine_tune: {epochs: 1, learning_rate: 0.0005}
 stages:
   - {kind: prune, target_sparsity: 0.5}
-  - {kind: qat}
+  - {kind: qat, fine_tune: {distill: {temperature: 2, alpha: 0.5}}}
 convert: {representative_samples: 64}
 gates: {max_accuracy_drop: 20}
 """,

@@ -25,20 +25,28 @@ def _loss(alpha: float, temperature: float, labels: np.ndarray, teacher: np.ndar
     return float(np.mean(model.loss(packed, student_logits).numpy()))
 
 
-def test_the_loss_is_cross_entropy_plus_the_softened_kl() -> None:
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 10, 32).astype(np.float32)
-    teacher = rng.normal(size=(32, 10)).astype(np.float32)
-    student = rng.normal(size=(32, 10)).astype(np.float32)
+def _hinton(labels: np.ndarray, teacher: np.ndarray, student: np.ndarray, t: float, alpha: float) -> float:
+    """alpha * CE + (1 - alpha) * T^2 * KL(teacher_T || student_T), written out in numpy (logits in)."""
 
     def log_softmax(z: np.ndarray) -> np.ndarray:
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
-    ce = -log_softmax(student)[np.arange(32), labels.astype(int)].mean()
+    rows = np.arange(len(labels))
+    ce = -log_softmax(student)[rows, labels.astype(int)].mean()
+    soft = np.exp(log_softmax(teacher / t))
+    kl = (soft * (log_softmax(teacher / t) - log_softmax(student / t))).sum(axis=1).mean()
+    return float(alpha * ce + (1 - alpha) * t * t * kl)
+
+
+def test_the_loss_is_cross_entropy_plus_the_softened_kl() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 32).astype(np.float32)
+    teacher = rng.normal(size=(32, 10)).astype(np.float32)
+    student = rng.normal(size=(32, 10)).astype(np.float32)
     t = 4.0
-    p_teacher = np.exp(log_softmax(teacher / t))
-    kl = (p_teacher * (log_softmax(teacher / t) - log_softmax(student / t))).sum(axis=1).mean()
+    ce, kl = _hinton(labels, teacher, student, t, 1.0), _hinton(labels, teacher, student, t, 0.0) / (t * t)
+    assert ce > 1.0 and kl > 0.01  # both terms are there to be weighed
     assert _loss(1.0, t, labels, teacher, student) == pytest.approx(ce, rel=1e-4)
     assert _loss(0.0, t, labels, teacher, student) == pytest.approx(t * t * kl, rel=1e-4)
     assert _loss(0.3, t, labels, teacher, student) == pytest.approx(0.3 * ce + 0.7 * t * t * kl, rel=1e-4)
@@ -86,3 +94,64 @@ def test_a_teacher_file_that_is_missing_is_named_before_any_training(tmp_path: P
     assert "training" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
     assert time.monotonic() - started < 60, "failed at recipe load, not after training the float model"
+
+
+def test_each_output_distills_from_the_teachers_output_at_the_same_place() -> None:
+    """Two heads, one giving logits and one softmax probabilities: each gets Hinton's loss on its own packed
+    targets, and the teacher's probabilities are packed as logits."""
+    from edgepipe.examples.tasks import two_heads, two_heads_data
+    from edgepipe.optimization.distill import packed_targets
+
+    data = two_heads_data()
+    teacher, student = two_heads(), two_heads()
+    task = Task.of(student)
+    assert task.probabilities == (False, True)
+    packed = packed_targets(teacher, data, task, Task.of(teacher))
+    digit, high = teacher.predict(data.keras_x("train"), verbose=0)
+    assert [p.shape for p in packed] == [(data.train_samples, 11), (data.train_samples, 3)]
+    assert np.array_equal(packed[0][:, 0], data.y_train[0]) and np.array_equal(packed[1][:, 0], data.y_train[1])
+    assert np.allclose(packed[0][:, 1:], digit) and np.allclose(packed[1][:, 1:], np.log(high), atol=1e-5)
+
+    compile_distilled(student, task, DistillSettings(alpha=0.3, temperature=2.0), 0.001)
+    assert len(student.loss) == 2
+    rng = np.random.default_rng(0)
+    student_digit = rng.normal(size=(16, 10)).astype(np.float32)
+    student_high = rng.normal(size=(16, 2)).astype(np.float32)
+    probabilities = np.exp(student_high) / np.exp(student_high).sum(axis=1, keepdims=True)
+    for loss, rows, logits, given in (
+        (student.loss[0], packed[0][:16], student_digit, student_digit),
+        (student.loss[1], packed[1][:16], student_high, probabilities),
+    ):
+        want = _hinton(rows[:, 0], rows[:, 1:], logits, 2.0, 0.3)
+        assert float(np.mean(loss(rows, given).numpy())) == pytest.approx(want, rel=1e-4)
+
+
+def _teacher_file(path: Path, classes: int) -> Path:
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    inputs = k.layers.Input((8, 8, 1))
+    k.Model(inputs, k.layers.Dense(classes)(k.layers.Flatten()(inputs))).save(path)
+    return path
+
+
+def test_a_teacher_for_another_task_is_refused_with_both_shapes_before_training(tmp_path: Path) -> None:
+    _teacher_file(tmp_path / "five.keras", 5)
+    body = RECIPE.replace("{temperature: 4, alpha: 0.3}", "{teacher: five.keras}")
+    started = time.monotonic()
+    done = run_cli("optimize", str(write_recipe(tmp_path, body)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2, done.stderr
+    assert "stages[1] (distill): distill.teacher:" in done.stderr
+    assert "gives outputs (5) but the model gives (10)" in done.stderr and "Traceback" not in done.stderr
+    assert "hint: name a teacher trained for the same task" in done.stderr
+    assert not (tmp_path / "run" / "model.tflite").exists()
+    assert time.monotonic() - started < 60, "failed when the teacher was loaded, before the float model trained"
+
+
+def test_a_teacher_file_that_is_not_a_model_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.keras").write_bytes(b"not a zip archive")
+    body = RECIPE.replace("{temperature: 4, alpha: 0.3}", "{teacher: broken.keras}")
+    done = run_cli("optimize", str(write_recipe(tmp_path, body)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 3, done.stderr
+    assert "stages[1] (distill):" in done.stderr and "broken.keras is not a valid .keras file" in done.stderr
+    assert "Traceback" not in done.stderr

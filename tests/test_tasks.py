@@ -49,6 +49,9 @@ def test_reconstruction_is_scored_by_its_error_and_needs_no_labels(task_runs: di
     assert final["metric"]["metric"] == "mse" and final["accuracy"] is None
     assert final["agreement"]["top1_agreement"] is None and final["agreement"]["metric"] == "mse"
     assert result["stages"][-1]["details"]["scheme"] == "PQAT"
+    qat = result["stages"][-1]
+    assert qat["details"]["distilled_from"]["teacher"] == "the float model"  # MSE to the inputs and the teacher
+    assert np.isfinite(qat["training"]["loss"]).all()
     assert [g["gate"] for g in result["gates"]] == ["max_error_increase"]  # the classifier's default is off
     with np.load(directory / "eval.npz") as archive:
         assert archive.files == ["x"]  # targets are the inputs
@@ -68,6 +71,11 @@ def test_two_inputs_and_two_outputs_are_evaluated_in_the_interpreters_order(task
     directory, result = task_runs["two_heads"]
     final = result["final"]
     assert len(final["metric"]["per_output"]) == 2 and final["conformance"]["passed"]
+    qat = result["stages"][-1]
+    assert qat["details"]["distilled_from"]["temperature"] == 2.0  # each head distilled from the teacher's
+    heads = {key.removeprefix("quant_") for key in qat["training"]}  # QAT's wrappers prefix the layer names
+    assert {"digit_accuracy", "high_accuracy", "digit_loss", "high_loss"} <= heads, sorted(qat["training"])
+    assert min(final["metric"]["per_output"]) > 0.8, final["metric"]  # both heads still classify
     interpreter = Interpreter(model_path=str(directory / "model.tflite"))
     inputs = [tuple(d["shape"][1:]) for d in interpreter.get_input_details()]
     with np.load(directory / "eval.npz") as archive:

@@ -5,9 +5,10 @@ Classification: ``alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(t
 reconstruction: ``alpha * MSE(targets, student) + (1 - alpha) * MSE(teacher, student)``.
 
 The teacher runs once, in inference mode, over the training split; its outputs travel with the labels as one
-packed target array (``[labels | teacher outputs]``), so training stays a plain ``model.fit``: TF-MOT's wrappers
-and callbacks (pruning steps, QAT) work unchanged. A softmax head's probabilities are turned into logits with a
-log, for student and teacher alike.
+packed target array per output (``[labels | teacher outputs]``), so training stays a plain ``model.fit``: TF-MOT's
+wrappers and callbacks (pruning steps, QAT) work unchanged. A softmax head's probabilities are turned into logits
+with a log, for student and teacher alike; a model with several outputs distills each output from the teacher's
+output of the same place.
 """
 
 from __future__ import annotations
@@ -21,56 +22,101 @@ from edgepipe.config.recipe import DistillSettings
 from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError
 from edgepipe.keras_compat import keras, tf
+from edgepipe.models import load_file
 from edgepipe.tasks import Task
 
 
-def packed_targets(teacher: Any, data: Dataset, task: Task, teacher_task: Task) -> np.ndarray:
-    """``[labels | teacher outputs]`` for the training split (teacher logits for a classifier)."""
-    if task.outputs != 1:
-        raise ConfigError("distillation supports models with one output for now; remove fine_tune.distill")
-    produced = np.asarray(teacher.predict(data.keras_x("train"), batch_size=512, verbose=0), dtype=np.float32)
-    if task.kind == "classification" and teacher_task.probabilities[0]:
-        produced = np.log(np.clip(produced, 1e-7, 1.0))
-    targets = np.asarray(data.keras_y("train"), dtype=np.float32)
-    samples = len(produced)
-    return np.concatenate([targets.reshape(samples, -1), produced.reshape(samples, -1)], axis=1)
+def output_shapes(model: Any) -> list[tuple[int | None, ...]]:
+    """Each output's shape without the batch axis, in output order."""
+    return [tuple(None if d is None else int(d) for d in tuple(output.shape)[1:]) for output in model.outputs]
+
+
+def check_teacher(teacher: Any, student: Any, name: str) -> None:
+    """A teacher must give what the student gives: the same number of outputs, each of the same shape.
+
+    Checked when the teacher is loaded, so a teacher for another task fails with its shapes named instead of
+    deep inside the first training step.
+    """
+    want, got = output_shapes(student), output_shapes(teacher)
+    if want != got:
+        raise ConfigError(
+            f"distill.teacher: {name} gives outputs {_shapes(got)} but the model gives {_shapes(want)}",
+            hint="name a teacher trained for the same task (one output per model output, of the same shape)",
+        )
+
+
+def _shapes(shapes: list[tuple[int | None, ...]]) -> str:
+    return ", ".join("(" + ", ".join(str(d) for d in shape) + ")" for shape in shapes)
+
+
+def packed_targets(teacher: Any, data: Dataset, task: Task, teacher_task: Task) -> list[np.ndarray]:
+    """One ``[targets | teacher outputs]`` array per output, for the training split (teacher logits for a
+    classifier: a softmax head's probabilities go through a log)."""
+    produced = teacher.predict(data.keras_x("train"), batch_size=512, verbose=0)
+    produced = produced if isinstance(produced, list | tuple) else [produced]
+    targets = data.targets("train")
+    samples = data.train_samples
+    packed = []
+    for index, (target, output) in enumerate(zip(targets, produced, strict=True)):
+        output = np.asarray(output, dtype=np.float32)
+        if task.kind == "classification" and teacher_task.probabilities[index]:
+            output = np.log(np.clip(output, 1e-7, 1.0))
+        target = np.asarray(target, dtype=np.float32).reshape(samples, -1)
+        packed.append(np.concatenate([target, output.reshape(samples, -1)], axis=1))
+    return packed
 
 
 def compile_distilled(model: Any, task: Task, settings: DistillSettings, learning_rate: Any) -> None:
-    """Adam, the distillation loss on packed targets, and the task's metric read from the label columns."""
-    k, t = keras(), tf()
+    """Adam, the distillation loss of each output on its packed targets, and the task's metric read from the
+    label columns."""
+    k = keras()
     temperature, alpha = float(settings.temperature), float(settings.alpha)
-    student_probabilities = task.probabilities[0]
-
     if task.kind == "classification":
-
-        def loss(packed: Any, student: Any) -> Any:
-            labels, teacher = packed[:, 0], packed[:, 1:]
-            logits = t.math.log(t.clip_by_value(student, 1e-7, 1.0)) if student_probabilities else student
-            hard = k.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-            soft_teacher = t.nn.softmax(teacher / temperature)
-            kl = t.reduce_sum(
-                soft_teacher * (t.nn.log_softmax(teacher / temperature) - t.nn.log_softmax(logits / temperature)),
-                axis=-1,
-            )
-            return alpha * hard + (1 - alpha) * temperature**2 * kl
+        losses = [_classification_loss(temperature, alpha, probabilities) for probabilities in task.probabilities]
 
         def accuracy(packed: Any, student: Any) -> Any:
             return k.metrics.sparse_categorical_accuracy(packed[:, :1], student)
 
         metrics = [accuracy]
     else:
-        width = int(np.prod(model.output_shape[1:]))
-
-        def loss(packed: Any, student: Any) -> Any:
-            flat = t.reshape(student, (-1, width))
-            targets, teacher = packed[:, :width], packed[:, width:]
-            return alpha * t.reduce_mean(t.square(targets - flat), axis=-1) + (1 - alpha) * t.reduce_mean(
-                t.square(teacher - flat), axis=-1
-            )
-
+        widths = [int(np.prod(shape)) for shape in output_shapes(model)]
+        losses = [_regression_loss(width, alpha) for width in widths]
         metrics = []
-    model.compile(optimizer=k.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.compile(
+        optimizer=k.optimizers.Adam(learning_rate), loss=losses[0] if len(losses) == 1 else losses, metrics=metrics
+    )
+
+
+def _classification_loss(temperature: float, alpha: float, student_probabilities: bool) -> Any:
+    """Hinton's loss for one output whose packed targets are ``[label | teacher logits]``."""
+    k, t = keras(), tf()
+
+    def loss(packed: Any, student: Any) -> Any:
+        labels, teacher = packed[:, 0], packed[:, 1:]
+        logits = t.math.log(t.clip_by_value(student, 1e-7, 1.0)) if student_probabilities else student
+        hard = k.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        soft_teacher = t.nn.softmax(teacher / temperature)
+        kl = t.reduce_sum(
+            soft_teacher * (t.nn.log_softmax(teacher / temperature) - t.nn.log_softmax(logits / temperature)),
+            axis=-1,
+        )
+        return alpha * hard + (1 - alpha) * temperature**2 * kl
+
+    return loss
+
+
+def _regression_loss(width: int, alpha: float) -> Any:
+    """Mean squared error against the targets and against the teacher, for one output of ``width`` values."""
+    t = tf()
+
+    def loss(packed: Any, student: Any) -> Any:
+        flat = t.reshape(student, (-1, width))
+        targets, teacher = packed[:, :width], packed[:, width:]
+        return alpha * t.reduce_mean(t.square(targets - flat), axis=-1) + (1 - alpha) * t.reduce_mean(
+            t.square(teacher - flat), axis=-1
+        )
+
+    return loss
 
 
 def teacher_path(source: str, base_dir: Any) -> Path:
@@ -79,11 +125,13 @@ def teacher_path(source: str, base_dir: Any) -> Path:
     return path if path.is_absolute() else Path(base_dir) / path
 
 
-def load_teacher(source: str, base_dir: Any) -> Any:
-    """A teacher from a .keras/.h5 file (relative paths from the recipe's folder)."""
+def load_teacher(source: str, base_dir: Any, student: Any) -> Any:
+    """A teacher from a .keras/.h5 file (relative paths from the recipe's folder) whose outputs match ``student``'s."""
     path = teacher_path(source, base_dir)
     if not path.exists():
         raise ConfigError(
             f"distill.teacher: {path} does not exist", hint="name a .keras or .h5 file of a trained model"
         )
-    return keras().models.load_model(path, compile=False)
+    teacher = load_file(path)
+    check_teacher(teacher, student, str(path))
+    return teacher

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe import models
-from edgepipe.config import Recipe, load_model, stage_name
+from edgepipe.config import DistillSettings, Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
-from edgepipe.errors import ConfigError, ConformanceError, GateFailed
+from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
     channel_prune,
@@ -107,7 +107,7 @@ def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
 def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
     """A teacher file that does not exist fails now, not after the float model and earlier stages trained."""
     for index, stage in enumerate(recipe.stages):
-        settings = recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
+        settings = _distill_settings(recipe, stage)
         if settings is None or not settings.teacher:
             continue
         path = distill.teacher_path(settings.teacher, base)
@@ -117,6 +117,29 @@ def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
                 hint="name a .keras or .h5 file of a trained model (relative paths start at the recipe's folder), "
                 "or leave teacher out to distill from the float model",
             )
+
+
+def _distill_settings(recipe: Recipe, stage: Any) -> DistillSettings | None:
+    return recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
+
+
+def _load_teachers(prepared: Prepared, model: Any) -> dict[int, Any]:
+    """Each distilling stage's teacher, by stage index: a named file (loaded and checked against ``model``'s
+    outputs now, before the float model trains) or ``model`` itself, the float model once trained."""
+    teachers: dict[int, Any] = {}
+    for index, stage in enumerate(prepared.recipe.stages):
+        settings = _distill_settings(prepared.recipe, stage)
+        if settings is None:
+            continue
+        if not settings.teacher:
+            teachers[index] = model
+            continue
+        try:
+            teachers[index] = distill.load_teacher(settings.teacher, prepared.base_dir, model)
+        except (ConfigError, ModelError) as exc:
+            where = f"{prepared.recipe_path}: stages[{index}] ({stage_name(stage)})"
+            raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from None
+    return teachers
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
@@ -193,6 +216,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         for line in rewrites:
             progress.note(f"split {line}")
     task = Task.of(model, recipe.task)
+    teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}
     if recipe.model.train:
         progress.phase("training the float model")
@@ -226,10 +250,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         progress.phase(label)
         stage_started = time.perf_counter()
         train_settings = recipe.fine_tune_for(stage) if stage.kind != "ptq" else recipe.fine_tune
-        teacher = None
-        if train_settings.distill is not None:
-            named = train_settings.distill.teacher
-            teacher = distill.load_teacher(named, prepared.base_dir) if named else model
+        teacher = teachers.get(index)
         ctx = StageContext(
             data=data,
             train=train_settings,
