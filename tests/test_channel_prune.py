@@ -206,3 +206,113 @@ def test_a_channel_prune_recipe_gives_a_smaller_int8_model(tmp_path: Path) -> No
     assert filters == [8, 8, 8, 16, 16, 16], filters
     macs = {name: record["analysis"][name]["total"]["macs"] for name in ("float", "final")}
     assert macs["final"] < macs["float"] / 2, macs  # fewer MACs on the board, not only fewer bytes
+
+
+def _squeeze_excite() -> Any:
+    """Conv -> BN -> hard-swish written with TensorFlow functions (Keras records ``TFOpLambda`` layers), then a
+    squeeze-and-excitation block (GlobalAveragePooling2D -> Reshape(1, 1, C) -> two 1x1 convolutions ->
+    Multiply), as in MobileNetV3 and EfficientNet; one branch scaled by a per-channel constant."""
+    k, tf = keras(), __import__("tensorflow")
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(16, 3, padding="same", use_bias=False, name="expand")(inputs)
+    x = k.layers.BatchNormalization(name="expand_bn")(x)
+    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)  # hard-swish
+    squeeze = k.layers.GlobalAveragePooling2D(name="se_pool")(x)
+    squeeze = k.layers.Reshape((1, 1, 16), name="se_reshape")(squeeze)
+    squeeze = k.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(squeeze)
+    squeeze = k.layers.Conv2D(16, 1, activation="sigmoid", name="se_expand")(squeeze)
+    x = k.layers.Multiply(name="se_excite")([x, squeeze])
+    x = k.layers.Conv2D(8, 1, name="project")(x)
+    scaled = k.layers.Conv2D(8, 3, padding="same", name="scaled")(inputs) * np.arange(1.0, 9.0, dtype=np.float32)
+    x = k.layers.Concatenate(name="join")([k.layers.GlobalAveragePooling2D()(x), k.layers.Flatten()(scaled)])
+    return k.Model(inputs, k.layers.Dense(3, name="out")(x))
+
+
+def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_channel_constant_blocks() -> None:
+    model = _squeeze_excite()
+    plan = channels.analyze(model)
+    expand = _group_of(plan, "expand")
+    assert not expand.blocked_by and sorted(expand.producers) == ["expand", "se_expand"]  # tied by the Multiply
+    assert "se_reshape" in expand.sliced and {n for n, _ in expand.consumers} == {"se_reduce", "project"}
+    assert _group_of(plan, "scaled").blocked_by and "(TFOpLambda)" in _group_of(plan, "scaled").blocked_by[0]
+    pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
+                                                     0.5, {}, False, 1, 4))  # fmt: skip
+    assert pruned.get_layer("expand").filters == 8 and pruned.get_layer("se_expand").filters == 8
+    assert pruned.get_layer("se_reshape").target_shape == (1, 1, 8) and pruned.get_layer("scaled").filters == 8
+    x = np.random.default_rng(0).random((4, 8, 8, 1), dtype=np.float32)
+    assert pruned.predict(x, verbose=0).shape == (4, 3)
+
+    k = keras()  # a one-channel gate broadcast over 16 channels: the two cannot share channels
+    inputs = k.Input((8, 8, 1))
+    gate = k.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="gate")(inputs)
+    gated = k.layers.Multiply(name="gated")([k.layers.Conv2D(16, 3, padding="same", name="wide")(inputs), gate])
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(gated))))
+    assert _group_of(plan, "wide").blocked_by == ["gated (Multiply)"] == _group_of(plan, "gate").blocked_by
+
+
+def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Zero half the channels of every prunable group wherever they are produced: the producers' kernels and
+    biases, the BatchNorm gamma and beta (and depthwise biases) sliced with them, and their segment of every
+    BatchNorm that reads a concatenation. Returns the zeroed channels of each group."""
+
+    def zero(layer: Any, names: tuple[str, ...], channels_: np.ndarray) -> None:
+        weights = layer.get_weights()
+        for index, variable in enumerate(layer.weights):
+            if variable.name.split("/")[-1].split(":")[0] in names:
+                weights[index][..., channels_] = 0.0
+        layer.set_weights(weights)
+
+    plan, doomed = channels.analyze(model), {}
+    for index, group in enumerate(plan.groups):
+        if not group.blocked_by:
+            doomed[index] = np.sort(rng.choice(group.channels, group.channels // 2, replace=False))
+            for name in group.producers:
+                zero(model.get_layer(name), ("kernel", "bias"), doomed[index])
+            for name in group.sliced:
+                zero(model.get_layer(name), ("gamma", "beta", "bias"), doomed[index])
+    for name, (role, segments) in plan.composite.items():
+        offsets = np.cumsum([0] + [plan.groups[i].channels for i in segments])
+        spans = [offsets[n] + doomed[i] for n, i in enumerate(segments) if i in doomed]
+        if role == "out" and spans:
+            zero(model.get_layer(name), ("gamma", "beta", "bias"), np.concatenate(spans))
+    return doomed
+
+
+APPLICATIONS = {  # Keras Applications at 32x32, untrained, logits out: the architectures users start from
+    "MobileNetV2": lambda a: a.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10,
+                                           classifier_activation=None),
+    "MobileNetV3Small": lambda a: a.MobileNetV3Small(input_shape=(32, 32, 3), weights=None, classes=10,
+                                                     classifier_activation=None),
+    "EfficientNetB0": lambda a: a.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=10,
+                                                 classifier_activation=None),
+    "DenseNet121": lambda a: a.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=10,
+                                           classifier_activation=None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_keras_applications_prune_exactly_when_the_removed_channels_are_zero(name: str) -> None:
+    """Inverted residuals (MobileNetV2), hard-swish and squeeze-excitation (MobileNetV3, EfficientNet), dense
+    concatenations (DenseNet): every group but the logits is pruned, and removing exactly the zeroed half of each
+    leaves the logits unchanged."""
+    rng = np.random.default_rng(0)
+    model = APPLICATIONS[name](keras().applications)
+    for layer in model.layers:  # BatchNorm statistics that are not the identity, so that zeroing is visible
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma), rng.normal(0, 0.1, beta), rng.normal(0, 0.1, mean),
+                               rng.uniform(0.5, 1.5, variance)])  # fmt: skip
+    x = rng.random((4, 32, 32, 3), dtype=np.float32)
+    untouched = model.predict(x, verbose=0)
+    doomed = _zero_half_of_every_group(model, rng)
+    reference = model.predict(x, verbose=0)
+    assert not np.allclose(untouched, reference)
+    plan = channels.analyze(model)
+    assert list(plan.blocked().values()) == [[f"{model.layers[-1].name} (a model output)"]], plan.blocked()
+    plan = channels.decide(model, plan, channels.importance(model, plan, "bn_gamma"), 0.5, {}, False, 1, 1)
+    for index, zeroed in doomed.items():
+        assert np.array_equal(plan.keep[index], np.setdiff1d(np.arange(plan.groups[index].channels), zeroed))
+    pruned = channels.rebuild(model, plan)
+    assert pruned.count_params() < model.count_params() * 0.35
+    scale = np.abs(reference).max()
+    assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * scale

@@ -6,18 +6,22 @@ last axis is traced back to the *channel group* that produced it:
 
 - a Conv2D or a (non-output) Dense opens a group: its filters are the group's channels;
 - BatchNormalization, activations, dropout, pooling, padding and global pooling pass a group through; a
-  DepthwiseConv2D (depth multiplier 1) passes it through and is sliced with it;
-- an ``Add`` (and Subtract, Multiply, Average, Maximum, Minimum) ties its inputs' groups into one: every branch
-  of a residual add keeps the same channels;
+  DepthwiseConv2D (depth multiplier 1) passes it through and is sliced with it; so do a Reshape that only adds
+  or drops axes of size 1 around the channels (a squeeze-and-excitation block's ``(C,)`` -> ``(1, 1, C)``) and a
+  TensorFlow function applied element by element with scalar constants (MobileNetV3's hard-swish, ``x + 3`` and
+  ``x * (1/6)``, which Keras records as ``TFOpLambda`` layers);
+- an ``Add`` (and Subtract, Multiply, Average, Maximum, Minimum, and an element-wise TensorFlow function of
+  several tensors, as hard-swish's ``x * relu6(x + 3)``) ties its inputs' groups into one: every branch of a
+  residual add keeps the same channels;
 - Flatten maps a group to blocks of the next Dense's inputs (channel ``c`` of an HxWxC tensor is every input
   ``i`` with ``i % C == c``);
 - a ``Concatenate`` on the channel axis lays its inputs' groups side by side: whatever reads it (a convolution, a
   BatchNorm, a depthwise convolution) is sliced segment by segment, each group keeping its own channels;
 - a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
 
-What cannot be traced safely (Reshape, a grouped convolution, a custom layer, an Add or Flatten after a
-Concatenate, a group that reaches a model output) *blocks* the group: it is left whole and named in the stage's
-details, never pruned wrongly.
+What cannot be traced safely (any other Reshape or TensorFlow function, a grouped convolution, a custom layer,
+an Add or Flatten after a Concatenate, a merge of tensors with different channel counts, a group that reaches a
+model output) *blocks* the group: it is left whole and named in the stage's details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -37,6 +41,13 @@ PASSTHROUGH = (
     "GaussianNoise", "GaussianDropout", "UpSampling2D", "Cropping2D",
 )  # fmt: skip
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+# TensorFlow functions (TFOpLambda layers) that act on each element alone: with every argument but the tensor a
+# scalar, channel c of the output depends on channel c of the input only.
+ELEMENTWISE = frozenset({
+    "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv", "math.divide",
+    "math.maximum", "math.minimum", "clip_by_value", "nn.relu", "nn.relu6", "nn.elu", "nn.leaky_relu", "nn.silu",
+    "nn.swish", "nn.gelu", "math.sigmoid", "math.tanh", "math.abs", "math.square",
+})  # fmt: skip
 CRITERIA = ("l1", "l2", "bn_gamma", "activation")
 
 
@@ -170,9 +181,18 @@ def analyze(model: Any) -> Plan:
                 block(f"{layer.name} (Concatenate of flattened tensors)")
                 carries[layer.name] = None
                 continue
-        elif kind == "DepthwiseConv2D" and layer.depth_multiplier == 1 and traced and traced[0][0] == "group":
+        elif len(sources) == 1 and traced and traced[0][0] == "group" and _sliced_along(layer):
             union.groups[union.find(traced[0][1])].sliced.append(layer.name)
             carries[layer.name] = traced[0]
+        elif kind in (*MERGES, "TFOpLambda") and traced and all(s is not None and s[0] == "group" for s in sources):
+            if not _same_channels(layer) or (kind == "TFOpLambda" and not _elementwise(layer, len(sources))):
+                block(f"{layer.name} ({kind})")
+                carries[layer.name] = None
+                continue
+            merged = traced[0][1]
+            for source in traced[1:]:
+                merged = union.union(merged, source[1])
+            carries[layer.name] = ("group", merged)
         elif kind in PASSTHROUGH and len(traced) <= 1:
             if kind == "BatchNormalization" and traced:
                 if traced[0][0] != "group" or layer.axis not in ([-1], [len(layer.input_shape) - 1], -1):
@@ -185,11 +205,6 @@ def analyze(model: Any) -> Plan:
                 carries[layer.name] = None
                 continue
             carries[layer.name] = traced[0] if traced else None
-        elif kind in MERGES and traced and all(s is not None and s[0] == "group" for s in sources):
-            merged = traced[0][1]
-            for source in traced[1:]:
-                merged = union.union(merged, source[1])
-            carries[layer.name] = ("group", merged)
         elif kind == "Flatten" and traced and traced[0][0] == "group":
             spatial = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
             carries[layer.name] = ("flat", traced[0][1], spatial)
@@ -225,6 +240,35 @@ def _inbound(layer: Any) -> list[str]:
     node = layer.inbound_nodes[0]
     inbound = node.inbound_layers
     return [item.name for item in (inbound if isinstance(inbound, list | tuple) else [inbound])]
+
+
+def _sliced_along(layer: Any) -> bool:
+    """A DepthwiseConv2D with depth multiplier 1, or a Reshape that only adds or drops axes of size 1 around the
+    channels (``(C,)`` -> ``(1, 1, C)``): either keeps its input's channels and is cut with them."""
+    kind = type(layer).__name__
+    if kind == "DepthwiseConv2D":
+        return bool(layer.depth_multiplier == 1)
+    if kind != "Reshape":
+        return False
+    before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
+    return bool(before) and before[-1] == after[-1] and all(d == 1 for d in (*before[:-1], *after[:-1]))
+
+
+def _same_channels(layer: Any) -> bool:
+    """Every input of a merge has the same number of channels (broadcasting over space is fine, over channels
+    it is not: a one-channel tensor times a 16-channel one cannot share their channels)."""
+    shapes = layer.input_shape if isinstance(layer.input_shape, list) else [layer.input_shape]
+    return len({shape[-1] for shape in shapes}) == 1
+
+
+def _elementwise(layer: Any, tensors: int) -> bool:
+    """A TFOpLambda applying an ``ELEMENTWISE`` function to ``tensors`` tensors, every other argument a scalar."""
+    if layer.get_config().get("function") not in ELEMENTWISE:
+        return False
+    node = layer.inbound_nodes[0]
+    arguments = [*node.call_args, *(v for key, v in node.call_kwargs.items() if key != "name")]
+    scalars = [a for a in arguments if isinstance(a, int | float | np.number) or getattr(a, "shape", None) == ()]
+    return len(arguments) - len(scalars) == tensors
 
 
 def _simple(layer: Any) -> bool:
@@ -334,6 +378,8 @@ def rebuild(model: Any, plan: Plan) -> Any:
             config["filters"] = len(out_keep[layer.name])
         elif layer.name in out_keep and type(layer).__name__ == "Dense":
             config["units"] = len(out_keep[layer.name])
+        elif layer.name in out_keep and type(layer).__name__ == "Reshape":
+            config["target_shape"] = (*config["target_shape"][:-1], len(out_keep[layer.name]))
         return layer.__class__.from_config(config)
 
     pruned = k.models.clone_model(model, clone_function=clone)
