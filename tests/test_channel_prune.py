@@ -3,16 +3,17 @@ blocks, Flatten -> Dense), exactness when the removed channels are zero, and a r
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_recipe
+from conftest import run_cli, write_recipe
 
 from edgepipe.examples.cnns import ds_cnn, resnet
 from edgepipe.examples.digits import cnn
-from edgepipe.keras_compat import keras
+from edgepipe.keras_compat import keras, tf
 from edgepipe.optimization import channels
 from edgepipe.tflite_model import TfliteModel
 
@@ -212,11 +213,11 @@ def _squeeze_excite() -> Any:
     """Conv -> BN -> hard-swish written with TensorFlow functions (Keras records ``TFOpLambda`` layers), then a
     squeeze-and-excitation block (GlobalAveragePooling2D -> Reshape(1, 1, C) -> two 1x1 convolutions ->
     Multiply), as in MobileNetV3 and EfficientNet; one branch scaled by a per-channel constant."""
-    k, tf = keras(), __import__("tensorflow")
+    k, t = keras(), tf()
     inputs = k.Input((8, 8, 1))
     x = k.layers.Conv2D(16, 3, padding="same", use_bias=False, name="expand")(inputs)
     x = k.layers.BatchNormalization(name="expand_bn")(x)
-    x = x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)  # hard-swish
+    x = x * t.nn.relu6(x + 3.0) * (1.0 / 6.0)  # hard-swish
     squeeze = k.layers.GlobalAveragePooling2D(name="se_pool")(x)
     squeeze = k.layers.Reshape((1, 1, 16), name="se_reshape")(squeeze)
     squeeze = k.layers.Conv2D(4, 1, activation="relu", name="se_reduce")(squeeze)
@@ -316,3 +317,37 @@ def test_keras_applications_prune_exactly_when_the_removed_channels_are_zero(nam
     assert pruned.count_params() < model.count_params() * 0.35
     scale = np.abs(reference).max()
     assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * scale
+
+
+SE_RECIPE = """
+name: se-cnn
+model: {source: edgepipe.examples.cnns:se_cnn, train: {epochs: 3, learning_rate: 0.003}}
+data: {source: edgepipe.examples.digits:load}
+fine_tune: {epochs: 1, learning_rate: 0.001}
+stages:
+  - {kind: channel_prune, ratio: 0.5, round_to: 4}
+  - {kind: qat}
+convert: {representative_samples: 64}
+gates: {max_accuracy_drop: null}
+"""
+
+
+def test_a_mobilenetv3_style_model_prunes_and_qat_names_its_tensorflow_functions(tmp_path: Path) -> None:
+    """Squeeze-and-excitation and hard-swish (TFOpLambda layers) through the CLI: TF-MOT's QAT cannot take the
+    TensorFlow functions, so the qat stage names every one with the exclude that fixes it (exit 3, no
+    traceback); following the hint gives an integer-only model with the channels removed."""
+    done = run_cli("optimize", str(write_recipe(tmp_path, SE_RECIPE)), "--out", str(tmp_path / "refused"))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "stages[1]: TF-MOT's 8-bit quantization-aware training does not support" in done.stderr
+    assert "'tf.__operators__.add' (TFOpLambda)" in done.stderr and "'block1_se_excite' (Multiply)" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "refused").exists()
+    fixed = SE_RECIPE.replace("{kind: qat}", '{kind: qat, layers: {exclude: ["tf.*", "*_se_excite"]}}')
+    done = run_cli("optimize", str(write_recipe(tmp_path, fixed)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "optimize.json").read_text())
+    pruned = result["stages"][0]["details"]
+    assert pruned["left_unpruned"] == {"logits": ["logits (a model output)"]}
+    assert pruned["channels"]["block1_expand"] == {"before": 32, "after": 16}
+    assert pruned["channels"]["block1_se_expand"] == {"before": 32, "after": 16}  # tied by the gate's Multiply
+    assert result["final"]["conformance"]["passed"]
+    assert result["stages"][-1]["totals"]["macs"] < result["baseline"]["totals"]["macs"] * 0.4

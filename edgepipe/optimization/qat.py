@@ -138,8 +138,12 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
         )
 
+    # A TensorFlow function called on Keras tensors (``x + 3``: a TFOpLambda layer) breaks TF-MOT's model
+    # cloning once annotated (its input arrives as a list); it is refused with the other unsupported layers.
+    functions = [name for name in annotated_names if type(work.get_layer(name)).__name__ == "TFOpLambda"]
+
     def annotate(layer: Any) -> Any:
-        if layer.name in annotated_names:
+        if layer.name in annotated_names and layer.name not in functions:
             return quantization.quantize_annotate_layer(layer)
         return layer
 
@@ -150,7 +154,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
                 "before it: the int8 model keeps extra MUL/ADD operators and runs slower"
             )
     annotated = wrap_layers(work, annotate)
-    refused = unsupported_layers(annotated, _scheme(scheme))
+    refused = [work.get_layer(name) for name in functions] + unsupported_layers(annotated, _scheme(scheme))
     if refused:
         names = [layer.name for layer in refused]
         raise ModelError(
