@@ -251,3 +251,41 @@ def accuracy(model: Any, data: Dataset) -> float:
 
 def steps_per_epoch(data: Dataset, batch_size: int) -> int:
     return -(-data.train_samples // batch_size)
+
+
+# Training samples on which BatchNorm statistics are re-estimated after the float model trains and after each
+# channel removal (``reestimate_batchnorm``).
+BATCHNORM_SAMPLES = 2048
+
+
+def reestimate_batchnorm(model: Any, x: np.ndarray | list[np.ndarray], limit: int, batch_size: int = 128) -> int:
+    """Re-estimate every BatchNormalization layer's moving mean and variance on the first ``limit`` samples of
+    ``x`` (one array, or one per input) (adaptive BN).
+
+    Moving averages lag the weights they describe. After a short training (Keras' default momentum 0.99, or
+    0.999 in Keras Applications) they still mix in early epochs: a MobileNetV2 trained 6 epochs on 1,347
+    digits scores 0.10 with them and 0.72 once they are re-estimated ("precise BN", as pycls and Detectron2
+    do after training). Removing channels changes what each BatchNorm sees while its statistics describe the
+    old model: a 50 %-pruned ResNet example classifies the digits at 10 % with them and at 71 % once
+    re-estimated (EagleEye, Li et al. 2020, uses the same step to rank candidates). Each batch is run in
+    training mode with the momentum set so that the moving statistics end as the plain average over the
+    batches; only BatchNorm state changes (no weights are trained). Returns the number of samples used.
+    """
+    k = keras()
+    norms = [layer for layer in model.layers if isinstance(layer, k.layers.BatchNormalization)]
+    inputs = x if isinstance(x, list) else [x]
+    samples = min(limit, len(inputs[0]))
+    if not norms or not samples:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    try:
+        for index, start in enumerate(range(0, samples, batch_size)):
+            for layer in norms:
+                layer.momentum = index / (index + 1)
+            end = min(start + batch_size, samples)
+            batch = [array[start:end] for array in inputs]
+            model(batch if isinstance(x, list) else batch[0], training=True)
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return samples

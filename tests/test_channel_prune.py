@@ -14,6 +14,7 @@ from conftest import run_cli, write_recipe
 from edgepipe.examples.cnns import ds_cnn, resnet
 from edgepipe.examples.digits import cnn
 from edgepipe.keras_compat import keras, tf
+from edgepipe.models import reestimate_batchnorm
 from edgepipe.optimization import channels
 from edgepipe.tflite_model import TfliteModel
 
@@ -166,7 +167,7 @@ def test_batchnorm_statistics_are_re_estimated_after_removal() -> None:
     x = np.random.default_rng(0).random((300, 8, 8, 1), dtype=np.float32)
     bn = model.get_layer("block1a_bn")
     bn.set_weights([w * 0 + 5.0 for w in bn.get_weights()])  # statistics that describe nothing
-    used = channels.recalibrate_batchnorm(model, x, limit=256, batch_size=64)
+    used = reestimate_batchnorm(model, x, limit=256, batch_size=64)
     assert used == 256
     conv_out = k.Model(model.input, model.get_layer("block1a_conv").output).predict(x[:256], verbose=0)
     moving_mean, moving_variance = bn.get_weights()[2:]
@@ -201,6 +202,14 @@ def test_a_channel_prune_recipe_gives_a_smaller_int8_model(tmp_path: Path) -> No
     assert details["channels"]["block2a_conv"] == {"before": 32, "after": 16}
     assert "logits" in next(iter(details["left_unpruned"]))
     assert details["batchnorm_recalibrated_on"] == 1347  # all training samples (fewer than the 2048 cap)
+    # After model.train the float model's statistics are the training data's, not lagging moving averages.
+    assert record["baseline"]["batchnorm_recalibrated_on"] == 1347
+    trained = keras().models.load_model(outcome.directory / "float" / "model.keras", compile=False)
+    from edgepipe.examples.digits import load
+
+    produced = keras().Model(trained.input, trained.get_layer("stem_conv").output).predict(load().x_train[0], verbose=0)
+    moving_mean = trained.get_layer("stem_bn").get_weights()[2]
+    np.testing.assert_allclose(moving_mean, produced.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
     assert record["final"]["conformance"]["passed"]
     converted = TfliteModel.read(outcome.directory / "model.tflite")  # the plan reached the board's file
     filters = sorted(converted.op_inputs(op)[1].shape[0] for op in converted.ops if op.name == "CONV_2D")

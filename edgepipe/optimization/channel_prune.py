@@ -7,12 +7,9 @@ from typing import Any
 
 from edgepipe.config.recipe import ChannelPruneStage
 from edgepipe.errors import ModelError
-from edgepipe.models import copy_model, train
+from edgepipe.models import BATCHNORM_SAMPLES, copy_model, reestimate_batchnorm, train
 from edgepipe.optimization import channels
 from edgepipe.optimization.base import StageContext, StageOutcome
-
-# Samples on which BatchNorm statistics are re-estimated after each removal (channels.recalibrate_batchnorm).
-RECALIBRATION_SAMPLES = 2048
 
 
 def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutcome:
@@ -51,7 +48,7 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
                 hint="lower min_channels or round_to, or split SeparableConv2D (model.split_separable_conv: true)",
             )  # fmt: skip
         current = channels.rebuild(current, plan)
-        recalibrated = channels.recalibrate_batchnorm(current, ctx.data.keras_x("train"), RECALIBRATION_SAMPLES)
+        recalibrated = reestimate_batchnorm(current, ctx.data.keras_x("train"), BATCHNORM_SAMPLES)
         label = ctx.label if stage.steps == 1 else f"{ctx.label}: step {step}/{stage.steps}"
         if stage.steps > 1:
             ctx.progress.phase(label)

@@ -414,34 +414,3 @@ def _sliced(
     if kind == "BatchNormalization" and out is not None:
         return [np.take(w, out, axis=-1) for w in weights]
     return weights
-
-
-def recalibrate_batchnorm(model: Any, x: np.ndarray | list[np.ndarray], limit: int, batch_size: int = 128) -> int:
-    """Re-estimate every BatchNormalization layer's moving mean and variance on the first ``limit`` samples of
-    ``x`` (one array, or one per input) (adaptive BN).
-
-    Removing channels changes what each BatchNorm sees (a conv that lost inputs produces a different
-    distribution), while its moving statistics still describe the old model: before fine-tuning, a 50 %-pruned
-    ResNet example classifies the digits at 10 % with them and at 71 % once they are re-estimated (EagleEye,
-    Li et al. 2020, uses the same step to rank candidates). Each batch is run in training mode with the
-    momentum set so that the moving statistics end as the plain average over the batches; only BatchNorm
-    state changes (no weights are trained). Returns the number of samples used.
-    """
-    k = keras()
-    norms = [layer for layer in model.layers if isinstance(layer, k.layers.BatchNormalization)]
-    inputs = x if isinstance(x, list) else [x]
-    samples = min(limit, len(inputs[0]))
-    if not norms or not samples:
-        return 0
-    momenta = [layer.momentum for layer in norms]
-    try:
-        for index, start in enumerate(range(0, samples, batch_size)):
-            for layer in norms:
-                layer.momentum = index / (index + 1)
-            end = min(start + batch_size, samples)
-            batch = [array[start:end] for array in inputs]
-            model(batch if isinstance(x, list) else batch[0], training=True)
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-    return samples

@@ -218,9 +218,13 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     task = Task.of(model, recipe.task)
     teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}
+    reestimated = 0
     if recipe.model.train:
         progress.phase("training the float model")
         baseline_training = models.train(model, data, recipe.model.train, progress, "training the float model", task)
+        reestimated = models.reestimate_batchnorm(model, data.keras_x("train"), models.BATCHNORM_SAMPLES)
+        if reestimated:
+            progress.note(f"BatchNorm statistics re-estimated on {reestimated:,} training samples (precise BN)")
     layer_names = [layer.name for layer in model.layers]
     representative = data.representative(recipe.convert.representative_samples, recipe.seed)
 
@@ -235,6 +239,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         **_keras_model_entry(saving.save(model, work / "float", work)),
         "training": baseline_training,
         "rewrites": rewrites,
+        "batchnorm_recalibrated_on": reestimated,  # after model.train: the moving averages lag short trainings
         "tflite": measure.public(float_tflite),
         "totals": measure.analysis(float_tflite)["total"],
     }
