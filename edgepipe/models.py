@@ -272,7 +272,8 @@ def reestimate_batchnorm(model: Any, x: np.ndarray | list[np.ndarray], limit: in
     batches; only BatchNorm state changes (no weights are trained). Returns the number of samples used.
     """
     k = keras()
-    norms = [layer for layer in model.layers if isinstance(layer, k.layers.BatchNormalization)]
+    # submodules, not layers: a backbone nested as one layer (Sequential([MobileNetV2(...), Dense])) counts too
+    norms = [module for module in model.submodules if isinstance(module, k.layers.BatchNormalization)]
     inputs = x if isinstance(x, list) else [x]
     samples = min(limit, len(inputs[0]))
     if not norms or not samples:

@@ -176,6 +176,15 @@ def test_batchnorm_statistics_are_re_estimated_after_removal() -> None:
     np.testing.assert_allclose(moving_variance, np.mean(batch_variances, axis=0), rtol=2e-3, atol=1e-4)
     assert bn.momentum == 0.9  # the layer's own momentum is back for fine-tuning
 
+    # A backbone nested as one layer of another model, as transfer learning builds it, is re-estimated too.
+    inner = resnet(width=8)
+    outer = k.Sequential([k.layers.Input((8, 8, 1)), inner, k.layers.Dense(3)])
+    nested = inner.get_layer("block1a_bn")
+    nested.set_weights([w * 0 + 5.0 for w in nested.get_weights()])
+    assert reestimate_batchnorm(outer, x, limit=256, batch_size=64) == 256
+    inner_out = k.Model(inner.input, inner.get_layer("block1a_conv").output).predict(x[:256], verbose=0)
+    np.testing.assert_allclose(nested.get_weights()[2], inner_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+
 
 RECIPE = """
 name: channel-prune-qat
