@@ -119,6 +119,28 @@ def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
             )
 
 
+def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Progress) -> tuple[Any, list[str]]:
+    """The model with nested models' layers in its own graph (``rewrite.inline_nested_models``): TF-MOT's
+    wrappers and channel pruning work on one flat graph. One that cannot be inlined stays nested when every
+    stage is ptq (the converter takes nested models); otherwise it is an error naming it."""
+    try:
+        flat, lines = rewrite.inline_nested_models(model, sample)
+    except Exception as exc:  # a custom layer without get_config, or a mismatch: the model's own code speaks
+        nested = [layer.name for layer in model.layers if isinstance(layer, keras().Model)]
+        reason = exc.message if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+        if all(stage.kind == "ptq" for stage in recipe.stages):
+            progress.note(f"the nested model(s) {nested} stay nested ({reason}); ptq converts them as they are")
+            return model, []
+        raise ModelError(
+            f"model.source: the nested model(s) {nested} cannot be inlined into one graph, which the stages "
+            f"need: {reason}",
+            hint="build the model flat (keras.applications take input_tensor=...), or use only ptq stages",
+        ) from None
+    for line in lines:
+        progress.note(line)
+    return flat, lines
+
+
 def _distill_settings(recipe: Recipe, stage: Any) -> DistillSettings | None:
     return recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
 
@@ -210,11 +232,14 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     for note in data.notes:
         progress.note(note)
     model = models.load_source(prepared.model_source, data, str(prepared.recipe_path))
-    rewrites: list[str] = []
+    head = data.head(64)
+    sample = head[0] if len(head) == 1 else list(head)
+    model, rewrites = _inline_nested_models(model, sample, recipe, progress)
     if recipe.model.split_separable_conv:
-        model, rewrites = rewrite.split_separable_conv(model, data.keras_x("test")[:64])
-        for line in rewrites:
+        model, split = rewrite.split_separable_conv(model, sample)
+        for line in split:
             progress.note(f"split {line}")
+        rewrites += split
     task = Task.of(model, recipe.task)
     teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}

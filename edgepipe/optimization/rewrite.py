@@ -5,6 +5,12 @@
 only for QAT; splitting up front lets pruning and clustering treat the depthwise and the pointwise kernels as
 the separate layers they become on the board, and later stages see layers with their own names
 (``NAME_dw`` and ``NAME``). The rewrite is checked numerically: the split model must give the same outputs.
+
+``inline_nested_models``: a model used as one layer of another (the transfer-learning shape,
+``Sequential([MobileNetV2(include_top=False), Dense(10)])``) is opaque to TF-MOT, whose wrappers take layers,
+not models (QAT refuses it, pruning skips it), and to channel pruning's dependency graph. Its layers are
+called, as copies with the same weights, on the outer model's tensors instead: one flat model, the same
+function (checked numerically like the split).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import keras
+from edgepipe.keras_compat import keras, tf
 
 TOLERANCE = 1e-4
 
@@ -43,13 +49,9 @@ def split_separable_conv(model: Any, sample: np.ndarray) -> tuple[Any, list[str]
             split.get_layer(layer.name).set_weights(weights[1:])
         elif layer.weights:
             split.get_layer(layer.name).set_weights(layer.get_weights())
-    want, got = np.asarray(model(sample, training=False)), np.asarray(split(sample, training=False))
-    worst = float(np.max(np.abs(want - got))) if want.size else 0.0
-    if want.shape != got.shape or worst > TOLERANCE:
-        raise ModelError(
-            f"splitting SeparableConv2D changed the model's outputs (largest difference {worst:g})",
-            hint="leave model.split_separable_conv off for this model",
-        )
+    _check_same(
+        model, split, sample, "splitting SeparableConv2D", "leave model.split_separable_conv off for this model"
+    )
     return split, [
         f"{layer.name} -> {layer.name}_dw (DepthwiseConv2D) + {layer.name} (Conv2D 1x1)" for layer in separable
     ]
@@ -107,3 +109,72 @@ def _split_config(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         depthwise["inbound_nodes"] = entry["inbound_nodes"]
         pointwise["inbound_nodes"] = [[[f"{name}_dw", 0, 0, {}]]]
     return depthwise, pointwise
+
+
+def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """The model with every nested model's layers in its own graph, and a line per inlined model."""
+    k = keras()
+    if not any(isinstance(layer, k.Model) for layer in model.layers):
+        return model, []
+    inputs = [
+        k.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
+        for t, name in zip(model.inputs, model.input_names, strict=True)
+    ]
+    tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
+    names = {layer.name for layer in model.layers}
+    copies: list[tuple[Any, Any]] = []
+    inlined: list[str] = []
+    _replay(model, None, tensors, names, copies, inlined)
+    flat = k.Model(inputs, [tensors[id(t)] for t in model.outputs], name=model.name)
+    for original, twin in copies:
+        twin.set_weights(original.get_weights())
+    _check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
+    return flat, inlined
+
+
+def _replay(
+    model: Any, nested: str | None, tensors: dict[int, Any], names: set[str], copies: list, inlined: list[str]
+) -> None:
+    """Call a copy of each layer of ``model``'s graph, in order, on the tensors that ``tensors`` maps its inputs
+    to; a nested model's graph is replayed the same way, its inputs mapped to what it was called on. Layers of
+    a nested model keep their names unless the outer model has the name already (then ``MODEL_NAME``)."""
+    k, t = keras(), tf()
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layer = node.layer
+            if isinstance(layer, k.layers.InputLayer):
+                continue
+            args, kwargs = t.nest.map_structure(lambda x: tensors.get(id(x), x), (node.call_args, node.call_kwargs))
+            if isinstance(layer, k.Model):
+                given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
+                for inner, outer in zip(layer.inputs, given, strict=True):
+                    tensors[id(inner)] = outer
+                _replay(layer, layer.name, tensors, names, copies, inlined)
+                for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
+                    tensors[id(outer)] = tensors[id(inner)]
+                inlined.append(f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}")
+                continue
+            config = layer.get_config()
+            if nested is not None and config["name"] in names:
+                config["name"] = f"{nested}_{config['name']}"
+            names.add(config["name"])
+            twin = layer.__class__.from_config(config)
+            produced = twin(*args, **kwargs)
+            for old, new in zip(t.nest.flatten(node.outputs), t.nest.flatten(produced), strict=True):
+                tensors[id(old)] = new
+            copies.append((layer, twin))
+
+
+def _check_same(model: Any, rewritten: Any, sample: Any, what: str, hint: str) -> None:
+    """The rewritten model gives the same outputs on ``sample`` (to ``TOLERANCE``), or a ModelError."""
+    want = [np.asarray(o) for o in _as_list(model(sample, training=False))]
+    got = [np.asarray(o) for o in _as_list(rewritten(sample, training=False))]
+    if [a.shape for a in want] != [b.shape for b in got]:
+        raise ModelError(f"{what} changed the shapes of the model's outputs", hint=hint)
+    worst = max((float(np.max(np.abs(a - b))) for a, b in zip(want, got, strict=True) if a.size), default=0.0)
+    if worst > TOLERANCE:
+        raise ModelError(f"{what} changed the model's outputs (largest difference {worst:g})", hint=hint)
+
+
+def _as_list(outputs: Any) -> list[Any]:
+    return list(outputs) if isinstance(outputs, list | tuple) else [outputs]
