@@ -172,6 +172,13 @@ def test_nested_models_are_inlined_exactly() -> None:
     for got, want in zip(flat(sample), outer(sample), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
+    # A nested model called twice (a siamese pair) stays one set of weights after inlining.
+    left, right = k.Input((8, 8, 1), name="left"), k.Input((8, 8, 1), name="right")
+    siamese = k.Model([left, right], k.layers.Subtract()([branch(left), branch(right)]))
+    flat, lines = inline_nested_models(siamese, [sample, sample[::-1]])
+    assert len(lines) == 1 and [type(layer).__name__ for layer in flat.layers].count("Conv2D") == 1
+    np.testing.assert_allclose(flat([sample, sample[::-1]]), siamese([sample, sample[::-1]]), atol=1e-5)
+
 
 NESTED = """
 def transfer():

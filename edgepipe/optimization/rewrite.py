@@ -122,18 +122,18 @@ def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
     ]
     tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
     names = {layer.name for layer in model.layers}
-    copies: list[tuple[Any, Any]] = []
+    twins: dict[int, tuple[Any, Any]] = {}  # id(layer) -> (layer, its copy): a shared layer stays shared
     inlined: list[str] = []
-    _replay(model, None, tensors, names, copies, inlined)
+    _replay(model, None, tensors, names, twins, inlined)
     flat = k.Model(inputs, [tensors[id(t)] for t in model.outputs], name=model.name)
-    for original, twin in copies:
+    for original, twin in twins.values():
         twin.set_weights(original.get_weights())
     _check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
     return flat, inlined
 
 
 def _replay(
-    model: Any, nested: str | None, tensors: dict[int, Any], names: set[str], copies: list, inlined: list[str]
+    model: Any, nested: str | None, tensors: dict[int, Any], names: set[str], twins: dict, inlined: list[str]
 ) -> None:
     """Call a copy of each layer of ``model``'s graph, in order, on the tensors that ``tensors`` maps its inputs
     to; a nested model's graph is replayed the same way, its inputs mapped to what it was called on. Layers of
@@ -149,20 +149,21 @@ def _replay(
                 given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
                 for inner, outer in zip(layer.inputs, given, strict=True):
                     tensors[id(inner)] = outer
-                _replay(layer, layer.name, tensors, names, copies, inlined)
+                _replay(layer, layer.name, tensors, names, twins, inlined)
                 for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
                     tensors[id(outer)] = tensors[id(inner)]
-                inlined.append(f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}")
+                line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
+                inlined.extend([] if line in inlined else [line])
                 continue
-            config = layer.get_config()
-            if nested is not None and config["name"] in names:
-                config["name"] = f"{nested}_{config['name']}"
-            names.add(config["name"])
-            twin = layer.__class__.from_config(config)
-            produced = twin(*args, **kwargs)
+            if id(layer) not in twins:  # a layer called twice (shared weights) is copied once and called twice
+                config = layer.get_config()
+                if nested is not None and config["name"] in names:
+                    config["name"] = f"{nested}_{config['name']}"
+                names.add(config["name"])
+                twins[id(layer)] = (layer, layer.__class__.from_config(config))
+            produced = twins[id(layer)][1](*args, **kwargs)
             for old, new in zip(t.nest.flatten(node.outputs), t.nest.flatten(produced), strict=True):
                 tensors[id(old)] = new
-            copies.append((layer, twin))
 
 
 def _check_same(model: Any, rewritten: Any, sample: Any, what: str, hint: str) -> None:
