@@ -268,6 +268,15 @@ def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_chann
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(gated))))
     assert _group_of(plan, "wide").blocked_by == ["gated (Multiply)"] == _group_of(plan, "gate").blocked_by
 
+    shared = k.layers.Conv2D(8, 3, padding="same", name="shared")  # one set of weights on two branches
+    a = k.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    b = k.layers.Conv2D(8, 3, padding="same", name="b")(inputs)
+    merged = k.layers.Concatenate(name="both")([shared(a), shared(b)])
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(merged))))
+    assert _group_of(plan, "a").blocked_by == ["shared (called 2 times: shared weights)"]
+    assert _group_of(plan, "b").blocked_by == ["shared (called 2 times: shared weights)"]
+    assert not [g for g in plan.groups if "shared" in g.producers]  # its own filters are not a group either
+
 
 def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
     """Zero half the channels of every prunable group wherever they are produced: the producers' kernels and

@@ -20,8 +20,9 @@ last axis is traced back to the *channel group* that produced it:
 - a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
 
 What cannot be traced safely (any other Reshape or TensorFlow function, a grouped convolution, a custom layer,
-an Add or Flatten after a Concatenate, a merge of tensors with different channel counts, a group that reaches a
-model output) *blocks* the group: it is left whole and named in the stage's details, never pruned wrongly.
+an Add or Flatten after a Concatenate, a merge of tensors with different channel counts, a layer called more
+than once, a group that reaches a model output) *blocks* the group: it is left whole and named in the stage's
+details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def analyze(model: Any) -> Plan:
         if isinstance(layer, k.layers.InputLayer):
             carries[layer.name] = None
             continue
-        inbound = _inbound(layer)
+        calls = _calls(model, layer)
+        inbound = _inbound(layer, calls[0] if calls else 0)
         sources = [carries.get(name) for name in inbound]
         traced = [s for s in sources if s is not None]
 
@@ -149,6 +151,12 @@ def analyze(model: Any) -> Plan:
             for source in sources:
                 for member in _members(source):
                     union.groups[union.find(member)].blocked_by.append(reason)
+
+        if len(calls) > 1:  # one set of weights on several inputs: whatever any call reads stays whole
+            every = [carries.get(name) for call in calls for name in _inbound(layer, call)]
+            block(f"{layer.name} (called {len(calls)} times: shared weights)", [s for s in every if s is not None])
+            carries[layer.name] = None
+            continue
 
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
         if kind in ("Conv2D", "Dense") and _simple(layer):
@@ -236,8 +244,14 @@ def _on_channels(layer: Any) -> bool:
     return layer.axis in (-1, len(layer.output_shape) - 1)
 
 
-def _inbound(layer: Any) -> list[str]:
-    node = layer.inbound_nodes[0]
+def _calls(model: Any, layer: Any) -> list[int]:
+    """The indices of ``layer``'s calls that belong to ``model``'s graph (a layer may also be called elsewhere)."""
+    network = getattr(model, "_network_nodes", set())
+    return [i for i in range(len(layer.inbound_nodes)) if f"{layer.name}_ib-{i}" in network]
+
+
+def _inbound(layer: Any, call: int = 0) -> list[str]:
+    node = layer.inbound_nodes[call]
     inbound = node.inbound_layers
     return [item.name for item in (inbound if isinstance(inbound, list | tuple) else [inbound])]
 
