@@ -360,6 +360,22 @@ def test_two_controllers_never_measure_on_one_board_at_once(
     assert len(set(fences)) == 9  # every job under a lease of its own (a new fencing number per acquisition)
 
 
+def test_a_result_after_the_controller_handed_the_job_back_leaves_the_attempt_abandoned(
+    history_location: Any,
+) -> None:
+    """SIGTERM: the controller abandons its jobs while a worker is still finishing one; the worker's late failure
+    is discarded and the attempt stays "abandoned" (a race CI once lost: it became "fenced-off")."""
+    with FarmStore(history_location) as store:
+        run = store.create_run("lab", "key", {"models": []}, [("m", "rpi4")], [("board0", "rpi4")])
+        fence = store.acquire("board0", "ctl:1:a", ttl_s=30)
+        claim = store.claim(run, "rpi4", "board0", "ctl:1:a", fence, healthy_boards=1)
+        assert claim is not None
+        store.abandon("ctl:1:a")
+        assert store.fail(claim, "CommandError", 15, "the agent was killed", attempts=3) is None
+        assert [a["outcome"] for a in store.attempts(run)] == ["abandoned"]
+        assert [job["state"] for job in store.jobs(run)] == ["pending"]
+
+
 def test_a_late_result_is_fenced_off(history_location: Any) -> None:
     """A worker whose lease expired and was taken by another cannot write its result, nor renew the lease."""
     record = {"target": {"name": "board0"}, "model": {"sha256": "ab" * 32, "bytes": 1}, "status": "passed"}

@@ -334,9 +334,12 @@ class FarmStore(LeaseTable, History):
     def _end_attempt(
         self, claim: Claim, outcome: str, error_class: str | None, exit_code: int | None, message: str | None
     ) -> None:
+        """End a running attempt. One already ended keeps its first ending: a worker that finishes after its
+        controller was interrupted and handed the job back finds its attempt "abandoned", and a late
+        "fenced-off" must not rewrite that."""
         self._db.execute(
             "UPDATE farm_attempts SET finished = ?, outcome = ?, error_class = ?, exit_code = ?, message = ? "
-            "WHERE id = ?",
+            "WHERE id = ? AND outcome = 'running'",
             (stamp(), outcome, error_class, exit_code, message, claim.attempt),
         )
 
