@@ -129,6 +129,22 @@ def task_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
     return runs
 
 
+def channel_prune_qat(name: str, model: str) -> str:
+    """A recipe: 50 % channel pruning then QAT on the digits, one-epoch fine-tunes, no accuracy gate (for tests
+    of what the stages do to a model's structure, not of its accuracy). ``model`` is the recipe's model entry."""
+    return f"""
+name: {name}
+model: {model}
+data: {{source: edgepipe.examples.digits:load}}
+fine_tune: {{epochs: 1, learning_rate: 0.001}}
+stages:
+  - {{kind: channel_prune, ratio: 0.5, round_to: 4}}
+  - {{kind: qat}}
+convert: {{representative_samples: 64}}
+gates: {{max_accuracy_drop: null}}
+"""
+
+
 def write_recipe(folder: Path, body: str, name: str = "recipe.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(body).lstrip())

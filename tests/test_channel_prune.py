@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import channel_prune_qat, run_cli, write_recipe
 
 from edgepipe.examples.cnns import ds_cnn, resnet
 from edgepipe.examples.digits import cnn
@@ -346,17 +346,9 @@ def test_keras_applications_prune_exactly_when_the_removed_channels_are_zero(nam
     assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * scale
 
 
-SE_RECIPE = """
-name: se-cnn
-model: {source: edgepipe.examples.cnns:se_cnn, train: {epochs: 3, learning_rate: 0.003}}
-data: {source: edgepipe.examples.digits:load}
-fine_tune: {epochs: 1, learning_rate: 0.001}
-stages:
-  - {kind: channel_prune, ratio: 0.5, round_to: 4}
-  - {kind: qat}
-convert: {representative_samples: 64}
-gates: {max_accuracy_drop: null}
-"""
+SE_RECIPE = channel_prune_qat(
+    "se-cnn", "{source: edgepipe.examples.cnns:se_cnn, train: {epochs: 3, learning_rate: 0.003}}"
+)
 
 
 def test_a_mobilenetv3_style_model_prunes_and_qat_names_its_tensorflow_functions(tmp_path: Path) -> None:

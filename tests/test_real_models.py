@@ -214,21 +214,11 @@ def test_a_transfer_learning_model_is_inlined_then_channel_pruned_and_quantizati
 ) -> None:
     """Through the CLI: before, QAT ended in an internal error on the nested backbone and channel_prune found
     nothing to remove. A nested model that cannot be copied is named, before any training."""
-    from conftest import run_cli, write_recipe
+    from conftest import channel_prune_qat, run_cli, write_recipe
 
     (tmp_path / "nested_models.py").write_text(NESTED)
     env = {"PYTHONPATH": str(tmp_path)}
-    body = """
-    name: transfer
-    model: {source: nested_models:transfer, train: {epochs: 2, learning_rate: 0.003}}
-    data: {source: edgepipe.examples.digits:load}
-    fine_tune: {epochs: 1, learning_rate: 0.001}
-    stages:
-      - {kind: channel_prune, ratio: 0.5, round_to: 4}
-      - {kind: qat}
-    convert: {representative_samples: 64}
-    gates: {max_accuracy_drop: null}
-    """
+    body = channel_prune_qat("transfer", "{source: nested_models:transfer, train: {epochs: 2, learning_rate: 0.003}}")
     done = run_cli("optimize", str(write_recipe(tmp_path, body)), "--out", str(tmp_path / "run"), env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "note: backbone (21 layers) inlined into transfer" in done.stderr  # progress goes to stderr
