@@ -10,7 +10,7 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-SHIPPED = {"device_agents": "*.py", "targets": "*.yaml", "recipes": "*.yaml"}
+SHIPPED = {"device_agents": "**/*.py", "targets": "*.yaml", "recipes": "*.yaml"}  # the agent: a folder and a package
 
 
 class BuildWithShippedFiles(build_py):
@@ -18,9 +18,10 @@ class BuildWithShippedFiles(build_py):
         super().run()
         for folder, pattern in SHIPPED.items():
             destination = Path(self.build_lib, "edgepipe", "_shipped", folder)
-            self.mkpath(str(destination))
             for source in sorted(Path(folder).glob(pattern)):
-                self.copy_file(str(source), str(destination / source.name))
+                copy = destination / source.relative_to(folder)
+                self.mkpath(str(copy.parent))
+                self.copy_file(str(source), str(copy))
 
 
 setup(cmdclass={"build_py": BuildWithShippedFiles})

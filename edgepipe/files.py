@@ -8,6 +8,11 @@ from pathlib import Path
 from typing import Any
 
 
+def user_cache() -> Path:
+    """edgepipe's cache on this machine: ``$XDG_CACHE_HOME/edgepipe``, by default ``~/.cache/edgepipe``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepipe"
+
+
 def write_atomic(path: Path, content: str | bytes) -> None:
     """Write next to the destination, then rename: a reader sees the old file or the new one, never half.
 

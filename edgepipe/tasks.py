@@ -73,8 +73,8 @@ class Task:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-# The same formulas run in the device agent (device_agents/edgepipe_agent.py, ``score``), which must stay one
-# file with no edgepipe import; tests check that both give the same numbers.
+# The same formulas run in the device agent (device_agents/edgepipe_agent/evaluate.py, ``score``), which has no
+# edgepipe import; tests check that both give the same numbers.
 METRICS: dict[str, tuple[str, bool]] = {
     # task: (metric, higher is better)
     "classification": ("accuracy", True),

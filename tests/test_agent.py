@@ -21,9 +21,10 @@ from malformed import malformed_models
 
 from edgepipe.config.target import MeasureSettings, Target
 from edgepipe.data import read_eval_data
-from edgepipe.deployment.agent import AGENT_FILE, agent_info
+from edgepipe.deployment.agent import AGENT_SOURCE, agent_info, build_archive
 from edgepipe.deployment.job import build_job, run_job
 from edgepipe.errors import AgentError
+from edgepipe.provenance import sha256_file
 from edgepipe.transport.local import LocalTransport
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,26 @@ def agent_job(model: Path, data: Path | None = None, **changes: Any) -> dict[str
 
 
 def run_agent(job: dict[str, Any], deadline: float = 120) -> dict[str, Any]:
-    return run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline)
+    """Through the one file a board gets (the .pyz); the host's own reference runs use the source folder."""
+    return run_job(LocalTransport(), sys.executable, str(agent_info().path), job, deadline)
+
+
+def test_the_board_gets_one_self_contained_file_built_the_same_every_time(
+    optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The .pyz alone, copied to an empty directory under another name, answers and measures (its sandboxed child
+    starts from that copy); built again from the same source it has the same bytes, so the hash the board caches
+    it under does not change from one host or run to the next."""
+    info = agent_info()
+    assert build_archive() == info.path.read_bytes() and sha256_file(info.path) == info.sha256
+    alone = tmp_path / "empty" / "agent.pyz"
+    alone.parent.mkdir()
+    alone.write_bytes(info.path.read_bytes())
+    done = subprocess.run([sys.executable, "-I", str(alone), "version"], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["agent_version"] == info.version, done.stderr
+    directory, _ = optimized_run
+    result = run_job(LocalTransport(), sys.executable, str(alone), agent_job(directory / "model.tflite"), 120)
+    assert result["status"] == "ok" and result["timing"]["latency_ms"]["count"] >= 50, result.get("error")
 
 
 def test_result_has_latency_memory_accuracy_and_board(optimized_run: tuple[Path, dict]) -> None:
@@ -103,7 +123,7 @@ def test_unknown_job_protocol_is_refused_with_a_clear_message(optimized_run: tup
     with pytest.raises(AgentError, match=r"edgepipe.job/99.*not supported.*speaks edgepipe.job/1"):
         run_agent(job)
     done = subprocess.run(
-        [sys.executable, str(AGENT_FILE), "run", "-"], input=json.dumps(job), capture_output=True, text=True
+        [sys.executable, str(AGENT_SOURCE), "run", "-"], input=json.dumps(job), capture_output=True, text=True
     )
     assert done.returncode == 2 and json.loads(done.stdout)["error"]["class"] == "BadJob"
 
@@ -139,7 +159,7 @@ def test_a_crashing_interpreter_is_classified_and_the_agent_still_answers(optimi
     directory, _ = optimized_run
     job = agent_job(directory / "model.tflite", min_seconds=60, max_runs=10**9)
     agent = subprocess.Popen(
-        [sys.executable, str(AGENT_FILE), "run", "-"],
+        [sys.executable, str(AGENT_SOURCE), "run", "-"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -183,7 +203,7 @@ def test_memory_limit_is_enforced_and_classified(tmp_path: Path) -> None:
 def test_probe_reports_runtimes_and_free_disk(tmp_path: Path) -> None:
     from importlib import metadata
 
-    done = subprocess.run([sys.executable, str(AGENT_FILE), "probe", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(AGENT_SOURCE), "probe", str(tmp_path)], capture_output=True, text=True)
     report = json.loads(done.stdout)
     assert report["runtimes"]["ai_edge_litert"] == metadata.version("ai-edge-litert")
     assert report["free_disk_bytes"] > 0 and report["board"]["machine"] == os.uname().machine

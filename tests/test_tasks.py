@@ -3,7 +3,7 @@ with two inputs and two outputs, and a regressor, through optimize, the device a
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -17,18 +17,15 @@ from edgepipe.data import from_arrays, read_eval_data
 from edgepipe.errors import ConfigError, GateFailed
 from edgepipe.tasks import score
 
-AGENT = REPO / "device_agents" / "edgepipe_agent.py"
 
-
-def agent_module() -> Any:
-    spec = importlib.util.spec_from_file_location("edgepipe_agent", AGENT)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+def agent_module(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The agent's scoring module, imported from its source folder as the agent imports it."""
+    monkeypatch.syspath_prepend(str(REPO / "device_agents"))
+    return importlib.import_module("edgepipe_agent.evaluate")
 
 
 @pytest.mark.parametrize("task", ["classification", "regression", "reconstruction"])
-def test_the_agent_scores_exactly_as_the_host_does(task: str) -> None:
+def test_the_agent_scores_exactly_as_the_host_does(task: str, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     outputs = [rng.normal(size=(50, 4)).astype(np.float32), rng.normal(size=(50, 3)).astype(np.float32)]
     if task == "classification":
@@ -36,7 +33,7 @@ def test_the_agent_scores_exactly_as_the_host_does(task: str) -> None:
     else:
         targets = [rng.normal(size=(50, 4)), rng.normal(size=(50, 3))]
     host = score(task, outputs, targets)  # type: ignore[arg-type]
-    board = agent_module().score(np, task, outputs, targets)
+    board = agent_module(monkeypatch).score(np, task, outputs, targets)
     assert list(host.per_output) == pytest.approx(board, abs=1e-6)
     assert host.metric == {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
 

@@ -16,10 +16,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import REPO
+
+from edgepipe.deployment.agent import agent_sources
 
 pytestmark = pytest.mark.slow
 
@@ -78,5 +81,10 @@ def test_a_preset_optimized_by_name_deploys_from_the_wheel(wheel_env: Path, tmp_
     result = json.loads((tmp_path / "run" / "deploy-local.json").read_text())
     assert result["status"] == "passed"
     assert result["checks"]["device_accuracy"] == result["checks"]["host_accuracy"] > 0.9
-    agents = list((tmp_path / "board" / "agent").glob("edgepipe_agent-*.py"))
-    assert len(agents) == 1 and agents[0].read_bytes() == (REPO / "device_agents" / "edgepipe_agent.py").read_bytes()
+    agents = list((tmp_path / "board" / "agent").glob("edgepipe_agent-*.pyz"))
+    assert len(agents) == 1  # the one file the board gets holds the repository's agent source, file for file
+    with zipfile.ZipFile(agents[0]) as archive:
+        sent = {name: archive.read(name) for name in archive.namelist()}
+    source = REPO / "device_agents"
+    assert sent == {p.relative_to(source).as_posix(): p.read_bytes() for p in agent_sources(source)}
+    assert "edgepipe_agent/supervisor.py" in sent

@@ -12,7 +12,6 @@ they were measured, so a later profile of the same machine reuses them.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepipe.files import write_json
+from edgepipe.files import user_cache, write_json
 from edgepipe.provenance import now
 
 COPY_BYTES = 128 * 2**20
@@ -28,7 +27,7 @@ CONV = (32, 32, 128, 128)  # height, width, input channels, filters (3x3)
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgepipe" / "calibration.json"
+    return user_cache() / "calibration.json"
 
 
 def _cpu() -> str:

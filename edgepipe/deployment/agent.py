@@ -1,16 +1,23 @@
-"""The host's view of the device agent: where its file is, what version it speaks, and how to talk to it.
+"""The host's view of the device agent: where its source is, what version it speaks, the one file the board gets,
+and how to talk to it.
 
-The agent is a single file shipped in ``device_agents/`` (inside a wheel: ``edgepipe/_shipped/``, see
-``edgepipe.shipped``). It is cached
-on the board under its version and hash, so a changed agent is sent again and an unchanged one never is.
+The agent's source is ``device_agents/`` (inside a wheel: ``edgepipe/_shipped/``, see ``edgepipe.shipped``): a
+``__main__.py`` and the ``edgepipe_agent`` package, small modules by concern. Python runs that folder as it is
+(``python -I device_agents run -``: what the host's own reference run does), and runs a zip of it the same way,
+which is what the board gets: ONE file, ``edgepipe_agent-<version>-<sha12>.pyz``, built here byte for byte the
+same from the same source (fixed order, times and modes; stored, not compressed, so no zlib version changes
+it). It is cached on the board under its version and hash, so a changed agent is sent again and an unchanged one
+never is.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import json
 import sys
 import threading
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -20,51 +27,75 @@ from edgepipe import shipped
 from edgepipe.config.target import Target
 from edgepipe.deployment.cache import RemoteCache
 from edgepipe.errors import AgentError
-from edgepipe.provenance import sha256_file
+from edgepipe.files import user_cache, write_atomic
+from edgepipe.provenance import sha256_bytes
 from edgepipe.transport.base import Transport
 
-AGENT_FILE = shipped.folder("device_agents") / "edgepipe_agent.py"
+AGENT_SOURCE = shipped.folder("device_agents")
+PACKAGE = "edgepipe_agent"
 PROBE_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
 class AgentInfo:
-    path: Path
+    path: Path  # the .pyz built on this machine, what the board gets
     version: str
     job_protocol: str
     result_protocol: str
     sha256: str
 
     def remote_path(self, workdir: str) -> str:
-        return f"{workdir.rstrip('/')}/agent/edgepipe_agent-{self.version}-{self.sha256[:12]}.py"
+        return f"{workdir.rstrip('/')}/agent/edgepipe_agent-{self.version}-{self.sha256[:12]}.pyz"
 
 
 _READING = threading.Lock()
 
 
-def agent_info(path: Path = AGENT_FILE) -> AgentInfo:
-    """Read the version constants from the agent's source (without importing it), once per process.
+def agent_info(source: Path = AGENT_SOURCE) -> AgentInfo:
+    """Read the version constants from the agent's source (without importing it) and build its .pyz, once per
+    process.
 
     One thread at a time: on CPython before 3.11.8 ``ast.parse`` in two threads at once can fail with
     "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905), which is what a farm run
     hit when the workers of all its boards started their first deploy together (3.11.7 here)."""
     with _READING:
-        return _read_agent_info(path)
+        return _read_agent_info(source)
+
+
+def agent_sources(source: Path = AGENT_SOURCE) -> list[Path]:
+    """The files of the agent, in the order the archive holds them: the entry point, then the package."""
+    return [source / "__main__.py", *sorted((source / PACKAGE).glob("*.py"))]
+
+
+def build_archive(source: Path = AGENT_SOURCE) -> bytes:
+    """The agent as one zip application: the same bytes from the same source on any machine."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in agent_sources(source):
+            entry = zipfile.ZipInfo(path.relative_to(source).as_posix(), date_time=(1980, 1, 1, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            archive.writestr(entry, path.read_bytes())
+    return buffer.getvalue()
 
 
 @cache
-def _read_agent_info(path: Path) -> AgentInfo:
-    if not path.is_file():
-        raise AgentError(f"the device agent {path} is missing from this installation", hint="reinstall edgepipe")
+def _read_agent_info(source: Path) -> AgentInfo:
+    protocol = source / PACKAGE / "protocol.py"
+    if not (source / "__main__.py").is_file() or not protocol.is_file():
+        raise AgentError(f"the device agent in {source} is missing from this installation", hint="reinstall edgepipe")
     constants: dict[str, str] = {}
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    for node in ast.parse(protocol.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             for name in node.targets:
                 if isinstance(name, ast.Name) and isinstance(node.value.value, str):
                     constants[name.id] = node.value.value
-    return AgentInfo(
-        path, constants["AGENT_VERSION"], constants["JOB_PROTOCOL"], constants["RESULT_PROTOCOL"], sha256_file(path)
-    )
+    archive = build_archive(source)
+    sha256 = sha256_bytes(archive)
+    version = constants["AGENT_VERSION"]
+    built = user_cache() / "agent-build" / f"edgepipe_agent-{version}-{sha256[:12]}.pyz"
+    if not built.is_file() or built.read_bytes() != archive:
+        write_atomic(built, archive)
+    return AgentInfo(built, version, constants["JOB_PROTOCOL"], constants["RESULT_PROTOCOL"], sha256)
 
 
 def helper_python(target: Target) -> str:

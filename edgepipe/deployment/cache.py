@@ -3,7 +3,7 @@
 Layout under the target's ``workdir``::
 
     blobs/<sha256>.<ext>                    models, evaluation data, reference outputs
-    agent/edgepipe_agent-<version>-<sha12>.py
+    agent/edgepipe_agent-<version>-<sha12>.pyz
 
 A file is streamed to a small receiver run by the board's own Python (stdlib only). It writes
 ``<final>.partial-<pid>`` while hashing what arrives, and renames it into place (``os.replace``, atomic on one

@@ -121,7 +121,7 @@ def stage(
 def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> dict[str, Any]:
     """Accuracy and raw outputs on this machine, through the agent (one timed run: only outputs matter)."""
     from edgepipe.config.target import MeasureSettings, Target
-    from edgepipe.deployment.agent import AGENT_FILE
+    from edgepipe.deployment.agent import AGENT_SOURCE
     from edgepipe.deployment.job import build_job, run_job
     from edgepipe.transport.local import LocalTransport
 
@@ -130,7 +130,7 @@ def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> di
     job = build_job(
         host, measure, str(model_file.resolve()), str(data_file.resolve()), None, str(outputs.resolve()), task=task
     )
-    result = run_job(LocalTransport(), sys.executable, str(AGENT_FILE), job, deadline_s=900)
+    result = run_job(LocalTransport(), sys.executable, str(AGENT_SOURCE), job, deadline_s=900)
     result.pop("timing", None)  # one run says nothing about speed
     return result
 

@@ -1,0 +1,117 @@
+"""Accuracy (or error) of the model on the evaluation data, scored as edgepipe scores on the host
+(``edgepipe.tasks``), and its raw outputs' agreement with the host's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgepipe_agent.protocol import JobFailed
+from edgepipe_agent.runtime import invoke_or_fail, quantize
+
+
+def _numbered(archive: Any, key: str) -> list[Any]:
+    """``key`` alone, or ``key_0, key_1, ...``: one array per input (x) or output (y)."""
+    if key in archive.files:
+        return [archive[key]]
+    arrays = []
+    while f"{key}_{len(arrays)}" in archive.files:
+        arrays.append(archive[f"{key}_{len(arrays)}"])
+    return arrays
+
+
+def read_data(np: Any, path: str) -> tuple[list[Any], list[Any]]:
+    with np.load(path, allow_pickle=False) as archive:
+        xs, ys = _numbered(archive, "x"), _numbered(archive, "y")
+    if not xs:
+        raise JobFailed("DataMismatch", "the evaluation data has no x (or x_0, x_1, ...)")
+    return xs, ys
+
+
+def score(np: Any, task: str, outputs: list[Any], targets: list[Any]) -> list[float]:
+    """Per output: top-1 accuracy (classification), mean absolute error (regression) or mean squared error
+    against the input (reconstruction). The same formulas as edgepipe's tasks.score on the host."""
+    values = []
+    for out, target in zip(outputs, targets, strict=True):
+        flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
+        if task == "classification":
+            values.append(float(np.mean(flat.argmax(axis=1) == np.asarray(target).reshape(-1))))
+            continue
+        want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
+        if want.shape != flat.shape:
+            raise JobFailed(
+                "DataMismatch", f"outputs {list(flat.shape)} cannot be compared with targets {list(want.shape)}"
+            )
+        values.append(float((np.abs(flat - want) if task == "regression" else np.square(flat - want)).mean()))
+    return values
+
+
+def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
+    xs, ys = read_data(np, job["data"])
+    sources = interpreter.get_input_details()
+    if len(xs) != len(sources):
+        raise JobFailed(
+            "DataMismatch", f"the evaluation data has {len(xs)} input arrays, the model {len(sources)} inputs"
+        )
+    for index, (x, source) in enumerate(zip(xs, sources, strict=True)):
+        expected = [int(d) for d in source["shape"][1:]]
+        if list(x.shape[1:]) != expected:
+            which = "" if len(xs) == 1 else f" (input {index})"
+            raise JobFailed(
+                "DataMismatch", f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}{which}"
+            )
+    task = job["task"] or (
+        "reconstruction" if not ys else "classification" if ys[0].dtype.kind in "iub" else "regression"
+    )
+    count = len(xs[0])
+    batch = 256 if all(list(d.get("shape_signature", [1]))[:1] == [-1] for d in sources) else 1
+    chunks: list[list[Any]] = [[] for _ in interpreter.get_output_details()]
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
+        if batch > 1:
+            for source in sources:
+                interpreter.resize_tensor_input(source["index"], [size, *[int(d) for d in source["shape"][1:]]])
+            interpreter.allocate_tensors()
+        for x, detail in zip(xs, interpreter.get_input_details(), strict=True):
+            interpreter.set_tensor(detail["index"], quantize(np, x[start : start + size], detail))
+        invoke_or_fail(interpreter)
+        for chunk, output in zip(chunks, interpreter.get_output_details(), strict=True):
+            chunk.append(interpreter.get_tensor(output["index"]).reshape(size, -1).copy())
+    raw = [np.concatenate(chunk) for chunk in chunks]
+    dequantized = []
+    for values, output in zip(raw, interpreter.get_output_details(), strict=True):
+        scale, zero_point = output["quantization"]
+        dequantized.append((values.astype(np.float32) - zero_point) * scale if scale else values.astype(np.float32))
+    targets = ys if task != "reconstruction" else xs
+    if len(targets) != len(raw):
+        raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
+    per_output = score(np, task, dequantized, targets)
+    value = sum(per_output) / len(per_output)
+    metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
+    report: dict[str, Any] = {
+        "samples": count,
+        "task": task,
+        "metric": metric,
+        "value": value,
+        "per_output": per_output,
+        "accuracy": value if task == "classification" else None,
+    }
+    if task == "classification":
+        report["correct"] = sum(round(v * count) for v in per_output)  # over every output
+    if job["outputs"]:
+        with open(job["outputs"], "wb") as handle:
+            np.savez(handle, **{f"o_{i}": values for i, values in enumerate(raw)})
+    if job["reference"]:
+        with np.load(job["reference"], allow_pickle=False) as archive:
+            reference = [archive[f"o_{i}"].reshape(count, -1) for i in range(len(archive.files))]
+        if [r.shape for r in reference] != [r.shape for r in raw]:
+            shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
+            raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
+        top1 = [float((a.argmax(axis=1) == b.argmax(axis=1)).mean()) for a, b in zip(reference, raw, strict=True)]
+        report["agreement"] = {
+            "top1": sum(top1) / len(top1) if task == "classification" else None,
+            "max_abs_diff": max(
+                float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+                for a, b in zip(reference, raw, strict=True)
+            ),
+        }
+    return report
