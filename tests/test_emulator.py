@@ -85,6 +85,10 @@ def test_deploy_to_the_emulated_board_matches_the_host(
     assert parity["passed"] is True and parity["host"]["machine"] != parity["device"]["machine"]
     assert parity["host"]["accuracy"] == parity["device"]["accuracy"]
     assert parity["max_abs_diff"] <= 1 and parity["top1_agreement"] >= 0.99
+    # every changed answer (if any) is a near-tie: within 1 step per value, the host's margin is at most 2 steps
+    changed = round((1 - parity["top1_agreement"]) * device["accuracy"]["samples"])
+    assert parity["top1_near_ties"] == changed and parity["top1_agreement_beyond_near_ties"] == 1.0
+    assert all(0 <= m <= 2 for m in device["accuracy"]["agreement"]["top1_changed_margins"][0])
 
 
 def test_parity_beyond_tolerance_fails_the_deploy(

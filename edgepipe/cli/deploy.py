@@ -16,7 +16,7 @@ from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.cli.optimize import ConsoleProgress
 from edgepipe.errors import ConfigError
 from edgepipe.progress import Progress
-from edgepipe.reporting.formatting import mib
+from edgepipe.reporting.formatting import mib, parity_agreement
 from edgepipe.run_models import RunModel
 
 if TYPE_CHECKING:
@@ -318,10 +318,8 @@ def print_result(result: dict[str, Any]) -> None:
             "parity with the host",
             f"{'[green]pass[/]' if parity['passed'] else '[red]FAIL[/]'}: {parity['device']['runtime']} "
             f"{parity['device']['runtime_version']} on {parity['device']['machine']} vs {parity['host']['runtime']} "
-            f"{parity['host']['runtime_version']} on {parity['host']['machine']}: "
-            + (f"top-1 agreement {parity['top1_agreement']:.4f}, " if parity["top1_agreement"] is not None else "")
-            + (f"error {parity['error_delta']:+.2%}, " if parity.get("error_delta") is not None else "")
-            + f"largest difference {parity['max_abs_diff']:g} step(s)",
+            f"{parity['host']['runtime_version']} on {parity['host']['machine']}: {parity_agreement(parity)}, "
+            f"largest difference {parity['max_abs_diff']:g} step(s)",
         )
     state = [
         board.get("governor") and f"governor {board['governor']}",

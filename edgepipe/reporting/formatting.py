@@ -42,3 +42,20 @@ def score_delta(deployment: dict, metric: str) -> str:
 
 def score_label(metric: str) -> str:
     return {"accuracy": "accuracy", "mae": "MAE", "mse": "MSE"}.get(metric, metric)
+
+
+def parity_agreement(parity: dict) -> str:
+    """The figure a parity check judges the model by: a classifier's top-1 agreement, saying how many changed
+    answers were near-ties (the tolerated rounding explains them), or the change of a regressor's error."""
+    top1 = parity.get("top1_agreement")
+    if top1 is not None:
+        near, beyond = parity.get("top1_near_ties"), parity.get("top1_agreement_beyond_near_ties")
+        if not near:
+            return f"top-1 agreement {top1:.4f}"
+        if beyond is not None and beyond < 1:
+            return f"top-1 agreement {top1:.4f} ({near} changed answers were near-ties; {beyond:.4f} beyond them)"
+        which = f"all {near} changed answers were near-ties" if near > 1 else "the one changed answer was a near-tie"
+        return f"top-1 agreement {top1:.4f} ({which})"
+    if parity.get("error_delta") is not None:
+        return f"error {parity['error_delta']:+.2%}"
+    return "n/a"

@@ -8,7 +8,17 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from edgepipe.analyze.profile_diff import signed_time
-from edgepipe.reporting.formatting import kib, latency, mib, pct, points, score, score_delta, score_label
+from edgepipe.reporting.formatting import (
+    kib,
+    latency,
+    mib,
+    parity_agreement,
+    pct,
+    points,
+    score,
+    score_delta,
+    score_label,
+)
 from edgepipe.reporting.plots import figures, profiled_deployment
 
 CAPTIONS = (
@@ -109,6 +119,7 @@ def _parity_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                         "target": d["target"],
                         "stage": stage["name"] + (" (final)" if stage["final"] else ""),
                         "parity": parity,
+                        "agreement": parity_agreement(parity).removeprefix("top-1 agreement ").removeprefix("error "),
                         "tolerance": ", ".join(f"{k} {v}" for k, v in tolerance.items()) or "n/a",
                     }
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepipe.reporting.formatting import kib, latency, score, score_label
+from edgepipe.reporting.formatting import kib, latency, parity_agreement, score, score_label
 
 
 def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str:
@@ -50,12 +50,9 @@ def _parity_line(report: dict[str, Any]) -> str:
         for d in stage["deployments"]:
             parity = d.get("parity")
             if stage["final"] and parity and parity.get("passed") is not None:
-                top1 = parity["top1_agreement"]
                 parts.append(
-                    f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} ("
-                    + (f"top-1 agreement {top1:.4f}, " if top1 is not None else "")
-                    + (f"error {parity['error_delta']:+.2%}, " if parity.get("error_delta") is not None else "")
-                    + f"largest difference {parity['max_abs_diff']:g} step(s))."
+                    f"Parity {d['target']}: {'pass' if parity['passed'] else 'FAIL'} ({parity_agreement(parity)}, "
+                    f"largest difference {parity['max_abs_diff']:g} step(s))."
                 )
     return " ".join(parts)
 
