@@ -102,13 +102,14 @@ def mobilenet_model() -> Path:
 
 def agent_median(model: Path, threads: int, warmup: int, runs: int) -> float:
     from edgepipe.config.target import MeasureSettings, Target
-    from edgepipe.deployment.agent import AGENT_SOURCE
+    from edgepipe.deployment.agent import agent_info
     from edgepipe.deployment.job import build_job, run_job
     from edgepipe.transport.local import LocalTransport
 
     target = Target(name="local", transport="local", threads=threads)
     measure = MeasureSettings(warmup_runs=warmup, runs=runs, min_seconds=0, max_runs=runs)
-    result = run_job(LocalTransport(), sys.executable, str(AGENT_SOURCE), build_job(target, measure, str(model)), 600)
+    job = build_job(target, measure, str(model))
+    result = run_job(LocalTransport(), sys.executable, str(agent_info().path), job, 600)  # the file a board gets
     if result["status"] != "ok":
         raise SystemExit(f"agent failed: {result['error']}")
     return float(result["timing"]["latency_ms"]["p50"])
