@@ -253,26 +253,32 @@ def test_changed_answers_are_told_apart_into_near_ties_and_real_changes(monkeypa
     (rounding within the tolerance can flip it) and does not count against min_top1_agreement; a change beyond
     that does. The agent reports each changed answer's host margin; the host decides."""
     from edgepipe.config.target import ParitySettings
-    from edgepipe.deployment.runner import _answers_beyond_near_ties, _parity, _parity_gap
+    from edgepipe.deployment.checks import answers_beyond_near_ties, parity_check, parity_gap
 
     monkeypatch.syspath_prepend(str(AGENT_SOURCE))
     from edgepipe_agent.evaluate import agreement
 
     host = np.array([[10, 3, 0], [10, 9, 0], [20, 5, 0], [0, 0, 7]], dtype=np.int8)
     board = np.array([[11, 3, 0], [9, 10, 0], [5, 20, 0], [0, 1, 7]], dtype=np.int8)  # 1: a near-tie; 2: not
-    found = agreement(np, "classification", [host], [board])
-    assert found == {"top1": 0.5, "top1_changed_margins": [[1.0, 15.0]], "max_abs_diff": 15.0}
-    assert _answers_beyond_near_ties(found, 4, steps=1) == (0.75, 1)  # the margin-15 change counts
-    assert _answers_beyond_near_ties(found, 4, steps=8) == (1.0, 2)  # within 2 x 8 steps: both are near-ties
-    assert _answers_beyond_near_ties({**found, "top1_changed_margins": None}, 4, steps=8) == (0.5, 0)  # old agent
-    assert agreement(np, "regression", [host], [board])["top1_changed_margins"] is None
+    labels = np.array([0, 1, 0, 2])  # the host is right on 0, 2, 3; the board on 1, 3
+    found = agreement(np, "classification", [host], [board], [labels])
+    assert found == {
+        "top1": 0.5,
+        "top1_changed_margins": [[1.0, 15.0]],
+        "top1_discordant": [[1, 1]],  # sample 2 turned wrong, sample 1 turned right
+        "max_abs_diff": 15.0,
+    }
+    assert answers_beyond_near_ties(found, 4, steps=1) == (0.75, 1)  # the margin-15 change counts
+    assert answers_beyond_near_ties(found, 4, steps=8) == (1.0, 2)  # within 2 x 8 steps: both are near-ties
+    assert answers_beyond_near_ties({**found, "top1_changed_margins": None}, 4, steps=8) == (0.5, 0)  # old agent
+    assert agreement(np, "regression", [host], [board], [board])["top1_discordant"] is None
     # the verdict: within 16 steps both changes are near-ties and pass; at 4 the margin-15 change counts
     inputs = SimpleNamespace(host_accuracy=0.5, host_score={"value": 0.5}, host={})
     device = {"accuracy": {"samples": 4, "accuracy": 0.5, "value": 0.5, "agreement": found}, "board": {}}
     lenient = Target(name="emu", transport="local", parity=ParitySettings(max_abs_diff=16, min_top1_agreement=0.99))
-    verdict = _parity(inputs, device, lenient)  # type: ignore[arg-type]
+    verdict = parity_check(inputs, device, lenient)  # type: ignore[arg-type]
     assert verdict["passed"] and (verdict["top1_near_ties"], verdict["top1_agreement_beyond_near_ties"]) == (2, 1.0)
     strict = lenient.model_copy(update={"parity": ParitySettings(max_abs_diff=4, min_top1_agreement=0.99)})
-    verdict = _parity(inputs, device, strict)  # type: ignore[arg-type]
+    verdict = parity_check(inputs, device, strict)  # type: ignore[arg-type]
     assert not verdict["passed"] and verdict["top1_agreement_beyond_near_ties"] == 0.75
-    assert "top-1 agreement 0.7500 beyond near-ties (at least 0.99)" in _parity_gap(verdict)
+    assert "top-1 agreement 0.7500 beyond near-ties (at least 0.99)" in parity_gap(verdict)

@@ -182,7 +182,7 @@ def test_data_contract_for_several_inputs_and_each_task() -> None:
 def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
     """The parity-failure path, with and without top-1 agreement (the emulator test can only reach it when the
     emulated runtime's outputs differ from the host's, which they often do not)."""
-    from edgepipe.deployment.runner import _failure
+    from edgepipe.deployment.checks import deploy_failure
     from edgepipe.errors import AccuracyMismatch
     from edgepipe.targets import load_target
 
@@ -195,7 +195,7 @@ def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
         "host": {"runtime": "ai_edge_litert", "runtime_version": "2.3.0", "machine": "x86_64"},
         "device": {"runtime": "tflite_runtime", "runtime_version": "2.14.0", "machine": "aarch64"},
     }
-    error = _failure({}, {"parity": parity, "error_matches_host": None, "accuracy_matches_host": None},
+    error = deploy_failure({}, {"parity": parity, "error_matches_host": None, "accuracy_matches_host": None},
                      load_target("rpi4-emu"))  # fmt: skip
     assert isinstance(error, AccuracyMismatch)
     if top1 is not None:
@@ -203,3 +203,36 @@ def test_a_parity_failure_names_what_differs(top1: float | None) -> None:
     else:  # judged by its error; the step difference is told, not judged
         assert "the error changed by +3.40% (at most 1.00%); largest output difference 3 integer steps" in error.message
     assert "tflite_runtime 2.14.0 on aarch64" in (error.hint or "")
+
+
+@pytest.mark.parametrize(("lost", "gained", "chance"), [(3, 0, True), (30, 2, False)], ids=["near-ties", "worse"])
+def test_an_accuracy_difference_says_whether_chance_explains_it(lost: int, gained: int, chance: bool) -> None:
+    """The board's accuracy beyond the tolerance fails the deploy either way; the message says which answers
+    changed, and McNemar's exact test tells a handful of flipped near-ties (3 of 450: p = 0.25, evaluate on more
+    samples) from a board that is worse (30 against 2: compare runtimes)."""
+    from types import SimpleNamespace
+
+    from edgepipe.config.target import Target
+    from edgepipe.deployment.checks import deploy_failure, host_checks
+    from edgepipe.errors import AccuracyMismatch
+
+    samples, host_accuracy = 450, 0.9
+    device_accuracy = host_accuracy + (gained - lost) / samples
+    agreement = {
+        "top1": 1 - (lost + gained) / samples,
+        "top1_changed_margins": [[1.0] * (lost + gained)],
+        "top1_discordant": [[lost, gained]],
+        "max_abs_diff": 1.0,
+    }
+    device = {"accuracy": {"samples": samples, "accuracy": device_accuracy, "value": device_accuracy,
+                           "metric": "accuracy", "agreement": agreement}, "board": {}}  # fmt: skip
+    inputs = SimpleNamespace(task="classification", host_accuracy=host_accuracy, host={},
+                             host_score={"value": host_accuracy, "metric": "accuracy"})  # fmt: skip
+    target = Target(name="board", transport="local")
+    checks = host_checks(inputs, device, target.measure, target)  # type: ignore[arg-type]
+    assert checks["accuracy_matches_host"] is False
+    assert checks["accuracy_discordant"]["p_value"] == pytest.approx(0.25 if chance else 2.46e-7)
+    error = deploy_failure({}, checks, target)
+    assert isinstance(error, AccuracyMismatch)
+    assert f"the board got {lost} answers wrong that the host got right and {gained} right" in error.message
+    assert ("within chance" in (error.hint or "")) is chance

@@ -106,30 +106,37 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         if [r.shape for r in reference] != [r.shape for r in raw]:
             shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
             raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
-        report["agreement"] = agreement(np, task, reference, raw)
+        report["agreement"] = agreement(np, task, reference, raw, targets)
     return report
 
 
-def agreement(np: Any, task: str, reference: list[Any], raw: list[Any]) -> dict[str, Any]:
+def agreement(np: Any, task: str, reference: list[Any], raw: list[Any], targets: list[Any]) -> dict[str, Any]:
     """How closely this board's raw outputs (``raw``) follow the host's (``reference``), output by output.
 
     ``max_abs_diff``: the largest difference of any raw value (integer steps for an int8 output). For a
     classifier, ``top1``: the share of samples given the same answer, and ``top1_changed_margins``: for every
     sample whose answer changed, by how much the host preferred its own answer over the board's (its margin,
     raw units, ascending). A margin of at most twice the step tolerance is a near-tie that rounding within the
-    tolerance can flip; the host decides which changes that explains (``edgepipe.deployment.runner``).
+    tolerance can flip; the host decides which changes that explains (``edgepipe.deployment.runner``). And
+    ``top1_discordant``: per output, how many answers the host had right and the board wrong, and the reverse
+    (what McNemar's test of the accuracy difference reads).
     """
-    top1, margins, largest = [], [], []
-    for host, board in zip(reference, raw, strict=True):
+    top1, margins, largest, discordant = [], [], [], []
+    for host, board, target in zip(reference, raw, targets, strict=True):
         wide = host.astype(np.float64)
         largest.append(float(np.abs(wide - board.astype(np.float64)).max()))
         host_answer, board_answer = host.argmax(axis=1), board.argmax(axis=1)
         changed = np.flatnonzero(host_answer != board_answer)
         top1.append(1.0 - len(changed) / len(host) if len(host) else 1.0)
         margins.append(sorted(float(wide[i, host_answer[i]] - wide[i, board_answer[i]]) for i in changed))
+        if task == "classification":
+            labels = np.asarray(target).reshape(-1)
+            host_right, board_right = host_answer == labels, board_answer == labels
+            discordant.append([int(np.sum(host_right & ~board_right)), int(np.sum(~host_right & board_right))])
     classifier = task == "classification"
     return {
         "top1": sum(top1) / len(top1) if classifier else None,
         "top1_changed_margins": margins if classifier else None,
+        "top1_discordant": discordant if classifier else None,
         "max_abs_diff": max(largest),
     }

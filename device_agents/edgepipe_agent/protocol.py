@@ -54,14 +54,15 @@ Result, protocol ``edgepipe.result/1``::
     memory          vmhwm_kb {before_load, after_load, after_runs}, limit_mb
     clock           {"started", "finished"}: the board's wall clock (seconds since 1970) around the whole job
     accuracy        {samples, task, metric, value, per_output [...], accuracy, agreement: {top1,
-                    top1_changed_margins, max_abs_diff}}:
+                    top1_changed_margins, top1_discordant, max_abs_diff}}:
                     metric "accuracy" (top-1, classification), "mae" (mean absolute error, regression) or "mse"
                     (mean squared error of each output against its input, reconstruction); ``value`` is the
                     mean over the outputs; ``accuracy`` is ``value`` for a classifier, else null; agreement
                     (only with a reference): top1 (classifiers; else null), top1_changed_margins (classifiers:
                     per output, the host's margin for its answer over the board's, raw units, for each sample
-                    whose answer changed, ascending; else null) and the largest difference of the raw output
-                    values
+                    whose answer changed, ascending; else null), top1_discordant (classifiers: per output,
+                    [host right and board wrong, host wrong and board right]; else null) and the largest
+                    difference of the raw output values
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
 
 """
