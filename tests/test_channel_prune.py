@@ -4,6 +4,7 @@ blocks, Flatten -> Dense), exactness when the removed channels are zero, and a r
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -351,22 +352,48 @@ SE_RECIPE = channel_prune_qat(
 )
 
 
-def test_a_mobilenetv3_style_model_prunes_and_qat_names_its_tensorflow_functions(tmp_path: Path) -> None:
-    """Squeeze-and-excitation and hard-swish (TFOpLambda layers) through the CLI: TF-MOT's QAT cannot take the
-    TensorFlow functions, so the qat stage names every one with the exclude that fixes it (exit 3, no
-    traceback); following the hint gives an integer-only model with the channels removed."""
-    done = run_cli("optimize", str(write_recipe(tmp_path, SE_RECIPE)), "--out", str(tmp_path / "refused"))
-    assert done.returncode == 3, done.stderr[-2000:]
-    assert "stages[1]: TF-MOT's 8-bit quantization-aware training does not support" in done.stderr
-    assert "'tf.__operators__.add' (TFOpLambda)" in done.stderr and "'block1_se_excite' (Multiply)" in done.stderr
-    assert "Traceback" not in done.stderr and not (tmp_path / "refused").exists()
-    fixed = SE_RECIPE.replace("{kind: qat}", '{kind: qat, layers: {exclude: ["tf.*", "*_se_excite"]}}')
-    done = run_cli("optimize", str(write_recipe(tmp_path, fixed)), "--out", str(tmp_path / "run"))
+def test_a_mobilenetv3_style_model_prunes_and_trains_with_quantization_its_hard_swish_included(
+    tmp_path: Path,
+) -> None:
+    """Squeeze-and-excitation and hard-swish written with TensorFlow functions (TFOpLambda layers, which TF-MOT's
+    QAT cannot take) through the CLI, no exclude: each hard-swish chain becomes one layer and the SE gate's
+    product gets its output quantized, so QAT covers the whole model, and the int8 model keeps TFLite's fused
+    HARD_SWISH (four, one per chain: no stray ADD or MUL left of them)."""
+    done = run_cli("optimize", str(write_recipe(tmp_path, SE_RECIPE)), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "run" / "optimize.json").read_text())
-    pruned = result["stages"][0]["details"]
+    pruned, quantized = result["stages"][0]["details"], result["stages"][1]["details"]
     assert pruned["left_unpruned"] == {"logits": ["logits (a model output)"]}
     assert pruned["channels"]["block1_expand"] == {"before": 32, "after": 16}
     assert pruned["channels"]["block1_se_expand"] == {"before": 32, "after": 16}  # tied by the gate's Multiply
+    assert quantized["fused"] == ["4 hard_swish chain(s) -> one hard_swish layer each"]
+    assert "block1_se_excite" in quantized["layers"] and not quantized["left_out"]
     assert result["final"]["conformance"]["passed"]
     assert result["stages"][-1]["totals"]["macs"] < result["baseline"]["totals"]["macs"] * 0.4
+    ops = Counter(op.name for op in TfliteModel.read(tmp_path / "run" / "model.tflite").ops)
+    assert ops["HARD_SWISH"] == 4 and ops["ADD"] == 2 and ops["MUL"] == 2, ops  # 2 residual adds, 2 SE gates
+
+
+def test_qat_names_a_tensorflow_function_it_cannot_take_with_the_exclude_that_fixes_it(tmp_path: Path) -> None:
+    """A TensorFlow function that is no hard-swish (``x * 2``) stays a TFOpLambda layer, which breaks TF-MOT's
+    cloning: the qat stage names it and the exclude that fixes it (exit 3, no traceback, no run folder);
+    following the hint gives an integer-only model."""
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(x * 2.0)
+    k.Model(inputs, k.layers.Dense(10, name="logits")(x)).save(tmp_path / "doubled.keras")
+    recipe = channel_prune_qat("doubled", "{source: doubled.keras}").replace(
+        "  - {kind: channel_prune, ratio: 0.5, round_to: 4}\n", ""
+    )
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "refused"))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "stages[0]: TF-MOT's 8-bit quantization-aware training does not support 'tf.math.multiply' (TFOpLambda)" in (
+        " ".join(done.stderr.split())
+    )
+    assert "exclude: ['tf.math.multiply']" in " ".join(done.stderr.split())
+    assert "Traceback" not in done.stderr and not (tmp_path / "refused").exists()
+    fixed = recipe.replace("{kind: qat}", '{kind: qat, layers: {exclude: ["tf.*"]}}')
+    done = run_cli("optimize", str(write_recipe(tmp_path, fixed)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "optimize.json").read_text())["final"]["conformance"]["passed"]

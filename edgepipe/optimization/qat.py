@@ -30,6 +30,17 @@ from edgepipe.optimization.base import (
     is_selected,
     wrap_layers,
 )
+from edgepipe.optimization.hard_activations import fuse_hard_activations, layers
+
+
+def _output_only() -> Any:
+    """TF-MOT's quantize config that quantizes a layer's output and nothing else."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs,
+    )
+
+    return default_8bit_quantize_configs.Default8BitOutputQuantizeConfig()
+
 
 SCHEME_NAMES = {
     "default": "QAT",
@@ -138,14 +149,27 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
         )
 
-    # A TensorFlow function called on Keras tensors (``x + 3``: a TFOpLambda layer) breaks TF-MOT's model
-    # cloning once annotated (its input arrives as a list); it is refused with the other unsupported layers.
+    # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
+    # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and input
+    # scaling get their output quantized only, which is all these layers need and TF-MOT has no default for.
+    head = ctx.data.head(64)
+    work, fused = fuse_hard_activations(
+        work, head[0] if len(head) == 1 else list(head), lambda layer: is_selected(layer, stage.layers)
+    )
+    if fused:
+        annotated_names = [n for n in annotated_names if n in {layer.name for layer in work.layers}]
+        annotated_names += [layer.name for layer in work.layers if isinstance(layer, layers())]
+        ctx.progress.note(f"{ctx.where}: " + "; ".join(fused))
+    # Any other TensorFlow function called on Keras tensors (a TFOpLambda layer) breaks TF-MOT's model cloning
+    # once annotated (its input arrives as a list); it is refused with the other unsupported layers.
     functions = [name for name in annotated_names if type(work.get_layer(name)).__name__ == "TFOpLambda"]
 
     def annotate(layer: Any) -> Any:
-        if layer.name in annotated_names and layer.name not in functions:
-            return quantization.quantize_annotate_layer(layer)
-        return layer
+        if layer.name not in annotated_names or layer.name in functions:
+            return layer
+        if isinstance(layer, (*layers(), keras().layers.Multiply, keras().layers.Rescaling)):
+            return quantization.quantize_annotate_layer(layer, _output_only())
+        return quantization.quantize_annotate_layer(layer)
 
     for name in left_out:
         if _follows_a_foldable_layer(work.get_layer(name)):
@@ -180,6 +204,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "scheme_requested": stage.scheme,
             "layers": annotated_names,
             "left_out": left_out,
+            "fused": fused,
         },
         training=history,
     )

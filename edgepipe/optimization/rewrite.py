@@ -49,9 +49,7 @@ def split_separable_conv(model: Any, sample: np.ndarray) -> tuple[Any, list[str]
             split.get_layer(layer.name).set_weights(weights[1:])
         elif layer.weights:
             split.get_layer(layer.name).set_weights(layer.get_weights())
-    _check_same(
-        model, split, sample, "splitting SeparableConv2D", "leave model.split_separable_conv off for this model"
-    )
+    check_same(model, split, sample, "splitting SeparableConv2D", "leave model.split_separable_conv off for this model")
     return split, [
         f"{layer.name} -> {layer.name}_dw (DepthwiseConv2D) + {layer.name} (Conv2D 1x1)" for layer in separable
     ]
@@ -128,7 +126,7 @@ def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
     flat = k.Model(inputs, [tensors[id(t)] for t in model.outputs], name=model.name)
     for original, twin in twins.values():
         twin.set_weights(original.get_weights())
-    _check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
+    check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
     return flat, inlined
 
 
@@ -166,7 +164,7 @@ def _replay(
                 tensors[id(old)] = new
 
 
-def _check_same(model: Any, rewritten: Any, sample: Any, what: str, hint: str) -> None:
+def check_same(model: Any, rewritten: Any, sample: Any, what: str, hint: str) -> None:
     """The rewritten model gives the same outputs on ``sample`` (to ``TOLERANCE``), or a ModelError."""
     want = [np.asarray(o) for o in _as_list(model(sample, training=False))]
     got = [np.asarray(o) for o in _as_list(rewritten(sample, training=False))]

@@ -50,6 +50,10 @@ def save(model: Any, folder: Path, root: Path) -> dict[str, Any]:
 
 
 def load(path: Path) -> Any:
-    """A saved stage model, QAT layers included (inside TF-MOT's quantize scope)."""
+    """A saved stage model, QAT layers included (inside TF-MOT's quantize scope), and the hard-swish layers the
+    qat stage may have made (registered when ``hard_activations.layers`` first runs)."""
+    from edgepipe.optimization.hard_activations import layers
+
+    layers()
     with captured_stderr(), tfmot().quantization.keras.quantize_scope():
         return keras().models.load_model(path, compile=False)
