@@ -248,6 +248,26 @@ def test_the_agent_file_is_parsed_once_and_by_one_thread_at_a_time(monkeypatch: 
     assert len(found) == 4 and len({info.version for info in found}) == 1
 
 
+def test_this_machine_keeps_the_agent_builds_used_last(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each agent source run leaves a .pyz in edgepipe's cache here; the eight used last stay, the rest go."""
+    from edgepipe.deployment import agent as agent_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder = tmp_path / "edgepipe" / "agent-build"
+    folder.mkdir(parents=True)
+    older = [folder / f"edgepipe_agent-1.{n}.0-{n:012d}.pyz" for n in range(10)]
+    for age, build in enumerate(older):
+        build.write_bytes(b"an earlier agent")
+        os.utime(build, (time.time() - 3600 * (age + 1),) * 2)  # older[0] used last
+    agent_module._read_agent_info.cache_clear()
+    try:
+        current = agent_module.agent_info().path
+    finally:
+        agent_module._read_agent_info.cache_clear()
+    assert current.parent == folder and current.read_bytes() == build_archive()
+    assert sorted(folder.iterdir()) == sorted([current, *older[:7]])
+
+
 def test_changed_answers_are_told_apart_into_near_ties_and_real_changes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A changed top-1 answer where the host preferred its own by at most twice the step tolerance is a near-tie
     (rounding within the tolerance can flip it) and does not count against min_top1_agreement; a change beyond

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,69 @@ def test_board_settings_the_runtime_cannot_take_are_configuration_errors(
     many.write_text(f"name: many\ntransport: local\nworkdir: {tmp_path / 'board'}\nthreads: 100000000000\n")
     refused = run_cli("deploy", "--target", str(many), "--model", str(directory / "model.tflite"), "--no-history")
     assert refused.returncode == 2 and "threads" in refused.stderr and "1024" in refused.stderr, refused.stderr
+
+
+def test_the_board_keeps_what_was_used_last_within_the_targets_cache_limit(
+    optimized_run: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """A farm deploying every commit's model fills a board's disk unless the cache is bounded: after each job
+    the files used longest ago go, never what the job used (found files are touched) nor what was used in the
+    last hour; ``agent clean`` trims on demand, ``--all`` empties it."""
+    directory, _ = optimized_run
+    board = tmp_path / "board"
+    target = tmp_path / "small.yaml"
+    target.write_text(
+        f"name: small\ntransport: local\nworkdir: {board}\ncache_limit_mb: 0.01\n"
+        "measure: {runs: 5, min_seconds: 0, repeats: 1}\n"
+    )
+    models = []
+    for stage in ("stages/1-prune/model.tflite", "model.tflite"):
+        models.append(tmp_path / stage.replace("/", "-"))
+        shutil.copyfile(directory / stage, models[-1])
+
+    def deploy(model: Path) -> dict:
+        done = run_cli("deploy", "--target", str(target), "--model", str(model), "--data",
+                       str(directory / "eval.npz"), "--no-history")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return json.loads(model.with_name(f"{model.stem}.deploy-small.json").read_text())
+
+    def sizes() -> dict[Path, int]:
+        return {path: path.stat().st_size for path in board.rglob("*") if path.is_file()}
+
+    def age_all() -> None:
+        for path in sizes():
+            os.utime(path, (time.time() - 7200,) * 2)
+
+    first = deploy(models[0])
+    before = sizes()
+    assert len(before) == 4 and first["transfer"]["board_cache"]["removed_files"] == 0  # all four in use
+    age_all()
+    second = deploy(models[1])
+    after = sizes()
+    shared = {Path(second["transfer"]["agent_path"]), board / "blobs" / f"{second['data']['sha256']}.npz"}
+    assert set(before) & set(after) == shared  # found by the second deploy, so touched: kept though old
+    gone = set(before) - set(after)
+    assert Path(first["transfer"]["model_path"]) in gone and len(gone) == 2  # the first model and its outputs
+    trimmed = second["transfer"]["board_cache"]
+    assert trimmed == {"files": 4, "bytes": sum(after.values()), "removed_files": 2,
+                       "removed_bytes": sum(before[path] for path in gone), "limit_bytes": 10485}  # fmt: skip
+
+    # Used in the last hour: kept over the limit (another deploy may be about to read it), and said so.
+    third = deploy(models[0])
+    assert set(sizes()) > set(after) and third["transfer"]["board_cache"]["removed_files"] == 0
+    check = run_cli("targets", "check", str(target))
+    assert check.returncode == 0, check.stderr
+    assert "6 files in" in check.stdout and "over its 0.01 MB limit" in check.stdout, check.stdout
+
+    kept = run_cli("agent", "clean", "--target", str(target))
+    assert kept.returncode == 0 and "removed 0 files" in kept.stdout, kept.stdout + kept.stderr
+    age_all()
+    last_used = min(sizes(), key=sizes().__getitem__)  # the smallest file, used last: it alone fits the limit
+    os.utime(last_used, (time.time() - 3700,) * 2)
+    trim = run_cli("agent", "clean", "--target", str(target))
+    assert trim.returncode == 0 and "removed 5 files" in trim.stdout, trim.stdout + trim.stderr
+    assert set(sizes()) == {last_used} and sizes()[last_used] <= 10485
+    deploy(models[1])  # the four files it uses (the one left over is one of them, or used over an hour ago)
+    emptied = run_cli("agent", "clean", "--target", str(target), "--all")
+    assert emptied.returncode == 0 and "removed 4 files" in emptied.stdout, emptied.stdout + emptied.stderr
+    assert sizes() == {}

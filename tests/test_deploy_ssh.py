@@ -57,10 +57,17 @@ def test_redeploy_of_an_unchanged_model_sends_no_model_bytes(
     directory, _ = optimized_run
     target = load_target("loopback")
     first = deploy(target, run_dir=directory, out=tmp_path / "first.json").result["transfer"]
+    on_board = [path for path in Path(loopback_env["EDGEPIPE_LOOPBACK_WORKDIR"]).rglob("*") if path.is_file()]
+    long_ago = time.time() - 7200
+    for path in on_board:
+        os.utime(path, (long_ago, long_ago))
     second = deploy(target, run_dir=directory, out=tmp_path / "second.json").result["transfer"]
     assert "model" in first["sent"] and first["uploaded_bytes"] > 0
     assert second["sent"] == [] and second["uploaded_bytes"] == 0
     assert set(second["already_on_board"]) == {"agent", "model", "eval data", "reference outputs"}
+    # Each file found was touched over SFTP: used now, so the board's cache would remove it last.
+    assert len(on_board) == 4 and all(path.stat().st_mtime > long_ago + 3600 for path in on_board)
+    assert second["board_cache"]["files"] == 4 and second["board_cache"]["removed_files"] == 0
     # Bytes on the wire (encrypted, counted at the socket): the second deploy saves at least the model's size.
     model_bytes = (directory / "model.tflite").stat().st_size
     assert second["wire_bytes_sent"] < first["wire_bytes_sent"] - model_bytes

@@ -128,6 +128,12 @@ class Target(Strict):
     )
     deadline_s: float = Field(900, gt=0, description="overall deadline of one agent job; the command dies with it")
     workdir: str = Field(".cache/edgepipe", description="edgepipe's directory on the board (relative: to home)")
+    cache_limit_mb: float | None = Field(
+        1024,
+        gt=0,
+        description="models, data and agents kept on the board: after each deploy the ones used longest ago are "
+        "removed until the rest fit (none used in the last hour); null: keep everything",
+    )
     python: str | None = Field(
         None,
         description="interpreter that runs the agent; default: edgepipe's own (local) or the venv of agent install",

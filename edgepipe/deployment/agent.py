@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import sys
 import threading
 import zipfile
@@ -34,6 +35,7 @@ from edgepipe.transport.base import Transport
 AGENT_SOURCE = shipped.folder("device_agents")
 PACKAGE = "edgepipe_agent"
 PROBE_TIMEOUT_S = 120.0
+KEPT_BUILDS = 8  # in this machine's cache (~63 KB each)
 
 
 @dataclass(frozen=True)
@@ -95,16 +97,25 @@ def _read_agent_info(source: Path) -> AgentInfo:
     built = user_cache() / "agent-build" / f"edgepipe_agent-{version}-{sha256[:12]}.pyz"
     if not built.is_file() or built.read_bytes() != archive:
         write_atomic(built, archive)
+    else:
+        os.utime(built)
+    _forget_old_builds(built)
     return AgentInfo(built, version, constants["JOB_PROTOCOL"], constants["RESULT_PROTOCOL"], sha256)
 
 
-def helper_python(target: Target) -> str:
-    """The Python that runs edgepipe's small helper scripts on the board (it needs only the stdlib)."""
-    if target.transport == "local":
-        return target.python or sys.executable
-    if target.transport == "qemu":
-        return sys.executable  # the image's files are this machine's files
-    return target.agent_install.python
+def _forget_old_builds(current: Path) -> None:
+    """Every agent source edgepipe runs with (each upgrade, each edit of a checkout) leaves a build; keep the
+    ones used last (a process still running an older edgepipe holds its build only for the length of a deploy)."""
+    builds = sorted(current.parent.glob("edgepipe_agent-*.pyz"), key=_modified, reverse=True)
+    for old in [build for build in builds if build != current][KEPT_BUILDS - 1 :]:
+        old.unlink(missing_ok=True)
+
+
+def _modified(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # removed by another edgepipe meanwhile
+        return 0.0
 
 
 def agent_python(target: Target) -> str:

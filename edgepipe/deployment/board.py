@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgepipe.config.target import Target
-from edgepipe.deployment.agent import agent_python, helper_python, install_agent, probe
-from edgepipe.deployment.cache import RemoteCache
+from edgepipe.deployment.agent import agent_python, install_agent, probe
+from edgepipe.deployment.cache import CacheUsage, RemoteCache, helper_python, limit_bytes
 from edgepipe.errors import AgentError, EdgepipeError, InfrastructureError
 from edgepipe.progress import Progress
 from edgepipe.transport import Transport, open_transport
@@ -48,17 +48,48 @@ def check_target(target: Target, progress: Progress | None = None) -> list[Check
             return rows
         where = " (in the emulated image)" if target.transport == "qemu" else ""
         rows.append(Check("python", "pass", f"{helper} {version.stdout.strip()}{where}"))
-        helper = helper_python(target)
         try:
-            cache = RemoteCache(transport, target.workdir, helper, progress, idle_s=target.link_timeout_s + 10)
+            cache = RemoteCache.for_target(transport, target, progress)
             agent_path = install_agent(transport, cache, target)
             rows.append(Check("agent", "pass", agent_path))
             report = probe(transport, target, agent_path, agent_python(target))
         except EdgepipeError as exc:
             rows.append(Check("agent", "fail", exc.message, exc.hint))
             return rows
+        try:
+            usage: CacheUsage | str = cache.trim(None)
+        except EdgepipeError as exc:
+            usage = exc.message
     rows += _board_rows(target, report)
+    rows.append(_cache_row(target, usage))
     return rows
+
+
+def _cache_row(target: Target, usage: CacheUsage | str) -> Check:
+    if isinstance(usage, str):
+        return Check("edgepipe's files", "warn", usage)
+    held = f"{usage.files} files in {target.workdir} (models, data, agents): {usage.bytes / 2**20:,.1f} MB"
+    if target.cache_limit_mb is None:
+        return Check("edgepipe's files", "pass", f"{held}, no limit (cache_limit_mb: null)")
+    if usage.bytes <= (limit_bytes(target) or 0):
+        return Check("edgepipe's files", "pass", f"{held} of its {target.cache_limit_mb:g} MB limit")
+    return Check(
+        "edgepipe's files",
+        "warn",
+        f"{held}, over its {target.cache_limit_mb:g} MB limit (files used in the last hour are kept)",
+        f"edgepipe agent clean --target {target.name}",
+    )
+
+
+def clean_cache(target: Target, everything: bool, progress: Progress | None = None) -> CacheUsage:
+    """``edgepipe agent clean``: trim the board's cache to the target's limit now, or remove all of it (the agent
+    included: the next deploy sends it again). The venv of ``agent install`` stays."""
+    progress = progress or Progress()
+    progress.phase(f"connecting to {target.where()}")
+    with open_transport(target) as transport:
+        progress.phase(f"cleaning {target.workdir} on {target.name}")
+        cache = RemoteCache.for_target(transport, target, progress)
+        return cache.trim(0, recent_s=0) if everything else cache.trim(limit_bytes(target))
 
 
 def _first_use(transport: Transport) -> str:
@@ -125,9 +156,7 @@ def install_runtime(target: Target, progress: Progress | None = None) -> dict[st
     progress = progress or Progress()
     progress.phase(f"connecting to {target.where()}")
     with open_transport(target) as transport:
-        cache = RemoteCache(
-            transport, target.workdir, helper_python(target), progress, idle_s=target.link_timeout_s + 10
-        )
+        cache = RemoteCache.for_target(transport, target, progress)
         if target.transport == "local":
             progress.note("the local target runs the agent with edgepipe's own Python; nothing to install")
         elif target.transport == "qemu":

@@ -18,8 +18,8 @@ from typing import Any
 from edgepipe.analyze import profile as profile_schema
 from edgepipe.analyze import windows
 from edgepipe.config.target import MeasureSettings, Target
-from edgepipe.deployment.agent import agent_info, agent_python, helper_python, install_agent
-from edgepipe.deployment.cache import RemoteCache
+from edgepipe.deployment.agent import agent_info, agent_python, install_agent
+from edgepipe.deployment.cache import RemoteCache, limit_bytes
 from edgepipe.deployment.checks import deploy_failure, host_checks
 from edgepipe.deployment.inputs import DeployInputs, resolve_sources, stage
 from edgepipe.deployment.job import build_job, run_job
@@ -185,9 +185,7 @@ def _on_board(
         first_use = getattr(transport, "first_use", None)
         if first_use:
             progress.note(f"trusted on first use and recorded in {target.known_hosts}: {first_use}")
-        cache = RemoteCache(
-            transport, target.workdir, helper_python(target), progress, idle_s=target.link_timeout_s + 10
-        )
+        cache = RemoteCache.for_target(transport, target, progress)
         progress.phase("sending what the board does not have yet")
         agent_path = install_agent(transport, cache, target)
         remote_model = cache.ensure(
@@ -220,6 +218,7 @@ def _on_board(
             profile=remote_profile,
         )
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
+        board_cache = _trim(cache, target, progress)
         socket = getattr(transport, "socket", None)
         transfer = {
             "uploaded_bytes": cache.uploaded_bytes,
@@ -229,8 +228,25 @@ def _on_board(
             "wire_bytes_sent": socket.sent if socket is not None else None,
             "agent_path": agent_path,
             "model_path": remote_model,
+            "board_cache": board_cache,
         }
     return device, transfer
+
+
+def _trim(cache: RemoteCache, target: Target, progress: Progress) -> dict[str, Any]:
+    """Keep the board's cache under the target's limit. The measurement is taken: a trim that fails is noted in
+    the record and on the terminal, and does not fail the deploy."""
+    try:
+        usage = cache.trim(limit_bytes(target))
+    except EdgepipeError as exc:
+        progress.note(f"the board's cache was not trimmed: {exc.message}")
+        return {"error": exc.message}
+    if usage.removed_files:
+        progress.note(
+            f"removed {usage.removed_files} file(s), {usage.removed_bytes / 2**20:,.1f} MB, used longest ago from "
+            f"{target.workdir}: the rest take {usage.bytes / 2**20:,.1f} MB of its {target.cache_limit_mb:g} MB"
+        )
+    return usage.as_dict()
 
 
 def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: BaselineModel) -> str:
@@ -238,8 +254,7 @@ def _baseline_on_board(transport: Transport, cache: RemoteCache, baseline: Basel
     remote = cache.blob_path(baseline.sha256, ".tflite")
     if baseline.path is not None:
         return cache.ensure(baseline.path, remote, baseline.sha256, "baseline model")
-    if transport.exists(remote) is not None:
-        cache.reused.append("baseline model")
+    if cache.find(remote, "baseline model"):
         return remote
     raise ConfigError(
         f"the baseline's model ({baseline.source}) is neither on this machine nor on {transport.describe()}",

@@ -90,6 +90,10 @@ class Transport(abc.ABC):
         """Size of ``remote`` in bytes, or None when it does not exist."""
 
     @abc.abstractmethod
+    def touch(self, remote: str) -> None:
+        """Set the modification time of ``remote`` to now: the board's cache keeps what was used last."""
+
+    @abc.abstractmethod
     def close(self) -> None: ...
 
     def __enter__(self) -> Transport:

@@ -124,6 +124,12 @@ class LocalTransport(Transport):
         except FileNotFoundError:
             return None
 
+    def touch(self, remote: str) -> None:
+        try:
+            os.utime(self.path(remote))
+        except OSError as exc:
+            raise TransferError(f"cannot touch {remote}: {exc}") from None
+
     def close(self) -> None:
         pass
 

@@ -460,6 +460,12 @@ class SshTransport(Transport):
         except (OSError, paramiko.SSHException, EOFError) as exc:
             raise TransferError(f"cannot look at {remote} on {self.describe()}: {exc}") from None
 
+    def touch(self, remote: str) -> None:
+        try:
+            self.sftp.utime(remote, None)
+        except (OSError, paramiko.SSHException, EOFError) as exc:
+            raise TransferError(f"cannot touch {remote} on {self.describe()}: {exc}") from None
+
     def close(self) -> None:
         if self._sftp is not None:
             self._sftp.close()
