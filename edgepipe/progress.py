@@ -29,6 +29,9 @@ class Progress:
     def upload_advanced(self, done: int, total: int) -> None:
         """``done`` of ``total`` bytes of the current upload have been sent."""
 
+    def upload_finished(self, name: str, total: int, stored: bool) -> None:
+        """The board checked what arrived: ``stored`` when it holds ``name`` now (size and sha256 match)."""
+
     def upload_skipped(self, name: str, total: int) -> None:
         """The board already holds ``name`` (same sha256): nothing is sent."""
 

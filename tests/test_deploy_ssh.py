@@ -294,6 +294,27 @@ def test_full_disk_on_the_board_is_a_transfer_error_that_leaves_nothing(
     assert not (tmp_path / "r.json").exists()
 
 
+def test_a_disk_filled_by_old_deploys_makes_room_and_the_deploy_goes_on(
+    optimized_run: tuple[Path, dict], loopback_env: dict, tiny_disk: Path, tmp_path: Path
+) -> None:
+    """The board's disk fills during an upload; edgepipe's own files that nothing used in the last hour go, and
+    the upload is sent again. Under the cache limit (the default 1024 MB) they would have stayed."""
+    directory, _ = optimized_run
+    blobs = tiny_disk / "blobs"
+    blobs.mkdir()
+    old = [blobs / f"{n:064d}.tflite" for n in range(5)]
+    for path in old:  # 500 KB of models from deploys two hours ago, on a 512 KB disk
+        path.write_bytes(os.urandom(100_000))
+        os.utime(path, (time.time() - 7200,) * 2)
+    target = load_target("loopback").model_copy(update={"workdir": str(tiny_disk)})
+    record = deploy(target, run_dir=directory, out=tmp_path / "r.json").result
+    assert record["status"] == "passed" and not any(path.exists() for path in old)
+    made_room = record["transfer"]["made_room"]
+    assert len(made_room) == 1 and made_room[0]["removed_files"] == 5 and made_room[0]["removed_bytes"] == 500_000
+    assert set(record["transfer"]["sent"]) == {"agent", "model", "eval data", "reference outputs"}
+    assert record["transfer"]["board_cache"]["files"] == 4  # what this deploy used, and nothing else
+
+
 def test_targets_check_without_the_hosts_key_says_how_to_record_it(loopback_env: dict, tmp_path: Path) -> None:
     env = {**loopback_env, "EDGEPIPE_LOOPBACK_KNOWN_HOSTS": str(tmp_path / "known_hosts")}
     done = run_cli("targets", "check", "loopback", env=env)

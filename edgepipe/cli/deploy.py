@@ -42,10 +42,8 @@ class DeployProgress(ConsoleProgress):
         super().__init__()
         self._upload: RichBar | None = None
         self._upload_task: Any = None
-        self._upload_name, self._upload_total = "", 0
 
     def upload_started(self, name: str, total: int) -> None:
-        self._upload_name, self._upload_total = name, total
         if not stderr.is_terminal:  # logs (CI, device farms) get the one "sent" line, no bar redraws
             return
         self._upload = RichBar(
@@ -62,11 +60,18 @@ class DeployProgress(ConsoleProgress):
     def upload_advanced(self, done: int, total: int) -> None:
         if self._upload is not None:
             self._upload.update(self._upload_task, completed=done)
-        if done >= total:
-            if self._upload is not None:
-                self._upload.stop()
-                self._upload = None
-            stderr.print(f"  sent {self._upload_name} [dim]({total:,} bytes)[/]", highlight=False)
+        if done >= total and self._upload is not None:
+            self._upload.stop()
+            self._upload = None
+
+    def upload_finished(self, name: str, total: int, stored: bool) -> None:
+        if self._upload is not None:  # cut off before the last byte
+            self._upload.stop()
+            self._upload = None
+        if stored:  # only now: the board has checked size and sha256
+            stderr.print(f"  sent {name} [dim]({total:,} bytes)[/]", highlight=False)
+        else:
+            stderr.print(f"  {name} was not stored on the board", highlight=False)
 
     def upload_skipped(self, name: str, total: int) -> None:
         stderr.print(f"  {name} already on the board [dim]({total:,} bytes not sent)[/]", highlight=False)

@@ -33,7 +33,7 @@ from edgepipe.config.target import Target
 from edgepipe.errors import CommandError, ConnectError, TransferError
 from edgepipe.progress import Progress
 from edgepipe.provenance import sha256_file
-from edgepipe.transport.base import Transport
+from edgepipe.transport.base import CommandResult, Transport
 
 STALE_PARTIAL_S = 3600
 SLOWEST_LINK_BYTES_PER_S = 250_000  # the upload deadline allows a link this slow
@@ -171,6 +171,7 @@ class RemoteCache:
         self.reused: list[str] = []
         self.used: list[str] = []  # every path on the board this cache sent or found: a trim keeps them
         self.uploaded_bytes = 0  # payload bytes streamed to the board, including attempts that failed
+        self.made_room: list[CacheUsage] = []  # trims because the board's disk was full
         self._streamed = 0
 
     def blob_path(self, sha256: str, suffix: str) -> str:
@@ -186,21 +187,10 @@ class RemoteCache:
             self.progress.upload_skipped(label, size)
             return remote
         self.progress.upload_started(label, size)
-        self._streamed = 0
-        try:
-            with local.open("rb") as source:
-                done = self.transport.run(
-                    [self.python, "-c", RECEIVE, remote, sha256, str(size), f"{self.idle_s:g}"],
-                    timeout=120 + size / SLOWEST_LINK_BYTES_PER_S,
-                    stdin=source,
-                    on_stdin_progress=self._count,
-                )
-        except (CommandError, ConnectError) as exc:
-            raise TransferError(
-                f"the upload of {label} to {self.transport.describe()} was cut off: {exc.message}",
-                hint="deploy again: nothing incomplete was left in place, and what arrived whole is not re-sent",
-            ) from None
-        answer = _answer(done.stdout)
+        done, answer = self._send(local, remote, sha256, size, label)
+        if not done.ok and answer.get("full") and self._make_room(label):
+            self.progress.upload_started(label, size)
+            done, answer = self._send(local, remote, sha256, size, label)
         if not done.ok:
             if answer.get("full"):
                 raise TransferError(
@@ -222,6 +212,42 @@ class RemoteCache:
         self.sent.append(label)
         self.used.append(remote)
         return remote
+
+    def _send(self, local: Path, remote: str, sha256: str, size: int, label: str) -> tuple[CommandResult, dict]:
+        """Stream ``local`` to the receiver on the board; its exit status and its answer."""
+        self._streamed = 0
+        try:
+            with local.open("rb") as source:
+                done = self.transport.run(
+                    [self.python, "-c", RECEIVE, remote, sha256, str(size), f"{self.idle_s:g}"],
+                    timeout=120 + size / SLOWEST_LINK_BYTES_PER_S,
+                    stdin=source,
+                    on_stdin_progress=self._count,
+                )
+        except (CommandError, ConnectError) as exc:
+            self.progress.upload_finished(label, size, stored=False)
+            raise TransferError(
+                f"the upload of {label} to {self.transport.describe()} was cut off: {exc.message}",
+                hint="deploy again: nothing incomplete was left in place, and what arrived whole is not re-sent",
+            ) from None
+        self.progress.upload_finished(label, size, stored=done.ok)
+        return done, _answer(done.stdout)
+
+    def _make_room(self, label: str) -> bool:
+        """The disk filled up while ``label`` arrived: remove edgepipe's files that nothing used in the last hour
+        (nor this deploy). Whether that removed anything, so that sending again may fit."""
+        try:
+            usage = self.trim(0)
+        except TransferError:
+            return False
+        if not usage.removed_files:
+            return False
+        self.made_room.append(usage)
+        self.progress.note(
+            f"the board's disk was full: removed {usage.removed_files} of edgepipe's files not used in the last hour "
+            f"({usage.removed_bytes / 2**20:,.1f} MB) and sending {label} again"
+        )
+        return True
 
     def find(self, remote: str, label: str) -> bool:
         """Whether ``remote`` is on the board already (e.g. a baseline model sent by an earlier deploy); marks it

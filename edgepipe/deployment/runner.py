@@ -229,6 +229,7 @@ def _on_board(
             "agent_path": agent_path,
             "model_path": remote_model,
             "board_cache": board_cache,
+            "made_room": [usage.as_dict() for usage in cache.made_room],  # the disk was full during an upload
         }
     return device, transfer
 
