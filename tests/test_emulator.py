@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +222,37 @@ def test_a_profile_on_the_emulated_board_is_labelled_emulated(
     ops = TfliteModel.read(directory / "model.tflite").ops
     assert [row["op"] for row in profile["ops"]] == [op.name for op in ops]
     assert "slowest operators" in done.stdout and "emulated: not the board's speed" in done.stdout
+
+
+def test_a_mirror_that_stops_answering_ends_the_build_in_time(tmp_path: Path) -> None:
+    """apt's timeouts are per connection: a mirror that accepts and then says nothing holds apt-get update for
+    minutes. The build step is stopped after --step-timeout, with every process it started (apt's http method
+    closes its connections), and nothing is left behind."""
+    mirror = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with mirror:
+            mirror.settimeout(60)
+            while len(accepted) < 8:
+                try:
+                    accepted.append(mirror.accept()[0])  # and never answer
+                except OSError:
+                    return
+
+    threading.Thread(target=accept, daemon=True).start()
+    env = {"EDGEPIPE_EMULATOR_DIR": str(tmp_path / "emulators"),
+           "EDGEPIPE_DEBIAN_MIRROR": f"http://127.0.0.1:{mirror.getsockname()[1]}/debian"}  # fmt: skip
+    started = time.monotonic()
+    done = run_cli("emulator", "build", "rpi4", "--step-timeout", "3", env=env)
+    assert time.monotonic() - started < 60
+    assert done.returncode == 10, done.stderr
+    assert "apt-get update" in done.stderr and "did not finish within 3 s and was stopped" in done.stderr
+    assert "--step-timeout" in done.stderr and not list((tmp_path / "emulators").iterdir())
+    assert accepted, "apt never reached the mirror"
+    for connection in accepted:  # closed by apt's http method, which went down with apt-get
+        connection.settimeout(10)  # a connection still open raises TimeoutError here
+        while connection.recv(65536):
+            pass
+    leftover = subprocess.run(["pgrep", "-f", f"apt-get.*{tmp_path}"], capture_output=True, text=True).stdout
+    assert leftover == ""

@@ -68,6 +68,15 @@ def list_images() -> None:
 def build_image(
     name: Annotated[str, typer.Argument(help="Image name (e.g. rpi4) or an emulated target (e.g. rpi4-emu).")],
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when the cached image is current.")] = False,
+    step_timeout: Annotated[
+        float,
+        typer.Option(
+            "--step-timeout",
+            min=1,
+            metavar="SECONDS",
+            help="Stop a network step (apt update, the download, pip) that runs longer; the build fails.",
+        ),
+    ] = 1800,
 ) -> None:
     """Build an image once: the board's Debian userland and runtime wheels, checked under QEMU; then cached."""
     from edgepipe.cli.optimize import ConsoleProgress
@@ -76,7 +85,7 @@ def build_image(
     spec = _spec(name)
     progress = ConsoleProgress()
     try:
-        image, cached = build(spec, progress, force=force)
+        image, cached = build(spec, progress, force=force, step_s=step_timeout)
     except BaseException:
         progress.finish(failed=True)
         raise

@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgepipe.config.target import EmulatorImage
-from edgepipe.errors import InfrastructureError
+from edgepipe.errors import DeadlineExceeded, InfrastructureError
+from edgepipe.transport.base import CommandResult
+from edgepipe.transport.local import LocalTransport
 
 HOST_SOURCES = (Path("/etc/apt/sources.list.d"), Path("/etc/apt/sources.list"))
+STEP_S = 1800.0  # the longest a network step of a build (apt update, download, pip) may take: then it is stopped
+UNPACK_S = 300.0
 
 
 class EmulatorBuildError(InfrastructureError):
     """The image cannot be built: apt, the mirror or the package registry is unavailable or refused."""
+
+
+def run_bounded(argv: Sequence[str], seconds: float, problem: str, env: dict[str, str] | None = None) -> CommandResult:
+    """One step of a build, as a child process group that dies with edgepipe and is stopped after ``seconds``
+    (apt and pip have timeouts per connection, not per run: a mirror that trickles can hold them for hours)."""
+    try:
+        return LocalTransport(Path.cwd(), env).run(argv, timeout=seconds)
+    except DeadlineExceeded:
+        raise EmulatorBuildError(
+            f"{problem}: {argv[0]} did not finish within {seconds:.0f} s and was stopped",
+            hint="is the Debian mirror / package registry reachable and answering from this machine? Build again "
+            "when it is, or allow more time (edgepipe emulator build --step-timeout SECONDS)",
+        ) from None
 
 
 def sources(spec: EmulatorImage) -> str:
@@ -82,8 +99,9 @@ def apt_options(work: Path, arch: str) -> list[str]:
     ]  # fmt: skip
 
 
-def download(spec: EmulatorImage, work: Path) -> list[Path]:
-    """Download the closure of ``spec.debian_packages`` for ``spec.debian_arch``; returns the .deb files."""
+def download(spec: EmulatorImage, work: Path, seconds: float = STEP_S) -> list[Path]:
+    """Download the closure of ``spec.debian_packages`` for ``spec.debian_arch``; returns the .deb files. Each
+    apt-get run is stopped after ``seconds``."""
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise EmulatorBuildError(
             "building an emulator image needs apt-get and dpkg-deb (a Debian or Ubuntu machine)",
@@ -94,10 +112,11 @@ def download(spec: EmulatorImage, work: Path) -> list[Path]:
     (work / "state" / "status").touch()
     (work / "sources.list.d" / "image.sources").write_text(sources(spec))
     options = apt_options(work, spec.debian_arch)
-    _apt(["apt-get", *options, "update"], "apt-get update for the image's architecture failed")
+    _apt(["apt-get", *options, "update"], "apt-get update for the image's architecture failed", seconds)
     _apt(
         ["apt-get", *options, "install", "--download-only", "--no-install-recommends", "-y", *spec.debian_packages],
         "downloading the image's Debian packages failed",
+        seconds,
     )
     return sorted((work / "cache" / "archives").glob("*.deb"))
 
@@ -105,13 +124,13 @@ def download(spec: EmulatorImage, work: Path) -> list[Path]:
 def unpack(debs: list[Path], root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for deb in debs:
-        done = subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], capture_output=True, text=True)
+        done = run_bounded(["dpkg-deb", "-x", str(deb), str(root)], UNPACK_S, f"unpacking {deb.name}")
         if done.returncode != 0:
             raise EmulatorBuildError(f"cannot unpack {deb.name}: {done.stderr.strip()[-300:]}")
 
 
-def _apt(argv: list[str], problem: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+def _apt(argv: list[str], problem: str, seconds: float) -> None:
+    done = run_bounded(argv, seconds, problem, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     failed = done.returncode != 0 or any(line.startswith(("E:", "Err:")) for line in done.stdout.splitlines())
     if failed:
         detail = [line for line in (done.stderr + done.stdout).splitlines() if line.startswith(("E:", "Err:", "W:"))]

@@ -13,19 +13,19 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgepipe.config.target import EmulatorImage, Target
-from edgepipe.emulator.apt import EmulatorBuildError, download, unpack
+from edgepipe.emulator.apt import STEP_S, EmulatorBuildError, download, run_bounded, unpack
 from edgepipe.errors import ConfigError, InfrastructureError
 from edgepipe.progress import Progress
 from edgepipe.provenance import now
 
 MANIFEST = "image.json"
+PROBE_S = 300.0  # importing numpy and the runtime under QEMU
 PROBE = (
     "import json, platform, sys\n"
     "from importlib import metadata, util\n"
@@ -107,8 +107,11 @@ def wheel_platforms(spec: EmulatorImage) -> list[str]:
     return [*tags, f"manylinux2014_{spec.wheel_arch}", "any"]
 
 
-def build(spec: EmulatorImage, progress: Progress | None = None, force: bool = False) -> tuple[Image, bool]:
-    """Build (or find) the image; returns it and whether it was already built."""
+def build(
+    spec: EmulatorImage, progress: Progress | None = None, force: bool = False, step_s: float = STEP_S
+) -> tuple[Image, bool]:
+    """Build (or find) the image; returns it and whether it was already built. A network step (apt update,
+    the download, pip) that runs longer than ``step_s`` is stopped and fails the build."""
     progress = progress or Progress()
     image = Image(spec, emulator_dir() / spec.image)
     qemu_binary(spec)  # fail before downloading anything
@@ -121,12 +124,12 @@ def build(spec: EmulatorImage, progress: Progress | None = None, force: bool = F
         progress.phase(
             f"resolving {spec.debian_arch} Debian {spec.suite} packages for {', '.join(spec.debian_packages)}"
         )
-        debs = download(spec, partial / "apt")
+        debs = download(spec, partial / "apt", step_s)
         size = sum(deb.stat().st_size for deb in debs)
         progress.phase(f"unpacking {len(debs)} packages ({size / 2**20:.1f} MB)")
         unpack(debs, partial / "root")
         progress.phase(f"installing {', '.join(spec.python_packages)} for {spec.wheel_arch} from the package registry")
-        _install_wheels(spec, partial / "root")
+        _install_wheels(spec, partial / "root", step_s)
         progress.phase("checking the image under QEMU")
         report = _check(Image(spec, partial))
         manifest = {
@@ -162,7 +165,7 @@ def size_on_disk(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _install_wheels(spec: EmulatorImage, root: Path) -> None:
+def _install_wheels(spec: EmulatorImage, root: Path, seconds: float) -> None:
     site = root / "usr" / "lib" / "python3" / "dist-packages"
     platforms = [arg for tag in wheel_platforms(spec) for arg in ("--platform", tag)]
     abi = "cp" + spec.python_version.replace(".", "")
@@ -171,7 +174,7 @@ def _install_wheels(spec: EmulatorImage, root: Path) -> None:
         "--target", str(site), *platforms, "--python-version", spec.python_version, "--implementation", "cp",
         "--abi", abi, "--abi", "none", "--only-binary=:all:", *spec.python_packages,
     ]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = run_bounded(argv, seconds, f"installing {', '.join(spec.python_packages)} for {spec.wheel_arch}")
     if done.returncode != 0:
         errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR")]
         raise EmulatorBuildError(
@@ -183,7 +186,7 @@ def _install_wheels(spec: EmulatorImage, root: Path) -> None:
 
 
 def _check(image: Image) -> dict[str, Any]:
-    done = subprocess.run([*image.python_command(), "-c", PROBE], capture_output=True, text=True, timeout=300)
+    done = run_bounded([*image.python_command(), "-c", PROBE], PROBE_S, "running the image's Python under QEMU")
     try:
         report = dict(json.loads(done.stdout.strip().splitlines()[-1]))
     except (ValueError, IndexError):
@@ -196,5 +199,5 @@ def _check(image: Image) -> dict[str, Any]:
 
 
 def _qemu_version(spec: EmulatorImage) -> str:
-    done = subprocess.run([qemu_binary(spec), "--version"], capture_output=True, text=True)
+    done = run_bounded([qemu_binary(spec), "--version"], 60, "asking QEMU its version")
     return done.stdout.splitlines()[0] if done.stdout else "unknown"
