@@ -28,17 +28,30 @@ def folder(kind: Kind) -> Path:
     )
 
 
+DEFAULT_RECIPE = "edgepipe.yaml"  # what 'edgepipe optimize' runs when no recipe is named
+
+
 def recipe_path(name_or_path: str | Path) -> Path:
     """A recipe file, or the preset of that name (``prune-qat`` for ``recipes/prune-qat.yaml``) when no such file
     exists here: an installed edgepipe has no ``recipes/`` folder next to the user's work."""
     path = Path(name_or_path)
-    if path.exists() or path.suffix or len(path.parts) > 1:
+    if path.exists():
         return path
+    presets = sorted(p.stem for p in folder("recipes").glob("*.yaml"))
+    if path.name == DEFAULT_RECIPE and len(path.parts) == 1:
+        raise ConfigError(
+            f"no recipe named, and no {DEFAULT_RECIPE} in {Path.cwd()}",
+            hint="name a recipe file or a preset ('edgepipe optimize prune-cluster-qat' trains and compresses the "
+            f"digits example); 'edgepipe recipes copy NAME {DEFAULT_RECIPE}' starts your own from a preset",
+        )
+    if path.suffix or len(path.parts) > 1:
+        raise ConfigError(
+            f"{path}: file not found", hint=f"give a recipe YAML file, or one of the presets: {', '.join(presets)}"
+        )
     preset = folder("recipes") / f"{path.name}.yaml"
     if preset.is_file():
         return preset
-    known = ", ".join(sorted(p.stem for p in folder("recipes").glob("*.yaml")))
     raise ConfigError(
         f"{path}: no such recipe file, and no preset of that name",
-        hint=f"give a recipe YAML file, or one of the presets: {known}",
+        hint=f"give a recipe YAML file, or one of the presets: {', '.join(presets)}",
     )

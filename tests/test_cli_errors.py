@@ -39,7 +39,11 @@ def test_bad_recipe_fails_cleanly(tmp_path: Path, case: str) -> None:
 def test_missing_recipe_file(tmp_path: Path) -> None:
     result = run_cli("optimize", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
-    assert "nope.yaml: file not found" in result.stderr
+    assert "nope.yaml: file not found" in result.stderr and "one of the presets: channel-prune" in result.stderr
+    first = run_cli("optimize", cwd=tmp_path)  # a new user's first try: no recipe named, none here
+    assert first.returncode == 2 and f"no recipe named, and no edgepipe.yaml in {tmp_path}" in first.stderr
+    assert "edgepipe optimize prune-cluster-qat" in first.stderr and "Traceback" not in first.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_and_import_do_not_load_tensorflow() -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.errors import GateFailed
 from edgepipe.progress import Progress
+from edgepipe.shipped import DEFAULT_RECIPE
 
 
 class ConsoleProgress(Progress):
@@ -97,9 +98,9 @@ def _epoch_metric(logs: Mapping[str, float]) -> str:
 
 
 def optimize(
-    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a preset's name ('edgepipe recipes list').")] = Path(
-        "edgepipe.yaml"
-    ),
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML, or a preset's name ('edgepipe recipes list').")
+    ] = Path(DEFAULT_RECIPE),
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")
     ] = Path("runs/latest"),
