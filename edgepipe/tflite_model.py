@@ -43,6 +43,7 @@ class Tensor:
     scale: np.ndarray | None
     zero_point: np.ndarray | None
     quantized_dimension: int
+    variable: bool = False  # state the interpreter keeps between invocations (a fused LSTM's)
 
     @property
     def is_constant(self) -> bool:
@@ -77,6 +78,13 @@ class TfliteModel:
     def read(cls, source: bytes | Path) -> TfliteModel:
         content = source.read_bytes() if isinstance(source, Path) else source
         return _parse(content)
+
+    @property
+    def stateful(self) -> bool:
+        """Whether invocations share state (variable tensors, e.g. a fused LSTM's hidden and cell state): a
+        model converted from a Keras RNN must then have them reset before each inference, or each answer
+        depends on the samples before it."""
+        return any(tensor.variable for tensor in self.tensors)
 
     def op_inputs(self, op: Op) -> list[Tensor]:
         return [self.tensors[i] for i in op.inputs if i >= 0]
@@ -160,4 +168,4 @@ def _tensor(model: object, tensor: object, index: int, type_names: dict[int, str
         zero_point = quantization.ZeroPointAsNumpy().astype(np.int64)
         dimension = quantization.QuantizedDimension()
     name = tensor.Name().decode(errors="replace") if tensor.Name() else f"tensor_{index}"
-    return Tensor(index, name, dtype, shape, data, scale, zero_point, dimension)
+    return Tensor(index, name, dtype, shape, data, scale, zero_point, dimension, bool(tensor.IsVariable()))

@@ -21,6 +21,9 @@ Job, protocol ``edgepipe.job/1``::
     repeats         measure in this many sandboxed processes, one after the other        (default 1)
     baseline        path of a second .tflite to time against the model: ``repeats`` more processes each load
                     both and time them in alternating blocks of about 10 ms (ABBA), or null   (default null)
+    stateful        paths of the models (the model, the baseline, a profile's) whose variable tensors are reset
+                    before each invoke, inside the timed region: a model converted from a Keras LSTM keeps its
+                    state in them, and each inference starts from the zero state             (default [])
     time_limit_s    wall-time limit of the sandboxed child                               (default 300)
     memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
 
@@ -72,7 +75,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-AGENT_VERSION = "1.6.0"
+AGENT_VERSION = "1.7.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -96,6 +99,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "repeats": 1,
     "baseline": None,
     "profile": None,  # {model, windows, pairs, their offsets, min_seconds, min_rounds}: see measure_profile
+    "stateful": [],  # paths of models whose variable tensors are reset before each invoke (a fused LSTM's)
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -136,6 +140,9 @@ def check_job(raw: str) -> dict[str, Any]:
     if job.get("baseline") is not None and not isinstance(job["baseline"], str):
         raise JobFailed("BadJob", "baseline must be the path of a .tflite file, or null")
     _check_profile(job.get("profile"))
+    stateful = job.get("stateful", [])
+    if not isinstance(stateful, list) or not all(isinstance(path, str) for path in stateful):
+        raise JobFailed("BadJob", "stateful must be a list of model paths")
     merged = {**JOB_DEFAULTS, **job}
     if merged["task"] not in (None, *TASKS):
         raise JobFailed("BadJob", f"task {merged['task']!r}: expected null or one of {', '.join(TASKS)}")

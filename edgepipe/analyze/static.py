@@ -35,13 +35,33 @@ def macs(model: TfliteModel, op: Op) -> int:
         return ins[2].elements * kh * kw * out_c
     if op.name == "BATCH_MATMUL" and len(ins) > 1:
         return out_elements * ins[0].shape[-1]
+    if op.name in SEQUENCE_LSTMS and len(ins) > 8:
+        return _lstm_macs(model, op)
     return 0
+
+
+SEQUENCE_LSTMS = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "LSTM")
+LSTM_WEIGHTS = (*range(1, 9), 16)  # input-to-gate [units, features], recurrent-to-gate [units, out], projection
+LSTM_BIASES = (12, 13, 14, 15, 17)  # int32 in a full-integer model, parameters all the same
+
+
+def _lstm_macs(model: TfliteModel, op: Op) -> int:
+    """Each time step multiplies the step's features and the previous output by every gate's matrices (four, or
+    three without an input gate), and the projection if there is one."""
+    features = model.tensors[op.inputs[0]]
+    steps = features.elements // max(features.shape[-1], 1)  # batch x time
+    per_step = sum(
+        model.tensors[op.inputs[i]].elements for i in LSTM_WEIGHTS if i < len(op.inputs) and op.inputs[i] >= 0
+    )
+    return steps * per_step
 
 
 def _is_parameter(op: Op, position: int, dtype: str) -> bool:
     """Weights and biases count as parameters; int32/int64 constants of other ops are shapes and axes."""
     if dtype not in ("int32", "int64"):
         return True
+    if op.name in SEQUENCE_LSTMS:
+        return position in LSTM_BIASES
     return op.name in WEIGHTED_OPS and position == 2  # the int32 bias of a quantized FC / conv
 
 

@@ -98,9 +98,9 @@ def _epoch_metric(logs: Mapping[str, float]) -> str:
 
 
 def optimize(
-    recipe: Annotated[
-        Path, typer.Argument(help="Recipe YAML, or a preset's name ('edgepipe recipes list').")
-    ] = Path(DEFAULT_RECIPE),
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML, or a preset's name ('edgepipe recipes list').")] = Path(
+        DEFAULT_RECIPE
+    ),
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Run directory to write (replaced only when complete).")
     ] = Path("runs/latest"),

@@ -93,7 +93,10 @@ def raw_outputs(
 ) -> list[tuple[np.ndarray, float, int]]:
     """Each output as the interpreter wrote it (int8 for a full-integer model) with its scale and zero point,
     in Keras' order. Batches of 256 when the model's batch is dynamic: the device agent chunks the same way."""
+    from edgepipe.tflite_model import TfliteModel
+
     interpreter = _interpreter(model_content, threads)
+    stateful = TfliteModel.read(model_content).stateful
     order = order or IoOrder(tuple(range(len(x))), tuple(range(len(interpreter.get_output_details()))))
     sources = interpreter.get_input_details()
     batch = BATCH if all(list(d.get("shape_signature", [1]))[:1] == [-1] for d in sources) else 1
@@ -110,6 +113,8 @@ def raw_outputs(
             scale, zero = detail["quantization"]
             chunk = x[keras_index][start : start + size]
             interpreter.set_tensor(detail["index"], quantize(chunk, detail["dtype"], scale, zero))
+        if stateful:  # a fused LSTM would start from the previous sample's state
+            interpreter.reset_all_variables()
         interpreter.invoke()
         details_out = interpreter.get_output_details()
         for keras_index, position in enumerate(order.outputs):

@@ -26,25 +26,101 @@ def _convert(converter: Any, what: str) -> bytes:
             return bytes(converter.convert())
         except Exception as exc:
             error = exc
-    detail = [line for line in log if "error" in line.lower()][-3:] or log[-3:]
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    detail = list(dict.fromkeys(_readable(line) for line in log if "error" in line.lower()))[-3:]
+    detail = detail or [_readable(line) for line in log[-3:]]
+    first = _readable(str(error).strip().splitlines()[0]) if str(error).strip() else type(error).__name__
+    detail = [line for line in detail if line != first]
     raise ConversionError(
         f"{what} conversion failed: {first}" + (f" | converter log: {' | '.join(detail)}" if detail else ""),
-        hint="an operator without an int8 kernel cannot be fully quantized; check the layers of the model",
+        hint="an operator without an int8 kernel cannot be fully quantized; check the layers of the model"
+        if what == "full-integer"
+        else "the converter cannot turn an operation of this model into a TFLite operator (the message names it); "
+        "replace that layer, or convert the model yourself and deploy it with --model",
     )
+
+
+def _readable(line: str) -> str:
+    """The converter's own words: MLIR prefixes each error with the call stack it came from (``loc(callsite(...
+    at callsite(...)))``, thousands of characters of Python file names); keep what follows the last "error: "."""
+    text = line.strip()
+    if "error: " in text:
+        text = text.rsplit("error: ", 1)[1]
+    return text if len(text) <= 400 else text[:400] + " ..."
+
+
+def is_recurrent(model: Any) -> bool:
+    """Whether ``model`` (or a model nested in it) has a recurrent layer: LSTM, GRU, SimpleRNN, Bidirectional."""
+    from edgepipe.keras_compat import keras
+
+    layers = keras().layers
+    for layer in model.layers:
+        if isinstance(layer, layers.RNN | layers.Bidirectional):
+            return True
+        if hasattr(layer, "layers") and is_recurrent(layer):
+            return True
+    return False
+
+
+def looped_recurrent_layers(model: Any) -> list[str]:
+    """Recurrent layers the converter keeps as a loop (every RNN but LSTM, which becomes one fused operator,
+    unless built with ``unroll=True``): its full-integer conversion dies with a segmentation fault (TF 2.21,
+    GRU and SimpleRNN), so edgepipe refuses them first, by name."""
+    from edgepipe.keras_compat import keras
+
+    layers = keras().layers
+    found = []
+    for layer in model.layers:
+        cells = [layer.forward_layer, layer.backward_layer] if isinstance(layer, layers.Bidirectional) else [layer]
+        for cell in cells:
+            if isinstance(cell, layers.RNN) and not isinstance(cell, layers.LSTM) and not cell.unroll:
+                found.append(f"{layer.name} ({type(cell).__name__})")
+        if hasattr(layer, "layers") and not isinstance(layer, layers.Bidirectional):
+            found += looped_recurrent_layers(layer)
+    return found
+
+
+def converter_for(model: Any) -> Any:
+    """``from_keras_model``, except for a recurrent model: the converter turns a Keras LSTM into TFLite's fused
+    UNIDIRECTIONAL_SEQUENCE_LSTM only when the batch is static (with a dynamic one it leaves TensorList ops it
+    cannot lower, and fails). Those are converted from a function of batch 1, the batch a board runs, whose
+    signature keeps the Keras input and output names. The fused LSTM keeps its state in variable tensors
+    between invocations, so whoever runs it resets them before each one (see ``TfliteModel.stateful``)."""
+    tensorflow = tf()
+    if not is_recurrent(model):
+        return tensorflow.lite.TFLiteConverter.from_keras_model(model)
+    names_in, names_out = list(model.input_names), list(model.output_names)
+    specs = [
+        tensorflow.TensorSpec([1, *tensor.shape[1:]], tensor.dtype, name=name)
+        for tensor, name in zip(model.inputs, names_in, strict=True)
+    ]
+
+    def call(*inputs: Any) -> dict[str, Any]:
+        outputs = model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        return dict(zip(names_out, outputs, strict=True))
+
+    concrete = tensorflow.function(call).get_concrete_function(*specs)
+    return tensorflow.lite.TFLiteConverter.from_concrete_functions([concrete], model)
 
 
 def to_float_tflite(model: Any) -> bytes:
     """The float32 TFLite model: the size and accuracy reference every stage is compared with."""
-    converter = tf().lite.TFLiteConverter.from_keras_model(model)
-    return _convert(converter, "float TFLite")
+    return _convert(converter_for(model), "float TFLite")
 
 
 def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:
     """Full-integer TFLite; ``representative`` samples (from the training split, one array per input)
     calibrate the activation ranges."""
+    looped = looped_recurrent_layers(model)
+    if looped:
+        raise ConversionError(
+            f"full-integer conversion of {', '.join(looped)}: TFLite has no fused operator for it, and the "
+            "converter crashes on the loop it would become",
+            hint="build the layer with unroll=True (a fixed number of time steps: plain operators, which quantize), "
+            "or use an LSTM (one fused UNIDIRECTIONAL_SEQUENCE_LSTM operator)",
+        )
     tensorflow = tf()
-    converter = tensorflow.lite.TFLiteConverter.from_keras_model(model)
+    converter = converter_for(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
     arrays = [representative] if isinstance(representative, np.ndarray) else list(representative)
     samples = [np.asarray(a, dtype=np.float32) for a in arrays]

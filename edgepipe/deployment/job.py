@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from edgepipe.config.target import MeasureSettings, Target
@@ -32,6 +33,7 @@ def build_job(
     baseline: str | None = None,
     task: str | None = None,
     profile: dict[str, Any] | None = None,
+    stateful: list[str] | None = None,
 ) -> dict[str, Any]:
     job = {
         "protocol": JOB_PROTOCOL,
@@ -56,7 +58,25 @@ def build_job(
         job["task"] = task
     if profile is not None:
         job["profile"] = {**profile, "min_seconds": measure.profile_seconds, "min_rounds": 20}
+    if stateful:  # models whose variable tensors the agent resets before each invoke (agent 1.7)
+        job["stateful"] = stateful
     return job
+
+
+def stateful(models: Iterable[tuple[Path | bytes | None, str]]) -> list[str]:
+    """Of (local copy, path on the board) pairs, the board paths of the models with variable tensors, which the
+    agent resets before each invoke. A model this machine cannot read is the agent's to classify."""
+    from edgepipe.errors import ModelError
+    from edgepipe.tflite_model import TfliteModel
+
+    found = []
+    for local, remote in models:
+        try:
+            if local is not None and TfliteModel.read(local).stateful:
+                found.append(remote)
+        except (ModelError, OSError):
+            continue
+    return found
 
 
 def run_job(

@@ -22,7 +22,7 @@ from edgepipe.deployment.agent import agent_info, agent_python, install_agent
 from edgepipe.deployment.cache import RemoteCache, limit_bytes
 from edgepipe.deployment.checks import deploy_failure, host_checks
 from edgepipe.deployment.inputs import DeployInputs, resolve_sources, stage
-from edgepipe.deployment.job import build_job, run_job
+from edgepipe.deployment.job import build_job, run_job, stateful
 from edgepipe.errors import (
     INTERRUPTED_EXIT_CODE,
     ConfigError,
@@ -216,6 +216,13 @@ def _on_board(
             baseline=remote_baseline,
             task=inputs.task if remote_data else None,
             profile=remote_profile,
+            stateful=stateful(
+                [
+                    (inputs.model.path, remote_model),
+                    (baseline.path if baseline else None, remote_baseline or ""),
+                    (plan.content if plan else None, (remote_profile or {}).get("model", "")),
+                ]
+            ),
         )
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         board_cache = _trim(cache, target, progress)

@@ -41,11 +41,14 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
             stage.min_channels, stage.round_to,
         )  # fmt: skip
         if not plan.keep and step == 1:
+            others = channels.not_channel_pruned(current)
             raise ModelError(
                 f"{ctx.where}: no channel can be removed: "
                 + ("; ".join(f"{k} blocked by {', '.join(v)}" for k, v in plan.blocked().items()) or "every group "
-                   "is at min_channels already"),
-                hint="lower min_channels or round_to, or split SeparableConv2D (model.split_separable_conv: true)",
+                   "is at min_channels already")
+                + (f"; channel pruning does not take {', '.join(others)}" if others else ""),
+                hint="lower min_channels or round_to, or split SeparableConv2D (model.split_separable_conv: true)"
+                + ("; for the other layers use prune (magnitude) or low_rank" if others else ""),
             )  # fmt: skip
         current = channels.rebuild(current, plan)
         recalibrated = reestimate_batchnorm(current, ctx.data.keras_x("train"), BATCHNORM_SAMPLES)

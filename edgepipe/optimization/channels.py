@@ -129,6 +129,19 @@ class _Groups:
         return a
 
 
+CHANNEL_LAYERS = ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "PReLU")
+
+
+def not_channel_pruned(model: Any) -> list[str]:
+    """Layers with weights that channel pruning never changes (recurrent, 1-D or 3-D convolutions, embeddings
+    ...), as ``name (Kind)``: what a user should know when nothing else can be pruned either."""
+    return [
+        f"{layer.name} ({type(layer).__name__})"
+        for layer in model.layers
+        if layer.weights and type(layer).__name__ not in CHANNEL_LAYERS and not hasattr(layer, "layers")
+    ]
+
+
 def analyze(model: Any) -> Plan:
     """The channel groups of ``model`` (tf_keras Sequential or functional, channels last)."""
     k = keras()
