@@ -41,6 +41,10 @@ def test_an_lstm_becomes_one_int8_operator_and_runs_from_the_zero_state_on_host_
     assert {final.tensors[i].dtype for i in final.inputs} == {"int8"}
     # 8 steps x 4 gates x 32 units x (8 features + 32 recurrent) + the 32 x 10 head
     assert record["analysis"]["final"]["total"]["macs"] == 8 * 4 * 32 * 40 + 320
+    pruned = next(stage for stage in record["stages"] if stage["kind"] == "prune")
+    lstm_weights = [row for row in pruned["tflite"]["weights"] if row["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    assert len(lstm_weights) == 1 and lstm_weights[0]["count"] == 4 * 32 * (8 + 32)  # its 8 matrices, as one row
+    assert lstm_weights[0]["sparsity"] >= 0.45  # magnitude pruning reached the LSTM
     float_accuracy, accuracy = record["final"]["agreement"]["float_keras"], record["final"]["accuracy"]
     assert float_accuracy > 0.8 and accuracy >= float_accuracy - 0.03, (float_accuracy, accuracy)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edgepipe.convert.weights import WEIGHTED_OPS
+from edgepipe.convert.weights import SEQUENCE_LSTM_WEIGHTS, WEIGHTED_OPS
 from edgepipe.tflite_model import Op, TfliteModel
 
 
@@ -40,8 +40,7 @@ def macs(model: TfliteModel, op: Op) -> int:
     return 0
 
 
-SEQUENCE_LSTMS = ("UNIDIRECTIONAL_SEQUENCE_LSTM", "LSTM")
-LSTM_WEIGHTS = (*range(1, 9), 16)  # input-to-gate [units, features], recurrent-to-gate [units, out], projection
+SEQUENCE_LSTMS = tuple(SEQUENCE_LSTM_WEIGHTS)
 LSTM_BIASES = (12, 13, 14, 15, 17)  # int32 in a full-integer model, parameters all the same
 
 
@@ -51,7 +50,9 @@ def _lstm_macs(model: TfliteModel, op: Op) -> int:
     features = model.tensors[op.inputs[0]]
     steps = features.elements // max(features.shape[-1], 1)  # batch x time
     per_step = sum(
-        model.tensors[op.inputs[i]].elements for i in LSTM_WEIGHTS if i < len(op.inputs) and op.inputs[i] >= 0
+        model.tensors[op.inputs[i]].elements
+        for i in SEQUENCE_LSTM_WEIGHTS[op.name]  # input-to-gate, recurrent-to-gate matrices, projection
+        if i < len(op.inputs) and op.inputs[i] >= 0
     )
     return steps * per_step
 

@@ -38,10 +38,25 @@ def layer_name(tensor_name: str, keras_layers: Iterable[str]) -> str:
     return max(candidates, key=len) if candidates else tensor_name.split(";")[0]
 
 
+# A fused LSTM's weights: input-to-gate and recurrent-to-gate matrices (inputs 1-8) and the projection (16).
+SEQUENCE_LSTM_WEIGHTS = {"UNIDIRECTIONAL_SEQUENCE_LSTM": (*range(1, 9), 16), "LSTM": (*range(1, 9), 16)}
+
+
+def lstm_weights(model: TfliteModel, op: Op) -> list[Tensor]:
+    positions = SEQUENCE_LSTM_WEIGHTS.get(op.name, ())
+    found = [model.tensors[op.inputs[p]] for p in positions if p < len(op.inputs) and op.inputs[p] >= 0]
+    return [tensor for tensor in found if tensor.data is not None]
+
+
 def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[dict[str, Any]]:
     names = list(keras_layers)
     rows = []
     for op in model.ops:
+        if op.name in SEQUENCE_LSTM_WEIGHTS:
+            row = _lstm_row(model, op, names)
+            if row is not None:
+                rows.append(row)
+            continue
         tensor = weight_tensor(model, op)
         if tensor is None or tensor.data is None:
             continue
@@ -68,6 +83,36 @@ def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[d
             }
         )
     return rows
+
+
+def _lstm_row(model: TfliteModel, op: Op, names: list[str]) -> dict[str, Any] | None:
+    """One row for all of a fused LSTM's weight matrices, named after the op's output (or ``LSTM@<op index>``:
+    the converter names its constants ``arith.constantN``). ``unique`` is the most of any one matrix, as each
+    gate's matrix is clustered on its own; its weights are quantized per tensor (no per-channel figure)."""
+    tensors = lstm_weights(model, op)
+    if not tensors:
+        return None
+    zeros = sum(int(np.count_nonzero(t.data == _zero(t))) for t in tensors if t.data is not None)
+    count = sum(int(t.data.size) for t in tensors if t.data is not None)
+    output = model.op_outputs(op)
+    named = layer_name(output[0].name, names) if output else ""
+    return {
+        "layer": named if named in names else f"LSTM@{op.index}",  # the converter's output name may be generic
+        "op": op.name,
+        "tensor": tensors[0].name,
+        "dtype": tensors[0].dtype,
+        "shape": [count],
+        "count": count,
+        "sparsity": round(zeros / count, 6) if count else 0.0,
+        "unique": max(len(np.unique(t.data)) for t in tensors if t.data is not None),
+        "max_unique_per_channel": None,
+    }
+
+
+def _zero(tensor: Tensor) -> float:
+    if tensor.data is not None and np.issubdtype(tensor.data.dtype, np.integer) and tensor.zero_point is not None:
+        return int(tensor.zero_point[0]) if tensor.zero_point.size else 0
+    return 0.0
 
 
 def overall_sparsity(rows: list[dict[str, Any]]) -> float:
