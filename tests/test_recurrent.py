@@ -27,7 +27,7 @@ fine_tune: {epochs: 1, learning_rate: 0.001}
 stages:
   - {kind: prune, target_sparsity: 0.5}
   - {kind: qat, layers: {exclude: [lstm]}}   # TF-MOT's QAT has no LSTM; the converter quantizes it
-gates: {max_accuracy_drop: 3.0}
+gates: {max_accuracy_drop: 6.0}
 """
 
 
@@ -45,15 +45,19 @@ def test_an_lstm_becomes_one_int8_operator_and_runs_from_the_zero_state_on_host_
     lstm_weights = [row for row in pruned["tflite"]["weights"] if row["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
     assert len(lstm_weights) == 1 and lstm_weights[0]["count"] == 4 * 32 * (8 + 32)  # its 8 matrices, as one row
     assert lstm_weights[0]["sparsity"] >= 0.45  # magnitude pruning reached the LSTM
+    qat = next(stage for stage in record["stages"] if stage["kind"] == "qat")
+    kept = [row for row in qat["tflite"]["weights"] if row["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    assert qat["details"]["frozen"] == ["lstm"] and kept[0]["sparsity"] == lstm_weights[0]["sparsity"]
+    assert "not trained here, being left out of QAT: lstm" in done.stderr
     float_accuracy, accuracy = record["final"]["agreement"]["float_keras"], record["final"]["accuracy"]
-    assert float_accuracy > 0.8 and accuracy >= float_accuracy - 0.03, (float_accuracy, accuracy)
+    assert float_accuracy > 0.8 and accuracy >= float_accuracy - 0.06, (float_accuracy, accuracy)  # broken: ~0.15
 
     deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
                        env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     result = json.loads((out / "deploy-local.json").read_text())
     # The agent resets the state before each invoke: its accuracy is the one optimize measured, not ~0.15.
-    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     assert result["device"]["accuracy"]["agreement"]["top1"] == 1.0
 
 
