@@ -49,6 +49,7 @@ def clean(
     cache_limit_mb (deploys do this after each job), or all of them with --all. The venv stays."""
     from edgepipe.cli.optimize import ConsoleProgress
     from edgepipe.deployment.board import clean_cache
+    from edgepipe.reporting.formatting import plural
     from edgepipe.targets import load_target
 
     chosen = load_target(target)
@@ -61,7 +62,7 @@ def clean(
     progress.finish()
     limit = "" if chosen.cache_limit_mb is None or everything else f" (limit {chosen.cache_limit_mb:g} MB)"
     stdout.print(
-        f"{chosen.name}: removed {usage.removed_files} files, {usage.removed_bytes / 2**20:,.1f} MB; "
-        f"{usage.files} files, {usage.bytes / 2**20:,.1f} MB left in {chosen.workdir}{limit}",
+        f"{chosen.name}: removed {plural(usage.removed_files, 'file')}, {usage.removed_bytes / 2**20:,.1f} MB; "
+        f"{plural(usage.files, 'file')}, {usage.bytes / 2**20:,.1f} MB left in {chosen.workdir}{limit}",
         highlight=False,
     )

@@ -13,6 +13,7 @@ from edgepipe.deployment.agent import agent_python, install_agent, probe
 from edgepipe.deployment.cache import CacheUsage, RemoteCache, helper_python, limit_bytes
 from edgepipe.errors import AgentError, EdgepipeError, InfrastructureError
 from edgepipe.progress import Progress
+from edgepipe.reporting.formatting import plural
 from edgepipe.transport import Transport, open_transport
 
 MIN_FREE_DISK = 200 * 1024 * 1024
@@ -68,7 +69,7 @@ def check_target(target: Target, progress: Progress | None = None) -> list[Check
 def _cache_row(target: Target, usage: CacheUsage | str) -> Check:
     if isinstance(usage, str):
         return Check("edgepipe's files", "warn", usage)
-    held = f"{usage.files} files in {target.workdir} (models, data, agents): {usage.bytes / 2**20:,.1f} MB"
+    held = f"{plural(usage.files, 'file')} in {target.workdir} (models, data, agents): {usage.bytes / 2**20:,.1f} MB"
     if target.cache_limit_mb is None:
         return Check("edgepipe's files", "pass", f"{held}, no limit (cache_limit_mb: null)")
     if usage.bytes <= (limit_bytes(target) or 0):

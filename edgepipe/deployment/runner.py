@@ -32,6 +32,7 @@ from edgepipe.errors import (
 from edgepipe.files import write_json
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, tool_versions
+from edgepipe.reporting.formatting import plural
 from edgepipe.reporting.resolve import BaselineModel
 from edgepipe.run_models import optimize_provenance
 from edgepipe.rundir import temporary_directory
@@ -251,8 +252,9 @@ def _trim(cache: RemoteCache, target: Target, progress: Progress) -> dict[str, A
         return {"error": exc.message}
     if usage.removed_files:
         progress.note(
-            f"removed {usage.removed_files} file(s), {usage.removed_bytes / 2**20:,.1f} MB, used longest ago from "
-            f"{target.workdir}: the rest take {usage.bytes / 2**20:,.1f} MB of its {target.cache_limit_mb:g} MB"
+            f"removed {plural(usage.removed_files, 'file')} ({usage.removed_bytes / 2**20:,.1f} MB) used longest "
+            f"ago from {target.workdir}: the rest take {usage.bytes / 2**20:,.1f} MB "
+            f"of its {target.cache_limit_mb:g} MB"
         )
     return usage.as_dict()
 

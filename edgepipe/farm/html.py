@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgepipe.reporting.formatting import plural
 from edgepipe.reporting.html import template_environment
 
 BADGE = {"pass": "passed", "regression": "failed", "model-error": "failed", "infra-error": "infra",
@@ -16,7 +17,3 @@ def render_html(document: dict[str, Any]) -> str:
     cells = {(job["model"], job["pool"]): job for job in document["jobs"]}
     template = template_environment("edgepipe.farm").get_template("farm.html.j2")
     return template.render(doc=document, cells=cells, badge=BADGE, attempt_badge=ATTEMPT_BADGE, plural=plural)
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

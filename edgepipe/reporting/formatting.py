@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def kib(value: int | None) -> str:
     return "n/a" if value is None else f"{value / 1024:,.1f} KiB"
 
