@@ -48,35 +48,44 @@ def _readable(line: str) -> str:
     return text if len(text) <= 400 else text[:400] + " ..."
 
 
+def _recurrent_cells(model: Any) -> Iterator[tuple[str, Any]]:
+    """(layer name, recurrent layer) for every RNN in ``model``: a Bidirectional's two directions, nested models'."""
+    from edgepipe.keras_compat import keras
+
+    layers = keras().layers
+    for layer in model.layers:
+        if isinstance(layer, layers.Bidirectional):
+            yield from ((layer.name, cell) for cell in (layer.forward_layer, layer.backward_layer))
+        elif isinstance(layer, layers.RNN):
+            yield layer.name, layer
+        elif hasattr(layer, "layers"):
+            yield from _recurrent_cells(layer)
+
+
 def is_recurrent(model: Any) -> bool:
     """Whether ``model`` (or a model nested in it) has a recurrent layer: LSTM, GRU, SimpleRNN, Bidirectional."""
+    return any(True for _ in _recurrent_cells(model))
+
+
+def refuse_looped_recurrent(model: Any) -> None:
+    """Refuse, by name, the recurrent layers the converter keeps as a loop (every RNN but LSTM, which becomes one
+    fused operator, unless built with ``unroll=True``): their full-integer conversion dies with a segmentation
+    fault (TF 2.21, GRU and SimpleRNN). The pipeline asks before training, so no time is spent first."""
     from edgepipe.keras_compat import keras
 
-    layers = keras().layers
-    for layer in model.layers:
-        if isinstance(layer, layers.RNN | layers.Bidirectional):
-            return True
-        if hasattr(layer, "layers") and is_recurrent(layer):
-            return True
-    return False
-
-
-def looped_recurrent_layers(model: Any) -> list[str]:
-    """Recurrent layers the converter keeps as a loop (every RNN but LSTM, which becomes one fused operator,
-    unless built with ``unroll=True``): its full-integer conversion dies with a segmentation fault (TF 2.21,
-    GRU and SimpleRNN), so edgepipe refuses them first, by name."""
-    from edgepipe.keras_compat import keras
-
-    layers = keras().layers
-    found = []
-    for layer in model.layers:
-        cells = [layer.forward_layer, layer.backward_layer] if isinstance(layer, layers.Bidirectional) else [layer]
-        for cell in cells:
-            if isinstance(cell, layers.RNN) and not isinstance(cell, layers.LSTM) and not cell.unroll:
-                found.append(f"{layer.name} ({type(cell).__name__})")
-        if hasattr(layer, "layers") and not isinstance(layer, layers.Bidirectional):
-            found += looped_recurrent_layers(layer)
-    return found
+    lstm = keras().layers.LSTM
+    looped = [
+        f"{name} ({type(cell).__name__})"
+        for name, cell in _recurrent_cells(model)
+        if not isinstance(cell, lstm) and not cell.unroll
+    ]
+    if looped:
+        raise ConversionError(
+            f"full-integer conversion of {', '.join(looped)}: TFLite has no fused operator for it, and the "
+            "converter crashes on the loop it would become",
+            hint="build the layer with unroll=True (a fixed number of time steps: plain operators, which quantize), "
+            "or use an LSTM (one fused UNIDIRECTIONAL_SEQUENCE_LSTM operator)",
+        )
 
 
 def converter_for(model: Any) -> Any:
@@ -111,14 +120,7 @@ def to_float_tflite(model: Any) -> bytes:
 def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:
     """Full-integer TFLite; ``representative`` samples (from the training split, one array per input)
     calibrate the activation ranges."""
-    looped = looped_recurrent_layers(model)
-    if looped:
-        raise ConversionError(
-            f"full-integer conversion of {', '.join(looped)}: TFLite has no fused operator for it, and the "
-            "converter crashes on the loop it would become",
-            hint="build the layer with unroll=True (a fixed number of time steps: plain operators, which quantize), "
-            "or use an LSTM (one fused UNIDIRECTIONAL_SEQUENCE_LSTM operator)",
-        )
+    refuse_looped_recurrent(model)
     tensorflow = tf()
     converter = converter_for(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
