@@ -179,6 +179,8 @@ def _collect(arrays: Mapping[str, Any], key: str) -> tuple[list[np.ndarray], lis
     if key in arrays:
         value = arrays[key]
         if isinstance(value, list | tuple):
+            if not value:  # a Dataset without labels has y_train = (): no array at all
+                return None
             names = [key] if len(value) == 1 else [f"{key}[{i}]" for i in range(len(value))]
             return [np.asarray(v) for v in value], names
         return [np.asarray(value)], [key]
@@ -211,6 +213,11 @@ def from_arrays(
             f"{origin} has no array {', '.join(repr(m) for m in missing)} "
             f"(found: {listing}; expected {', '.join(required)}, or numbered ones such as x_train_0 for a "
             "model with several inputs)",
+            hint=(
+                "a model that reconstructs its input needs no labels: set task: reconstruction in the recipe"
+                if all(key.startswith("y_") for key in missing)
+                else None
+            ),
         )
     checked: dict[str, list[np.ndarray]] = {}
     notes: list[str] = []

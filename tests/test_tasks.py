@@ -168,8 +168,10 @@ def test_data_contract_for_several_inputs_and_each_task() -> None:
     assert data.keras_x("test")[1] is data.x_test[1]
     reconstruction = from_arrays({"x_train": a, "x_test": a}, "d", "r.yaml", "data.source", task="reconstruction")
     assert reconstruction.y_train == () and reconstruction.targets("test")[0] is reconstruction.x_test[0]
-    with pytest.raises(ConfigError, match="has no array 'y_train'"):
-        from_arrays({"x_train": a, "x_test": a}, "d", "r.yaml", "data.source")
+    for unlabelled in ({"x_train": a, "x_test": a}, {"x_train": a, "y_train": (), "x_test": a, "y_test": ()}):
+        with pytest.raises(ConfigError, match="has no array 'y_train', 'y_test'") as missing:
+            from_arrays(unlabelled, "d", "r.yaml", "data.source")
+        assert "task: reconstruction" in (missing.value.hint or "")
     floats = from_arrays(
         {"x_train": a, "y_train": b, "x_test": a, "y_test": b}, "d", "r.yaml", "data.source", task="regression"
     )
