@@ -4,7 +4,7 @@ Removing output channel ``c`` of a convolution is only correct if every layer th
 too. As Torch-Pruning's dependency graph does for PyTorch, the layers are walked in graph order and each tensor's
 last axis is traced back to the *channel group* that produced it:
 
-- a Conv2D or a (non-output) Dense opens a group: its filters are the group's channels;
+- a Conv2D or Conv1D or a (non-output) Dense opens a group: its filters are the group's channels;
 - BatchNormalization, activations, dropout, pooling, padding and global pooling pass a group through; a
   DepthwiseConv2D (depth multiplier 1) passes it through and is sliced with it; so do a Reshape that only adds
   or drops axes of size 1 around the channels (a squeeze-and-excitation block's ``(C,)`` -> ``(1, 1, C)``) and a
@@ -40,7 +40,11 @@ PASSTHROUGH = (
     "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Dropout", "SpatialDropout2D",
     "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
     "GaussianNoise", "GaussianDropout", "UpSampling2D", "Cropping2D",
+    # the same on sequences (sensor and audio models): channels are still the last axis
+    "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "ZeroPadding1D",
+    "UpSampling1D", "Cropping1D", "SpatialDropout1D",
 )  # fmt: skip
+CONVOLUTIONS = ("Conv2D", "Conv1D")  # kernels (..., in, out): sliced on the last two axes
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 # TensorFlow functions (TFOpLambda layers) that act on each element alone: with every argument but the tensor a
 # scalar, channel c of the output depends on channel c of the input only.
@@ -129,7 +133,7 @@ class _Groups:
         return a
 
 
-CHANNEL_LAYERS = ("Conv2D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "PReLU")
+CHANNEL_LAYERS = ("Conv2D", "Conv1D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "PReLU")
 
 
 def not_channel_pruned(model: Any) -> list[str]:
@@ -172,7 +176,7 @@ def analyze(model: Any) -> Plan:
             continue
 
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
-        if kind in ("Conv2D", "Dense") and _simple(layer):
+        if kind in (*CONVOLUTIONS, "Dense") and _simple(layer):
             if cat is not None:
                 composite[layer.name] = ("in", cat[1])
             elif traced:
@@ -183,7 +187,7 @@ def analyze(model: Any) -> Plan:
                 block(f"{layer.name} (Dense on a {len(layer.input_shape) - 1}-D input)")
                 carries[layer.name] = None
                 continue
-            channels = layer.filters if kind == "Conv2D" else layer.units
+            channels = layer.filters if kind in CONVOLUTIONS else layer.units
             carries[layer.name] = ("group", union.new(channels, layer.name))
             if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
                 union.groups[carries[layer.name][1]].blocked_by.append(f"{layer.name} (softmax over its channels)")
@@ -300,7 +304,7 @@ def _elementwise(layer: Any, tensors: int) -> bool:
 
 def _simple(layer: Any) -> bool:
     """A convolution edgepipe knows how to slice: ungrouped, channels last."""
-    if type(layer).__name__ == "Conv2D":
+    if type(layer).__name__ in CONVOLUTIONS:
         return layer.groups == 1 and layer.data_format == "channels_last"
     return True
 
@@ -401,7 +405,7 @@ def rebuild(model: Any, plan: Plan) -> Any:
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
-        if layer.name in out_keep and type(layer).__name__ == "Conv2D":
+        if layer.name in out_keep and type(layer).__name__ in CONVOLUTIONS:
             config["filters"] = len(out_keep[layer.name])
         elif layer.name in out_keep and type(layer).__name__ == "Dense":
             config["units"] = len(out_keep[layer.name])
@@ -422,7 +426,7 @@ def _sliced(
     layer: Any, weights: list[np.ndarray], out: np.ndarray | None, inputs: tuple[np.ndarray, int] | None
 ) -> list[np.ndarray]:
     kind = type(layer).__name__
-    if kind in ("Conv2D", "Dense"):
+    if kind in (*CONVOLUTIONS, "Dense"):
         kernel, rest = weights[0], weights[1:]
         if inputs is not None:
             kept, block = inputs

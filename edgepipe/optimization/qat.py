@@ -21,6 +21,7 @@ from edgepipe.config.recipe import QatStage
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras, tfmot
 from edgepipe.models import copy_model, train
+from edgepipe.optimization import rewrite
 from edgepipe.optimization.base import (
     History,
     StageContext,
@@ -31,6 +32,7 @@ from edgepipe.optimization.base import (
     wrap_layers,
 )
 from edgepipe.optimization.hard_activations import fuse_hard_activations, layers
+from edgepipe.optimization.lift_1d import lift_1d
 
 
 def _output_only() -> Any:
@@ -83,22 +85,54 @@ def choose_scheme(requested: str, history: History) -> str:
 
 def _scheme(name: str) -> Any:
     mot = tfmot()
-    return {
+    scheme = {
         "default": lambda: mot.quantization.keras.default_8bit.Default8BitQuantizeScheme(),
         "prune_preserve": lambda: mot.quantization.keras.collab_opts.Default8BitPrunePreserveQuantizeScheme(),
         "cluster_preserve": lambda: mot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(False),
         "prune_cluster_preserve": lambda: mot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(True),
     }[name]()
+    if name != "default":
+        registry = _TruthfulRegistry(scheme.get_quantize_registry())
+        scheme.get_quantize_registry = lambda: registry
+    return scheme
 
 
-def unsupported_layers(annotated: Any, scheme: Any) -> list[Any]:
-    """The layers of an annotated model that TF-MOT's ``quantize_apply`` would refuse, all of them at once.
+class _TruthfulRegistry:
+    """A preserving scheme's registry whose ``supports`` also asks the 8-bit registry beneath it.
+
+    TF-MOT 0.8.1's PQAT/CQAT registries call every layer without weights supported (for ReLU, pooling), then
+    ask the 8-bit registry for its config, which raises for a layer it does not know. ``quantize_apply`` asks
+    ``supports`` before giving an unannotated layer that feeds quantized ones its output quantization (a
+    Rescaling at the input, left to the converter), so under PQAT that layer failed the whole stage while plain
+    QAT skips it. Everything else is the wrapped registry's."""
+
+    def __init__(self, registry: Any) -> None:
+        from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+            default_8bit_quantize_registry,
+        )
+
+        self._registry = registry
+        self._default = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+
+    def supports(self, layer: Any) -> bool:
+        return bool(self._registry.supports(layer) and self._default.supports(layer))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+def unsupported_layers(annotated: Any, scheme: Any) -> list[tuple[Any, str]]:
+    """The layers of an annotated model that TF-MOT's ``quantize_apply`` would refuse, all of them at once,
+    each with what is refused (its class, or its activation).
 
     Support is a property of the whole model, not of a layer alone: the scheme's layout transforms first fold
     Conv2D/DepthwiseConv2D -> BatchNormalization (-> ReLU), split SeparableConv2D into DepthwiseConv2D +
-    Conv2D 1x1 and fuse Add/Conv -> ReLU, giving the layers they touch a quantize config of their own. Only
-    what is left without one must be supported by the scheme's registry. This mirrors ``quantize_apply``'s own
-    check (TF-MOT 0.8.1) but collects every refused layer instead of raising on the first.
+    Conv2D 1x1 and fuse Add/Conv -> ReLU, giving the layers they touch a quantize config of their own. What is
+    left without one gets the registry's (for the preserving schemes, one that also asks the 8-bit registry
+    beneath: ``_TruthfulRegistry``). Finally each config's
+    activations must be ones TF-MOT's QuantizeAwareActivation knows (a Conv2D with ``activation="elu"`` passes
+    the registry and fails inside ``quantize_apply``). This mirrors TF-MOT 0.8.1's own checks but collects
+    every refusal instead of raising on the first.
     """
     quantization = tfmot().quantization.keras
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import QuantizeAnnotate
@@ -114,23 +148,86 @@ def unsupported_layers(annotated: Any, scheme: Any) -> list[Any]:
     with quantization.quantize_scope():
         unwrapped = keras().models.clone_model(annotated, clone_function=unwrap)
         transformed, quantize_map = scheme.get_layout_transformer().apply(unwrapped, quantize_map)
-    registry = scheme.get_quantize_registry()
-    return [
-        layer
-        for layer in transformed.layers
-        if layer.name in quantize_map
-        and not quantize_map[layer.name].get("quantize_config")
-        and not registry.supports(layer)
-    ]
+    registry = scheme.get_quantize_registry()  # for the preserving schemes, also asks the 8-bit registry
+    refused = []
+    for layer in transformed.layers:
+        if layer.name not in quantize_map:
+            continue
+        config = quantize_map[layer.name].get("quantize_config")
+        if config is None and not registry.supports(layer):
+            refused.append((layer, type(layer).__name__))
+            continue
+        activation = _unsupported_activation(layer, config or registry.get_quantize_config(layer))
+        if activation:
+            refused.append((layer, f"{type(layer).__name__} with activation {activation!r}"))
+    return refused
+
+
+def _activation_breaks_output_quantization(layer: Any, registry: Any) -> bool:
+    """A layer left out of QAT that TF-MOT would still wrap, and fail on. ``quantize_apply`` gives a left-out
+    layer feeding a quantized one its output quantization with the registry's config (``OutputOnlyConfig``),
+    which still wraps the layer's activation: a Conv2D with ``activation="elu"`` left out then fails the
+    stage with the error that made the user leave it out. Such a layer gets the config that quantizes its
+    output and nothing else, from edgepipe, instead."""
+    try:
+        return bool(registry.supports(layer) and _unsupported_activation(layer, registry.get_quantize_config(layer)))
+    except (ValueError, RuntimeError):
+        return False
+
+
+def _activation_name(activation: Any) -> str:
+    return getattr(activation, "__name__", type(activation).__name__)
+
+
+# Activations TF 2.21's converter leaves in float in a full-integer model (DEQUANTIZE -> ELU -> QUANTIZE after
+# PTQ; after QAT a failed conversion or the same island): not split off, refused with what to use instead.
+FLOAT_ONLY_ACTIVATIONS = ("'elu'",)
+# Layers whose ``activation`` TF-MOT wraps in a QuantizeAwareActivation.
+ACTIVATED_LAYERS = frozenset({"Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose"})
+
+
+def _known_activations() -> frozenset[str]:
+    """The activations TF-MOT's QuantizeAwareActivation fake-quantizes (TF-MOT 0.8.1: linear, relu, swish,
+    gelu, softmax, sigmoid, tanh)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
+        QuantizeAwareActivation as Aware,
+    )
+
+    return Aware._PRE_QUANT_ACTIVATIONS | Aware._POST_QUANT_ACTIVATIONS | Aware._NO_QUANTIZE_ACTIVATIONS
+
+
+def _unsupported_activation(layer: Any, config: Any) -> str | None:
+    """The name of an activation of ``layer`` that its quantize config cannot quantize, if any."""
+    known = _known_activations()
+    try:
+        activations = [activation for activation, _ in config.get_activations_and_quantizers(layer)]
+        config.get_output_quantizers(layer)  # an Activation layer's config refuses an unknown one here
+    except (ValueError, RuntimeError, AttributeError):
+        return _activation_name(getattr(layer, "activation", None))
+    for activation in activations:
+        if _activation_name(activation) not in known:
+            return _activation_name(activation)
+    return None
+
+
+def _sources(layer: Any) -> list[Any]:
+    inbound = [node.inbound_layers for node in layer._inbound_nodes]
+    return [source for group in inbound for source in (group if isinstance(group, list) else [group])]
 
 
 def _follows_a_foldable_layer(layer: Any) -> bool:
     """A BatchNormalization right after a Conv2D, DepthwiseConv2D or Dense: QAT folds it when it is annotated."""
     if type(layer).__name__ != "BatchNormalization":
         return False
-    inbound = [node.inbound_layers for node in layer._inbound_nodes]
-    sources = [source for group in inbound for source in (group if isinstance(group, list) else [group])]
-    return any(type(source).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") for source in sources)
+    return any(type(source).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") for source in _sources(layer))
+
+
+def _scales_an_input(layer: Any) -> bool:
+    """A Rescaling that reads a model input (``Rescaling(1/127.5, offset=-1)`` first, as in the Keras tutorials
+    and Keras Applications). Quantized at its output it becomes DEQUANTIZE -> QUANTIZE at the int8 input
+    whenever it has an offset (measured, TF 2.21): not integer-only. Left out of QAT, the converter quantizes
+    it from the calibration data (integer MUL and ADD, or folded into the input's scale and zero point)."""
+    return type(layer).__name__ == "Rescaling" and all(type(s).__name__ == "InputLayer" for s in _sources(layer))
 
 
 def _freeze_left_out(quantized: Any, left_out: list[str]) -> list[str]:
@@ -156,9 +253,12 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    annotated_names, left_out = [], []
+    annotated_names, left_out, folded = [], [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
+            continue
+        if _scales_an_input(layer):
+            folded.append(layer.name)
             continue
         (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
@@ -180,11 +280,43 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     # Any other TensorFlow function called on Keras tensors (a TFOpLambda layer) breaks TF-MOT's model cloning
     # once annotated (its input arrives as a list); it is refused with the other unsupported layers.
     functions = [name for name in annotated_names if type(work.get_layer(name)).__name__ == "TFOpLambda"]
+    # Conv1D and 1-D pooling, which TF-MOT's QAT lacks, as their 2-D twins on a height-1 image (lift_1d says why).
+    before = {layer.name for layer in work.layers}
+    work, lifted = lift_1d(work, head[0] if len(head) == 1 else list(head))
+    if lifted:
+        annotated_names += [layer.name for layer in work.layers if layer.name not in before]  # reshapes, pads
+        ctx.progress.note(
+            f"{ctx.where}: 1-D layers computed as 2-D ones on a height-1 image, as TFLite runs them (TF-MOT's QAT "
+            f"has no 1-D layers): {', '.join(lifted)}"
+        )
+
+    # A Conv2D or Dense with an activation QAT cannot fake-quantize inside the layer (elu, selu, ...): the
+    # activation becomes a layer of its own, quantized at its output only, and the layer trains as usual.
+    work, split = rewrite.split_activation(
+        work,
+        head[0] if len(head) == 1 else list(head),
+        lambda layer: (
+            layer.name in annotated_names
+            and type(layer).__name__ in ACTIVATED_LAYERS
+            and _activation_name(layer.activation) not in _known_activations()
+            and repr(_activation_name(layer.activation)) not in FLOAT_ONLY_ACTIVATIONS
+        ),
+    )
+    if split:
+        annotated_names += [line.split(" + ")[1].split(" ")[0] for line in split]
+        ctx.progress.note(f"{ctx.where}: activations QAT cannot quantize inside a layer: " + "; ".join(split))
+
+    registry = _scheme(scheme).get_quantize_registry()
 
     def annotate(layer: Any) -> Any:
+        if layer.name in left_out and _activation_breaks_output_quantization(layer, registry):
+            return quantization.quantize_annotate_layer(layer, _output_only())
         if layer.name not in annotated_names or layer.name in functions:
             return layer
-        if isinstance(layer, (*layers(), keras().layers.Multiply, keras().layers.Rescaling)):
+        if isinstance(layer, (*layers(), keras().layers.Multiply, keras().layers.Rescaling)) or (
+            isinstance(layer, keras().layers.Activation)
+            and _activation_name(layer.activation) not in _known_activations()
+        ):
             return quantization.quantize_annotate_layer(layer, _output_only())
         return quantization.quantize_annotate_layer(layer)
 
@@ -195,14 +327,21 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
                 "before it: the int8 model keeps extra MUL/ADD operators and runs slower"
             )
     annotated = wrap_layers(work, annotate)
-    refused = [work.get_layer(name) for name in functions] + unsupported_layers(annotated, _scheme(scheme))
+    refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
+    refused += unsupported_layers(annotated, _scheme(scheme))
     if refused:
-        names = [layer.name for layer in refused]
+        names = [layer.name for layer, _ in refused]
+        float_only = any(activation in what for _, what in refused for activation in FLOAT_ONLY_ACTIVATIONS)
         raise ModelError(
             f"{ctx.where}: TF-MOT's 8-bit quantization-aware training does not support "
-            + ", ".join(f"{layer.name!r} ({type(layer).__name__})" for layer in refused),
-            hint=f"add them to {ctx.where}.layers.exclude, e.g. exclude: {names} (the converter then quantizes "
-            "them from the representative data), or use a ptq stage instead of qat",
+            + ", ".join(f"{layer.name!r} ({what})" for layer, what in refused),
+            hint=(
+                "the converter keeps ELU in float in an int8 model whatever QAT does (after PTQ too): use selu, "
+                "leaky_relu or relu instead of elu"
+                if float_only
+                else f"add them to {ctx.where}.layers.exclude, e.g. exclude: {names} (the converter then "
+                "quantizes them from the representative data), or use a ptq stage instead of qat"
+            ),
         )
     try:
         with quantization.quantize_scope():
@@ -228,6 +367,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "layers": annotated_names,
             "left_out": left_out,
             "frozen": frozen,
+            "input_rescaling": folded,  # left to the converter
+            "lifted_1d": lifted,
             "fused": fused,
         },
         training=history,

@@ -11,11 +11,23 @@ the separate layers they become on the board, and later stages see layers with t
 not models (QAT refuses it, pruning skips it), and to channel pruning's dependency graph. Its layers are
 called, as copies with the same weights, on the outer model's tensors instead: one flat model, the same
 function (checked numerically like the split).
+
+``split_activation``: a Conv2D or Dense with ``activation="elu"`` (or any activation TF-MOT's QAT cannot
+fake-quantize inside a layer) becomes the layer with a linear activation followed by an ``Activation`` layer
+named ``NAME_ACTIVATION``; the qat stage does it on its own copy so that the kernel still trains with
+quantization and the activation's output gets a quantization range of its own (without one the converter
+leaves the activation in float).
+
+``drop_training_only_layers``: data augmentation written into the model (the Keras image-classification
+tutorial's ``RandomFlip``, ``RandomRotation``, ...) and noise layers act only while training and pass their
+input through at inference, but TF-MOT's QAT refuses them and the converter has nothing to convert. Once the
+float model is trained they are removed: the same inference function (checked), one the stages can wrap.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -24,6 +36,25 @@ from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras, tf
 
 TOLERANCE = 1e-4
+
+# Keras layers that change their input only while training (tf_keras 2.21). Not RandomCrop: at inference it
+# resizes and crops an input of another size.
+TRAINING_ONLY = frozenset(
+    {
+        "RandomFlip",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomTranslation",
+        "RandomContrast",
+        "RandomBrightness",
+        "RandomHeight",
+        "RandomWidth",
+        "GaussianNoise",
+        "GaussianDropout",
+        "AlphaDropout",
+        "ActivityRegularization",
+    }
+)
 
 
 def split_separable_conv(model: Any, sample: np.ndarray) -> tuple[Any, list[str]]:
@@ -109,11 +140,87 @@ def _split_config(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
     return depthwise, pointwise
 
 
+def split_activation(model: Any, sample: Any, split: Callable[[Any], bool]) -> tuple[Any, list[str]]:
+    """The model with every layer for which ``split(layer)`` holds followed by its activation as a layer of
+    its own; and a line per split layer."""
+    chosen = {layer.name: layer for layer in model.layers if split(layer)}
+    if not chosen:
+        return model, []
+    k = keras()
+    config = copy.deepcopy(model.get_config())
+    renamed: dict[str, str] = {}
+    rewritten = []
+    for entry in config["layers"]:
+        rewritten.append(entry)
+        name = entry["config"]["name"]
+        if name not in chosen:
+            continue
+        activation = entry["config"]["activation"]
+        label = getattr(chosen[name].activation, "__name__", "activation")
+        entry["config"]["activation"] = "linear"
+        dtype = entry["config"].get("dtype")
+        after = {
+            "class_name": "Activation",
+            "config": {"name": f"{name}_{label}", "trainable": True, "dtype": dtype, "activation": activation},
+            "name": f"{name}_{label}",
+        }
+        if "inbound_nodes" in entry:
+            after["inbound_nodes"] = [[[name, 0, 0, {}]]]
+        renamed[name] = after["name"]
+        rewritten.append(after)
+    if "inbound_nodes" in rewritten[0] or "output_layers" in config:  # Functional: readers take the activation
+        for entry in rewritten:
+            if entry["name"] not in renamed.values():
+                entry["inbound_nodes"] = _renamed_refs(entry.get("inbound_nodes", []), renamed)
+        config["output_layers"] = _renamed_refs(config["output_layers"], renamed)
+    config["layers"] = rewritten
+    rebuilt = (k.Sequential if isinstance(model, k.Sequential) else k.Model).from_config(config)
+    for layer in model.layers:
+        if layer.weights:
+            rebuilt.get_layer(layer.name).set_weights(layer.get_weights())
+    check_same(model, rebuilt, sample, "moving activations into layers of their own", "leave the layer out of QAT")
+    return rebuilt, [f"{name} -> {name} + {renamed[name]} (Activation)" for name in chosen]
+
+
+def _renamed_refs(value: Any, renamed: dict[str, str]) -> Any:
+    """``[layer_name, node, tensor, ...]`` references inside a Functional config, pointed at the new names."""
+    if isinstance(value, list) and value and isinstance(value[0], str) and value[0] in renamed:
+        return [renamed[value[0]], *value[1:]]
+    if isinstance(value, list):
+        return [_renamed_refs(item, renamed) for item in value]
+    if isinstance(value, dict):
+        return {key: _renamed_refs(item, renamed) for key, item in value.items()}
+    return value
+
+
 def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """The model with every nested model's layers in its own graph, and a line per inlined model."""
-    k = keras()
-    if not any(isinstance(layer, k.Model) for layer in model.layers):
+    if not any(isinstance(layer, keras().Model) for layer in model.layers):
         return model, []
+    flat, inlined, _ = _rebuilt(model)
+    check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
+    return flat, inlined
+
+
+def drop_training_only_layers(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """The model without the layers in ``TRAINING_ONLY`` (nested models are inlined on the way), and their
+    names with their classes."""
+    if not any(type(layer).__name__ in TRAINING_ONLY for layer in _all_layers(model)):
+        return model, []
+    rebuilt, _, dropped = _rebuilt(model, skip=TRAINING_ONLY)
+    check_same(model, rebuilt, sample, "removing training-only layers", "remove the augmentation layers yourself")
+    return rebuilt, dropped
+
+
+def _all_layers(model: Any) -> list[Any]:
+    nested = [_all_layers(layer) for layer in model.layers if isinstance(layer, keras().Model)]
+    return [*model.layers, *(layer for layers in nested for layer in layers)]
+
+
+def _rebuilt(model: Any, skip: frozenset[str] = frozenset()) -> tuple[Any, list[str], list[str]]:
+    """``model`` replayed as one flat Functional model, without the layers whose class is in ``skip``;
+    with a line per inlined model and one per skipped layer."""
+    k = keras()
     inputs = [
         k.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
         for t, name in zip(model.inputs, model.input_names, strict=True)
@@ -122,20 +229,28 @@ def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
     names = {layer.name for layer in model.layers}
     twins: dict[int, tuple[Any, Any]] = {}  # id(layer) -> (layer, its copy): a shared layer stays shared
     inlined: list[str] = []
-    _replay(model, None, tensors, names, twins, inlined)
+    skipped: list[str] = []
+    _replay(model, None, tensors, names, twins, inlined, skip, skipped)
     flat = k.Model(inputs, [tensors[id(t)] for t in model.outputs], name=model.name)
     for original, twin in twins.values():
         twin.set_weights(original.get_weights())
-    check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
-    return flat, inlined
+    return flat, inlined, skipped
 
 
 def _replay(
-    model: Any, nested: str | None, tensors: dict[int, Any], names: set[str], twins: dict, inlined: list[str]
+    model: Any,
+    nested: str | None,
+    tensors: dict[int, Any],
+    names: set[str],
+    twins: dict,
+    inlined: list[str],
+    skip: frozenset[str],
+    skipped: list[str],
 ) -> None:
     """Call a copy of each layer of ``model``'s graph, in order, on the tensors that ``tensors`` maps its inputs
     to; a nested model's graph is replayed the same way, its inputs mapped to what it was called on. Layers of
-    a nested model keep their names unless the outer model has the name already (then ``MODEL_NAME``)."""
+    a nested model keep their names unless the outer model has the name already (then ``MODEL_NAME``). A layer
+    whose class is in ``skip`` is not called: its output is its input."""
     k, t = keras(), tf()
     for depth in sorted(model._nodes_by_depth, reverse=True):
         for node in model._nodes_by_depth[depth]:
@@ -147,11 +262,17 @@ def _replay(
                 given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
                 for inner, outer in zip(layer.inputs, given, strict=True):
                     tensors[id(inner)] = outer
-                _replay(layer, layer.name, tensors, names, twins, inlined)
+                _replay(layer, layer.name, tensors, names, twins, inlined, skip, skipped)
                 for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
                     tensors[id(outer)] = tensors[id(inner)]
                 line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
                 inlined.extend([] if line in inlined else [line])
+                continue
+            if type(layer).__name__ in skip:
+                given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
+                tensors[id(t.nest.flatten(node.outputs)[0])] = given[0]
+                line = f"{layer.name} ({type(layer).__name__})"
+                skipped.extend([] if line in skipped else [line])
                 continue
             if id(layer) not in twins:  # a layer called twice (shared weights) is copied once and called twice
                 config = layer.get_config()

@@ -1,0 +1,179 @@
+"""1-D layers as their 2-D equivalents on a height-1 image, so that quantization-aware training can take them.
+
+TF-MOT 0.8.1's QAT has no Conv1D, no 1-D pooling and no BatchNormalization after a Conv1D (its registry lists
+them commented out), so every sensor or audio model built from Conv1D blocks was refused whole. TFLite has no
+1-D convolution either: the converter turns each Conv1D into EXPAND_DIMS -> CONV_2D -> SQUEEZE. ``lift_1d``
+does that once, in Keras, for a whole chain: a sequence ``(steps, channels)`` becomes ``(1, steps, channels)``
+where the chain starts, each 1-D layer its 2-D twin with a kernel of height 1 (the same weights, reshaped), and
+the tensor goes back to ``(steps, channels)`` only where a layer that needs a sequence reads it. Conv2D ->
+BatchNormalization -> ReLU is then what TF-MOT folds and quantizes. The qat stage lifts its own copy; the
+rewrite is checked numerically like the others (``rewrite.check_same``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgepipe.keras_compat import keras, tf
+from edgepipe.optimization.rewrite import check_same
+
+# Layers that act on the last axis or element by element: the same layer works on the lifted tensor.
+SAME_ON_4D = frozenset(
+    {
+        "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "ELU", "Softmax", "Dropout", "GaussianNoise",
+        "GaussianDropout", "Dense", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+    }
+)  # fmt: skip
+ONE_D = frozenset(
+    {
+        "Conv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
+        "GlobalMaxPooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "SpatialDropout1D",
+    }
+)  # fmt: skip
+
+
+def has_1d_layers(model: Any) -> bool:
+    return any(type(layer).__name__ in ONE_D for layer in model.layers)
+
+
+def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """``model`` with its 1-D layers as 2-D ones on height-1 tensors; and the names of the lifted layers."""
+    if not has_1d_layers(model):
+        return model, []
+    k, t = keras(), tf()
+    inputs = [
+        k.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+        for x, name in zip(model.inputs, model.input_names, strict=True)
+    ]
+    tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
+    lifted: set[int] = set()  # ids of new tensors that are (batch, 1, steps, channels) stand-ins for sequences
+    copies: list[tuple[Any, Any, Any]] = []  # (original, new layer, how to convert its weights)
+    names: list[str] = []
+
+    made: dict[tuple[str, int], Any] = {}  # one Reshape per tensor and direction, however many layers read it
+
+    def sequence(x: Any) -> Any:  # a lifted tensor back to (batch, steps, channels)
+        if id(x) not in lifted:
+            return x
+        if ("1d", id(x)) not in made:
+            name = _unique(model, f"{x.name.split('/')[0]}_to_1d", made)
+            made["1d", id(x)] = k.layers.Reshape(tuple(x.shape[2:]), name=name)(x)
+        return made["1d", id(x)]
+
+    def image(x: Any) -> Any:  # a sequence as a height-1 image
+        if id(x) in lifted:
+            return x
+        if ("2d", id(x)) not in made:
+            name = _unique(model, f"{x.name.split('/')[0]}_to_2d", made)
+            made["2d", id(x)] = k.layers.Reshape((1, *x.shape[1:]), name=name)(x)
+            lifted.add(id(made["2d", id(x)]))
+        return made["2d", id(x)]
+
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            layer = node.layer
+            if isinstance(layer, k.layers.InputLayer):
+                continue
+            args, kwargs = t.nest.map_structure(lambda x: tensors.get(id(x), x), (node.call_args, node.call_kwargs))
+            given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
+            kind = type(layer).__name__
+            twin = _twin_2d(layer) if kind in ONE_D and all(len(x.shape) in (3, 4) for x in given) else None
+            if twin is not None:
+                source = image(given[0])
+                if layer.get_config().get("padding") == "causal":  # pad the past only, then a valid conv
+                    past = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                    source = k.layers.ZeroPadding2D(((0, 0), (past, 0)), name=f"{layer.name}_causal_pad")(source)
+                    lifted.add(id(source))
+                produced = twin(source)
+                if len(produced.shape) == 4:
+                    lifted.add(id(produced))
+                copies.append((layer, twin, _kernel_2d))
+                names.append(layer.name)
+            elif given and all(id(x) in lifted for x in given) and kind in (*SAME_ON_4D, "Concatenate", "Flatten"):
+                produced = _call_copy(layer, copies, args, kwargs, lifted=True)
+                if kind != "Flatten":  # Flatten of (1, steps, channels): the same order as of the sequence
+                    lifted.add(id(produced))
+            else:
+                args, kwargs = t.nest.map_structure(sequence, (args, kwargs))
+                produced = _call_copy(layer, copies, args, kwargs)
+            tensors[id(t.nest.flatten(node.outputs)[0])] = produced
+    outputs = [sequence(tensors[id(x)]) for x in model.outputs]
+    rebuilt = k.Model(inputs, outputs, name=model.name)
+    for original, new, convert in copies:
+        new.set_weights(convert(original.get_weights()))
+    check_same(model, rebuilt, sample, "lifting 1-D layers to 2-D", "use a ptq stage for this model")
+    return rebuilt, names
+
+
+def _call_copy(
+    layer: Any, copies: list[tuple[Any, Any, Any]], args: Any, kwargs: dict[str, Any], lifted: bool = False
+) -> Any:
+    """A copy of ``layer`` (the same config; its weights are set once the model is built) called on ``args``.
+    On lifted tensors an axis counted from the front (a BatchNormalization's ``[2]``) moves one place on."""
+    config = layer.get_config()
+    if lifted and "axis" in config:
+        config["axis"] = _shifted(config["axis"])
+    twin = layer.__class__.from_config(config)
+    copies.append((layer, twin, lambda weights: weights))
+    return twin(*args, **kwargs)
+
+
+def _shifted(axis: Any) -> Any:
+    if isinstance(axis, list | tuple):
+        return [_shifted(a) for a in axis]
+    return axis + 1 if isinstance(axis, int) and axis > 0 else axis
+
+
+def _kernel_2d(weights: list[np.ndarray]) -> list[np.ndarray]:
+    """A 1-D kernel ``(k, in, out)`` as a 2-D one ``(1, k, in, out)``; biases and other weights as they are."""
+    return [w[None, ...] if w.ndim == 3 else w for w in weights]
+
+
+def _unique(model: Any, name: str, made: dict[tuple[str, int], Any]) -> str:
+    taken = {layer.name for layer in model.layers} | {x.name.split("/")[0] for x in made.values()}
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
+
+
+def _twin_2d(layer: Any) -> Any | None:
+    """The 2-D layer computing ``layer`` on a height-1 image, with its name; None where there is none."""
+    k, c = keras(), layer.get_config()
+    kind, name = type(layer).__name__, layer.name
+    if kind in ("Conv1D", "DepthwiseConv1D"):
+        if c.get("data_format", "channels_last") != "channels_last" or c.get("groups", 1) != 1:
+            return None
+        padding = "valid" if c["padding"] == "causal" else c["padding"]  # the caller pads a causal one
+        common = dict(
+            kernel_size=(1, c["kernel_size"][0]), strides=(1, c["strides"][0]), padding=padding,
+            dilation_rate=(1, c["dilation_rate"][0]), activation=c["activation"], use_bias=c["use_bias"],
+            bias_initializer=c["bias_initializer"], name=name,
+        )  # fmt: skip
+        if kind == "Conv1D":
+            return k.layers.Conv2D(c["filters"], kernel_initializer=c["kernel_initializer"], **common)
+        return k.layers.DepthwiseConv2D(
+            depth_multiplier=c["depth_multiplier"], depthwise_initializer=c["depthwise_initializer"], **common
+        )
+    if kind in ("MaxPooling1D", "AveragePooling1D"):
+        if c.get("data_format", "channels_last") != "channels_last":
+            return None
+        cls = k.layers.MaxPooling2D if kind == "MaxPooling1D" else k.layers.AveragePooling2D
+        return cls((1, c["pool_size"][0]), strides=(1, c["strides"][0]), padding=c["padding"], name=name)
+    if kind in ("GlobalAveragePooling1D", "GlobalMaxPooling1D"):
+        if c.get("data_format", "channels_last") != "channels_last":
+            return None
+        cls = k.layers.GlobalAveragePooling2D if kind == "GlobalAveragePooling1D" else k.layers.GlobalMaxPooling2D
+        return cls(keepdims=c.get("keepdims", False), name=name) if not c.get("keepdims") else None
+    if kind == "UpSampling1D":
+        return k.layers.UpSampling2D((1, c["size"]), name=name)
+    if kind == "ZeroPadding1D":
+        return k.layers.ZeroPadding2D(((0, 0), tuple(c["padding"])), name=name)
+    if kind == "Cropping1D":
+        return k.layers.Cropping2D(((0, 0), tuple(c["cropping"])), name=name)
+    if kind == "SpatialDropout1D":
+        return k.layers.SpatialDropout2D(c["rate"], name=name)
+    return None
