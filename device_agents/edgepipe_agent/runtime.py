@@ -68,13 +68,14 @@ def import_runtime(preference: str) -> tuple[Any, Any, str, str | None]:
 
 
 def quantize(np: Any, x: Any, detail: dict[str, Any]) -> Any:
-    """Float samples -> the input tensor's type, with the model's own scale and zero point."""
+    """Float samples -> the input tensor's type, with the model's own scale and zero point; an integer input
+    without a scale takes index values (token ids into an Embedding) as they are."""
     dtype = detail["dtype"]
     scale, zero_point = detail["quantization"]
     if not np.issubdtype(dtype, np.integer):
         return x.astype(dtype)
     if not scale:
-        raise JobFailed("DataMismatch", "the model's integer input has no quantization scale")
+        return np.rint(x).astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 

@@ -216,7 +216,9 @@ def print_summary(result: dict[str, Any]) -> None:
             f" ({relative:+.1%})" if relative is not None else ""
         )
     stdout.print(
-        f"final: {final['path']}  {conformance['io_type']} in/out, "
+        f"final: {final['path']}  {conformance['io_type']} in/out"
+        + (" (index inputs int32)" if conformance.get("index_inputs") else "")
+        + ", "
         + ("integer-only" if conformance["passed"] else "[red]NOT integer-only[/]")
         + f"  {quality}",
         highlight=False,

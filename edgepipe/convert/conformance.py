@@ -1,7 +1,9 @@
 """Is the converted model integer-only? Read from the flatbuffer, op by op.
 
 A model passes when its inputs and outputs have the integer type asked for and no operator touches a float
-tensor. Two kinds of finding are listed by operator and tensor name:
+tensor. An input of type int32 or int64 without quantization parameters is an index input (token ids into an
+Embedding, which becomes GATHER): it holds integers already and is taken as it is (``index_inputs``).
+Findings are listed by operator and tensor name:
 
 - ``float_op``: an operator with a float input, output or weight — it would run a float kernel on the board;
 - ``island``: a DEQUANTIZE (integer -> float) or a QUANTIZE from float, the edges of a float region inside
@@ -20,6 +22,7 @@ from typing import Any
 from edgepipe.tflite_model import Op, TfliteModel
 
 FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
+INDEX_TYPES = {"int32", "int64"}
 
 
 @dataclass
@@ -37,11 +40,17 @@ class ConformanceReport:
     input_types: list[str]
     output_types: list[str]
     findings: list[Finding] = field(default_factory=list)
+    index_inputs: list[int] = field(default_factory=list)  # positions of int32/int64 inputs without a scale
 
     @property
     def passed(self) -> bool:
-        io_ok = all(t == self.io_type for t in [*self.input_types, *self.output_types])
-        return io_ok and not self.findings
+        return not self._wrong_io() and not self.findings
+
+    def _wrong_io(self) -> list[str]:
+        inputs = [(i, t) for i, t in enumerate(self.input_types) if i not in self.index_inputs]
+        return [f"input {i} is {t}, not {self.io_type}" for i, t in inputs if t != self.io_type] + [
+            f"output {i} is {t}, not {self.io_type}" for i, t in enumerate(self.output_types) if t != self.io_type
+        ]
 
     @property
     def bad_scales(self) -> list[Finding]:
@@ -49,9 +58,7 @@ class ConformanceReport:
 
     def problems(self) -> list[str]:
         """One short line per problem, for error messages."""
-        lines = []
-        for kind, types in (("input", self.input_types), ("output", self.output_types)):
-            lines += [f"{kind} {i} is {t}, not {self.io_type}" for i, t in enumerate(types) if t != self.io_type]
+        lines = self._wrong_io()
         lines += [f"{f.kind} #{f.op_index} {f.op} ({', '.join(f.tensors)}): {f.detail}" for f in self.findings]
         return lines
 
@@ -61,6 +68,7 @@ class ConformanceReport:
             "io_type": self.io_type,
             "input_types": self.input_types,
             "output_types": self.output_types,
+            "index_inputs": self.index_inputs,
             "float_ops": [asdict(f) for f in self.findings if f.kind == "float_op"],
             "islands": [asdict(f) for f in self.findings if f.kind == "island"],
             "bad_scales": [asdict(f) for f in self.bad_scales],
@@ -72,6 +80,12 @@ def check(model: TfliteModel, io_type: str = "int8") -> ConformanceReport:
         io_type=io_type,
         input_types=[model.tensors[i].dtype for i in model.inputs],
         output_types=[model.tensors[i].dtype for i in model.outputs],
+        index_inputs=[
+            position
+            for position, i in enumerate(model.inputs)
+            if model.tensors[i].dtype in INDEX_TYPES
+            and (model.tensors[i].scale is None or not model.tensors[i].scale.size)
+        ],
     )
     seen: set[int] = set()
     for op in model.ops:

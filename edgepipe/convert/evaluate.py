@@ -46,8 +46,8 @@ class Evaluation:
 def quantize(x: np.ndarray, dtype: np.dtype, scale: float, zero_point: int) -> np.ndarray:
     if not np.issubdtype(dtype, np.integer):
         return x.astype(dtype)
-    if scale == 0:
-        raise ModelError("the model's integer input has no quantization scale")
+    if scale == 0:  # an index input (token ids into an Embedding): integers, as they are
+        return np.rint(x).astype(dtype)
     info = np.iinfo(dtype)
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 

@@ -125,7 +125,9 @@ def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray]
     converter = converter_for(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
     arrays = [representative] if isinstance(representative, np.ndarray) else list(representative)
-    samples = [np.asarray(a, dtype=np.float32) for a in arrays]
+    # an index input (token ids into an Embedding) is int32 in the model and must be calibrated as such
+    dtypes = [np.dtype(getattr(t.dtype, "as_numpy_dtype", np.float32)) for t in model.inputs]
+    samples = [np.asarray(a, dtype=dtype) for a, dtype in zip(arrays, dtypes, strict=True)]
     names = list(model.input_names)
 
     def calibration() -> Iterator[list[np.ndarray] | dict[str, np.ndarray]]:
