@@ -1,0 +1,284 @@
+"""Layers users' models have and the bundled examples did not, through the real CLI: the Keras tutorial's
+augmentation and rescaling inside the model, activations TF-MOT's QAT cannot fake-quantize inside a layer,
+token ids into an Embedding, a data set without labels, and 1-D convolutions (sensor and audio models).
+
+Each of these failed before: QAT refused RandomFlip (under PQAT with TF-MOT's own error), an input Rescaling
+with an offset became DEQUANTIZE -> QUANTIZE at the input, a Conv2D with activation="relu6" or "selu" ended QAT
+with "Only some Keras activations ... are supported", an Embedding's int32 input failed the float model's
+evaluation ("integer input has no quantization scale") and the converter's calibration, a Dataset without
+labels failed inside Keras' loss, channel pruning did not take Conv1D and QAT refused every Conv1D model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_recipe
+from test_channel_prune import _zero_half_of_every_group
+
+from edgepipe.keras_compat import keras
+from edgepipe.optimization import channels
+from edgepipe.optimization.lift_1d import lift_1d
+from edgepipe.tflite_model import TfliteModel
+
+pytestmark = pytest.mark.slow
+
+MODELS = '''
+import numpy as np
+import tf_keras as k
+from edgepipe.data import Dataset
+from edgepipe.examples import digits
+
+
+def tutorial():
+    """The Keras image-classification tutorial's shape: augmentation and rescaling inside the model, and
+    activations QAT does not quantize inside a layer."""
+    return k.Sequential([
+        k.layers.Input((8, 8, 1)),
+        k.layers.RandomFlip("horizontal"),
+        k.layers.RandomRotation(0.05),
+        k.layers.Rescaling(2.0, offset=-1.0),
+        k.layers.Conv2D(16, 3, padding="same", activation="relu6"),
+        k.layers.MaxPooling2D(),
+        k.layers.Conv2D(16, 3, padding="same", activation="selu"),
+        k.layers.Flatten(),
+        k.layers.Dense(10),
+    ], name="tutorial")
+
+
+def elu():
+    return k.Sequential([k.layers.Input((8, 8, 1)), k.layers.Conv2D(8, 3, activation="elu"), k.layers.Flatten(),
+                         k.layers.Dense(10)], name="elu")
+
+
+def tokens():
+    """Each digit as the positions of its inked pixels (1-64, 0 = none): token ids for an Embedding."""
+    d = digits.load()
+    def ids(x):
+        flat = x.reshape(len(x), 64)
+        return np.where(flat > 0.3, np.arange(1, 65), 0).astype(np.int32)
+    return Dataset("digit-tokens", ids(d.x_train[0]), d.y_train[0], ids(d.x_test[0]), d.y_test[0])
+
+
+def bag_of_tokens():
+    return k.Sequential([
+        k.layers.Input((64,), dtype="int32"),
+        k.layers.Embedding(65, 16),
+        k.layers.GlobalAveragePooling1D(),
+        k.layers.Dense(32, activation="relu"),
+        k.layers.Dense(10),
+    ], name="bag_of_tokens")
+
+
+def sensor():
+    """Conv1D -> BN -> ReLU blocks over 8 steps of 8 features (each digit's rows), one of them causal."""
+    i = k.layers.Input((8, 8))
+    x = k.layers.Conv1D(16, 3, padding="same", use_bias=False)(i)
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(x))
+    x = k.layers.MaxPooling1D(2)(x)
+    x = k.layers.Conv1D(32, 3, padding="causal", use_bias=False)(x)
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(x))
+    return k.Model(i, k.layers.Dense(10)(k.layers.GlobalAveragePooling1D()(x)), name="sensor")
+
+
+def rows():
+    d = digits.load()
+    return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
+
+
+def unlabelled():
+    d = digits.load()
+    return Dataset("no-labels", d.x_train[0], (), d.x_test[0], ())
+'''
+
+TUTORIAL = """
+name: tutorial
+model: {source: models:tutorial, train: {epochs: 8, learning_rate: 0.003}}
+data: {source: edgepipe.examples.digits:load}
+fine_tune: {epochs: 1, learning_rate: 0.0005}
+stages:
+  - {kind: prune, target_sparsity: 0.5}
+  - {kind: qat}            # PQAT: its registry called RandomFlip and Rescaling supported, then failed on them
+convert: {representative_samples: 64}
+gates: {max_accuracy_drop: 5.0}
+"""
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())  # CI's terminal wraps at 80 columns
+
+
+def test_the_keras_tutorial_shape_trains_with_quantization_into_an_integer_only_model(tmp_path: Path) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, TUTORIAL)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "removed random_flip (RandomFlip), random_rotation (RandomRotation)" in said
+    assert "conv2d -> conv2d + conv2d_relu6 (Activation)" in said and "conv2d_1 + conv2d_1_selu" in said
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["baseline"]["rewrites"][:2] == ["random_flip (RandomFlip) removed (training only)",
+                                               "random_rotation (RandomRotation) removed (training only)"]  # fmt: skip
+    qat = record["stages"][-1]
+    assert qat["details"]["scheme"] == "PQAT" and qat["details"]["input_rescaling"] == ["rescaling"]
+    assert record["final"]["conformance"]["passed"]
+    ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    # The rescaling, left to the converter, is integer MUL and ADD: no float island at the input.
+    assert "DEQUANTIZE" not in ops and "QUANTIZE" not in ops, ops
+    assert record["final"]["accuracy"] >= record["final"]["agreement"]["float_keras"] - 0.05
+
+
+def test_elu_which_the_converter_keeps_in_float_is_named_with_what_to_use_instead(tmp_path: Path) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = TUTORIAL.replace("models:tutorial", "models:elu").replace("  - {kind: prune, target_sparsity: 0.5}\n", "")
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 3, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "does not support 'conv2d' (Conv2D with activation 'elu')" in said, said
+    assert "keeps ELU in float" in said and "use selu, leaky_relu or relu instead of elu" in said
+    assert not (tmp_path / "run").exists()
+
+    ptq = recipe.replace("{kind: qat}", "{kind: ptq}")  # converts, with ELU in float: named the same way
+    done = run_cli("optimize", str(write_recipe(tmp_path, ptq)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 5, done.stderr[-3000:]  # not integer-only
+    said = _words(done.stderr)
+    assert "the final model is not integer-only: ELU" in said and "use selu, leaky_relu or relu" in said
+    assert not (tmp_path / "run").exists() and (tmp_path / "run.failed").is_dir()
+
+
+TOKENS = """
+name: tokens
+model: {source: models:bag_of_tokens, train: {epochs: 30, learning_rate: 0.01}}
+data: {source: models:tokens}
+stages:
+  - {kind: ptq}
+gates: {max_accuracy_drop: 3.0}
+"""
+
+
+def test_token_ids_into_an_embedding_stay_integers_on_host_and_board(tmp_path: Path) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, TOKENS)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "int8 in/out (index inputs int32), integer-only" in _words(done.stdout)
+    record = json.loads((out / "optimize.json").read_text())
+    conformance = record["final"]["conformance"]
+    assert conformance["index_inputs"] == [0] and conformance["input_types"] == ["int32"]
+    final = TfliteModel.read(out / "model.tflite")
+    assert "GATHER" in [op.name for op in final.ops]
+    accuracy = record["final"]["accuracy"]
+    assert accuracy > 0.8, accuracy  # the token ids reached the Embedding as integers (not scaled, not floats)
+
+    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    result = json.loads((out / "deploy-local.json").read_text())
+    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_a_classifier_recipe_on_data_without_labels_says_so_and_names_reconstruction(tmp_path: Path) -> None:
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = TUTORIAL.replace("edgepipe.examples.digits:load", "models:unlabelled")
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "data.source: no-labels has no array 'y_train', 'y_test'" in said, said
+    assert "set task: reconstruction" in said and "Traceback" not in said
+
+
+def _sensor_model(flatten: bool) -> object:
+    """Conv1D -> BN -> ReLU blocks over 8 steps of 8 features, as accelerometer and audio models have them."""
+    k = keras()
+    inputs = k.layers.Input((8, 8))
+    x = inputs
+    for index, filters in enumerate((16, 32)):
+        x = k.layers.Conv1D(filters, 3, padding="same", use_bias=False, name=f"conv{index}")(x)
+        x = k.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = k.layers.ReLU()(x)
+        x = k.layers.MaxPooling1D(2)(x) if index == 0 else x
+    x = k.layers.Flatten()(x) if flatten else k.layers.GlobalAveragePooling1D()(x)
+    return k.Model(inputs, k.layers.Dense(10, name="logits")(x))
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["global-pooling", "flatten"])
+def test_a_conv1d_model_prunes_exactly_when_the_removed_channels_are_zero(flatten: bool) -> None:
+    rng = np.random.default_rng(0)
+    model = _sensor_model(flatten)
+    for layer in model.layers:  # BatchNorm statistics that are not the identity, so that zeroing is visible
+        if type(layer).__name__ == "BatchNormalization":
+            shapes = [w.shape for w in layer.get_weights()]
+            layer.set_weights([rng.uniform(0.5, 1.5, shapes[0]), rng.normal(0, 0.1, shapes[1]),
+                               rng.normal(0, 0.1, shapes[2]), rng.uniform(0.5, 1.5, shapes[3])])  # fmt: skip
+    x = rng.random((16, 8, 8), dtype=np.float32)
+    untouched = model.predict(x, verbose=0)
+    _zero_half_of_every_group(model, rng)
+    reference = model.predict(x, verbose=0)
+    assert not np.allclose(untouched, reference)
+    plan = channels.analyze(model)
+    assert list(plan.blocked().values()) == [["logits (a model output)"]], plan.blocked()
+    plan = channels.decide(model, plan, channels.importance(model, plan, "bn_gamma"), 0.5, {}, False, 1, 1)
+    pruned = channels.rebuild(model, plan)
+    assert [pruned.get_layer(f"conv{i}").filters for i in (0, 1)] == [8, 16]
+    assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
+SENSOR = """
+name: sensor
+model: {source: models:sensor, train: {epochs: 15, learning_rate: 0.01}}
+data: {source: models:rows}
+fine_tune: {epochs: 2, learning_rate: 0.0005}
+stages:
+  - {kind: qat}
+convert: {representative_samples: 64}
+gates: {max_accuracy_drop: 3.0}
+"""
+
+
+def test_a_conv1d_model_trains_with_quantization_as_tflite_runs_it(tmp_path: Path) -> None:
+    """TF-MOT's QAT has no 1-D layer: the qat stage lifts them to 2-D, BatchNorm folds, and the board agrees."""
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, SENSOR)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["stages"][0]["details"]["lifted_1d"] == [
+        "conv1d", "max_pooling1d", "conv1d_1", "global_average_pooling1d"
+    ]  # fmt: skip
+    ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    assert ops.count("CONV_2D") == 2 and "MUL" not in ops and "ADD" not in ops, ops  # BatchNorm folded
+    assert record["final"]["conformance"]["passed"]
+    float_accuracy, accuracy = record["final"]["agreement"]["float_keras"], record["final"]["accuracy"]
+    assert float_accuracy > 0.85 and accuracy >= float_accuracy - 0.03, (float_accuracy, accuracy)
+    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    result = json.loads((out / "deploy-local.json").read_text())
+    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
+    """Every 1-D layer kind, a concatenation, a residual add, a Dense on the sequence, a causal dilated conv, an
+    LSTM and Flatten that need the sequence back, and a sequence output: the lifted model computes the same."""
+    k = keras()
+    inputs = k.Input((16, 6))
+    h = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Conv1D(8, 3, padding="same", use_bias=False)(inputs)))
+    h = k.layers.MaxPooling1D(2)(h)
+    a = k.layers.Conv1D(8, 3, padding="causal", dilation_rate=2, activation="relu")(h)
+    b = k.layers.DepthwiseConv1D(3, padding="same")(h)
+    h = k.layers.Concatenate()([a, b])
+    h = k.layers.Add()([h, k.layers.Conv1D(16, 1)(h)])
+    h = k.layers.ZeroPadding1D(1)(k.layers.UpSampling1D(2)(h))
+    h = k.layers.Dense(5)(k.layers.AveragePooling1D(2)(k.layers.Conv1D(4, 3, strides=2)(h)))
+    summary = k.layers.Concatenate()([k.layers.LSTM(4)(h), k.layers.Flatten()(h), k.layers.GlobalMaxPooling1D()(h)])
+    model = k.Model(inputs, [k.layers.Dense(3)(summary), h])
+    x = np.random.default_rng(0).random((8, 16, 6), dtype=np.float32)
+    lifted, names = lift_1d(model, x)  # raises if any output differs by more than 1e-4
+    kinds = [type(layer).__name__ for layer in lifted.layers]
+    assert not {"Conv1D", "DepthwiseConv1D", "MaxPooling1D", "UpSampling1D"} & set(kinds), kinds
+    assert len(names) == 10 and lifted.output_shape[1] == model.output_shape[1]
+    for want, got in zip(model.predict(x, verbose=0), lifted.predict(x, verbose=0), strict=True):
+        assert want.shape == got.shape and np.abs(want - got).max() <= 1e-5 * max(1.0, np.abs(want).max())
