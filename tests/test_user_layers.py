@@ -89,6 +89,22 @@ def rows():
     return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
 
 
+def flat():
+    d = digits.load()
+    return Dataset("flat", d.x_train[0].reshape(-1, 64) * 16, d.y_train[0], d.x_test[0].reshape(-1, 64) * 16,
+                   d.y_test[0])
+
+
+def tabular():
+    """Features standardized by an adapted Normalization, and a BatchNormalization that no layer folds."""
+    norm = k.layers.Normalization()
+    norm.adapt(flat().x_train[0])
+    i = k.layers.Input((64,))
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Dense(64)(norm(i))))
+    x = k.layers.BatchNormalization(name="loose_bn")(k.layers.Dropout(0.2)(x))
+    return k.Model(i, k.layers.Dense(10, activation="softmax")(x), name="tabular")
+
+
 def unlabelled():
     d = digits.load()
     return Dataset("no-labels", d.x_train[0], (), d.x_test[0], ())
@@ -282,3 +298,29 @@ def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
     assert len(names) == 10 and lifted.output_shape[1] == model.output_shape[1]
     for want, got in zip(model.predict(x, verbose=0), lifted.predict(x, verbose=0), strict=True):
         assert want.shape == got.shape and np.abs(want - got).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
+TABULAR = """
+name: tabular
+model: {source: models:tabular, train: {epochs: 10, learning_rate: 0.002}}
+data: {source: models:flat}
+fine_tune: {epochs: 2, learning_rate: 0.0005}
+stages:
+  - {kind: qat}
+gates: {max_accuracy_drop: null}
+"""
+
+
+def test_a_normalization_input_and_a_batchnorm_nothing_folds_train_with_quantization(tmp_path: Path) -> None:
+    """Both were refused ("does not support 'normalization', 'loose_bn'"): the Normalization reading the input
+    is left to the converter, the loose BatchNorm gets its output quantized."""
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, TABULAR)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    details = record["stages"][0]["details"]
+    assert details["input_rescaling"] == ["normalization"] and "loose_bn" in details["layers"]
+    assert record["final"]["conformance"]["passed"]
+    # The input's Normalization is calibrated from the representative samples (256; with 64 it lost 6 points)
+    assert record["final"]["accuracy"] >= record["final"]["agreement"]["float_keras"] - 0.03

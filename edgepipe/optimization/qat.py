@@ -222,12 +222,30 @@ def _follows_a_foldable_layer(layer: Any) -> bool:
     return any(type(source).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") for source in _sources(layer))
 
 
+# Layers that are a fixed per-channel affine map at inference (x * a + b), which TF-MOT's registry lacks (but for
+# a BatchNormalization its transforms fold into the Conv2D/DepthwiseConv2D/Dense before it).
+AFFINE = ("Rescaling", "Normalization", "BatchNormalization")
+
+
 def _scales_an_input(layer: Any) -> bool:
-    """A Rescaling that reads a model input (``Rescaling(1/127.5, offset=-1)`` first, as in the Keras tutorials
-    and Keras Applications). Quantized at its output it becomes DEQUANTIZE -> QUANTIZE at the int8 input
-    whenever it has an offset (measured, TF 2.21): not integer-only. Left out of QAT, the converter quantizes
-    it from the calibration data (integer MUL and ADD, or folded into the input's scale and zero point)."""
-    return type(layer).__name__ == "Rescaling" and all(type(s).__name__ == "InputLayer" for s in _sources(layer))
+    """An affine layer that reads a model input (``Rescaling(1/127.5, offset=-1)`` first, as in the Keras
+    tutorials and Keras Applications; a ``Normalization`` adapted to the data; a BatchNormalization in front).
+    Quantized at its output a Rescaling becomes DEQUANTIZE -> QUANTIZE at the int8 input whenever it has an
+    offset (measured, TF 2.21): not integer-only. Left out of QAT, the converter quantizes it from the
+    calibration data (integer MUL and ADD, or folded into the input's scale and zero point)."""
+    return type(layer).__name__ in AFFINE and all(type(s).__name__ == "InputLayer" for s in _sources(layer))
+
+
+def _output_quantized_only(layer: Any) -> bool:
+    """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
+    two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
+    no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize (elu aside)."""
+    kind = type(layer).__name__
+    if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in ("Rescaling", "Normalization"):
+        return True
+    if kind == "BatchNormalization":
+        return not _follows_a_foldable_layer(layer)
+    return kind == "Activation" and _activation_name(layer.activation) not in _known_activations()
 
 
 def _freeze_left_out(quantized: Any, left_out: list[str]) -> list[str]:
@@ -313,10 +331,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             return quantization.quantize_annotate_layer(layer, _output_only())
         if layer.name not in annotated_names or layer.name in functions:
             return layer
-        if isinstance(layer, (*layers(), keras().layers.Multiply, keras().layers.Rescaling)) or (
-            isinstance(layer, keras().layers.Activation)
-            and _activation_name(layer.activation) not in _known_activations()
-        ):
+        if _output_quantized_only(layer):
             return quantization.quantize_annotate_layer(layer, _output_only())
         return quantization.quantize_annotate_layer(layer)
 
