@@ -67,6 +67,25 @@ def check_fits(model: Any, data: Dataset, file: str | None) -> None:
             f"the model has {outputs} outputs but the data {len(data.y_train)} target arrays",
             hint="give y_train_0, y_train_1, ... (one per output, in the order of the model's outputs)",
         )
+    for index, (shape, labels) in enumerate(zip(_shapes(model.output_shape), data.y_train, strict=False)):
+        if labels.dtype.kind not in "iub" or shape[-1] is None:
+            continue  # regression targets, or an output of unknown width
+        units, largest = int(shape[-1]), int(max(labels.max(), data.y_test[index].max()))
+        which = "" if outputs == 1 else f" (output {index})"
+        if units == 1 and largest > 1:
+            raise ConfigError.at(
+                file,
+                "data.source",
+                f"the model's output{which} has one unit (a binary classifier) but the labels go up to {largest}",
+                hint=f"give the head {largest + 1} units, or labels 0 and 1",
+            )
+        if units > 1 and largest >= units:
+            raise ConfigError.at(
+                file,
+                "data.source",
+                f"the labels go up to {largest} but the model's output{which} has {units} units, one per class",
+                hint=f"give the head {largest + 1} units",
+            )
     if not data.y_train and (outputs, len(expected)) != (1, 1):
         raise ConfigError.at(
             file,
@@ -162,7 +181,7 @@ def compile_for(model: Any, task: Task, learning_rate: Any) -> None:
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate),
         loss=losses[0] if len(losses) == 1 else losses,
-        metrics=[task.keras_metric()],
+        metrics=[[m] for m in task.keras_metrics()] if len(losses) > 1 else task.keras_metrics()[:1],
     )
 
 

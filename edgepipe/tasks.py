@@ -27,20 +27,52 @@ def ends_with_softmax(layer: Any) -> bool:
     """True for a Softmax layer or a layer whose ``activation`` is softmax (unwrapped layers only)."""
     if type(layer).__name__ == "Softmax":
         return True
-    return getattr(getattr(layer, "activation", None), "__name__", "") == "softmax"
+    return _activation(layer) == "softmax"
+
+
+def _activation(layer: Any) -> str:
+    if type(layer).__name__ == "Activation":
+        return getattr(layer.activation, "__name__", "")
+    return getattr(getattr(layer, "activation", None), "__name__", "")
+
+
+def binary_threshold(layer: Any, units: int) -> float | None:
+    """For a classifier output of one unit (a binary classifier: class 1 when the output is above the
+    threshold), 0.5 after a sigmoid and 0.0 for a logit; None for an output of several classes."""
+    if units != 1:
+        return None
+    return 0.5 if _activation(layer) == "sigmoid" else 0.0
+
+
+def answers(values: np.ndarray, threshold: float | None) -> np.ndarray:
+    """The values of each sample as columns whose argmax is the class: a binary output (one column) gets the
+    threshold in front, so that argmax answers 1 exactly when the output is above it and the margin of an
+    answer is its distance from the threshold. Every argmax in edgepipe and the agent reads classes this way."""
+    flat = np.asarray(values).reshape(len(values), -1)
+    if threshold is None or flat.shape[1] != 1:
+        return flat
+    return np.concatenate([np.full_like(flat, threshold, dtype=np.float64), flat.astype(np.float64)], axis=1)
 
 
 @dataclass(frozen=True)
 class Task:
-    """The task and, for a classifier, whether each output gives probabilities (softmax) or logits."""
+    """The task and, for a classifier, whether each output gives probabilities (softmax) or logits, and for a
+    binary one (one unit) the threshold above which it answers 1."""
 
     kind: TaskKind = "classification"
     probabilities: tuple[bool, ...] = (False,)
+    thresholds: tuple[float | None, ...] = ()  # per output; empty: no binary output
 
     @classmethod
     def of(cls, model: Any, kind: TaskKind = "classification") -> Task:
         """Decide from the float (unwrapped) model; call this before any TF-MOT wrapper is applied."""
-        return cls(kind, tuple(ends_with_softmax(layer) for layer in output_layers(model)))
+        heads = output_layers(model)
+        thresholds: tuple[float | None, ...] = ()
+        if kind == "classification":
+            units = [int(tensor.shape[-1]) for tensor in model.outputs]
+            thresholds = tuple(binary_threshold(layer, n) for layer, n in zip(heads, units, strict=True))
+            thresholds = thresholds if any(t is not None for t in thresholds) else ()
+        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds)
 
     @property
     def has_labels(self) -> bool:
@@ -51,25 +83,55 @@ class Task:
     def outputs(self) -> int:
         return len(self.probabilities)
 
+    def threshold(self, index: int) -> float | None:
+        return self.thresholds[index] if index < len(self.thresholds) else None
+
+    @property
+    def binary(self) -> bool:
+        return any(t is not None for t in self.thresholds)
+
     def losses(self) -> list[Any]:
         """One Keras loss per output."""
         from edgepipe.keras_compat import keras
 
         losses = keras().losses
-        if self.kind == "classification":
-            return [losses.SparseCategoricalCrossentropy(from_logits=not p) for p in self.probabilities]
-        return [losses.MeanSquaredError() for _ in self.probabilities]
+        if self.kind != "classification":
+            return [losses.MeanSquaredError() for _ in self.probabilities]
+        chosen = []
+        for index, probabilities in enumerate(self.probabilities):
+            threshold = self.threshold(index)
+            if threshold is not None:
+                chosen.append(losses.BinaryCrossentropy(from_logits=threshold == 0.0))
+            else:
+                chosen.append(losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
+        return chosen
 
     def keras_metric(self) -> str:
         """The metric Keras reports while training (shown in the epoch progress bar)."""
         return "accuracy" if self.kind == "classification" else "mae"
+
+    def keras_metrics(self) -> list[Any]:
+        """The metric of each output for ``compile``: Keras' "accuracy" would read a logit as a probability."""
+        from edgepipe.keras_compat import keras
+
+        metrics: list[Any] = []
+        for index in range(self.outputs):
+            threshold = self.threshold(index)
+            binary = (
+                keras().metrics.BinaryAccuracy(name="accuracy", threshold=threshold) if threshold is not None else None
+            )
+            metrics.append(binary or self.keras_metric())
+        return metrics
 
     @property
     def metric(self) -> str:
         return METRICS[self.kind][0]
 
     def score(self, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
-        return score(self.kind, outputs, targets)
+        return score(self.kind, outputs, targets, self.thresholds)
+
+    def agreement(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
+        return agreement(self.kind, a, b, self.thresholds)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -104,19 +166,27 @@ class Score:
         return {"metric": self.metric, "value": self.value, "per_output": list(self.per_output)}
 
 
-def score(kind: TaskKind, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
+def score(
+    kind: TaskKind,
+    outputs: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    thresholds: Sequence[float | None] = (),
+) -> Score:
     """Score float outputs (dequantized) against targets, output by output.
 
-    classification: top-1 accuracy of each output against integer labels; regression: mean absolute error;
-    reconstruction: mean squared error of each output against the input it reconstructs (targets = inputs).
+    classification: top-1 accuracy of each output against integer labels (a one-unit output answers 1 above its
+    threshold, ``answers``); regression: mean absolute error; reconstruction: mean squared error of each output
+    against the input it reconstructs (targets = inputs).
     """
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
     values = []
-    for out, target in zip(outputs, targets, strict=True):
+    for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
         if kind == "classification":
-            values.append(float(np.mean(flat.argmax(axis=1) == np.asarray(target).reshape(-1))))
+            threshold = thresholds[index] if index < len(thresholds) else None
+            predicted = answers(flat, threshold).argmax(axis=1)
+            values.append(float(np.mean(predicted == np.asarray(target).reshape(-1))))
             continue
         want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
         if want.shape != flat.shape:
@@ -127,13 +197,15 @@ def score(kind: TaskKind, outputs: Sequence[np.ndarray], targets: Sequence[np.nd
     return Score(metric, round(float(np.mean(values)), 6), tuple(round(v, 6) for v in values))
 
 
-def agreement(kind: TaskKind, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
+def agreement(
+    kind: TaskKind, a: Sequence[np.ndarray], b: Sequence[np.ndarray], thresholds: Sequence[float | None] = ()
+) -> float | None:
     """Top-1 agreement between two models' outputs (classification); None for other tasks, whose outputs are
     compared by their error against the targets instead."""
     if kind != "classification":
         return None
-    same = [
-        np.mean(np.asarray(x).reshape(len(x), -1).argmax(axis=1) == np.asarray(y).reshape(len(y), -1).argmax(axis=1))
-        for x, y in zip(a, b, strict=True)
-    ]
+    same = []
+    for index, (x, y) in enumerate(zip(a, b, strict=True)):
+        threshold = thresholds[index] if index < len(thresholds) else None
+        same.append(np.mean(answers(x, threshold).argmax(axis=1) == answers(y, threshold).argmax(axis=1)))
     return round(float(np.mean(same)), 6)

@@ -38,6 +38,22 @@ def test_the_agent_scores_exactly_as_the_host_does(task: str, monkeypatch: pytes
     assert host.metric == {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
 
 
+def test_a_one_unit_output_answers_one_above_its_threshold_on_host_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A binary classifier's single column: argmax would always answer 0 (the score was the share of zeros)."""
+    logits = np.array([[-2.0], [0.5], [3.0], [-0.1]], dtype=np.float32)
+    labels = np.array([0, 1, 1, 1])
+    host = score("classification", [logits, 1 / (1 + np.exp(-logits))], [labels, labels], (0.0, 0.5))
+    assert list(host.per_output) == [0.75, 0.75]
+    assert score("classification", [logits], [labels]).value == 0.25  # what argmax alone gave
+    agent = agent_module(monkeypatch)
+    assert agent.score(np, "classification", [logits], [labels], [0.0]) == [0.75]
+    # In raw int8 units the board's answer flips where it crosses the threshold, with its distance as the margin
+    host_raw, board_raw = np.array([[-20], [5], [30]]), np.array([[-20], [-3], [30]])
+    found = agent.agreement(np, "classification", [host_raw], [board_raw], [labels[:3]], [0.0])
+    assert found["top1"] == pytest.approx(2 / 3) and found["top1_changed_margins"] == [[5.0]]
+    assert found["top1_discordant"] == [[1, 0]]
+
+
 @pytest.mark.slow
 def test_reconstruction_is_scored_by_its_error_and_needs_no_labels(task_runs: dict) -> None:
     directory, result = task_runs["autoencoder"]

@@ -105,6 +105,18 @@ def tabular():
     return k.Model(i, k.layers.Dense(10, activation="softmax")(x), name="tabular")
 
 
+def five_or_more():
+    d = digits.load()
+    return Dataset("five-or-more", d.x_train[0], (d.y_train[0] >= 5).astype(np.int64), d.x_test[0],
+                   (d.y_test[0] >= 5).astype(np.int64))
+
+
+def binary():
+    """A binary classifier: one sigmoid unit (person / no person, keyword / silence)."""
+    return k.Sequential([k.layers.Input((8, 8, 1)), k.layers.Flatten(), k.layers.Dense(32, activation="relu"),
+                         k.layers.Dense(1, activation="sigmoid")], name="binary")
+
+
 def unlabelled():
     d = digits.load()
     return Dataset("no-labels", d.x_train[0], (), d.x_test[0], ())
@@ -324,3 +336,43 @@ def test_a_normalization_input_and_a_batchnorm_nothing_folds_train_with_quantiza
     assert record["final"]["conformance"]["passed"]
     # The input's Normalization is calibrated from the representative samples (256; with 64 it lost 6 points)
     assert record["final"]["accuracy"] >= record["final"]["agreement"]["float_keras"] - 0.03
+
+
+BINARY = """
+name: binary
+model: {source: models:binary, train: {epochs: 10, learning_rate: 0.003}}
+data: {source: models:five_or_more}
+fine_tune: {epochs: 1, learning_rate: 0.0005}
+stages:
+  - {kind: prune, target_sparsity: 0.5}
+  - {kind: qat}
+gates: {max_accuracy_drop: 3.0}
+"""
+
+
+def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_threshold(tmp_path: Path) -> None:
+    """Before: its training failed inside the sparse cross-entropy (one unit is not one unit per class), and
+    argmax over one column would have scored every sample as class 0."""
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, BINARY)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    accuracy = record["final"]["accuracy"]
+    assert accuracy > 0.9 and record["final"]["agreement"]["top1_agreement"] > 0.95, record["final"]
+    assert "LOGISTIC" in [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    result = json.loads((out / "deploy-local.json").read_text())
+    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # threshold 0.5, not 0
+
+    ten_classes = BINARY.replace("models:five_or_more", "edgepipe.examples.digits:load")
+    done = run_cli("optimize", str(write_recipe(tmp_path, ten_classes)), "--out", str(tmp_path / "wrong"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "has one unit (a binary classifier) but the labels go up to 9" in said and "give the head 10 units" in said
+    distilled = BINARY.replace("fine_tune: {epochs: 1,", "fine_tune: {distill: {alpha: 0.5}, epochs: 1,")
+    done = run_cli("optimize", str(write_recipe(tmp_path, distilled)), "--out", str(tmp_path / "wrong"))
+    assert done.returncode == 2 and "this model has a one-unit (binary) output" in _words(done.stderr), done.stderr
+    assert not (tmp_path / "wrong").exists()

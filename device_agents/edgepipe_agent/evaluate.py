@@ -27,14 +27,30 @@ def read_data(np: Any, path: str) -> tuple[list[Any], list[Any]]:
     return xs, ys
 
 
-def score(np: Any, task: str, outputs: list[Any], targets: list[Any]) -> list[float]:
+def answers(np: Any, values: Any, threshold: Any) -> Any:
+    """Columns whose argmax is the class: a one-unit (binary) output gets its threshold in front, so that it
+    answers 1 exactly above it. The same rule as edgepipe's tasks.answers."""
+    flat = np.asarray(values).reshape(len(values), -1)
+    if threshold is None or flat.shape[1] != 1:
+        return flat
+    return np.concatenate([np.full_like(flat, threshold, dtype=np.float64), flat.astype(np.float64)], axis=1)
+
+
+def _threshold(thresholds: list[Any], index: int) -> Any:
+    return thresholds[index] if index < len(thresholds) else None
+
+
+def score(
+    np: Any, task: str, outputs: list[Any], targets: list[Any], thresholds: list[Any] | None = None
+) -> list[float]:
     """Per output: top-1 accuracy (classification), mean absolute error (regression) or mean squared error
     against the input (reconstruction). The same formulas as edgepipe's tasks.score on the host."""
     values = []
-    for out, target in zip(outputs, targets, strict=True):
+    for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
         if task == "classification":
-            values.append(float(np.mean(flat.argmax(axis=1) == np.asarray(target).reshape(-1))))
+            predicted = answers(np, flat, _threshold(thresholds or [], index)).argmax(axis=1)
+            values.append(float(np.mean(predicted == np.asarray(target).reshape(-1))))
             continue
         want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
         if want.shape != flat.shape:
@@ -77,14 +93,17 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         for chunk, output in zip(chunks, interpreter.get_output_details(), strict=True):
             chunk.append(interpreter.get_tensor(output["index"]).reshape(size, -1).copy())
     raw = [np.concatenate(chunk) for chunk in chunks]
-    dequantized = []
-    for values, output in zip(raw, interpreter.get_output_details(), strict=True):
+    dequantized, raw_thresholds = [], []
+    thresholds = job["thresholds"] or []
+    for index, (values, output) in enumerate(zip(raw, interpreter.get_output_details(), strict=True)):
         scale, zero_point = output["quantization"]
         dequantized.append((values.astype(np.float32) - zero_point) * scale if scale else values.astype(np.float32))
+        threshold = _threshold(thresholds, index)  # in the raw (integer) units the agreement compares
+        raw_thresholds.append(threshold / scale + zero_point if threshold is not None and scale else threshold)
     targets = ys if task != "reconstruction" else xs
     if len(targets) != len(raw):
         raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
-    per_output = score(np, task, dequantized, targets)
+    per_output = score(np, task, dequantized, targets, thresholds)
     value = sum(per_output) / len(per_output)
     metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
     report: dict[str, Any] = {
@@ -106,11 +125,13 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         if [r.shape for r in reference] != [r.shape for r in raw]:
             shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
             raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
-        report["agreement"] = agreement(np, task, reference, raw, targets)
+        report["agreement"] = agreement(np, task, reference, raw, targets, raw_thresholds)
     return report
 
 
-def agreement(np: Any, task: str, reference: list[Any], raw: list[Any], targets: list[Any]) -> dict[str, Any]:
+def agreement(
+    np: Any, task: str, reference: list[Any], raw: list[Any], targets: list[Any], thresholds: list[Any] | None = None
+) -> dict[str, Any]:
     """How closely this board's raw outputs (``raw``) follow the host's (``reference``), output by output.
 
     ``max_abs_diff``: the largest difference of any raw value (integer steps for an int8 output). For a
@@ -122,10 +143,11 @@ def agreement(np: Any, task: str, reference: list[Any], raw: list[Any], targets:
     (what McNemar's test of the accuracy difference reads).
     """
     top1, margins, largest, discordant = [], [], [], []
-    for host, board, target in zip(reference, raw, targets, strict=True):
-        wide = host.astype(np.float64)
-        largest.append(float(np.abs(wide - board.astype(np.float64)).max()))
-        host_answer, board_answer = host.argmax(axis=1), board.argmax(axis=1)
+    for index, (host, board, target) in enumerate(zip(reference, raw, targets, strict=True)):
+        largest.append(float(np.abs(host.astype(np.float64) - board.astype(np.float64)).max()))
+        threshold = _threshold(thresholds or [], index)
+        wide, board_wide = answers(np, host, threshold).astype(np.float64), answers(np, board, threshold)
+        host_answer, board_answer = wide.argmax(axis=1), board_wide.argmax(axis=1)
         changed = np.flatnonzero(host_answer != board_answer)
         top1.append(1.0 - len(changed) / len(host) if len(host) else 1.0)
         margins.append(sorted(float(wide[i, host_answer[i]] - wide[i, board_answer[i]]) for i in changed))

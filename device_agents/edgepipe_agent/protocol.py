@@ -24,6 +24,9 @@ Job, protocol ``edgepipe.job/1``::
     stateful        paths of the models (the model, the baseline, a profile's) whose variable tensors are reset
                     before each invoke, inside the timed region: a model converted from a Keras LSTM keeps its
                     state in them, and each inference starts from the zero state             (default [])
+    thresholds      per output of the model, for a classifier with one unit (a binary one): it answers 1 above
+                    this value (0.5 after a sigmoid, 0 for a logit); null for outputs of one unit per class
+                    (argmax)                                                             (default null)
     time_limit_s    wall-time limit of the sandboxed child                               (default 300)
     memory_limit_mb address-space limit of the sandboxed child (RLIMIT_AS)               (default 2048)
 
@@ -100,6 +103,7 @@ JOB_DEFAULTS: dict[str, Any] = {
     "baseline": None,
     "profile": None,  # {model, windows, pairs, their offsets, min_seconds, min_rounds}: see measure_profile
     "stateful": [],  # paths of models whose variable tensors are reset before each invoke (a fused LSTM's)
+    "thresholds": None,  # per output: a binary classifier's threshold, or null (agent 1.8)
     "time_limit_s": 300.0,
     "memory_limit_mb": 2048,
 }
@@ -143,6 +147,12 @@ def check_job(raw: str) -> dict[str, Any]:
     stateful = job.get("stateful", [])
     if not isinstance(stateful, list) or not all(isinstance(path, str) for path in stateful):
         raise JobFailed("BadJob", "stateful must be a list of model paths")
+    thresholds = job.get("thresholds")
+    if thresholds is not None and (
+        not isinstance(thresholds, list)
+        or not all(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)) for t in thresholds)
+    ):
+        raise JobFailed("BadJob", "thresholds must be a list of numbers or nulls, one per output, or null")
     merged = {**JOB_DEFAULTS, **job}
     if merged["task"] not in (None, *TASKS):
         raise JobFailed("BadJob", f"task {merged['task']!r}: expected null or one of {', '.join(TASKS)}")

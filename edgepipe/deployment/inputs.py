@@ -122,7 +122,7 @@ def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> di
     """Accuracy and raw outputs on this machine, through the agent (one timed run: only outputs matter)."""
     from edgepipe.config.target import MeasureSettings, Target
     from edgepipe.deployment.agent import AGENT_SOURCE
-    from edgepipe.deployment.job import build_job, run_job, stateful
+    from edgepipe.deployment.job import binary_thresholds, build_job, run_job, stateful
     from edgepipe.transport.local import LocalTransport
 
     host = Target(name="host", transport="local")
@@ -130,7 +130,7 @@ def _host_run(model_file: Path, data_file: Path, outputs: Path, task: str) -> di
     model = str(model_file.resolve())
     job = build_job(
         host, measure, model, str(data_file.resolve()), None, str(outputs.resolve()), task=task,
-        stateful=stateful([(model_file, model)]),
+        stateful=stateful([(model_file, model)]), thresholds=binary_thresholds(model_file),
     )  # fmt: skip
     result = run_job(LocalTransport(), sys.executable, str(AGENT_SOURCE), job, deadline_s=900)
     result.pop("timing", None)  # one run says nothing about speed

@@ -34,6 +34,7 @@ def build_job(
     task: str | None = None,
     profile: dict[str, Any] | None = None,
     stateful: list[str] | None = None,
+    thresholds: list[float | None] | None = None,
 ) -> dict[str, Any]:
     job = {
         "protocol": JOB_PROTOCOL,
@@ -60,7 +61,40 @@ def build_job(
         job["profile"] = {**profile, "min_seconds": measure.profile_seconds, "min_rounds": 20}
     if stateful:  # models whose variable tensors the agent resets before each invoke (agent 1.7)
         job["stateful"] = stateful
+    if thresholds and task == "classification":  # a binary classifier's outputs (agent 1.8)
+        job["thresholds"] = thresholds
     return job
+
+
+# Operators that pass an output through without changing which side of a threshold it is on.
+_PASSING = frozenset({"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"})
+
+
+def binary_thresholds(local: Path | bytes | None) -> list[float | None] | None:
+    """Per output of a classifier model: for an output of one unit (a binary classifier) the value above which it
+    answers 1, 0.5 where a LOGISTIC (sigmoid) produces it and 0 for a logit; None for an output with a unit per
+    class. None when no output has one unit, or this machine cannot read the model (the agent classifies it)."""
+    from edgepipe.errors import ModelError
+    from edgepipe.tflite_model import TfliteModel
+
+    if local is None:
+        return None
+    try:
+        model = TfliteModel.read(local)
+    except (ModelError, OSError):
+        return None
+    producers = {tensor: op for op in model.ops for tensor in op.outputs}
+    found: list[float | None] = []
+    for index in model.outputs:
+        shape = model.tensors[index].shape
+        if not shape or shape[-1] != 1:
+            found.append(None)
+            continue
+        op = producers.get(index)
+        while op is not None and op.name in _PASSING and op.inputs:
+            op = producers.get(op.inputs[0])
+        found.append(0.5 if op is not None and op.name == "LOGISTIC" else 0.0)
+    return found if any(t is not None for t in found) else None
 
 
 def stateful(models: Iterable[tuple[Path | bytes | None, str]]) -> list[str]:

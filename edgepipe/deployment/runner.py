@@ -22,7 +22,7 @@ from edgepipe.deployment.agent import agent_info, agent_python, install_agent
 from edgepipe.deployment.cache import RemoteCache, limit_bytes
 from edgepipe.deployment.checks import deploy_failure, host_checks
 from edgepipe.deployment.inputs import DeployInputs, resolve_sources, stage
-from edgepipe.deployment.job import build_job, run_job, stateful
+from edgepipe.deployment.job import binary_thresholds, build_job, run_job, stateful
 from edgepipe.errors import (
     INTERRUPTED_EXIT_CODE,
     ConfigError,
@@ -224,6 +224,7 @@ def _on_board(
                     (plan.content if plan else None, (remote_profile or {}).get("model", "")),
                 ]
             ),
+            thresholds=binary_thresholds(inputs.model.path),
         )
         device = run_job(transport, agent_python(target), agent_path, job, deadline, progress)
         board_cache = _trim(cache, target, progress)

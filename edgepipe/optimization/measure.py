@@ -17,7 +17,7 @@ from edgepipe.analyze import analyze
 from edgepipe.convert import evaluate, weights
 from edgepipe.data import Dataset
 from edgepipe.provenance import sha256_bytes
-from edgepipe.tasks import Task, agreement
+from edgepipe.tasks import Task
 from edgepipe.tflite_model import TfliteModel
 
 
@@ -62,7 +62,7 @@ def measure_tflite(
         "weights": stats,
     }
     if reference is not None:
-        entry["agreement_with_float_keras"] = agreement(task.kind, result.outputs, reference)
+        entry["agreement_with_float_keras"] = task.agreement(result.outputs, reference)
     entry["_model"] = parsed  # dropped before writing; saves re-parsing for conformance and analysis
     entry["_order"] = order
     return entry

@@ -141,6 +141,19 @@ def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Pro
     return flat, lines
 
 
+def _refuse_binary_distillation(task: Task, recipe: Recipe, file: str) -> None:
+    """Distillation matches softened class distributions; a one-unit (binary) head has none to soften here."""
+    if not task.binary:
+        return
+    for index, stage in enumerate(recipe.stages):
+        if _distill_settings(recipe, stage) is not None:
+            raise ConfigError(
+                f"{file}: stages[{index}] ({stage_name(stage)}): distillation takes classifiers with a unit per "
+                "class; this model has a one-unit (binary) output",
+                hint="fine-tune without distill, or give the head two units (softmax or logits over 2 classes)",
+            )
+
+
 def _distill_settings(recipe: Recipe, stage: Any) -> DistillSettings | None:
     return recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
 
@@ -252,6 +265,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             progress.note(f"split {line}")
         rewrites += split
     task = Task.of(model, recipe.task)
+    _refuse_binary_distillation(task, recipe, str(prepared.recipe_path))
     refuse_looped_recurrent(model)  # before training: its int8 conversion would crash after it
     teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}
