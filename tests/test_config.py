@@ -51,7 +51,12 @@ def test_stage_fine_tune_overrides_only_what_it_sets(tmp_path: Path) -> None:
 
 def test_unknown_field_names_the_field(tmp_path: Path) -> None:
     message = error_for(tmp_path, GOOD.replace("target_sparsity", "target_sparsty"))
-    assert "stages[0].target_sparsty: unknown field" in message
+    assert "stages[0].target_sparsty: unknown field; did you mean 'target_sparsity'?" in message
+    # TF-MOT's name for a field is translated; a name like no field's gets no guess
+    message = error_for(tmp_path, GOOD.replace("target_sparsity", "final_sparsity"))
+    assert "stages[0].final_sparsity: unknown field; edgepipe calls it 'target_sparsity'" in message
+    message = error_for(tmp_path, GOOD.replace("target_sparsity: 0.5", "flux_capacitor: 0.5"))
+    assert "flux_capacitor: unknown field (check the spelling" in message and "did you mean" not in message
 
 
 def test_wrong_type_names_the_field_and_expectation(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ substituted, so a recipe cannot read arbitrary secrets from the environment. ``$
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,13 +86,32 @@ def validate(raw: Mapping[str, Any], model: type[ModelT], file: str) -> ModelT:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise _config_error(exc, file) from None
+        raise _config_error(exc, file, model) from None
 
 
-def _config_error(exc: ValidationError, file: str) -> ConfigError:
+# What users of TF-MOT and other tools call some of edgepipe's fields: named in the error of an unknown field.
+FIELD_ALIASES = {
+    "number_of_clusters": "clusters",
+    "cluster_centroids_init": "init",
+    "final_sparsity": "target_sparsity",
+    "sparsity": "target_sparsity",
+    "begin_sparsity": "initial_sparsity",
+    "lr": "learning_rate",
+    "quantize_scheme": "scheme",
+    "num_calibration_samples": "representative_samples",
+    "calibration_samples": "representative_samples",
+}
+
+
+def _config_error(exc: ValidationError, file: str, model: type[BaseModel] | None = None) -> ConfigError:
     errors = exc.errors(include_url=False)
     first = errors[0]
-    message = ConfigError.at(file, format_location(first["loc"]), _explain(first)).message
+    explained = _explain(first)
+    unknown = first["type"] == "extra_forbidden" and model is not None and first["loc"]
+    suggestion = _did_you_mean(str(first["loc"][-1]), _field_names(model)) if unknown and model else ""
+    if suggestion:
+        explained = f"unknown field; {suggestion} (see the reference in README.md)"
+    message = ConfigError.at(file, format_location(first["loc"]), explained).message
     if len(errors) > 1:
         others = ", ".join(format_location(e["loc"]) or "(top level)" for e in errors[1:4])
         more = f" and {len(errors) - 4} more" if len(errors) > 4 else ""
@@ -132,6 +153,35 @@ def _explain(error: Mapping[str, Any]) -> str:
     if isinstance(given, (dict, list)):
         return f"{message} (got {_kind(given)})"
     return f"{message} (got {given!r})"
+
+
+def _did_you_mean(name: str, known: set[str]) -> str:
+    alias = FIELD_ALIASES.get(name)
+    if alias in known:
+        return f"edgepipe calls it {alias!r}"
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _field_names(model: type[BaseModel]) -> set[str]:
+    """Every field name of ``model`` and of the models its fields hold (stages of every kind included)."""
+    names: set[str] = set()
+    seen: set[type] = set()
+
+    def visit(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in seen:
+                return
+            seen.add(annotation)
+            for name, field in annotation.model_fields.items():
+                names.add(name)
+                visit(field.annotation)
+            return
+        for argument in typing.get_args(annotation):
+            visit(argument)
+
+    visit(model)
+    return names
 
 
 def _kind(value: Any) -> str:
