@@ -1,13 +1,13 @@
 """1-D layers as their 2-D equivalents on a height-1 image, so that quantization-aware training can take them.
 
-TF-MOT 0.8.1's QAT has no Conv1D, no 1-D pooling and no BatchNormalization after a Conv1D (its registry lists
-them commented out), so every sensor or audio model built from Conv1D blocks was refused whole. TFLite has no
-1-D convolution either: the converter turns each Conv1D into EXPAND_DIMS -> CONV_2D -> SQUEEZE. ``lift_1d``
-does that once, in Keras, for a whole chain: a sequence ``(steps, channels)`` becomes ``(1, steps, channels)``
-where the chain starts, each 1-D layer its 2-D twin with a kernel of height 1 (the same weights, reshaped), and
-the tensor goes back to ``(steps, channels)`` only where a layer that needs a sequence reads it. Conv2D ->
-BatchNormalization -> ReLU is then what TF-MOT folds and quantizes. The qat stage lifts its own copy; the
-rewrite is checked numerically like the others (``rewrite.check_same``).
+TF-MOT 0.8.1's QAT has no Conv1D, no MaxPooling1D or UpSampling1D and no BatchNormalization after a Conv1D
+(its registry lists them commented out), so every sensor or audio model built from Conv1D blocks was refused.
+TFLite has no 1-D convolution either: the converter turns each Conv1D into EXPAND_DIMS -> CONV_2D -> SQUEEZE.
+``lift_1d`` does that once, in Keras, for a whole chain: a sequence ``(steps, channels)`` becomes
+``(1, steps, channels)`` where the chain starts, each 1-D layer its 2-D twin with a kernel of height 1 (the same
+weights, reshaped), and the tensor goes back to ``(steps, channels)`` only where a layer that needs a sequence
+reads it. Conv2D -> BatchNormalization -> ReLU is then what TF-MOT folds and quantizes. The qat stage lifts
+its own copy; the rewrite is checked numerically like the others (``rewrite.check_same``).
 """
 
 from __future__ import annotations
@@ -34,13 +34,18 @@ ONE_D = frozenset(
 )  # fmt: skip
 
 
-def has_1d_layers(model: Any) -> bool:
-    return any(type(layer).__name__ in ONE_D for layer in model.layers)
+# The 1-D layers TF-MOT 0.8.1's QAT registry lacks (it has the 1-D average pooling, padding and cropping): a model
+# is lifted only when it has one of these, and then every 1-D layer of the chain is lifted with them.
+UNSUPPORTED_BY_QAT = frozenset({"Conv1D", "DepthwiseConv1D", "MaxPooling1D", "UpSampling1D"})
+
+
+def needs_lift(model: Any) -> bool:
+    return any(type(layer).__name__ in UNSUPPORTED_BY_QAT for layer in model.layers)
 
 
 def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """``model`` with its 1-D layers as 2-D ones on height-1 tensors; and the names of the lifted layers."""
-    if not has_1d_layers(model):
+    if not needs_lift(model):
         return model, []
     k, t = keras(), tf()
     inputs = [

@@ -298,14 +298,14 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     # Any other TensorFlow function called on Keras tensors (a TFOpLambda layer) breaks TF-MOT's model cloning
     # once annotated (its input arrives as a list); it is refused with the other unsupported layers.
     functions = [name for name in annotated_names if type(work.get_layer(name)).__name__ == "TFOpLambda"]
-    # Conv1D and 1-D pooling, which TF-MOT's QAT lacks, as their 2-D twins on a height-1 image (lift_1d says why).
+    # Conv1D and MaxPooling1D, which TF-MOT's QAT lacks, as 2-D twins on a height-1 image (lift_1d says why).
     before = {layer.name for layer in work.layers}
     work, lifted = lift_1d(work, head[0] if len(head) == 1 else list(head))
     if lifted:
         annotated_names += [layer.name for layer in work.layers if layer.name not in before]  # reshapes, pads
         ctx.progress.note(
             f"{ctx.where}: 1-D layers computed as 2-D ones on a height-1 image, as TFLite runs them (TF-MOT's QAT "
-            f"has no 1-D layers): {', '.join(lifted)}"
+            f"has no Conv1D): {', '.join(lifted)}"
         )
 
     # A Conv2D or Dense with an activation QAT cannot fake-quantize inside the layer (elu, selu, ...): the
