@@ -248,9 +248,10 @@ def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> Non
 
     k = keras()
     inputs = k.layers.Input((8, 8, 1))
-    x = k.layers.BatchNormalization(name="input_bn")(inputs)  # stand-alone: nothing to fold it into
+    x = k.layers.BatchNormalization(name="input_bn")(inputs)  # reads the input: left to the converter
     x = k.layers.Conv2D(4, 3, name="conv")(x)
     x = k.layers.BatchNormalization(name="conv_bn")(x)  # folded into conv: supported
+    x = k.layers.PReLU(name="prelu")(x)
     x = k.layers.Flatten()(x)
     x = k.layers.Dense(8, name="dense")(x)
     x = k.layers.LayerNormalization(name="norm")(x)
@@ -258,9 +259,9 @@ def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> Non
     with pytest.raises(ModelError) as caught:
         qat.apply(model, QatStage(kind="qat"), stage_context(digits))
     message = caught.value.message
-    assert "'input_bn' (BatchNormalization)" in message and "'norm' (LayerNormalization)" in message
-    assert "conv_bn" not in message and "conv'" not in message
-    assert "exclude: ['input_bn', 'norm']" in (caught.value.hint or "")
+    assert "'prelu' (PReLU)" in message and "'norm' (LayerNormalization)" in message
+    assert "input_bn" not in message and "conv_bn" not in message and "conv'" not in message
+    assert "exclude: ['prelu', 'norm']" in (caught.value.hint or "")
 
 
 def test_a_softmax_head_is_fine_tuned_on_probabilities_even_when_wrapped() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgepipe_agent.protocol import JobFailed
-from edgepipe_agent.runtime import invoke_or_fail, quantize
+from edgepipe_agent.runtime import fits, invoke_or_fail, quantize
 
 
 def _numbered(archive: Any, key: str) -> list[Any]:
@@ -69,11 +69,12 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
             "DataMismatch", f"the evaluation data has {len(xs)} input arrays, the model {len(sources)} inputs"
         )
     for index, (x, source) in enumerate(zip(xs, sources, strict=True)):
-        expected = [int(d) for d in source["shape"][1:]]
-        if list(x.shape[1:]) != expected:
+        if not fits(source, x.shape):
+            expected = [int(d) for d in source.get("shape_signature", source["shape"])[1:]]
             which = "" if len(xs) == 1 else f" (input {index})"
             raise JobFailed(
-                "DataMismatch", f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}{which}"
+                "DataMismatch",
+                f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}{which} (-1: any)",
             )
     task = job["task"] or (
         "reconstruction" if not ys else "classification" if ys[0].dtype.kind in "iub" else "regression"
@@ -83,9 +84,11 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
     chunks: list[list[Any]] = [[] for _ in interpreter.get_output_details()]
     for start in range(0, count, batch):
         size = min(batch, count - start)
-        if batch > 1:
-            for source in sources:
-                interpreter.resize_tensor_input(source["index"], [size, *[int(d) for d in source["shape"][1:]]])
+        wanted = [[size, *[int(d) for d in x.shape[1:]]] for x in xs]  # the data's shape: a dimension may be free
+        current = interpreter.get_input_details()
+        if any([int(d) for d in detail["shape"]] != shape for detail, shape in zip(current, wanted, strict=True)):
+            for source, shape in zip(sources, wanted, strict=True):
+                interpreter.resize_tensor_input(source["index"], shape)
             interpreter.allocate_tensors()
         for x, detail in zip(xs, interpreter.get_input_details(), strict=True):
             interpreter.set_tensor(detail["index"], quantize(np, x[start : start + size], detail))

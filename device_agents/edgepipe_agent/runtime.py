@@ -80,6 +80,16 @@ def quantize(np: Any, x: Any, detail: dict[str, Any]) -> Any:
     return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
 
 
+def fits(detail: dict[str, Any], shape: Any) -> bool:
+    """Samples of ``shape`` (batch first) fit the input: every dimension but the batch equal to the model's, or
+    free (-1 in its signature: a sequence of any length)."""
+    signature = [int(d) for d in detail.get("shape_signature", detail["shape"])]
+    given = [int(d) for d in shape]
+    if len(given) != len(signature):
+        return False
+    return all(s in (-1, g) for s, g in zip(signature[1:], given[1:], strict=True))
+
+
 def tensor_info(detail: dict[str, Any]) -> dict[str, Any]:
     scale, zero_point = detail["quantization"]
     return {

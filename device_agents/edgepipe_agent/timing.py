@@ -9,6 +9,7 @@ from typing import Any
 from edgepipe_agent.evaluate import read_data
 from edgepipe_agent.protocol import JobFailed
 from edgepipe_agent.runtime import (
+    fits,
     import_runtime,
     import_under_limit,
     invoke_or_fail,
@@ -72,18 +73,24 @@ def timed_block(invoke: Any, count: int, samples: list[int]) -> None:
 def prepare_input(np: Any, interpreter: Any, job: dict[str, Any]) -> None:
     """Batch 1, and the first evaluation sample as input when it fits (zeros otherwise) for the timed runs."""
     sources = interpreter.get_input_details()
-    if any(list(source["shape"][:1]) != [1] and len(source["shape"]) > 0 for source in sources):
-        for source in sources:
-            interpreter.resize_tensor_input(source["index"], [1, *source["shape"][1:]])
-        interpreter.allocate_tensors()
-        sources = interpreter.get_input_details()
     firsts = [None] * len(sources)
     if job["data"]:
         xs, _ = read_data(np, job["data"])
         firsts = [x[:1] for x in xs] if len(xs) == len(sources) else firsts
+    # one sample: batch 1, and a free dimension (a sequence of any length) as long as the first sample's
+    wanted = [
+        [1, *(first.shape[1:] if first is not None and fits(source, first.shape) else source["shape"][1:])]
+        for first, source in zip(firsts, sources, strict=True)
+    ]
+    pairs = list(zip(sources, wanted, strict=True))
+    if any([int(d) for d in source["shape"]] != [int(d) for d in shape] for source, shape in pairs):
+        for source, shape in zip(sources, wanted, strict=True):
+            interpreter.resize_tensor_input(source["index"], [int(d) for d in shape])
+        interpreter.allocate_tensors()
+        sources = interpreter.get_input_details()
     for first, source in zip(firsts, sources, strict=True):
         sample = np.zeros(source["shape"], dtype=source["dtype"])
-        if first is not None and list(first.shape[1:]) == [int(d) for d in source["shape"][1:]]:
+        if first is not None and fits(source, first.shape):
             sample = quantize(np, first, source)
         interpreter.set_tensor(source["index"], sample)
 

@@ -104,8 +104,8 @@ def raw_outputs(
     chunks: list[list[np.ndarray]] = [[] for _ in order.outputs]
     for start in range(0, count, batch):
         size = min(batch, count - start)
-        for position in order.inputs:
-            interpreter.resize_tensor_input(sources[position]["index"], [size, *sources[position]["shape"][1:]])
+        for keras_index, position in enumerate(order.inputs):  # the data's own shape: a dimension may be free
+            interpreter.resize_tensor_input(sources[position]["index"], [size, *x[keras_index].shape[1:]])
         interpreter.allocate_tensors()
         details_in = interpreter.get_input_details()
         for keras_index, position in enumerate(order.inputs):

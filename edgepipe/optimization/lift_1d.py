@@ -64,7 +64,7 @@ def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
             return x
         if ("1d", id(x)) not in made:
             name = _unique(model, f"{x.name.split('/')[0]}_to_1d", made)
-            made["1d", id(x)] = k.layers.Reshape(tuple(x.shape[2:]), name=name)(x)
+            made["1d", id(x)] = k.layers.Reshape(_free(x.shape[2:]), name=name)(x)
         return made["1d", id(x)]
 
     def image(x: Any) -> Any:  # a sequence as a height-1 image
@@ -72,7 +72,7 @@ def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
             return x
         if ("2d", id(x)) not in made:
             name = _unique(model, f"{x.name.split('/')[0]}_to_2d", made)
-            made["2d", id(x)] = k.layers.Reshape((1, *x.shape[1:]), name=name)(x)
+            made["2d", id(x)] = k.layers.Reshape(_free((1, *x.shape[1:])), name=name)(x)
             lifted.add(id(made["2d", id(x)]))
         return made["2d", id(x)]
 
@@ -123,6 +123,11 @@ def _call_copy(
     twin = layer.__class__.from_config(config)
     copies.append((layer, twin, lambda weights: weights))
     return twin(*args, **kwargs)
+
+
+def _free(shape: Any) -> tuple[int, ...]:
+    """A Reshape target: a sequence of any length (``None`` steps) is Keras' -1."""
+    return tuple(-1 if d is None else int(d) for d in shape)
 
 
 def _shifted(axis: Any) -> Any:
