@@ -140,6 +140,14 @@ def _words(text: str) -> str:
     return " ".join(text.split())  # CI's terminal wraps at 80 columns
 
 
+def _board_accuracy(run: Path, tmp_path: Path) -> float:
+    """Deploy the run to the local board through the CLI; the accuracy the agent measured there."""
+    deployed = run_cli("deploy", str(run), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    return json.loads((run / "deploy-local.json").read_text())["checks"]["device_accuracy"]
+
+
 def test_the_keras_tutorial_shape_trains_with_quantization_into_an_integer_only_model(tmp_path: Path) -> None:
     (tmp_path / "models.py").write_text(MODELS)
     out = tmp_path / "run"
@@ -202,11 +210,7 @@ def test_token_ids_into_an_embedding_stay_integers_on_host_and_board(tmp_path: P
     accuracy = record["final"]["accuracy"]
     assert accuracy > 0.8, accuracy  # the token ids reached the Embedding as integers (not scaled, not floats)
 
-    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
-                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    result = json.loads((out / "deploy-local.json").read_text())
-    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert _board_accuracy(out, tmp_path) == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_a_classifier_recipe_on_data_without_labels_says_so_and_names_reconstruction(tmp_path: Path) -> None:
@@ -251,7 +255,7 @@ def test_a_conv1d_model_prunes_exactly_when_the_removed_channels_are_zero(flatte
     assert list(plan.blocked().values()) == [["logits (a model output)"]], plan.blocked()
     plan = channels.decide(model, plan, channels.importance(model, plan, "bn_gamma"), 0.5, {}, False, 1, 1)
     pruned = channels.rebuild(model, plan)
-    assert [pruned.get_layer(f"conv{i}").filters for i in (0, 1)] == [8, 16]
+    assert [pruned.get_layer("conv0").filters, pruned.get_layer("conv1").filters] == [8, 16]
     assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
 
 
@@ -285,11 +289,7 @@ def test_a_conv1d_model_trains_with_quantization_as_tflite_runs_it(tmp_path: Pat
     assert final.tensors[final.inputs[0]].shape[1:] == (1, 8)  # a free length: 1 until the data sizes it
     float_accuracy, accuracy = record["final"]["agreement"]["float_keras"], record["final"]["accuracy"]
     assert float_accuracy > 0.85 and accuracy >= float_accuracy - 0.03, (float_accuracy, accuracy)
-    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
-                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    result = json.loads((out / "deploy-local.json").read_text())
-    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert _board_accuracy(out, tmp_path) == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
@@ -365,11 +365,7 @@ def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_t
     accuracy = record["final"]["accuracy"]
     assert accuracy > 0.9 and record["final"]["agreement"]["top1_agreement"] > 0.95, record["final"]
     assert "LOGISTIC" in [op.name for op in TfliteModel.read(out / "model.tflite").ops]
-    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
-                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
-    assert deployed.returncode == 0, deployed.stderr[-3000:]
-    result = json.loads((out / "deploy-local.json").read_text())
-    assert result["checks"]["device_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # threshold 0.5, not 0
+    assert _board_accuracy(out, tmp_path) == pytest.approx(accuracy, abs=1e-6)  # threshold 0.5, not 0
 
     ten_classes = BINARY.replace("models:five_or_more", "edgepipe.examples.digits:load")
     done = run_cli("optimize", str(write_recipe(tmp_path, ten_classes)), "--out", str(tmp_path / "wrong"))

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.keras_compat import keras, tf
-from edgepipe.optimization.rewrite import check_same
+from edgepipe.optimization.rewrite import check_same, fresh_inputs, graph_calls
 
 # Layers that act on the last axis or element by element: the same layer works on the lifted tensor.
 SAME_ON_4D = frozenset(
@@ -48,11 +48,7 @@ def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
     if not needs_lift(model):
         return model, []
     k, t = keras(), tf()
-    inputs = [
-        k.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
-        for x, name in zip(model.inputs, model.input_names, strict=True)
-    ]
-    tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
+    inputs, tensors = fresh_inputs(model)
     lifted: set[int] = set()  # ids of new tensors that are (batch, 1, steps, channels) stand-ins for sequences
     copies: list[tuple[Any, Any, Any]] = []  # (original, new layer, how to convert its weights)
     names: list[str] = []
@@ -76,34 +72,30 @@ def lift_1d(model: Any, sample: Any) -> tuple[Any, list[str]]:
             lifted.add(id(made["2d", id(x)]))
         return made["2d", id(x)]
 
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.layer
-            if isinstance(layer, k.layers.InputLayer):
-                continue
-            args, kwargs = t.nest.map_structure(lambda x: tensors.get(id(x), x), (node.call_args, node.call_kwargs))
-            given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
-            kind = type(layer).__name__
-            twin = _twin_2d(layer) if kind in ONE_D and all(len(x.shape) in (3, 4) for x in given) else None
-            if twin is not None:
-                source = image(given[0])
-                if layer.get_config().get("padding") == "causal":  # pad the past only, then a valid conv
-                    past = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
-                    source = k.layers.ZeroPadding2D(((0, 0), (past, 0)), name=f"{layer.name}_causal_pad")(source)
-                    lifted.add(id(source))
-                produced = twin(source)
-                if len(produced.shape) == 4:
-                    lifted.add(id(produced))
-                copies.append((layer, twin, _kernel_2d))
-                names.append(layer.name)
-            elif given and all(id(x) in lifted for x in given) and kind in (*SAME_ON_4D, "Concatenate", "Flatten"):
-                produced = _call_copy(layer, copies, args, kwargs, lifted=True)
-                if kind != "Flatten":  # Flatten of (1, steps, channels): the same order as of the sequence
-                    lifted.add(id(produced))
-            else:
-                args, kwargs = t.nest.map_structure(sequence, (args, kwargs))
-                produced = _call_copy(layer, copies, args, kwargs)
-            tensors[id(t.nest.flatten(node.outputs)[0])] = produced
+    for node, layer, args, kwargs in graph_calls(model, tensors):
+        given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
+        kind = type(layer).__name__
+        twin = _twin_2d(layer) if kind in ONE_D and all(len(x.shape) in (3, 4) for x in given) else None
+        if twin is not None:
+            source = image(given[0])
+            if layer.get_config().get("padding") == "causal":  # pad the past only, then a valid conv
+                past = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
+                source = k.layers.ZeroPadding2D(((0, 0), (past, 0)), name=f"{layer.name}_causal_pad")(source)
+                lifted.add(id(source))
+            produced = twin(source)
+            if len(produced.shape) == 4:
+                lifted.add(id(produced))
+            copies.append((layer, twin, _kernel_2d))
+            names.append(layer.name)
+        elif given and all(id(x) in lifted for x in given) and kind in (*SAME_ON_4D, "Concatenate", "Flatten"):
+            produced = _call_copy(layer, copies, args, kwargs, lifted=True)
+            if kind != "Flatten":  # Flatten of (1, steps, channels): the same order as of the sequence
+                lifted.add(id(produced))
+        else:
+            args, kwargs = t.nest.map_structure(sequence, (args, kwargs))
+            produced = _call_copy(layer, copies, args, kwargs)
+        for old, new in zip(t.nest.flatten(node.outputs), t.nest.flatten(produced), strict=True):
+            tensors[id(old)] = new  # every output: an LSTM with return_state gives three
     outputs = [sequence(tensors[id(x)]) for x in model.outputs]
     rebuilt = k.Model(inputs, outputs, name=model.name)
     for original, new, convert in copies:

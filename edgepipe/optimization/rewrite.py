@@ -27,7 +27,7 @@ float model is trained they are removed: the same inference function (checked), 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -221,11 +221,7 @@ def _rebuilt(model: Any, skip: frozenset[str] = frozenset()) -> tuple[Any, list[
     """``model`` replayed as one flat Functional model, without the layers whose class is in ``skip``;
     with a line per inlined model and one per skipped layer."""
     k = keras()
-    inputs = [
-        k.Input(batch_shape=t.shape, dtype=t.dtype, name=name)
-        for t, name in zip(model.inputs, model.input_names, strict=True)
-    ]
-    tensors = {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
+    inputs, tensors = fresh_inputs(model)
     names = {layer.name for layer in model.layers}
     twins: dict[int, tuple[Any, Any]] = {}  # id(layer) -> (layer, its copy): a shared layer stays shared
     inlined: list[str] = []
@@ -235,6 +231,28 @@ def _rebuilt(model: Any, skip: frozenset[str] = frozenset()) -> tuple[Any, list[
     for original, twin in twins.values():
         twin.set_weights(original.get_weights())
     return flat, inlined, skipped
+
+
+def fresh_inputs(model: Any) -> tuple[list[Any], dict[int, Any]]:
+    """New Keras inputs like ``model``'s, and the map from its input tensors to them that a replay starts from."""
+    k = keras()
+    inputs = [
+        k.Input(batch_shape=x.shape, dtype=x.dtype, name=name)
+        for x, name in zip(model.inputs, model.input_names, strict=True)
+    ]
+    return inputs, {id(old): new for old, new in zip(model.inputs, inputs, strict=True)}
+
+
+def graph_calls(model: Any, tensors: dict[int, Any]) -> Iterator[tuple[Any, Any, Any, Any]]:
+    """Each call of a layer in ``model``'s graph, in order (inputs aside), as (node, layer, args, kwargs) with
+    its arguments mapped through ``tensors`` (the replay's new tensors, filled in as the caller goes)."""
+    k, t = keras(), tf()
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if isinstance(node.layer, k.layers.InputLayer):
+                continue
+            args, kwargs = t.nest.map_structure(lambda x: tensors.get(id(x), x), (node.call_args, node.call_kwargs))
+            yield node, node.layer, args, kwargs
 
 
 def _replay(
@@ -252,37 +270,32 @@ def _replay(
     a nested model keep their names unless the outer model has the name already (then ``MODEL_NAME``). A layer
     whose class is in ``skip`` is not called: its output is its input."""
     k, t = keras(), tf()
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.layer
-            if isinstance(layer, k.layers.InputLayer):
-                continue
-            args, kwargs = t.nest.map_structure(lambda x: tensors.get(id(x), x), (node.call_args, node.call_kwargs))
-            if isinstance(layer, k.Model):
-                given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
-                for inner, outer in zip(layer.inputs, given, strict=True):
-                    tensors[id(inner)] = outer
-                _replay(layer, layer.name, tensors, names, twins, inlined, skip, skipped)
-                for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
-                    tensors[id(outer)] = tensors[id(inner)]
-                line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
-                inlined.extend([] if line in inlined else [line])
-                continue
-            if type(layer).__name__ in skip:
-                given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
-                tensors[id(t.nest.flatten(node.outputs)[0])] = given[0]
-                line = f"{layer.name} ({type(layer).__name__})"
-                skipped.extend([] if line in skipped else [line])
-                continue
-            if id(layer) not in twins:  # a layer called twice (shared weights) is copied once and called twice
-                config = layer.get_config()
-                if nested is not None and config["name"] in names:
-                    config["name"] = f"{nested}_{config['name']}"
-                names.add(config["name"])
-                twins[id(layer)] = (layer, layer.__class__.from_config(config))
-            produced = twins[id(layer)][1](*args, **kwargs)
-            for old, new in zip(t.nest.flatten(node.outputs), t.nest.flatten(produced), strict=True):
-                tensors[id(old)] = new
+    for node, layer, args, kwargs in graph_calls(model, tensors):
+        if isinstance(layer, k.Model):
+            given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
+            for inner, outer in zip(layer.inputs, given, strict=True):
+                tensors[id(inner)] = outer
+            _replay(layer, layer.name, tensors, names, twins, inlined, skip, skipped)
+            for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
+                tensors[id(outer)] = tensors[id(inner)]
+            line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
+            inlined.extend([] if line in inlined else [line])
+            continue
+        if type(layer).__name__ in skip:
+            given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
+            tensors[id(t.nest.flatten(node.outputs)[0])] = given[0]
+            line = f"{layer.name} ({type(layer).__name__})"
+            skipped.extend([] if line in skipped else [line])
+            continue
+        if id(layer) not in twins:  # a layer called twice (shared weights) is copied once and called twice
+            config = layer.get_config()
+            if nested is not None and config["name"] in names:
+                config["name"] = f"{nested}_{config['name']}"
+            names.add(config["name"])
+            twins[id(layer)] = (layer, layer.__class__.from_config(config))
+        produced = twins[id(layer)][1](*args, **kwargs)
+        for old, new in zip(t.nest.flatten(node.outputs), t.nest.flatten(produced), strict=True):
+            tensors[id(old)] = new
 
 
 def check_same(model: Any, rewritten: Any, sample: Any, what: str, hint: str) -> None:
