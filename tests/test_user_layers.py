@@ -161,6 +161,7 @@ def test_the_keras_tutorial_shape_trains_with_quantization_into_an_integer_only_
                                                "random_rotation (RandomRotation) removed (training only)"]  # fmt: skip
     qat = record["stages"][-1]
     assert qat["details"]["scheme"] == "PQAT" and qat["details"]["input_rescaling"] == ["rescaling"]
+    assert len(qat["details"]["split_activations"]) == 2
     assert record["final"]["conformance"]["passed"]
     ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
     # The rescaling, left to the converter, is integer MUL and ADD: no float island at the input.

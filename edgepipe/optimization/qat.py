@@ -265,6 +265,58 @@ def _freeze_left_out(quantized: Any, left_out: list[str]) -> list[str]:
     return frozen
 
 
+def _rewritten(
+    work: Any, stage: QatStage, ctx: StageContext, annotated: list[str]
+) -> tuple[Any, list[str], list[str], dict[str, list[str]]]:
+    """The exact rewrites QAT needs on its own copy, each announced in a note: MobileNetV3's hard activations
+    fused, 1-D layers lifted to 2-D, activations TF-MOT cannot fake-quantize inside a layer split off. Returns
+    the model, the names of the layers to annotate (the new ones included), the TensorFlow functions
+    (TFOpLambda layers) among them, which are refused with the other unsupported layers, and what was done
+    (for the stage's details)."""
+    head = ctx.data.head(64)
+    sample = head[0] if len(head) == 1 else list(head)
+
+    def added(before: set[str]) -> list[str]:
+        return [layer.name for layer in work.layers if layer.name not in before]
+
+    # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
+    # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and affine
+    # layers nothing folds get their output quantized only, which is all they need and TF-MOT has no default for.
+    work, fused = fuse_hard_activations(work, sample, lambda layer: is_selected(layer, stage.layers))
+    if fused:
+        annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
+        annotated += [layer.name for layer in work.layers if isinstance(layer, layers())]
+        ctx.progress.note(f"{ctx.where}: " + "; ".join(fused))
+    # Any other TensorFlow function called on Keras tensors breaks TF-MOT's model cloning once annotated.
+    functions = [name for name in annotated if type(work.get_layer(name)).__name__ == "TFOpLambda"]
+    # Conv1D and MaxPooling1D, which TF-MOT's QAT lacks, as 2-D twins on a height-1 image (lift_1d says why).
+    before = {layer.name for layer in work.layers}
+    work, lifted = lift_1d(work, sample)
+    if lifted:
+        annotated += added(before)  # the reshapes and causal paddings around them
+        ctx.progress.note(
+            f"{ctx.where}: 1-D layers computed as 2-D ones on a height-1 image, as TFLite runs them (TF-MOT's QAT "
+            f"has no Conv1D): {', '.join(lifted)}"
+        )
+    # A Conv2D or Dense with an activation QAT cannot fake-quantize inside the layer (selu, relu6, ...): the
+    # activation becomes a layer of its own, quantized at its output only, and the layer trains as usual.
+    before = {layer.name for layer in work.layers}
+    work, split = rewrite.split_activation(
+        work,
+        sample,
+        lambda layer: (
+            layer.name in annotated
+            and type(layer).__name__ in ACTIVATED_LAYERS
+            and _activation_name(layer.activation) not in _known_activations()
+            and repr(_activation_name(layer.activation)) not in FLOAT_ONLY_ACTIVATIONS
+        ),
+    )
+    if split:
+        annotated += added(before)
+        ctx.progress.note(f"{ctx.where}: activations QAT cannot quantize inside a layer: " + "; ".join(split))
+    return work, annotated, functions, {"fused": fused, "lifted_1d": lifted, "split_activations": split}
+
+
 def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     quantization = tfmot().quantization.keras
 
@@ -284,45 +336,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
         )
 
-    # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
-    # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and input
-    # scaling get their output quantized only, which is all these layers need and TF-MOT has no default for.
-    head = ctx.data.head(64)
-    work, fused = fuse_hard_activations(
-        work, head[0] if len(head) == 1 else list(head), lambda layer: is_selected(layer, stage.layers)
-    )
-    if fused:
-        annotated_names = [n for n in annotated_names if n in {layer.name for layer in work.layers}]
-        annotated_names += [layer.name for layer in work.layers if isinstance(layer, layers())]
-        ctx.progress.note(f"{ctx.where}: " + "; ".join(fused))
-    # Any other TensorFlow function called on Keras tensors (a TFOpLambda layer) breaks TF-MOT's model cloning
-    # once annotated (its input arrives as a list); it is refused with the other unsupported layers.
-    functions = [name for name in annotated_names if type(work.get_layer(name)).__name__ == "TFOpLambda"]
-    # Conv1D and MaxPooling1D, which TF-MOT's QAT lacks, as 2-D twins on a height-1 image (lift_1d says why).
-    before = {layer.name for layer in work.layers}
-    work, lifted = lift_1d(work, head[0] if len(head) == 1 else list(head))
-    if lifted:
-        annotated_names += [layer.name for layer in work.layers if layer.name not in before]  # reshapes, pads
-        ctx.progress.note(
-            f"{ctx.where}: 1-D layers computed as 2-D ones on a height-1 image, as TFLite runs them (TF-MOT's QAT "
-            f"has no Conv1D): {', '.join(lifted)}"
-        )
-
-    # A Conv2D or Dense with an activation QAT cannot fake-quantize inside the layer (elu, selu, ...): the
-    # activation becomes a layer of its own, quantized at its output only, and the layer trains as usual.
-    work, split = rewrite.split_activation(
-        work,
-        head[0] if len(head) == 1 else list(head),
-        lambda layer: (
-            layer.name in annotated_names
-            and type(layer).__name__ in ACTIVATED_LAYERS
-            and _activation_name(layer.activation) not in _known_activations()
-            and repr(_activation_name(layer.activation)) not in FLOAT_ONLY_ACTIVATIONS
-        ),
-    )
-    if split:
-        annotated_names += [line.split(" + ")[1].split(" ")[0] for line in split]
-        ctx.progress.note(f"{ctx.where}: activations QAT cannot quantize inside a layer: " + "; ".join(split))
+    work, annotated_names, functions, rewrites = _rewritten(work, stage, ctx, annotated_names)
 
     registry = _scheme(scheme).get_quantize_registry()
 
@@ -383,8 +397,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "left_out": left_out,
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
-            "lifted_1d": lifted,
-            "fused": fused,
+            **rewrites,
         },
         training=history,
     )
