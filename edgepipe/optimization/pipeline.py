@@ -276,6 +276,14 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         reestimated = models.reestimate_batchnorm(model, data.keras_x("train"), models.BATCHNORM_SAMPLES)
         if reestimated:
             progress.note(f"BatchNorm statistics re-estimated on {reestimated:,} training samples (precise BN)")
+    model, steadied = rewrite.steady_constant_features(model, sample)
+    for line in steadied:
+        progress.note(line)
+    rewrites += steadied
+    model, folded = rewrite.fold_input_rescaling(model, sample)
+    for line in folded:
+        progress.note(line)
+    rewrites += folded
     model, dropped = rewrite.drop_training_only_layers(model, sample)
     if dropped:
         progress.note(

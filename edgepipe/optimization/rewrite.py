@@ -18,6 +18,12 @@ named ``NAME_ACTIVATION``; the qat stage does it on its own copy so that the ker
 quantization and the activation's output gets a quantization range of its own (without one the converter
 leaves the activation in float).
 
+``steady_constant_features``: a Keras ``Normalization`` adapted to data in which a feature never varies (the
+digits' blank corner pixels, a sensor channel stuck at 0) divides that feature by ``epsilon`` (1e-7): a
+multiplier of 10 million, harmless in float (the feature minus its mean is 0) but not in int8, where one
+constant holds every feature's multiplier and the others round to nothing (a tabular digits model: 0.10
+accuracy after PTQ instead of 0.96). Those features' variance is set to 1: the same outputs on the data.
+
 ``drop_training_only_layers``: data augmentation written into the model (the Keras image-classification
 tutorial's ``RandomFlip``, ``RandomRotation``, ...) and noise layers act only while training and pass their
 input through at inference, but TF-MOT's QAT refuses them and the converter has nothing to convert. Once the
@@ -212,6 +218,71 @@ def drop_training_only_layers(model: Any, sample: Any) -> tuple[Any, list[str]]:
     return rebuilt, dropped
 
 
+CONSTANT_STD = 1e-6  # a feature whose standard deviation is below this never varied in the adapted data
+
+
+def steady_constant_features(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """``model`` with each Normalization's constant features divided by 1 instead of epsilon; a line per layer
+    changed. Checked on ``sample``: a feature that does vary there keeps the model as it was (and a note)."""
+    lines = []
+    for layer in model.layers:
+        if type(layer).__name__ != "Normalization" or layer.invert or len(layer.get_weights()) < 2:
+            continue
+        weights = layer.get_weights()
+        constant = np.sqrt(np.maximum(weights[1], 0.0)) < CONSTANT_STD
+        if not constant.any() or constant.all():
+            continue
+        before = [np.asarray(o) for o in _as_list(model(sample, training=False))]
+        weights[1] = np.where(constant, 1.0, weights[1]).astype(weights[1].dtype)
+        original = layer.get_weights()
+        layer.set_weights(weights)
+        after = [np.asarray(o) for o in _as_list(model(sample, training=False))]
+        worst = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))
+        if worst > TOLERANCE:  # the feature varies in this data after all: leave the layer as the user made it
+            layer.set_weights(original)
+            lines.append(f"{layer.name}: left as it is, {int(constant.sum())} feature(s) with zero variance vary here")
+            continue
+        lines.append(
+            f"{layer.name}: {int(constant.sum())} of {constant.size} features never vary in the data it was "
+            "adapted to; their variance is set to 1 (Keras divided them by 1e-7, which int8 cannot hold next to "
+            "the other features' scales)"
+        )
+    return model, lines
+
+
+def fold_input_rescaling(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """A Rescaling that reads the input and feeds only a Normalization (EfficientNet's preprocessing) folded
+    into it: ``(x * s + o - mean) / std`` is a Normalization of ``x`` with mean ``(mean - o) / s`` and deviation
+    ``std / s``. Two affine layers in a row at the input break QAT's int8 model (the converter gives the tensor
+    between them no range of its own: its output clipped to [-0.5, 0.5], or, quantized at the Normalization's
+    output, its multipliers: 0.10 accuracy on a tabular digits model); one Normalization reading the input is
+    quantized from the calibration data like any input scaling. A line per fold."""
+    pairs = []
+    for layer in model.layers:
+        readers = [node.outbound_layer for node in layer._outbound_nodes if node.outbound_layer in model.layers]
+        if type(layer).__name__ != "Rescaling" or len(readers) != 1:
+            continue
+        norm = readers[0]
+        sources = [source for node in layer._inbound_nodes for source in _as_list(node.inbound_layers)]
+        last_axis = list(getattr(norm, "axis", [])) in ([-1], [len(norm.input_shape) - 1])
+        if (
+            type(norm).__name__ == "Normalization"
+            and not norm.invert
+            and last_axis
+            and all(type(source).__name__ == "InputLayer" for source in sources)
+        ):
+            pairs.append((layer, norm))
+    if not pairs:
+        return model, []
+    folded, _, _ = _rebuilt(model, skip=frozenset(rescaling.name for rescaling, _ in pairs))
+    for rescaling, norm in pairs:
+        scale, offset = float(np.asarray(rescaling.scale)), float(np.asarray(rescaling.offset))
+        mean, variance, *rest = norm.get_weights()
+        folded.get_layer(norm.name).set_weights([(mean - offset) / scale, variance / scale**2, *rest])
+    check_same(model, folded, sample, "folding an input Rescaling into its Normalization", "use a ptq stage")
+    return folded, [f"{r.name} folded into {n.name} (one affine layer at the input)" for r, n in pairs]
+
+
 def _all_layers(model: Any) -> list[Any]:
     nested = [_all_layers(layer) for layer in model.layers if isinstance(layer, keras().Model)]
     return [*model.layers, *(layer for layers in nested for layer in layers)]
@@ -268,7 +339,7 @@ def _replay(
     """Call a copy of each layer of ``model``'s graph, in order, on the tensors that ``tensors`` maps its inputs
     to; a nested model's graph is replayed the same way, its inputs mapped to what it was called on. Layers of
     a nested model keep their names unless the outer model has the name already (then ``MODEL_NAME``). A layer
-    whose class is in ``skip`` is not called: its output is its input."""
+    whose class or name is in ``skip`` is not called: its output is its input."""
     k, t = keras(), tf()
     for node, layer, args, kwargs in graph_calls(model, tensors):
         if isinstance(layer, k.Model):
@@ -281,7 +352,7 @@ def _replay(
             line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
             inlined.extend([] if line in inlined else [line])
             continue
-        if type(layer).__name__ in skip:
+        if type(layer).__name__ in skip or layer.name in skip:
             given = [x for x in t.nest.flatten(args) if k.backend.is_keras_tensor(x)]
             tensors[id(t.nest.flatten(node.outputs)[0])] = given[0]
             line = f"{layer.name} ({type(layer).__name__})"
