@@ -330,6 +330,22 @@ gates: {max_accuracy_drop: null}
 """
 
 
+def test_an_input_rescaling_folds_into_a_per_feature_normalization_only() -> None:
+    from edgepipe.optimization.rewrite import fold_input_rescaling
+
+    k = keras()
+    x = np.random.default_rng(0).uniform(0, 16, (32, 4)).astype(np.float32)
+    for mean, variance, folds in (([1, 2, 3, 4], [1, 4, 9, 16], True), ([0, 0, 0, 0], [1, 1, 1, 1], False)):
+        inputs = k.Input((4,))
+        norm = k.layers.Normalization()  # adapted statistics are weights, as adapt() leaves them
+        model = k.Model(inputs, k.layers.Dense(3)(norm(k.layers.Rescaling(0.5, offset=-1.0)(inputs))))
+        norm.set_weights([np.array(mean, np.float32), np.array(variance, np.float32), np.int64(32)])
+        folded, lines = fold_input_rescaling(model, x)  # raises if the outputs differ
+        kinds = [type(layer).__name__ for layer in folded.layers]
+        assert ("Rescaling" not in kinds) == folds and bool(lines) == folds, (mean, kinds)
+        assert np.allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+
+
 def test_a_normalization_input_and_a_batchnorm_nothing_folds_train_with_quantization(tmp_path: Path) -> None:
     """QAT refused both ("does not support 'normalization', 'loose_bn'"; EfficientNetB0 too). Now the Rescaling
     is folded into the Normalization after it and that one input layer is left to the converter, the loose
@@ -351,3 +367,39 @@ def test_a_normalization_input_and_a_batchnorm_nothing_folds_train_with_quantiza
             assert details["input_rescaling"] == ["normalization"] and "loose_bn" in details["layers"]
         assert record["final"]["conformance"]["passed"]
         assert record["final"]["accuracy"] >= record["final"]["agreement"]["float_keras"] - 0.03, stage
+
+
+BINARY = """
+name: binary
+model: {source: models:binary, train: {epochs: 10, learning_rate: 0.003}}
+data: {source: models:five_or_more}
+fine_tune: {epochs: 1, learning_rate: 0.0005}
+stages:
+  - {kind: prune, target_sparsity: 0.5}
+  - {kind: qat}
+gates: {max_accuracy_drop: 3.0}
+"""
+
+
+def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_threshold(tmp_path: Path) -> None:
+    """Before: its training failed inside the sparse cross-entropy (one unit is not one unit per class), and
+    argmax over one column would have scored every sample as class 0."""
+    (tmp_path / "models.py").write_text(MODELS)
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, BINARY)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    accuracy = record["final"]["accuracy"]
+    assert accuracy > 0.9 and record["final"]["agreement"]["top1_agreement"] > 0.95, record["final"]
+    assert "LOGISTIC" in [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    assert _board_accuracy(out, tmp_path) == pytest.approx(accuracy, abs=1e-6)  # threshold 0.5, not 0
+
+    ten_classes = BINARY.replace("models:five_or_more", "edgepipe.examples.digits:load")
+    done = run_cli("optimize", str(write_recipe(tmp_path, ten_classes)), "--out", str(tmp_path / "wrong"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "has one unit (a binary classifier) but the labels go up to 9" in said and "give the head 10 units" in said
+    distilled = BINARY.replace("fine_tune: {epochs: 1,", "fine_tune: {distill: {alpha: 0.5}, epochs: 1,")
+    done = run_cli("optimize", str(write_recipe(tmp_path, distilled)), "--out", str(tmp_path / "wrong"))
+    assert done.returncode == 2 and "this model has a one-unit (binary) output" in _words(done.stderr), done.stderr
+    assert not (tmp_path / "wrong").exists()
