@@ -1,7 +1,7 @@
 """Keras models: loading a model source, checking TF-MOT can wrap it, copying, compiling and training.
 
 Everything here works on tf_keras (Keras 2) models; a Keras 3 model is converted on load where that is
-faithful (see ``keras_compat.convert_keras3``) and refused otherwise.
+faithful (see ``keras3_import``) and refused otherwise.
 """
 
 from __future__ import annotations
@@ -17,24 +17,36 @@ import numpy as np
 from edgepipe.config.recipe import TrainSettings
 from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
-from edgepipe.keras_compat import convert_keras3, is_keras3_model, keras
+from edgepipe.keras3_import import convert_keras3, is_keras3_model
+from edgepipe.keras_compat import keras
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
 from edgepipe.tasks import Score, Task
 
 
-def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = None, field: str = "model.source") -> Any:
-    """The float tf_keras model named by a recipe, checked for what TF-MOT needs."""
+def load_source(
+    source: Path | EntryPoint,
+    data: Dataset,
+    file: str | None = None,
+    field: str = "model.source",
+    notes: list[str] | None = None,
+) -> Any:
+    """The float tf_keras model named by a recipe, checked for what TF-MOT needs; what loading changed in the
+    model's form (a Keras 3 rebuild) is appended to ``notes``."""
     if isinstance(source, EntryPoint):
         factory = source.load(file, field)
         try:
             model = factory()
         except Exception as exc:
             raise ModelError(f"{file}: {field}: {source} failed: {type(exc).__name__}: {exc}") from None
+        _allow_own_lambdas(model)
     else:
         model = load_file(source)
     if is_keras3_model(model):
-        model = convert_keras3(model, data.head(64)[0])
+        head = data.head(64)
+        model, rebuilt = convert_keras3(model, head[0] if len(head) == 1 else list(head))
+        if notes is not None:
+            notes.extend(rebuilt)
     k = keras()
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
@@ -43,6 +55,20 @@ def load_source(source: Path | EntryPoint, data: Dataset, file: str | None = Non
         model.build((None, *data.input_shapes[0]))
     check_fits(model, data, file)
     return model
+
+
+def _allow_own_lambdas(model: Any) -> None:
+    """Let tf_keras copy the Lambda layers of a model that the recipe's own code built in this process.
+
+    Every stage works on a copy made from the layers' configs, and tf_keras refuses to rebuild a Lambda's Python
+    function from a config unless unsafe deserialization is on: a model with a Lambda failed its first stage
+    with an internal error. That guard is for files from elsewhere (``load_file`` keeps it: a .keras file with
+    a Lambda is refused); the code here is the user's own module, already running.
+    """
+    if any(type(layer).__name__ == "Lambda" for layer in getattr(model, "layers", [])):
+        from tf_keras.src.saving import serialization_lib
+
+        serialization_lib.enable_unsafe_deserialization()
 
 
 def check_fits(model: Any, data: Dataset, file: str | None) -> None:
@@ -116,9 +142,23 @@ def load_file(path: Path) -> Any:
         if _keras_file_version(path).startswith("3."):
             import keras as keras3  # the Keras 3 package that TensorFlow installs
 
-            return _guarded_load(lambda: keras3.saving.load_model(path, compile=False), path)
+            return _guarded_load(
+                lambda: keras3.saving.load_model(path, compile=False),
+                path,
+                hint="Keras 3 cannot read back every model it writes to HDF5 (operations such as x * 0.5 are lost): "
+                "save it as model.keras",
+            )
         return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
     if path.suffix in (".h5", ".hdf5"):
+        if _h5_keras_version(path).startswith("3."):  # Keras 3 writes its own layer configs into HDF5 too
+            import keras as keras3
+
+            return _guarded_load(
+                lambda: keras3.saving.load_model(path, compile=False),
+                path,
+                hint="Keras 3 cannot read back every model it writes to HDF5 (operations such as x * 0.5 are lost): "
+                "save it as model.keras",
+            )
         return _guarded_load(lambda: k.models.load_model(path, compile=False), path)
     raise ModelError(
         f"{path}: unknown model format {path.suffix!r}",
@@ -134,12 +174,31 @@ def _keras_file_version(path: Path) -> str:
         raise ModelError(f"{path} is not a valid .keras file: {exc}") from None
 
 
-def _guarded_load(load: Any, path: Path) -> Any:
+def _h5_keras_version(path: Path) -> str:
+    """The Keras version an HDF5 model file was written by ("" when it does not say)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as archive:
+            version = archive.attrs.get("keras_version", "")
+    except OSError as exc:
+        raise ModelError(f"{path} is not a valid HDF5 model file: {exc}") from None
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _guarded_load(load: Any, path: Path, hint: str | None = None) -> Any:
     try:
         return load()
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load model {path}: {first}") from None
+        if "Lambda layer" in first:
+            raise ModelError(
+                f"cannot load model {path}: it has a Lambda layer, whose Python code Keras does not run from a "
+                "file (a saved model could then run anything)",
+                hint="give the model as module:function (your code builds it, Lambda included), or replace the "
+                "Lambda with Keras layers and save it again",
+            ) from None
+        raise ModelError(f"cannot load model {path}: {first}", hint=hint) from None
 
 
 def check_wrappable(model: Any) -> None:

@@ -172,7 +172,8 @@ def test_batchnorm_statistics_are_re_estimated_after_removal() -> None:
     assert used == 256
     conv_out = k.Model(model.input, model.get_layer("block1a_conv").output).predict(x[:256], verbose=0)
     moving_mean, moving_variance = bn.get_weights()[2:]
-    np.testing.assert_allclose(moving_mean, conv_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+    # float32 sums in another order differ by ~2e-4 (seen once in a full run); the statistics before were 5.0
+    np.testing.assert_allclose(moving_mean, conv_out.mean(axis=(0, 1, 2)), rtol=1e-3, atol=5e-4)
     batch_variances = [conv_out[i : i + 64].var(axis=(0, 1, 2)) for i in range(0, 256, 64)]
     np.testing.assert_allclose(moving_variance, np.mean(batch_variances, axis=0), rtol=2e-3, atol=1e-4)
     assert bn.momentum == 0.9  # the layer's own momentum is back for fine-tuning
@@ -375,16 +376,16 @@ def test_a_mobilenetv3_style_model_prunes_and_trains_with_quantization_its_hard_
 
 
 def test_qat_names_a_tensorflow_function_it_cannot_take_with_the_exclude_that_fixes_it(tmp_path: Path) -> None:
-    """A TensorFlow function that is no hard-swish (``x * 2``) stays a TFOpLambda layer, which breaks TF-MOT's
-    cloning: the qat stage names it and the exclude that fixes it (exit 3, no traceback, no run folder);
-    following the hint gives an integer-only model."""
+    """A TensorFlow function with no Keras layer that computes it (``tf.abs``; ``x * 2`` becomes a Rescaling on
+    load) stays a TFOpLambda layer, which breaks TF-MOT's cloning: the qat stage names it and the exclude that
+    fixes it (exit 3, no traceback, no run folder); following the hint gives an integer-only model."""
     k = keras()
     inputs = k.Input((8, 8, 1))
     x = k.layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
-    x = k.layers.GlobalAveragePooling2D(name="pool")(x * 2.0)
+    x = k.layers.GlobalAveragePooling2D(name="pool")(tf().math.abs(x))
     model = k.Model(inputs, k.layers.Dense(10, name="logits")(x))
     model.save(tmp_path / "doubled.keras")
-    doubled = next(layer.name for layer in model.layers if type(layer).__name__ == "TFOpLambda")  # tf.math.multiply_N
+    doubled = next(layer.name for layer in model.layers if type(layer).__name__ == "TFOpLambda")  # tf.math.abs_N
     recipe = channel_prune_qat("doubled", "{source: doubled.keras}").replace(
         "  - {kind: channel_prune, ratio: 0.5, round_to: 4}\n", ""
     )

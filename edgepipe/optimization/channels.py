@@ -43,6 +43,8 @@ PASSTHROUGH = (
     # the same on sequences (sensor and audio models): channels are still the last axis
     "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "ZeroPadding1D",
     "UpSampling1D", "Cropping1D", "SpatialDropout1D",
+    "Rescaling",  # with one scale and offset for every channel (arithmetic with a constant): see _per_channel
+    "HardSwish", "HardSigmoid",  # edgepipe's own (hard_activations): a Keras 3 Activation("hard_swish") rebuilt
 )  # fmt: skip
 CONVOLUTIONS = ("Conv2D", "Conv1D")  # kernels (..., in, out): sliced on the last two axes
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
@@ -195,6 +197,7 @@ def analyze(model: Any) -> Plan:
             cat is not None
             and (kind in PASSTHROUGH or (kind == "DepthwiseConv2D" and layer.depth_multiplier == 1))
             and kind not in ("PReLU",)
+            and not _per_channel(layer)
             and layer.get_config().get("activation") != "softmax"
         ):
             if kind in ("BatchNormalization", "DepthwiseConv2D"):
@@ -225,7 +228,7 @@ def analyze(model: Any) -> Plan:
                     carries[layer.name] = None
                     continue
                 union.groups[union.find(traced[0][1])].sliced.append(layer.name)
-            if traced and (kind == "PReLU" or layer.get_config().get("activation") == "softmax"):
+            if traced and (kind == "PReLU" or _per_channel(layer) or layer.get_config().get("activation") == "softmax"):
                 block(f"{layer.name} ({kind}: not channel by channel)")
                 carries[layer.name] = None
                 continue
@@ -283,6 +286,13 @@ def _sliced_along(layer: Any) -> bool:
         return False
     before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
     return bool(before) and before[-1] == after[-1] and all(d == 1 for d in (*before[:-1], *after[:-1]))
+
+
+def _per_channel(layer: Any) -> bool:
+    """A Rescaling with a scale or offset per channel: slicing the channels would have to slice those too."""
+    if type(layer).__name__ != "Rescaling":
+        return False
+    return bool(np.size(layer.scale) != 1 or np.size(layer.offset) != 1)
 
 
 def _same_channels(layer: Any) -> bool:

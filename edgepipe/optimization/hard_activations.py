@@ -198,3 +198,9 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate, number = f"{name}_{number}", number + 1
     taken.add(candidate)
     return candidate
+
+
+def chain_layer_names(model: Any) -> set[str]:
+    """The layers of every hard-swish / hard-sigmoid chain in ``model``: left as they are until the qat stage
+    fuses them (``tf_functions`` must not turn their ``x + 3`` into a Rescaling first)."""
+    return {node.layer.name for chain in _find_chains(model) for node in chain["nodes"]}

@@ -41,6 +41,7 @@ from edgepipe.optimization import (
     qat,
     rewrite,
     saving,
+    tf_functions,
 )
 from edgepipe.optimization.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
@@ -255,10 +256,18 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     progress.phase("loading the model")
     for note in data.notes:
         progress.note(note)
-    model = models.load_source(prepared.model_source, data, str(prepared.recipe_path))
+    loaded: list[str] = []
+    model = models.load_source(prepared.model_source, data, str(prepared.recipe_path), notes=loaded)
+    for line in loaded:
+        progress.note(line)
     head = data.head(64)
     sample = head[0] if len(head) == 1 else list(head)
     model, rewrites = _inline_nested_models(model, sample, recipe, progress)
+    rewrites = loaded + rewrites
+    model, functions = tf_functions.keras_layers_for_tf_functions(model, sample)
+    for line in functions:
+        progress.note(line)
+    rewrites += functions
     if recipe.model.split_separable_conv:
         model, split = rewrite.split_separable_conv(model, sample)
         for line in split:

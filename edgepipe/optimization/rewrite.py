@@ -301,20 +301,27 @@ def _all_layers(model: Any) -> list[Any]:
     return [*model.layers, *(layer for layers in nested for layer in layers)]
 
 
-def _rebuilt(model: Any, skip: frozenset[str] = frozenset()) -> tuple[Any, list[str], list[str]]:
-    """``model`` replayed as one flat Functional model, without the layers whose class is in ``skip``;
-    with a line per inlined model and one per skipped layer."""
+def _rebuilt(
+    model: Any, skip: frozenset[str] = frozenset(), replace: Replacer | None = None
+) -> tuple[Any, list[str], list[str]]:
+    """``model`` replayed as one flat Functional model, without the layers whose class is in ``skip``, and with
+    each call that ``replace`` answers replaced by what it returns; with a line per inlined model and one per
+    skipped layer."""
     k = keras()
     inputs, tensors = fresh_inputs(model)
     names = {layer.name for layer in model.layers}
     twins: dict[int, tuple[Any, Any]] = {}  # id(layer) -> (layer, its copy): a shared layer stays shared
     inlined: list[str] = []
     skipped: list[str] = []
-    _replay(model, None, tensors, names, twins, inlined, skip, skipped)
+    _replay(model, None, tensors, names, twins, inlined, skip, skipped, replace)
     flat = k.Model(inputs, [tensors[id(t)] for t in model.outputs], name=model.name)
     for original, twin in twins.values():
         twin.set_weights(original.get_weights())
     return flat, inlined, skipped
+
+
+# (node, layer, mapped args, mapped kwargs) -> the new output tensor that replaces the call, or None to copy it
+Replacer = Callable[[Any, Any, Any, Any], Any]
 
 
 def fresh_inputs(model: Any) -> tuple[list[Any], dict[int, Any]]:
@@ -348,6 +355,7 @@ def _replay(
     inlined: list[str],
     skip: frozenset[str],
     skipped: list[str],
+    replace: Replacer | None = None,
 ) -> None:
     """Call a copy of each layer of ``model``'s graph, in order, on the tensors that ``tensors`` maps its inputs
     to; a nested model's graph is replayed the same way, its inputs mapped to what it was called on. Layers of
@@ -359,7 +367,7 @@ def _replay(
             given = [x for x in t.nest.flatten((args, kwargs)) if k.backend.is_keras_tensor(x)]
             for inner, outer in zip(layer.inputs, given, strict=True):
                 tensors[id(inner)] = outer
-            _replay(layer, layer.name, tensors, names, twins, inlined, skip, skipped)
+            _replay(layer, layer.name, tensors, names, twins, inlined, skip, skipped, replace)
             for inner, outer in zip(layer.outputs, t.nest.flatten(node.outputs), strict=True):
                 tensors[id(outer)] = tensors[id(inner)]
             line = f"{layer.name} ({len(layer.layers)} layers) inlined into {model.name}"
@@ -370,6 +378,10 @@ def _replay(
             tensors[id(t.nest.flatten(node.outputs)[0])] = given[0]
             line = f"{layer.name} ({type(layer).__name__})"
             skipped.extend([] if line in skipped else [line])
+            continue
+        produced = replace(node, layer, args, kwargs) if replace is not None else None
+        if produced is not None:
+            tensors[id(t.nest.flatten(node.outputs)[0])] = produced
             continue
         if id(layer) not in twins:  # a layer called twice (shared weights) is copied once and called twice
             config = layer.get_config()
