@@ -280,7 +280,10 @@ def _check_y(
             raise ConfigError.at(file, field, f"{origin}: {label} must have one target per sample")
         return y.astype(np.float32), None
     note = None
-    if y.ndim == 2 and y.shape[1] > 1:
+    integers = bool(np.all(np.mod(y, 1) == 0))
+    if y.ndim == 2 and y.shape[1] > 1 and (not integers or np.all((y == 0) | (y == 1))):
+        # 0/1 rows are one-hot labels; other integer rows are a label per position (a sequence tagger's), which
+        # ``models.check_fits`` matches against the model's output
         if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
             raise ConfigError.at(
                 file,
@@ -291,11 +294,12 @@ def _check_y(
         note = f"{label}: one-hot labels ({y.shape[0]} x {y.shape[1]}) read as class indices"
         y = y.argmax(axis=1)
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-    if y.ndim != 1 or not np.all(np.mod(y, 1) == 0):
+    if y.ndim < 1 or not np.all(np.mod(y, 1) == 0):
         raise ConfigError.at(
             file,
             field,
-            f"{origin}: {label} must hold integer class labels, got dtype {y.dtype} shape {y.shape}",
+            f"{origin}: {label} must hold integer class labels (one per sample, or one per position of a "
+            f"segmentation model's output), got dtype {y.dtype} shape {y.shape}",
             hint="for float targets set task: regression in the recipe",
         )
     if y.min() < 0:

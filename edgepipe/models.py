@@ -98,6 +98,21 @@ def check_fits(model: Any, data: Dataset, file: str | None) -> None:
             continue  # regression targets, or an output of unknown width
         units, largest = int(shape[-1]), int(max(labels.max(), data.y_test[index].max()))
         which = "" if outputs == 1 else f" (output {index})"
+        positions = tuple(shape[1:-1])  # () for one answer per sample; (H, W) for a segmentation output
+        per_sample = tuple(labels.shape[1:])
+        fits = len(per_sample) == len(positions) and all(
+            p is None or p == q for p, q in zip(positions, per_sample, strict=True)
+        )
+        if not fits:
+            raise ConfigError.at(
+                file,
+                "data.source",
+                f"the labels have shape {per_sample} per sample but the model's output{which} has shape "
+                f"{tuple(shape[1:])}: one label per sample, or one per position ({positions}) when the last axis "
+                "holds the classes of each position (segmentation)",
+                hint="several labels per sample (multi-label) are not supported: give one class per sample, or "
+                "one output per label",
+            )
         if units == 1 and largest > 1:
             raise ConfigError.at(
                 file,

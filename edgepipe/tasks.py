@@ -44,11 +44,13 @@ def binary_threshold(layer: Any, units: int) -> float | None:
     return 0.5 if _activation(layer) == "sigmoid" else 0.0
 
 
-def answers(values: np.ndarray, threshold: float | None) -> np.ndarray:
-    """The values of each sample as columns whose argmax is the class: a binary output (one column) gets the
+def answers(values: np.ndarray, threshold: float | None, classes: int | None = None) -> np.ndarray:
+    """One row per answer, as columns whose argmax is the class: a binary output (one column) gets the
     threshold in front, so that argmax answers 1 exactly when the output is above it and the margin of an
-    answer is its distance from the threshold. Every argmax in edgepipe and the agent reads classes this way."""
-    flat = np.asarray(values).reshape(len(values), -1)
+    answer is its distance from the threshold. With ``classes`` (the output's last axis), every position of a
+    per-position output (segmentation: one answer per pixel) is a row; without it, every sample. Every argmax
+    in edgepipe and the agent reads classes this way."""
+    flat = np.asarray(values).reshape(-1, classes) if classes else np.asarray(values).reshape(len(values), -1)
     if threshold is None or flat.shape[1] != 1:
         return flat
     return np.concatenate([np.full_like(flat, threshold, dtype=np.float64), flat.astype(np.float64)], axis=1)
@@ -62,17 +64,20 @@ class Task:
     kind: TaskKind = "classification"
     probabilities: tuple[bool, ...] = (False,)
     thresholds: tuple[float | None, ...] = ()  # per output; empty: no binary output
+    classes: tuple[int | None, ...] = ()  # per output: the size of its last axis, which holds the classes
 
     @classmethod
     def of(cls, model: Any, kind: TaskKind = "classification") -> Task:
         """Decide from the float (unwrapped) model; call this before any TF-MOT wrapper is applied."""
         heads = output_layers(model)
         thresholds: tuple[float | None, ...] = ()
+        classes: tuple[int | None, ...] = ()
         if kind == "classification":
             units = [int(tensor.shape[-1]) for tensor in model.outputs]
             thresholds = tuple(binary_threshold(layer, n) for layer, n in zip(heads, units, strict=True))
             thresholds = thresholds if any(t is not None for t in thresholds) else ()
-        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds)
+            classes = tuple(units)
+        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds, classes)
 
     @property
     def has_labels(self) -> bool:
@@ -128,10 +133,10 @@ class Task:
         return METRICS[self.kind][0]
 
     def score(self, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
-        return score(self.kind, outputs, targets, self.thresholds)
+        return score(self.kind, outputs, targets, self.thresholds, self.classes)
 
     def agreement(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
-        return agreement(self.kind, a, b, self.thresholds)
+        return agreement(self.kind, a, b, self.thresholds, self.classes)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -171,12 +176,14 @@ def score(
     outputs: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
     thresholds: Sequence[float | None] = (),
+    classes: Sequence[int | None] = (),
 ) -> Score:
     """Score float outputs (dequantized) against targets, output by output.
 
     classification: top-1 accuracy of each output against integer labels (a one-unit output answers 1 above its
-    threshold, ``answers``); regression: mean absolute error; reconstruction: mean squared error of each output
-    against the input it reconstructs (targets = inputs).
+    threshold, ``answers``; a per-position output, one label per position: the share of positions right);
+    regression: mean absolute error; reconstruction: mean squared error of each output against the input it
+    reconstructs (targets = inputs).
     """
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
@@ -185,8 +192,11 @@ def score(
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
         if kind == "classification":
             threshold = thresholds[index] if index < len(thresholds) else None
-            predicted = answers(flat, threshold).argmax(axis=1)
-            values.append(float(np.mean(predicted == np.asarray(target).reshape(-1))))
+            predicted = answers(flat, threshold, _classes(classes, index)).argmax(axis=1)
+            labels = np.asarray(target).reshape(-1)
+            if len(labels) != len(predicted):
+                raise ValueError(f"{len(predicted)} answers of output {index} but {len(labels)} labels")
+            values.append(float(np.mean(predicted == labels)))
             continue
         want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
         if want.shape != flat.shape:
@@ -198,14 +208,22 @@ def score(
 
 
 def agreement(
-    kind: TaskKind, a: Sequence[np.ndarray], b: Sequence[np.ndarray], thresholds: Sequence[float | None] = ()
+    kind: TaskKind,
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    thresholds: Sequence[float | None] = (),
+    classes: Sequence[int | None] = (),
 ) -> float | None:
-    """Top-1 agreement between two models' outputs (classification); None for other tasks, whose outputs are
-    compared by their error against the targets instead."""
+    """Top-1 agreement between two models' outputs (classification; per position for a per-position output);
+    None for other tasks, whose outputs are compared by their error against the targets instead."""
     if kind != "classification":
         return None
     same = []
     for index, (x, y) in enumerate(zip(a, b, strict=True)):
-        threshold = thresholds[index] if index < len(thresholds) else None
-        same.append(np.mean(answers(x, threshold).argmax(axis=1) == answers(y, threshold).argmax(axis=1)))
+        threshold, width = thresholds[index] if index < len(thresholds) else None, _classes(classes, index)
+        same.append(np.mean(answers(x, threshold, width).argmax(axis=1) == answers(y, threshold, width).argmax(axis=1)))
     return round(float(np.mean(same)), 6)
+
+
+def _classes(classes: Sequence[int | None], index: int) -> int | None:
+    return classes[index] if index < len(classes) else None

@@ -254,3 +254,85 @@ def test_an_accuracy_difference_says_whether_chance_explains_it(lost: int, gaine
     assert isinstance(error, AccuracyMismatch)
     assert f"the board got {lost} answers wrong that the host got right and {gained} right" in error.message
     assert ("within chance" in (error.hint or "")) is chance
+
+
+def test_a_per_position_output_is_scored_per_pixel_on_host_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segmentation output (samples, H, W, classes) with a label per pixel: one answer per pixel. Flattened
+    per sample, argmax picked one of H*W*classes values and the labels did not line up at all."""
+    from edgepipe.deployment.checks import answers_beyond_near_ties
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(6, 4, 4, 3)).astype(np.float32)
+    labels = rng.integers(0, 3, (6, 4, 4))
+    by_hand = float(np.mean(logits.argmax(axis=-1) == labels))
+    host = score("classification", [logits], [labels], (), (3,))
+    agent = agent_module(monkeypatch)
+    assert host.value == pytest.approx(by_hand, abs=1e-6)
+    flat = logits.reshape(6, -1)  # as the interpreters hand outputs over
+    assert agent.score(np, "classification", [flat], [labels], [], [3]) == pytest.approx([by_hand], abs=1e-6)
+    board = flat.copy()
+    board[0, :3] = [9.0, 0.0, 0.0]  # pixel (0, 0, 0) of sample 0 answers class 0 now
+    changed = int(logits[0, 0, 0].argmax() != 0)
+    found = agent.agreement(np, "classification", [flat], [board], [labels], [], [3])
+    assert found["top1_answers"] == [96] and found["top1_changed"] == [changed]
+    assert found["top1"] == pytest.approx(1 - changed / 96)
+    beyond, _ = answers_beyond_near_ties(found, 6, steps=0.0)
+    assert beyond == pytest.approx(1 - changed / 96)  # per pixel, not per sample (1 - 1/6)
+
+
+SEGMENTATION = '''
+import numpy as np
+import tf_keras as k
+from edgepipe.data import Dataset
+from edgepipe.examples import digits
+
+
+def ink_masks():
+    """Each digit's pixels as background, faint or strong ink: a label per pixel."""
+    d = digits.load()
+    mask = lambda x: np.digitize(x[..., 0], [0.2, 0.6]).astype(np.int32)
+    return Dataset("ink-masks", d.x_train[0], mask(d.x_train[0]), d.x_test[0], mask(d.x_test[0]))
+
+
+def segmenter():
+    i = k.layers.Input((8, 8, 1))
+    a = k.layers.Conv2D(8, 3, padding="same", activation="relu")(i)
+    b = k.layers.UpSampling2D()(k.layers.Conv2D(8, 3, padding="same", activation="relu")(k.layers.MaxPooling2D()(a)))
+    return k.Model(i, k.layers.Conv2D(3, 1)(k.layers.Concatenate()([a, b])), name="segmenter")
+
+
+def wrong_size():
+    i = k.layers.Input((8, 8, 1))
+    return k.Model(i, k.layers.Conv2D(3, 2, strides=2)(i))
+'''
+
+
+@pytest.mark.slow
+def test_a_segmentation_model_trains_converts_and_is_scored_per_pixel_on_the_board(tmp_path: Path) -> None:
+    (tmp_path / "seg.py").write_text(SEGMENTATION)
+    recipe = """
+    name: segmentation
+    model: {source: seg:segmenter, train: {epochs: 6, learning_rate: 0.003}}
+    data: {source: seg:ink_masks}
+    stages: [{kind: ptq}]
+    gates: {max_accuracy_drop: null}
+    """
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["final"]["accuracy"] > 0.8  # per pixel; the old flattened argmax scored about 0.0
+    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    checks = json.loads((out / "deploy-local.json").read_text())["checks"]
+    assert checks["device_accuracy"] == pytest.approx(record["final"]["accuracy"], abs=1e-6)
+
+    wrong = write_recipe(tmp_path, recipe.replace("seg:segmenter", "seg:wrong_size"), name="wrong.yaml")
+    refused = run_cli("optimize", str(wrong), "--out", str(tmp_path / "wrong"))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    said = " ".join(refused.stderr.split())
+    assert "the labels have shape (8, 8) per sample but the model's output has shape (4, 4, 3)" in said
+    distilled = recipe.replace("stages: [{kind: ptq}]", "stages: [{kind: distill}]")
+    refused = run_cli("optimize", str(write_recipe(tmp_path, distilled, name="kd.yaml")), "--out", str(tmp_path / "kd"))
+    assert refused.returncode == 2 and "distillation takes one answer per sample" in " ".join(refused.stderr.split())

@@ -27,10 +27,14 @@ def read_data(np: Any, path: str) -> tuple[list[Any], list[Any]]:
     return xs, ys
 
 
-def answers(np: Any, values: Any, threshold: Any) -> Any:
-    """Columns whose argmax is the class: a one-unit (binary) output gets its threshold in front, so that it
-    answers 1 exactly above it. The same rule as edgepipe's tasks.answers."""
-    flat = np.asarray(values).reshape(len(values), -1)
+MARGINS_KEPT = 10_000  # of a per-position output's changed answers, the smallest margins (the near-ties)
+
+
+def answers(np: Any, values: Any, threshold: Any, classes: Any = None) -> Any:
+    """One row per answer, as columns whose argmax is the class: a one-unit (binary) output gets its threshold
+    in front, so that it answers 1 exactly above it; with ``classes`` (the output's last axis) each position of
+    a per-position (segmentation) output is a row. The same rule as edgepipe's tasks.answers."""
+    flat = np.asarray(values).reshape(-1, classes) if classes else np.asarray(values).reshape(len(values), -1)
     if threshold is None or flat.shape[1] != 1:
         return flat
     return np.concatenate([np.full_like(flat, threshold, dtype=np.float64), flat.astype(np.float64)], axis=1)
@@ -41,7 +45,12 @@ def _threshold(thresholds: list[Any], index: int) -> Any:
 
 
 def score(
-    np: Any, task: str, outputs: list[Any], targets: list[Any], thresholds: list[Any] | None = None
+    np: Any,
+    task: str,
+    outputs: list[Any],
+    targets: list[Any],
+    thresholds: list[Any] | None = None,
+    classes: list[Any] | None = None,
 ) -> list[float]:
     """Per output: top-1 accuracy (classification), mean absolute error (regression) or mean squared error
     against the input (reconstruction). The same formulas as edgepipe's tasks.score on the host."""
@@ -49,8 +58,13 @@ def score(
     for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
         if task == "classification":
-            predicted = answers(np, flat, _threshold(thresholds or [], index)).argmax(axis=1)
-            values.append(float(np.mean(predicted == np.asarray(target).reshape(-1))))
+            predicted = answers(np, flat, _threshold(thresholds or [], index), _threshold(classes or [], index))
+            labels = np.asarray(target).reshape(-1)
+            if len(labels) != len(predicted):
+                raise JobFailed(
+                    "DataMismatch", f"output {index} gives {len(predicted)} answers for {len(labels)} labels"
+                )
+            values.append(float(np.mean(predicted.argmax(axis=1) == labels)))
             continue
         want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
         if want.shape != flat.shape:
@@ -106,7 +120,8 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = ys if task != "reconstruction" else xs
     if len(targets) != len(raw):
         raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
-    per_output = score(np, task, dequantized, targets, thresholds)
+    classes = [int(output["shape"][-1]) for output in interpreter.get_output_details()]  # each position's classes
+    per_output = score(np, task, dequantized, targets, thresholds, classes)
     value = sum(per_output) / len(per_output)
     metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
     report: dict[str, Any] = {
@@ -117,8 +132,9 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         "per_output": per_output,
         "accuracy": value if task == "classification" else None,
     }
-    if task == "classification":
-        report["correct"] = sum(round(v * count) for v in per_output)  # over every output
+    if task == "classification":  # over every output; a per-position output counts its positions
+        answered = [len(np.asarray(t).reshape(-1)) for t in targets]
+        report["correct"] = sum(round(v * n) for v, n in zip(per_output, answered, strict=True))
     if job["outputs"]:
         with open(job["outputs"], "wb") as handle:
             np.savez(handle, **{f"o_{i}": values for i, values in enumerate(raw)})
@@ -128,12 +144,18 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         if [r.shape for r in reference] != [r.shape for r in raw]:
             shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
             raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
-        report["agreement"] = agreement(np, task, reference, raw, targets, raw_thresholds)
+        report["agreement"] = agreement(np, task, reference, raw, targets, raw_thresholds, classes)
     return report
 
 
 def agreement(
-    np: Any, task: str, reference: list[Any], raw: list[Any], targets: list[Any], thresholds: list[Any] | None = None
+    np: Any,
+    task: str,
+    reference: list[Any],
+    raw: list[Any],
+    targets: list[Any],
+    thresholds: list[Any] | None = None,
+    classes: list[Any] | None = None,
 ) -> dict[str, Any]:
     """How closely this board's raw outputs (``raw``) follow the host's (``reference``), output by output.
 
@@ -143,17 +165,23 @@ def agreement(
     raw units, ascending). A margin of at most twice the step tolerance is a near-tie that rounding within the
     tolerance can flip; the host decides which changes that explains (``edgepipe.deployment.runner``). And
     ``top1_discordant``: per output, how many answers the host had right and the board wrong, and the reverse
-    (what McNemar's test of the accuracy difference reads).
+    (what McNemar's test of the accuracy difference reads). A per-position output (segmentation) answers once
+    per position: ``top1_answers`` says how many answers each output gave, ``top1_changed`` how many changed,
+    and only the ``MARGINS_KEPT`` smallest margins are sent.
     """
-    top1, margins, largest, discordant = [], [], [], []
+    top1, margins, largest, discordant, answered, changes = [], [], [], [], [], []
     for index, (host, board, target) in enumerate(zip(reference, raw, targets, strict=True)):
         largest.append(float(np.abs(host.astype(np.float64) - board.astype(np.float64)).max()))
-        threshold = _threshold(thresholds or [], index)
-        wide, board_wide = answers(np, host, threshold).astype(np.float64), answers(np, board, threshold)
+        threshold, width = _threshold(thresholds or [], index), _threshold(classes or [], index)
+        wide = answers(np, host, threshold, width).astype(np.float64)
+        board_wide = answers(np, board, threshold, width)
         host_answer, board_answer = wide.argmax(axis=1), board_wide.argmax(axis=1)
         changed = np.flatnonzero(host_answer != board_answer)
-        top1.append(1.0 - len(changed) / len(host) if len(host) else 1.0)
-        margins.append(sorted(float(wide[i, host_answer[i]] - wide[i, board_answer[i]]) for i in changed))
+        top1.append(1.0 - len(changed) / len(host_answer) if len(host_answer) else 1.0)
+        answered.append(len(host_answer))
+        changes.append(len(changed))
+        kept = sorted(float(wide[i, host_answer[i]] - wide[i, board_answer[i]]) for i in changed)[:MARGINS_KEPT]
+        margins.append(kept)
         if task == "classification":
             labels = np.asarray(target).reshape(-1)
             host_right, board_right = host_answer == labels, board_answer == labels
@@ -163,5 +191,7 @@ def agreement(
         "top1": sum(top1) / len(top1) if classifier else None,
         "top1_changed_margins": margins if classifier else None,
         "top1_discordant": discordant if classifier else None,
+        "top1_answers": answered if classifier else None,
+        "top1_changed": changes if classifier else None,
         "max_abs_diff": max(largest),
     }

@@ -78,7 +78,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-AGENT_VERSION = "1.8.0"
+AGENT_VERSION = "1.9.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")

@@ -155,14 +155,19 @@ def answers_beyond_near_ties(agreement: dict[str, Any], samples: int | None, ste
     When every output value may differ by up to ``steps``, an answer can change only where the host preferred
     it by at most ``2 * steps`` over the board's answer: a near-tie, which the tolerated rounding explains (an
     undertrained model has many). Only a change beyond that counts against ``min_top1_agreement``. An agent
-    that does not report the margins: every change counts.
+    that does not report the margins: every change counts. A per-position output (segmentation; agent 1.9)
+    answers once per position (``top1_answers``) and sends only its smallest margins: a change whose margin was
+    not sent counts as beyond.
     """
     margins = agreement.get("top1_changed_margins")
     if margins is None or not samples:
         return agreement["top1"], 0
-    beyond = [sum(1 for margin in output if margin > 2 * steps) for output in margins]
-    near_ties = sum(len(output) for output in margins) - sum(beyond)
-    return sum(1 - count / samples for count in beyond) / len(beyond), near_ties
+    answered = agreement.get("top1_answers") or [samples] * len(margins)
+    changed = agreement.get("top1_changed") or [len(output) for output in margins]
+    near = [sum(1 for margin in output if margin <= 2 * steps) for output in margins]
+    beyond = [count - ties for count, ties in zip(changed, near, strict=True)]
+    share = [1 - count / total if total else 1.0 for count, total in zip(beyond, answered, strict=True)]
+    return sum(share) / len(share), sum(near)
 
 
 def parity_gap(parity: dict[str, Any]) -> str:

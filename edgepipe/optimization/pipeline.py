@@ -142,17 +142,28 @@ def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Pro
     return flat, lines
 
 
-def _refuse_binary_distillation(task: Task, recipe: Recipe, file: str) -> None:
-    """Distillation matches softened class distributions; a one-unit (binary) head has none to soften here."""
-    if not task.binary:
+def _refuse_unsupported_distillation(task: Task, data: Dataset, recipe: Recipe, file: str) -> None:
+    """Distillation matches softened class distributions of one answer per sample: a one-unit (binary) head
+    has none to soften, and a per-position output (segmentation) has one per position, which its packed
+    targets (``distill.packed_targets``) do not carry."""
+    per_position = task.kind == "classification" and any(labels.ndim > 1 for labels in data.y_train)
+    if not task.binary and not per_position:
         return
     for index, stage in enumerate(recipe.stages):
-        if _distill_settings(recipe, stage) is not None:
+        if _distill_settings(recipe, stage) is None:
+            continue
+        where = f"{file}: stages[{index}] ({stage_name(stage)})"
+        if per_position:
             raise ConfigError(
-                f"{file}: stages[{index}] ({stage_name(stage)}): distillation takes classifiers with a unit per "
-                "class; this model has a one-unit (binary) output",
-                hint="fine-tune without distill, or give the head two units (softmax or logits over 2 classes)",
+                f"{where}: distillation takes one answer per sample; this model answers per position "
+                f"(labels of shape {data.y_train[0].shape[1:]} per sample)",
+                hint="fine-tune without distill",
             )
+        raise ConfigError(
+            f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) "
+            "output",
+            hint="fine-tune without distill, or give the head two units (softmax or logits over 2 classes)",
+        )
 
 
 def _distill_settings(recipe: Recipe, stage: Any) -> DistillSettings | None:
@@ -274,7 +285,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             progress.note(f"split {line}")
         rewrites += split
     task = Task.of(model, recipe.task)
-    _refuse_binary_distillation(task, recipe, str(prepared.recipe_path))
+    _refuse_unsupported_distillation(task, data, recipe, str(prepared.recipe_path))
     refuse_looped_recurrent(model)  # before training: its int8 conversion would crash after it
     teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}
