@@ -160,8 +160,7 @@ def _refuse_unsupported_distillation(task: Task, data: Dataset, recipe: Recipe, 
                 hint="fine-tune without distill",
             )
         raise ConfigError(
-            f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) "
-            "output",
+            f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) output",
             hint="fine-tune without distill, or give the head two units (softmax or logits over 2 classes)",
         )
 
