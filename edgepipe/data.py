@@ -282,17 +282,20 @@ def _check_y(
     note = None
     integers = bool(np.all(np.mod(y, 1) == 0))
     if y.ndim == 2 and y.shape[1] > 1 and (not integers or np.all((y == 0) | (y == 1))):
-        # 0/1 rows are one-hot labels; other integer rows are a label per position (a sequence tagger's), which
-        # ``models.check_fits`` matches against the model's output
-        if not (np.all((y == 0) | (y == 1)) and np.all(y.sum(axis=1) == 1)):
+        # 0/1 rows: one-hot labels, or multi-hot ones (several yes/no labels per sample); other integer rows are a
+        # label per position (a sequence tagger's). ``models.check_fits`` matches them against the model's output.
+        if not integers:
             raise ConfigError.at(
                 file,
                 field,
                 f"{origin}: {label} has shape {y.shape} but is not one-hot (exactly one 1 per row)",
                 hint="give one integer class label per sample, or one-hot rows; for float targets set task: regression",
             )
-        note = f"{label}: one-hot labels ({y.shape[0]} x {y.shape[1]}) read as class indices"
-        y = y.argmax(axis=1)
+        if np.all(y.sum(axis=1) == 1):
+            note = f"{label}: one-hot labels ({y.shape[0]} x {y.shape[1]}) read as class indices"
+            y = y.argmax(axis=1)
+        else:
+            note = f"{label}: multi-hot labels, {y.shape[1]} yes/no labels per sample (a multi-label head)"
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
     if y.ndim < 1 or not np.all(np.mod(y, 1) == 0):
         raise ConfigError.at(

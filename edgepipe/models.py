@@ -21,7 +21,7 @@ from edgepipe.keras3_import import convert_keras3, is_keras3_model
 from edgepipe.keras_compat import keras
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
-from edgepipe.tasks import Score, Task
+from edgepipe.tasks import Score, Task, answer_width, ends_with_softmax, output_layers
 
 
 def load_source(
@@ -71,6 +71,46 @@ def _allow_own_lambdas(model: Any) -> None:
         serialization_lib.enable_unsafe_deserialization()
 
 
+def _check_labels_fit(
+    shape: tuple[Any, ...], labels: np.ndarray, test: np.ndarray, head: Any, which: str, file: str | None
+) -> None:
+    """Integer labels must fit a classifier output (``tasks.answer_width``): one per sample or per position,
+    each below the output's class count, or a 0/1 label per value of a multi-label head (not a softmax)."""
+    width, largest = answer_width(shape, labels.shape[1:]), int(max(labels.max(), test.max()))
+    if width is None:
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the labels have shape {tuple(labels.shape[1:])} per sample but the model's output{which} has shape "
+            f"{tuple(shape)}: give one label per sample, one per position ({tuple(shape[:-1])}) when the last axis "
+            f"holds each position's classes (segmentation), or one 0/1 label per value {tuple(shape)} (multi-label)",
+        )
+    per_value = width == 1 and tuple(labels.shape[1:]) == tuple(shape) and len(shape) > 0 and shape[-1] != 1
+    if per_value and ends_with_softmax(head):
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the labels are multi-hot ({shape[-1]} yes/no labels per sample) but the model's output{which} is a "
+            "softmax, which answers one class per sample",
+            hint="end the head in a sigmoid (or logits) per label for multi-label, or give one class per sample",
+        )
+    if width == 1 and largest > 1:
+        kind = "gives one yes/no answer per value" if per_value else "has one unit (a binary classifier)"
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the model's output{which} {kind} but the labels go up to {largest}",
+            hint=f"give the head {largest + 1} units, or labels 0 and 1",
+        )
+    if width > 1 and largest >= width:
+        raise ConfigError.at(
+            file,
+            "data.source",
+            f"the labels go up to {largest} but the model's output{which} has {width} units, one per class",
+            hint=f"give the head {largest + 1} units",
+        )
+
+
 def check_fits(model: Any, data: Dataset, file: str | None) -> None:
     """The data must have one array per model input of the input's shape, and one target per output."""
     expected = [tuple(shape[1:]) for shape in _shapes(model.input_shape)]
@@ -93,40 +133,13 @@ def check_fits(model: Any, data: Dataset, file: str | None) -> None:
             f"the model has {outputs} outputs but the data {len(data.y_train)} target arrays",
             hint="give y_train_0, y_train_1, ... (one per output, in the order of the model's outputs)",
         )
+    heads = output_layers(model)
     for index, (shape, labels) in enumerate(zip(_shapes(model.output_shape), data.y_train, strict=False)):
         if labels.dtype.kind not in "iub" or shape[-1] is None:
             continue  # regression targets, or an output of unknown width
-        units, largest = int(shape[-1]), int(max(labels.max(), data.y_test[index].max()))
-        which = "" if outputs == 1 else f" (output {index})"
-        positions = tuple(shape[1:-1])  # () for one answer per sample; (H, W) for a segmentation output
-        per_sample = tuple(labels.shape[1:])
-        fits = len(per_sample) == len(positions) and all(
-            p is None or p == q for p, q in zip(positions, per_sample, strict=True)
+        _check_labels_fit(
+            shape[1:], labels, data.y_test[index], heads[index], "" if outputs == 1 else f" (output {index})", file
         )
-        if not fits:
-            raise ConfigError.at(
-                file,
-                "data.source",
-                f"the labels have shape {per_sample} per sample but the model's output{which} has shape "
-                f"{tuple(shape[1:])}: one label per sample, or one per position ({positions}) when the last axis "
-                "holds the classes of each position (segmentation)",
-                hint="several labels per sample (multi-label) are not supported: give one class per sample, or "
-                "one output per label",
-            )
-        if units == 1 and largest > 1:
-            raise ConfigError.at(
-                file,
-                "data.source",
-                f"the model's output{which} has one unit (a binary classifier) but the labels go up to {largest}",
-                hint=f"give the head {largest + 1} units, or labels 0 and 1",
-            )
-        if units > 1 and largest >= units:
-            raise ConfigError.at(
-                file,
-                "data.source",
-                f"the labels go up to {largest} but the model's output{which} has {units} units, one per class",
-                hint=f"give the head {largest + 1} units",
-            )
     if not data.y_train and (outputs, len(expected)) != (1, 1):
         raise ConfigError.at(
             file,
@@ -284,7 +297,7 @@ def train(
     if settings.distill is not None and teacher is not None:
         from edgepipe.optimization import distill
 
-        packed = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind))
+        packed = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind, data.y_train))
         targets = packed[0] if len(packed) == 1 else packed
         distill.compile_distilled(model, task, settings.distill, learning_rate_for(settings, data.train_samples))
     else:

@@ -37,11 +37,32 @@ def _activation(layer: Any) -> str:
 
 
 def binary_threshold(layer: Any, units: int) -> float | None:
-    """For a classifier output of one unit (a binary classifier: class 1 when the output is above the
-    threshold), 0.5 after a sigmoid and 0.0 for a logit; None for an output of several classes."""
+    """For a classifier output whose answers are one value each (a binary classifier, a binary mask, or a
+    multi-label head: yes when the value is above the threshold), 0.5 after a sigmoid and 0.0 for a logit;
+    None for an output with a unit per class (``units`` is the values per answer, ``answer_width``)."""
     if units != 1:
         return None
     return 0.5 if _activation(layer) == "sigmoid" else 0.0
+
+
+def answer_width(output_shape: Sequence[int | None], label_shape: Sequence[int]) -> int | None:
+    """How many values of a classifier output make one answer, from the output's shape and the labels' (both
+    without the batch axis); None when the labels do not fit the output.
+
+    Labels shaped like the output without its last axis: one answer per sample or per position (segmentation),
+    whose classes the last axis holds (a width of 1 is a binary answer). Labels shaped like the whole output:
+    every value is a yes/no answer of its own (a multi-label head, multi-hot labels). The agent has the same
+    rule (``edgepipe_agent.evaluate.answer_width``)."""
+    output, labels = list(output_shape), list(label_shape)
+
+    def matches(axes: list[Any]) -> bool:
+        return len(axes) == len(labels) and all(o is None or o == n for o, n in zip(axes, labels, strict=True))
+
+    if output and matches(output[:-1]):
+        return None if output[-1] is None else int(output[-1])
+    if output and matches(output):
+        return 1
+    return None
 
 
 def answers(values: np.ndarray, threshold: float | None, classes: int | None = None) -> np.ndarray:
@@ -67,16 +88,23 @@ class Task:
     classes: tuple[int | None, ...] = ()  # per output: the size of its last axis, which holds the classes
 
     @classmethod
-    def of(cls, model: Any, kind: TaskKind = "classification") -> Task:
-        """Decide from the float (unwrapped) model; call this before any TF-MOT wrapper is applied."""
+    def of(cls, model: Any, kind: TaskKind = "classification", labels: Sequence[np.ndarray] = ()) -> Task:
+        """Decide from the float (unwrapped) model and the labels' shapes (``answer_width``: without labels, an
+        answer per sample); call this before any TF-MOT wrapper is applied."""
         heads = output_layers(model)
         thresholds: tuple[float | None, ...] = ()
         classes: tuple[int | None, ...] = ()
         if kind == "classification":
-            units = [int(tensor.shape[-1]) for tensor in model.outputs]
-            thresholds = tuple(binary_threshold(layer, n) for layer, n in zip(heads, units, strict=True))
+            shapes = [tuple(tensor.shape)[1:] for tensor in model.outputs]
+            widths = [
+                answer_width(shape, np.shape(labels[i])[1:]) if i < len(labels) else shape[-1]
+                for i, shape in enumerate(shapes)
+            ]
+            classes = tuple(None if w is None else int(w) for w in widths)
+            thresholds = tuple(
+                binary_threshold(layer, -1 if w is None else w) for layer, w in zip(heads, classes, strict=True)
+            )
             thresholds = thresholds if any(t is not None for t in thresholds) else ()
-            classes = tuple(units)
         return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds, classes)
 
     @property

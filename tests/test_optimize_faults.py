@@ -211,9 +211,12 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     )
     np.testing.assert_array_equal(data.y_train[0], labels)
     assert data.notes == ("y_train: one-hot labels (6 x 3) read as class indices",)
-    multi_label = np.eye(3)[labels] + np.eye(3)[(labels + 1) % 3]
+    multi_label = np.eye(3)[labels] + np.eye(3)[(labels + 1) % 3]  # kept as they are: a multi-label head's
+    data = from_arrays({"x_train": x, "y_train": multi_label, "x_test": x, "y_test": multi_label}, "d", "r", "data")
+    np.testing.assert_array_equal(data.y_train[0], multi_label)
+    assert data.notes[0] == "y_train: multi-hot labels, 3 yes/no labels per sample (a multi-label head)"
     with pytest.raises(ConfigError, match=r"y_train has shape \(6, 3\) but is not one-hot"):
-        from_arrays({"x_train": x, "y_train": multi_label, "x_test": x, "y_test": labels}, "d", "r.yaml", "data.source")
+        from_arrays({"x_train": x, "y_train": multi_label / 3, "x_test": x, "y_test": labels}, "d", "r", "data")
 
 
 @pytest.mark.slow

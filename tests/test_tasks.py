@@ -301,6 +301,23 @@ def segmenter():
     return k.Model(i, k.layers.Conv2D(3, 1)(k.layers.Concatenate()([a, b])), name="segmenter")
 
 
+def tags():
+    """Three yes/no labels per digit (even, above 4, prime): multi-hot rows."""
+    d = digits.load()
+    hot = lambda y: np.stack([y % 2 == 0, y > 4, np.isin(y, [2, 3, 5, 7])], axis=1).astype(np.int32)
+    return Dataset("digit-tags", d.x_train[0], hot(d.y_train[0]), d.x_test[0], hot(d.y_test[0]))
+
+
+def tagger(activation="sigmoid"):
+    i = k.layers.Input((8, 8, 1))
+    x = k.layers.Flatten()(k.layers.Conv2D(8, 3, padding="same", activation="relu")(i))
+    return k.Model(i, k.layers.Dense(3, activation=activation)(x), name="tagger")
+
+
+def softmax_tagger():
+    return tagger("softmax")
+
+
 def wrong_size():
     i = k.layers.Input((8, 8, 1))
     return k.Model(i, k.layers.Conv2D(3, 2, strides=2)(i))
@@ -336,3 +353,59 @@ def test_a_segmentation_model_trains_converts_and_is_scored_per_pixel_on_the_boa
     distilled = recipe.replace("stages: [{kind: ptq}]", "stages: [{kind: distill}]")
     refused = run_cli("optimize", str(write_recipe(tmp_path, distilled, name="kd.yaml")), "--out", str(tmp_path / "kd"))
     assert refused.returncode == 2 and "distillation takes one answer per sample" in " ".join(refused.stderr.split())
+
+
+@pytest.mark.parametrize(
+    ("output", "labels", "width"),
+    [((10,), (), 10), ((1,), (), 1), ((8, 8, 3), (8, 8), 3), ((8, 8, 1), (8, 8), 1), ((3,), (3,), 1),
+     ((None, 5), (7,), 5), ((10,), (2,), None), ((4, 4, 3), (8, 8), None)],
+)  # fmt: skip
+def test_how_many_values_make_an_answer_is_read_from_the_labels_alike_on_host_and_agent(
+    output: tuple, labels: tuple, width: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgepipe.tasks import answer_width
+
+    assert answer_width(output, labels) == width
+    if None not in output:  # the agent reads concrete shapes from the interpreter
+        assert agent_module(monkeypatch).answer_width(list(output), list(labels)) == width
+
+
+def test_a_multi_label_head_is_scored_per_label_on_host_and_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    probabilities = rng.random((20, 3)).astype(np.float32)
+    labels = rng.integers(0, 2, (20, 3))
+    by_hand = float(np.mean((probabilities > 0.5) == labels))
+    assert score("classification", [probabilities], [labels], (0.5,), (1,)).value == pytest.approx(by_hand)
+    agent = agent_module(monkeypatch)
+    assert agent.score(np, "classification", [probabilities], [labels], [0.5], [1]) == pytest.approx([by_hand])
+
+
+@pytest.mark.slow
+def test_a_multi_label_head_trains_and_is_scored_per_label_on_the_board(tmp_path: Path) -> None:
+    (tmp_path / "seg.py").write_text(SEGMENTATION)
+    recipe = """
+    name: tags
+    model: {source: seg:tagger, train: {epochs: 6, learning_rate: 0.003}}
+    data: {source: seg:tags}
+    fine_tune: {epochs: 1}
+    stages: [{kind: qat}]
+    gates: {max_accuracy_drop: null}
+    """
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "multi-hot labels, 3 yes/no labels per sample" in " ".join(done.stderr.split())
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["final"]["accuracy"] > 0.8  # per label: with one-hot checks the labels were refused
+    deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    checks = json.loads((out / "deploy-local.json").read_text())["checks"]
+    assert checks["device_accuracy"] == pytest.approx(record["final"]["accuracy"], abs=1e-6)
+
+    softmax = write_recipe(tmp_path, recipe.replace("seg:tagger", "seg:softmax_tagger"), name="softmax.yaml")
+    refused = run_cli("optimize", str(softmax), "--out", str(tmp_path / "softmax"))
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "the labels are multi-hot (3 yes/no labels per sample) but the model's output is a softmax" in " ".join(
+        refused.stderr.split()
+    )

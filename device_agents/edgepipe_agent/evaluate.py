@@ -40,6 +40,18 @@ def answers(np: Any, values: Any, threshold: Any, classes: Any = None) -> Any:
     return np.concatenate([np.full_like(flat, threshold, dtype=np.float64), flat.astype(np.float64)], axis=1)
 
 
+def answer_width(output: list[Any], labels: list[Any]) -> Any:
+    """How many values of an output make one answer: its last axis when the labels are shaped like the output
+    without it (one label per sample, or per position), 1 when they are shaped like the whole output (multi-hot
+    labels, a yes/no answer per value); None when they do not fit. The same rule as edgepipe's
+    tasks.answer_width."""
+    if output and list(labels) == list(output[:-1]):
+        return output[-1]
+    if output and list(labels) == list(output):
+        return 1
+    return None
+
+
 def _threshold(thresholds: list[Any], index: int) -> Any:
     return thresholds[index] if index < len(thresholds) else None
 
@@ -120,7 +132,16 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = ys if task != "reconstruction" else xs
     if len(targets) != len(raw):
         raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
-    classes = [int(output["shape"][-1]) for output in interpreter.get_output_details()]  # each position's classes
+    classes: list[Any] = []  # per output: how many of its values make one answer
+    for index, (output, target) in enumerate(zip(interpreter.get_output_details(), targets, strict=True)):
+        shape = [int(d) for d in output["shape"][1:]]
+        width = answer_width(shape, list(np.shape(target)[1:])) if task == "classification" else None
+        if task == "classification" and width is None:
+            raise JobFailed(
+                "DataMismatch",
+                f"labels of shape {list(np.shape(target)[1:])} per sample do not fit output {index} of shape {shape}",
+            )
+        classes.append(width)
     per_output = score(np, task, dequantized, targets, thresholds, classes)
     value = sum(per_output) / len(per_output)
     metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]

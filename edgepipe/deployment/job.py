@@ -71,9 +71,11 @@ _PASSING = frozenset({"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE"})
 
 
 def binary_thresholds(local: Path | bytes | None) -> list[float | None] | None:
-    """Per output of a classifier model: for an output of one unit (a binary classifier) the value above which it
-    answers 1, 0.5 where a LOGISTIC (sigmoid) produces it and 0 for a logit; None for an output with a unit per
-    class. None when no output has one unit, or this machine cannot read the model (the agent classifies it)."""
+    """Per output of a classifier model, the value above which a yes/no answer is yes: 0.5 where a LOGISTIC
+    (sigmoid) produces the output and 0 for logits; None after a SOFTMAX. The agent uses it where an answer is
+    one value (``answer_width`` 1: a binary classifier or mask, a multi-label head with multi-hot labels), which
+    only the labels tell. None when no output could have one, or this machine cannot read the model (the agent
+    classifies it)."""
     from edgepipe.errors import ModelError
     from edgepipe.tflite_model import TfliteModel
 
@@ -86,14 +88,11 @@ def binary_thresholds(local: Path | bytes | None) -> list[float | None] | None:
     producers = {tensor: op for op in model.ops for tensor in op.outputs}
     found: list[float | None] = []
     for index in model.outputs:
-        shape = model.tensors[index].shape
-        if not shape or shape[-1] != 1:
-            found.append(None)
-            continue
         op = producers.get(index)
         while op is not None and op.name in _PASSING and op.inputs:
             op = producers.get(op.inputs[0])
-        found.append(0.5 if op is not None and op.name == "LOGISTIC" else 0.0)
+        name = op.name if op is not None else ""
+        found.append(None if name == "SOFTMAX" else 0.5 if name == "LOGISTIC" else 0.0)
     return found if any(t is not None for t in found) else None
 
 

@@ -143,9 +143,9 @@ def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Pro
 
 
 def _refuse_unsupported_distillation(task: Task, data: Dataset, recipe: Recipe, file: str) -> None:
-    """Distillation matches softened class distributions of one answer per sample: a one-unit (binary) head
-    has none to soften, and a per-position output (segmentation) has one per position, which its packed
-    targets (``distill.packed_targets``) do not carry."""
+    """Distillation matches softened class distributions of one answer per sample: a one-unit (binary) head or
+    a multi-label one has none to soften, and a per-position output (segmentation) has one per position, which
+    its packed targets (``distill.packed_targets``) do not carry."""
     per_position = task.kind == "classification" and any(labels.ndim > 1 for labels in data.y_train)
     if not task.binary and not per_position:
         return
@@ -153,15 +153,16 @@ def _refuse_unsupported_distillation(task: Task, data: Dataset, recipe: Recipe, 
         if _distill_settings(recipe, stage) is None:
             continue
         where = f"{file}: stages[{index}] ({stage_name(stage)})"
-        if per_position:
+        if task.binary:
             raise ConfigError(
-                f"{where}: distillation takes one answer per sample; this model answers per position "
-                f"(labels of shape {data.y_train[0].shape[1:]} per sample)",
-                hint="fine-tune without distill",
+                f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) "
+                "output or a yes/no answer per unit (multi-label)",
+                hint="fine-tune without distill, or give a binary head two units (softmax or logits over 2 classes)",
             )
         raise ConfigError(
-            f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) output",
-            hint="fine-tune without distill, or give the head two units (softmax or logits over 2 classes)",
+            f"{where}: distillation takes one answer per sample; this model answers per position "
+            f"(labels of shape {data.y_train[0].shape[1:]} per sample)",
+            hint="fine-tune without distill",
         )
 
 
@@ -283,7 +284,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         for line in split:
             progress.note(f"split {line}")
         rewrites += split
-    task = Task.of(model, recipe.task)
+    task = Task.of(model, recipe.task, data.y_train)
     _refuse_unsupported_distillation(task, data, recipe, str(prepared.recipe_path))
     refuse_looped_recurrent(model)  # before training: its int8 conversion would crash after it
     teachers = _load_teachers(prepared, model)
