@@ -120,6 +120,17 @@ def binary():
                          k.layers.Dense(1, activation="sigmoid")], name="binary")
 
 
+def resized():
+    """Images brought to the size a backbone wants, inside the model."""
+    return k.Sequential([
+        k.layers.Input((8, 8, 1)),
+        k.layers.Resizing(16, 16),
+        k.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+        k.layers.GlobalAveragePooling2D(),
+        k.layers.Dense(10),
+    ], name="resized")
+
+
 def unlabelled():
     d = digits.load()
     return Dataset("no-labels", d.x_train[0], (), d.x_test[0], ())
@@ -403,3 +414,23 @@ def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_t
     done = run_cli("optimize", str(write_recipe(tmp_path, distilled)), "--out", str(tmp_path / "wrong"))
     assert done.returncode == 2 and "this model has a one-unit (binary) output" in _words(done.stderr), done.stderr
     assert not (tmp_path / "wrong").exists()
+
+
+def test_a_resizing_layer_trains_with_quantization_into_an_int8_resize(tmp_path: Path) -> None:
+    """TF-MOT has no QAT config for Resizing (the stage refused it); quantized at its output it converts to an
+    integer RESIZE_BILINEAR."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = """
+    name: resized
+    model: {source: models:resized, train: {epochs: 3, learning_rate: 0.003}}
+    data: {source: edgepipe.examples.digits:load}
+    fine_tune: {epochs: 1, learning_rate: 0.0005}
+    stages: [{kind: qat}]
+    gates: {max_accuracy_drop: null}
+    """
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((out / "optimize.json").read_text())["final"]["conformance"]["passed"]
+    ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    assert "RESIZE_BILINEAR" in ops and "DEQUANTIZE" not in ops, ops
