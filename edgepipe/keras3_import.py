@@ -194,18 +194,28 @@ def _twin(layer: Any) -> tuple[Any, Any]:
             f"Keras 3 layer {layer.name!r} ({kind}) uses settings tf_keras does not have: {', '.join(dropped)}",
             hint=REBUILD_HINT,
         )
-    config = {key: value for key, value in config.items() if key in accepted}
+    full, config = config, {key: value for key, value in config.items() if key in accepted}
     after = None
     if kind == "Activation" or "activation" in config:
         config["activation"], after = _activation(layer, config.get("activation"), kind == "Activation")
         if kind == "Activation" and after is not None:  # the activation layer itself becomes edgepipe's layer
             return after, None
-    try:
-        return cls.from_config(config), after
-    except Exception as exc:  # tf_keras raises many kinds for a config it cannot take
-        raise ModelError(
-            f"Keras 3 layer {layer.name!r} ({kind}) cannot be rebuilt in tf_keras: {exc}", hint=REBUILD_HINT
-        ) from None
+    for _ in range(len(full)):
+        try:
+            return cls.from_config(config), after
+        except KeyError as missing:  # a from_config that reads more than __init__ takes (MultiHeadAttention's
+            key = missing.args[0] if missing.args else None  # query_shape): Keras 3's value, or None (unknown:
+            if not isinstance(key, str) or key in config:  # built when the replay calls the layer; the outputs
+                raise ModelError(  # are compared at the end)
+                    f"Keras 3 layer {layer.name!r} ({kind}) cannot be rebuilt in tf_keras: no setting {key!r}",
+                    hint=REBUILD_HINT,
+                ) from None
+            config[key] = full.get(key)
+        except Exception as exc:  # tf_keras raises many kinds for a config it cannot take
+            raise ModelError(
+                f"Keras 3 layer {layer.name!r} ({kind}) cannot be rebuilt in tf_keras: {exc}", hint=REBUILD_HINT
+            ) from None
+    raise ModelError(f"Keras 3 layer {layer.name!r} ({kind}) cannot be rebuilt in tf_keras", hint=REBUILD_HINT)
 
 
 _NONE = object()
