@@ -254,17 +254,17 @@ def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> Non
     x = k.layers.BatchNormalization(name="input_bn")(inputs)  # reads the input: left to the converter
     x = k.layers.Conv2D(4, 3, name="conv")(x)
     x = k.layers.BatchNormalization(name="conv_bn")(x)  # folded into conv: supported
-    x = k.layers.PReLU(name="prelu")(x)
+    x = k.layers.GroupNormalization(groups=2, name="groups")(x)
     x = k.layers.Flatten()(x)
     x = k.layers.Dense(8, name="dense")(x)
-    x = k.layers.LayerNormalization(name="norm")(x)
+    x = k.layers.UnitNormalization(name="norm")(x)
     model = k.Model(inputs, k.layers.Dense(10, name="logits")(x))
     with pytest.raises(ModelError) as caught:
         qat.apply(model, QatStage(kind="qat"), stage_context(digits))
     message = caught.value.message
-    assert "'prelu' (PReLU)" in message and "'norm' (LayerNormalization)" in message
+    assert "'groups' (GroupNormalization)" in message and "'norm' (UnitNormalization)" in message
     assert "input_bn" not in message and "conv_bn" not in message and "conv'" not in message
-    assert "exclude: ['prelu', 'norm']" in (caught.value.hint or "")
+    assert "exclude: ['groups', 'norm']" in (caught.value.hint or "")
 
 
 def test_a_softmax_head_is_fine_tuned_on_probabilities_even_when_wrapped() -> None:

@@ -121,12 +121,16 @@ def binary():
 
 
 def resized():
-    """Images brought to the size a backbone wants, inside the model."""
+    """Images brought to the size a backbone wants, inside the model; a PReLU and a LayerNormalization."""
     return k.Sequential([
         k.layers.Input((8, 8, 1)),
         k.layers.Resizing(16, 16),
-        k.layers.Conv2D(8, 3, strides=2, padding="same", activation="relu"),
+        k.layers.Conv2D(8, 3, strides=2, padding="same"),
+        k.layers.PReLU(shared_axes=[1, 2]),
         k.layers.GlobalAveragePooling2D(),
+        k.layers.Dense(16),
+        k.layers.LayerNormalization(),
+        k.layers.Activation("relu"),
         k.layers.Dense(10),
     ], name="resized")
 
@@ -416,9 +420,10 @@ def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_t
     assert not (tmp_path / "wrong").exists()
 
 
-def test_a_resizing_layer_trains_with_quantization_into_an_int8_resize(tmp_path: Path) -> None:
-    """TF-MOT has no QAT config for Resizing (the stage refused it); quantized at its output it converts to an
-    integer RESIZE_BILINEAR."""
+def test_resizing_prelu_and_layernorm_train_with_quantization_into_integer_operators(tmp_path: Path) -> None:
+    """TF-MOT has no QAT config for Resizing, PReLU or LayerNormalization (the stage refused them, naming the
+    exclude); quantized at their outputs they convert to integer RESIZE_BILINEAR, PRELU and LayerNorm's
+    MEAN / SQUARED_DIFFERENCE / RSQRT."""
     (tmp_path / "models.py").write_text(MODELS)
     recipe = """
     name: resized
@@ -433,4 +438,4 @@ def test_a_resizing_layer_trains_with_quantization_into_an_int8_resize(tmp_path:
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((out / "optimize.json").read_text())["final"]["conformance"]["passed"]
     ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
-    assert "RESIZE_BILINEAR" in ops and "DEQUANTIZE" not in ops, ops
+    assert {"RESIZE_BILINEAR", "PRELU", "RSQRT"} <= set(ops) and "DEQUANTIZE" not in ops, ops

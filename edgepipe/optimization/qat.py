@@ -244,7 +244,13 @@ def _output_quantized_only(layer: Any) -> bool:
     two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
     no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize (elu aside)."""
     kind = type(layer).__name__
-    if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in ("Rescaling", "Normalization", "Resizing"):
+    if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in (
+        "Rescaling",
+        "Normalization",
+        "Resizing",
+        "PReLU",
+        "LayerNormalization",
+    ):
         return True
     if kind == "BatchNormalization":
         return not _follows_a_foldable_layer(layer)
