@@ -217,6 +217,19 @@ def test_tf_functions_become_the_keras_layers_that_compute_the_same() -> None:
         sorted({f"{function} -> {kind}" for function, kind in became})) + ")"]  # fmt: skip
 
 
+def test_integer_arithmetic_stays_a_tensorflow_function() -> None:
+    """Keras layers compute in float: token ids shifted by one must stay integers (an Embedding reads them)."""
+    from edgepipe.optimization.tf_functions import keras_layers_for_tf_functions
+
+    k = keras()
+    ids = k.Input((6,), dtype="int32")
+    vectors = k.layers.Embedding(10, 4)(ids + 1)
+    model = k.Model(ids, k.layers.Dense(3)(k.layers.Flatten()(vectors)))
+    sample = np.arange(12, dtype=np.int32).reshape(2, 6) % 9
+    same, lines = keras_layers_for_tf_functions(model, sample)
+    assert same is model and lines == []
+
+
 LAMBDA_MODELS = """
 import tf_keras as k
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import rewrite
 
@@ -65,16 +66,15 @@ def keras_layers_for_tf_functions(model: Any, sample: Any) -> tuple[Any, list[st
         replaced[layer.name] = f"{layer.get_config()['function']} -> {type(new).__name__}"
         return new(inputs)
 
-    rebuilt, _, _ = rewrite._rebuilt(model, replace=replace)
+    try:
+        rebuilt, _, _ = rewrite._rebuilt(model, replace=replace)
+        if replaced:
+            rewrite.check_same(model, rebuilt, sample, "replacing TensorFlow functions by Keras layers", "")
+    except Exception as exc:  # a call Keras cannot replay, or other outputs: the model stays as the user wrote it
+        reason = exc.message if isinstance(exc, ModelError) else f"{type(exc).__name__}: {exc}"
+        return model, [f"TensorFlow function calls left as they are ({reason})"]
     if not replaced:
         return model, []
-    rewrite.check_same(
-        model,
-        rebuilt,
-        sample,
-        "replacing TensorFlow functions by Keras layers",
-        "write the model with Keras layers, or give a ptq stage",
-    )
     kinds = sorted(set(replaced.values()))
     return rebuilt, [f"{len(replaced)} TensorFlow function call(s) replaced by Keras layers ({', '.join(kinds)})"]
 
@@ -87,6 +87,8 @@ def _layer_for(layer: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, Any]
         return None
     tensors = [v for v in bound.values() if _is_tensor(v)]
     constants = {name: v for name, v in bound.items() if not _is_tensor(v) and name != "name"}
+    if not all(t.dtype.is_floating for t in tensors):  # Keras layers compute in float: integer maths stays TF's
+        return None
     k = keras()
     make: Callable[..., Any] = lambda cls, **config: getattr(k.layers, cls)(name=layer.name, **config)  # noqa: E731
     output_rank = len(node.outputs.shape)
