@@ -239,6 +239,15 @@ def _scales_an_input(layer: Any) -> bool:
     return type(layer).__name__ in AFFINE and all(type(s).__name__ == "InputLayer" for s in _sources(layer))
 
 
+def _looks_up_input_ids(layer: Any) -> bool:
+    """An Embedding reading an integer model input (token ids): TF-MOT would put a fake-quantizing layer on the
+    ids, which fails ("FakeQuantWithMinMaxVars ... int32"), and has no Embedding config besides."""
+    if type(layer).__name__ != "Embedding":
+        return False
+    sources = _sources(layer)
+    return bool(sources) and all(type(s).__name__ == "InputLayer" and not s.dtype.startswith("float") for s in sources)
+
+
 def _output_quantized_only(layer: Any) -> bool:
     """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
     two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
@@ -332,14 +341,22 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    annotated_names, left_out, folded = [], [], []
+    annotated_names, left_out, folded, lookups = [], [], [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
             continue
         if _scales_an_input(layer):
             folded.append(layer.name)
             continue
+        if _looks_up_input_ids(layer):
+            lookups.append(layer.name)
+            continue
         (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
+    if lookups:
+        ctx.progress.note(
+            f"{ctx.where}: {', '.join(lookups)} read token ids, which TF-MOT's QAT cannot fake-quantize (it has no "
+            "Embedding either): left to the converter, which quantizes the table (int8 GATHER)"
+        )
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
         raise ModelError(
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
@@ -389,7 +406,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: TF-MOT cannot apply {SCHEME_NAMES[scheme]} to this model: {exc}",
             hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
         ) from None
-    frozen = _freeze_left_out(quantized, left_out) if scheme != "default" else []
+    frozen = _freeze_left_out(quantized, left_out + lookups) if scheme != "default" else []
     if frozen:
         ctx.progress.note(
             f"{ctx.where}: not trained here, being left out of QAT: {', '.join(frozen)}; so their zeros and shared "
@@ -406,6 +423,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "left_out": left_out,
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
+            "input_lookups": lookups,  # Embeddings of token ids: left to the converter
             **rewrites,
         },
         training=history,
