@@ -230,7 +230,7 @@ def from_arrays(
         if task != "reconstruction":
             ys, y_names = found[f"y_{split}"]  # type: ignore[misc]
             for y, label in zip(ys, y_names, strict=True):
-                y, note = _check_y(y, label, task, origin, file, field)
+                y, note = _check_y(y, label, task, origin, file, field, several=len(ys) > 1)
                 checked[f"y_{split}"].append(y)
                 notes.extend([note] if note else [])
             names = [*names, *y_names]
@@ -269,7 +269,7 @@ def _check_x(x: np.ndarray, label: str, origin: str, file: str | None, field: st
 
 
 def _check_y(
-    y: np.ndarray, label: str, task: TaskKind, origin: str, file: str | None, field: str
+    y: np.ndarray, label: str, task: TaskKind, origin: str, file: str | None, field: str, several: bool = False
 ) -> tuple[np.ndarray, str | None]:
     """Targets for ``task``: integer class labels (one-hot accepted, with a note) or finite float values."""
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
@@ -303,7 +303,13 @@ def _check_y(
             field,
             f"{origin}: {label} must hold integer class labels (one per sample, or one per position of a "
             f"segmentation model's output), got dtype {y.dtype} shape {y.shape}",
-            hint="for float targets set task: regression in the recipe",
+            hint="for float targets set task: regression in the recipe"
+            + (
+                "; the task is the same for every output: a class head next to a regression head (mixed tasks) "
+                "is not supported"
+                if several
+                else ""
+            ),
         )
     if y.min() < 0:
         raise ConfigError.at(file, field, f"{origin}: {label} has negative labels")

@@ -217,6 +217,11 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     assert data.notes[0] == "y_train: multi-hot labels, 3 yes/no labels per sample (a multi-label head)"
     with pytest.raises(ConfigError, match=r"y_train has shape \(6, 3\) but is not one-hot"):
         from_arrays({"x_train": x, "y_train": multi_label / 3, "x_test": x, "y_test": labels}, "d", "r", "data")
+    ink = x.sum(axis=1) + 0.5  # a regression head's targets next to a class head's labels
+    arrays = {"x_train": x, "y_train": [labels, ink], "x_test": x, "y_test": [labels, ink]}
+    with pytest.raises(ConfigError, match=r"y_train\[1\] must hold integer class labels") as mixed:
+        from_arrays(arrays, "d", "r", "data")
+    assert "mixed tasks" in (mixed.value.hint or "")
 
 
 @pytest.mark.slow
