@@ -109,7 +109,8 @@ class _Replay:
     def _call(self, node: Any, nested: str | None) -> None:
         operation = node.operation
         args, kwargs = self._mapped(node.arguments.args), self._mapped(node.arguments.kwargs)
-        kwargs = {key: value for key, value in kwargs.items() if value is not None}
+        # training: Keras 3 may record a call default (RandomFlip: True), which would fix the learning phase
+        kwargs = {key: value for key, value in kwargs.items() if value is not None and key != "training"}
         if type(operation).__name__ in ("Functional", "Sequential"):
             inner = _graph(operation)
             given = [x for x in tf().nest.flatten((args, kwargs)) if _is_symbolic(x)]
@@ -177,17 +178,25 @@ def _twin(layer: Any) -> tuple[Any, Any]:
     cls = getattr(k2.layers, kind, None)
     if cls is None:
         raise ModelError(f"Keras 3 layer {layer.name!r} ({kind}) has no tf_keras equivalent", hint=REBUILD_HINT)
+    if kind in WRAPPERS:
+        return _wrapper_twin(layer, cls), None
     config = dict(layer.get_config())
     policy = getattr(layer, "dtype_policy", None)
     config["dtype"] = getattr(policy, "name", None) or layer.dtype
     for key, value in list(config.items()):
         config[key] = _setting(key, value)
     accepted = set(inspect.signature(cls.__init__).parameters) | {"name", "trainable", "dtype"}
+    for keras3_name, tf_keras_name in RENAMED.get(kind, {}).items():
+        if keras3_name in config and tf_keras_name in accepted:
+            config[tf_keras_name] = config.pop(keras3_name)
     defaults = _defaults(type(layer))
     dropped = sorted(
         key
         for key, value in config.items()
-        if key not in accepted and value not in (None, False, {}, [], ()) and defaults.get(key, _NONE) != value
+        if key not in accepted
+        and value not in (None, False, {}, [], ())
+        and defaults.get(key, _NONE) != value
+        and (key, value) not in IMPLIED
     )
     if dropped:
         raise ModelError(
@@ -219,6 +228,24 @@ def _twin(layer: Any) -> tuple[Any, Any]:
 
 
 _NONE = object()
+
+# Keras 3 settings tf_keras has under another name, by layer class.
+RENAMED = {"LeakyReLU": {"negative_slope": "alpha"}}
+# Keras 3 settings that state what tf_keras always does (its preprocessing layers take channels last only).
+IMPLIED = {("data_format", "channels_last")}
+# Layers that wrap another layer: rebuilt around the tf_keras twin of the wrapped one.
+WRAPPERS = ("Bidirectional", "TimeDistributed")
+
+
+def _wrapper_twin(layer: Any, cls: type) -> Any:
+    """A Bidirectional or TimeDistributed rebuilt around the tf_keras twins of the layers it wraps (its config
+    holds them serialized by Keras 3, which tf_keras cannot read)."""
+    if type(layer).__name__ == "TimeDistributed":
+        inner, _ = _twin(layer.layer)
+        return cls(inner, name=layer.name)
+    forward, _ = _twin(layer.forward_layer)
+    backward, _ = _twin(layer.backward_layer)
+    return cls(forward, merge_mode=layer.merge_mode, backward_layer=backward, name=layer.name)
 
 
 def _defaults(cls: type) -> dict[str, Any]:

@@ -101,6 +101,41 @@ def test_a_keras3_attention_block_and_lstm_are_rebuilt_faithfully(digits: Any) -
     assert {"MultiHeadAttention", "LayerNormalization", "LSTM"} <= kinds
 
 
+KERAS3_LAYERS = {  # each failed to rebuild before its fix, or stands for a family of layers
+    "LeakyReLU(negative_slope)": ("image", "LeakyReLU(negative_slope=0.1)"),  # tf_keras calls it alpha
+    "RandomFlip": ("image", "RandomFlip()"),  # data_format; and Keras 3 records training=True in the call
+    "Resizing": ("image", "Resizing(16, 16)"),
+    "CenterCrop": ("image", "CenterCrop(6, 6)"),
+    "Bidirectional(LSTM)": ("sequence", "Bidirectional(layers.LSTM(4))"),  # wrappers hold Keras 3 configs
+    "TimeDistributed(Dense)": ("sequence", "TimeDistributed(layers.Dense(3))"),
+    "SeparableConv2D": ("image", "SeparableConv2D(4, 3, depth_multiplier=2)"),
+    "Conv2DTranspose": ("image", "Conv2DTranspose(4, 3, strides=2)"),
+    "Conv1D causal": ("sequence", "Conv1D(4, 3, padding='causal')"),
+    "Conv2D gelu": ("image", "Conv2D(4, 3, activation='gelu')"),
+    "Conv2D hard_sigmoid": ("image", "Conv2D(4, 3, activation='hard_sigmoid')"),  # another formula in tf_keras
+    "GRU": ("sequence", "GRU(4)"),
+    "GroupNormalization": ("image", "GroupNormalization(groups=3)"),
+    "UpSampling2D bilinear": ("image", "UpSampling2D(interpolation='bilinear')"),
+}
+
+
+@pytest.mark.parametrize("name", list(KERAS3_LAYERS))
+def test_keras3_layers_are_rebuilt_with_the_same_outputs(name: str) -> None:
+    import keras as keras3
+    from keras import layers
+
+    from edgepipe.keras3_import import convert_keras3
+
+    kind, call = KERAS3_LAYERS[name]
+    rng = np.random.default_rng(0)
+    sample = rng.random((4, 8, 8, 3) if kind == "image" else (4, 8, 6), dtype=np.float32)
+    inputs = keras3.Input(sample.shape[1:])
+    original = keras3.Model(inputs, eval(f"layers.{call}", {"layers": layers})(inputs))
+    rebuilt, _ = convert_keras3(original, sample)  # raises if the outputs differ
+    want, got = original(sample, training=False), rebuilt(sample, training=False)  # inference: no random flip
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
 def test_a_saved_keras3_model_trains_with_quantization_from_the_cli(tmp_path: Path, digits: Any) -> None:
     _keras3_cnn(digits).save(tmp_path / "users.keras")
     y = digits.y_train[0], digits.y_test[0]
