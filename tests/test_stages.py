@@ -242,3 +242,30 @@ def test_fine_tune_learning_rate_schedule(digits: Any, trained_mlp: Any, schedul
         assert final < 0.01 * 0.01
     else:
         assert final == pytest.approx(0.01)
+
+
+def test_qat_re_estimates_batchnorm_statistics_after_its_fine_tune(digits: Any) -> None:
+    """The moving averages the converter folds must describe the fine-tuned weights: set to nonsense before
+    QAT, they end as the statistics of what the convolution now produces (a Keras 3 ResNet50 after 1 epoch of
+    QAT: 0.25 with the lagging ones, 0.92 re-estimated)."""
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    model = k.Sequential(
+        [
+            k.layers.Input((8, 8, 1)),
+            k.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv"),
+            k.layers.BatchNormalization(name="bn"),
+            k.layers.ReLU(),
+            k.layers.GlobalAveragePooling2D(),
+            k.layers.Dense(10, name="logits"),
+        ]
+    )
+    bn = model.get_layer("bn")
+    bn.set_weights([*bn.get_weights()[:2], np.full(8, 5.0, np.float32), np.full(8, 9.0, np.float32)])
+    outcome = qat.apply(model, QatStage(kind="qat"), context(digits, epochs=1))
+    assert outcome.details["batchnorm_recalibrated_on"] == len(digits.x_train[0])  # 1,347 < the 2,048 limit
+    norm = next(m for m in outcome.model.submodules if isinstance(m, k.layers.BatchNormalization))
+    conv = next(m for m in outcome.model.submodules if isinstance(m, k.layers.Conv2D))
+    produced = conv(digits.x_train[0]).numpy()  # the fine-tuned float convolution (BN folds into its output)
+    np.testing.assert_allclose(norm.moving_mean.numpy(), produced.mean(axis=(0, 1, 2)), atol=0.05)
