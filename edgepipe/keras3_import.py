@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import keras, tf
+from edgepipe.keras_compat import is_graph_tensor, keras, tf
 
 TOLERANCE = 1e-4  # of the output's largest magnitude: float32 sums in another order differ by ~1e-6 of it
 
@@ -113,7 +113,7 @@ class _Replay:
         kwargs = {key: value for key, value in kwargs.items() if value is not None and key != "training"}
         if type(operation).__name__ in ("Functional", "Sequential"):
             inner = _graph(operation)
-            given = [x for x in tf().nest.flatten((args, kwargs)) if _is_symbolic(x)]
+            given = [x for x in tf().nest.flatten((args, kwargs)) if is_graph_tensor(x)]
             for old, new in zip(inner.inputs, given, strict=True):
                 self.tensors[id(old)] = new
             self.run(inner, operation.name)
@@ -155,13 +155,6 @@ class _Replay:
                 made = type(activation or twin).__name__
                 self.activations[layer.name] = f"Keras 3 {layer.get_config()['activation']!r} -> edgepipe's {made}"
         return self.twins[id(layer)][1]
-
-
-def _is_symbolic(value: Any) -> bool:
-    """A tf_keras graph tensor (tf_keras' own test raises on anything else)."""
-    from tf_keras.src.engine.keras_tensor import KerasTensor
-
-    return isinstance(value, KerasTensor)
 
 
 def _is_layer(operation: Any) -> bool:
@@ -323,7 +316,7 @@ def _check_same(model: Any, twin: Any, sample: Any) -> None:
 
 def _constant(value: Any) -> Any:
     """A non-tensor argument of an operation as TensorFlow takes it (Keras 3 keeps constants as eager tensors)."""
-    if _is_symbolic(value) or isinstance(value, int | float | str | tuple | list | slice):
+    if is_graph_tensor(value) or isinstance(value, int | float | str | tuple | list | slice):
         return value
     return value if value is None else np.asarray(value)
 

@@ -65,3 +65,11 @@ def tfmot() -> ModuleType:
     import tensorflow_model_optimization
 
     return tensorflow_model_optimization
+
+
+def is_graph_tensor(value: object) -> bool:
+    """A tf_keras symbolic tensor (a Functional graph's), and nothing else: tf_keras' own ``is_keras_tensor``
+    raises on plain numbers and eager tensors, which graph replays meet among a call's arguments."""
+    from tf_keras.src.engine.keras_tensor import KerasTensor
+
+    return isinstance(value, KerasTensor)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import keras
+from edgepipe.keras_compat import is_graph_tensor, keras
 from edgepipe.optimization import rewrite
 
 # TensorFlow function (as TFOpLambda records it) -> Keras layer class for two tensors of the same rank
@@ -85,8 +85,8 @@ def _layer_for(layer: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, Any]
     bound = _bound(layer, args, kwargs)
     if bound is None:
         return None
-    tensors = [v for v in bound.values() if _is_tensor(v)]
-    constants = {name: v for name, v in bound.items() if not _is_tensor(v) and name != "name"}
+    tensors = [v for v in bound.values() if is_graph_tensor(v)]
+    constants = {name: v for name, v in bound.items() if not is_graph_tensor(v) and name != "name"}
     if not all(t.dtype.is_floating for t in tensors):  # Keras layers compute in float: integer maths stays TF's
         return None
     k = keras()
@@ -96,14 +96,14 @@ def _layer_for(layer: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, Any]
         return make(MERGES[function]), tensors
     if function in MERGES and len(tensors) == 1:
         return _scalar_arithmetic(function, bound, tensors[0], make)
-    if function == "math.truediv" and len(tensors) == 1 and _is_tensor(next(iter(bound.values()))):
+    if function == "math.truediv" and len(tensors) == 1 and is_graph_tensor(next(iter(bound.values()))):
         divisor = _scalar(list(bound.values())[1])
         return (make("Rescaling", scale=1.0 / divisor), tensors[0]) if divisor else None
     if len(tensors) != 1 and function != "concat":
         return None
     if function == "concat":
         values = next(iter(bound.values()))
-        if not isinstance(values, list | tuple) or not all(_is_tensor(v) for v in values):
+        if not isinstance(values, list | tuple) or not all(is_graph_tensor(v) for v in values):
             return None
         return make("Concatenate", axis=int(constants.get("axis", -1))), list(values)
     x = tensors[0]
@@ -139,14 +139,14 @@ def _layer_for(layer: Any, node: Any, args: Any, kwargs: Any) -> tuple[Any, Any]
 def _scalar_arithmetic(function: str, bound: dict[str, Any], x: Any, make: Callable[..., Any]) -> Any:
     """``x + c``, ``x - c``, ``c - x``, ``x * c`` as one Rescaling (``x * scale + offset``)."""
     first, second = list(bound.values())[:2]
-    constant = _scalar(second if _is_tensor(first) else first)
+    constant = _scalar(second if is_graph_tensor(first) else first)
     if constant is None or function in ("math.maximum", "math.minimum"):
         return None
     if function == "math.multiply":
         return make("Rescaling", scale=constant), x
     if function in ("__operators__.add", "math.add"):
         return make("Rescaling", scale=1.0, offset=constant), x
-    if _is_tensor(first):  # x - c
+    if is_graph_tensor(first):  # x - c
         return make("Rescaling", scale=1.0, offset=-constant), x
     return make("Rescaling", scale=-1.0, offset=constant), x  # c - x
 
@@ -176,19 +176,13 @@ def _bound(layer: Any, args: Any, kwargs: Any) -> dict[str, Any] | None:
     return dict(bound.arguments)
 
 
-def _is_tensor(value: Any) -> bool:
-    from tf_keras.src.engine.keras_tensor import KerasTensor
-
-    return isinstance(value, KerasTensor)
-
-
 def _scalar(value: Any) -> float | None:
     """A Python or NumPy number as a float; None for anything else (a tensor, an array of several values)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value)
-    if not _is_tensor(value) and hasattr(value, "numpy"):  # a constant Keras kept as an eager tensor (1.0 - x)
+    if not is_graph_tensor(value) and hasattr(value, "numpy"):  # a constant Keras kept as an eager tensor (1.0 - x)
         value = np.asarray(value)
     if isinstance(value, np.ndarray | np.generic) and np.size(value) == 1:
         return float(np.asarray(value).reshape(()))
