@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.config.recipe import TrainSettings
+from edgepipe.custom_objects import refuse_unknown, register_model_classes, register_modules, unknown_classes
 from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras3_import import convert_keras3, is_keras3_model
@@ -30,9 +31,19 @@ def load_source(
     file: str | None = None,
     field: str = "model.source",
     notes: list[str] | None = None,
+    custom_objects: list[str] | None = None,
+    search_dir: Path | None = None,
 ) -> Any:
     """The float tf_keras model named by a recipe, checked for what TF-MOT needs; what loading changed in the
-    model's form (a Keras 3 rebuild) is appended to ``notes``."""
+    model's form (a Keras 3 rebuild) is appended to ``notes``.
+
+    ``custom_objects``: the recipe's modules defining a saved model's own classes, imported from ``search_dir``
+    (see ``edgepipe.custom_objects``); a factory's own classes are registered from its model.
+    """
+    if custom_objects:
+        registered = register_modules(custom_objects, search_dir, file)
+        if notes is not None and registered:
+            notes.append(f"model.custom_objects: registered {', '.join(registered)}")
     if isinstance(source, EntryPoint):
         factory = source.load(file, field)
         try:
@@ -40,6 +51,7 @@ def load_source(
         except Exception as exc:
             raise ModelError(f"{file}: {field}: {source} failed: {type(exc).__name__}: {exc}") from None
         _allow_own_lambdas(model)
+        register_model_classes(model)
     else:
         model = load_file(source)
     if is_keras3_model(model):
@@ -218,6 +230,9 @@ def _guarded_load(load: Any, path: Path, hint: str | None = None) -> Any:
     try:
         return load()
     except Exception as exc:
+        unknown = unknown_classes(path)
+        if unknown:
+            raise refuse_unknown(path, unknown) from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Lambda layer" in first:
             raise ModelError(

@@ -50,36 +50,42 @@ class EntryPoint:
         return target
 
     def check(self, file: str | None, field: str) -> None:
-        """Fail now on a module that does not exist or lacks the function, without running its code.
+        """Fail now on a module that does not exist or lacks the function, without running its code."""
+        check_importable(self.module, self.function, self.search_dir, file, field)
 
-        The model factory's module usually imports TensorFlow, which only the training process should load;
-        a module Python cannot read as source (a compiled extension) is taken on trust until it is imported.
-        """
-        if self.search_dir is not None and str(self.search_dir) not in sys.path:
-            sys.path.insert(0, str(self.search_dir))
-        if self.module in sys.modules:  # imported already: look, it costs nothing
-            if not callable(getattr(sys.modules[self.module], self.function, None)):
-                raise ConfigError.at(file, field, f"module {self.module!r} has no function {self.function!r}")
-            return
-        try:
-            spec = importlib.util.find_spec(self.module)
-        except (ImportError, ValueError) as exc:
-            raise ConfigError.at(file, field, f"cannot import module {self.module!r}: {exc}") from None
-        if spec is None:
-            raise ConfigError.at(
-                file,
-                field,
-                f"cannot import module {self.module!r}: no such module next to the recipe or on the Python path",
-            )
-        origin = Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
-        if origin is None:
-            return
-        try:
-            names = _top_level_names(ast.parse(origin.read_text(encoding="utf-8")))
-        except (OSError, SyntaxError, UnicodeDecodeError):
-            return  # importing it later reports the problem with Python's own words
-        if self.function not in names and "*" not in names:
-            raise ConfigError.at(file, field, f"module {self.module!r} has no function {self.function!r}")
+
+def check_importable(
+    module: str, name: str | None, search_dir: Path | None, file: str | None, field: str, kind: str = "function"
+) -> None:
+    """Fail now on a module that does not exist, or lacks ``name``, without running its code.
+
+    The model factory's module usually imports TensorFlow, which only the training process should load;
+    a module Python cannot read as source (a compiled extension) is taken on trust until it is imported.
+    """
+    if search_dir is not None and str(search_dir) not in sys.path:
+        sys.path.insert(0, str(search_dir))
+    missing = f"module {module!r} has no {kind} {name!r}"
+    if module in sys.modules:  # imported already: look, it costs nothing
+        if name is not None and getattr(sys.modules[module], name, None) is None:
+            raise ConfigError.at(file, field, missing)
+        return
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError.at(file, field, f"cannot import module {module!r}: {exc}") from None
+    if spec is None:
+        raise ConfigError.at(
+            file, field, f"cannot import module {module!r}: no such module next to the recipe or on the Python path"
+        )
+    origin = Path(spec.origin) if spec.origin and spec.origin.endswith(".py") else None
+    if origin is None or name is None:
+        return
+    try:
+        names = _top_level_names(ast.parse(origin.read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return  # importing it later reports the problem with Python's own words
+    if name not in names and "*" not in names:
+        raise ConfigError.at(file, field, missing)
 
 
 def _top_level_names(tree: ast.Module) -> set[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgepipe.analyze.profile_diff import signed_time
@@ -105,7 +106,7 @@ def _point_to_report(record: dict[str, Any]) -> None:
         return
     page = Path(run_dir) / "report.html"
     if page.is_file():
-        stdout.print(f"HTML report: [bold]{page}[/]", highlight=False)
+        stdout.print(f"HTML report: [bold]{escape(str(page))}[/]", highlight=False)
     else:
         stdout.print(f"HTML report: edgepipe report {run_dir} --html {page}", highlight=False)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, TextColumn, TransferSpeedColumn
 from rich.progress import Progress as RichBar
 from rich.table import Table
@@ -89,7 +90,7 @@ class DeployProgress(ConsoleProgress):
             text += f" ({event.get('repeat')}/{event.get('repeats')})"
         elif event.get("phase") == "warmup":
             text += f" ({event.get('runs')} runs)"
-        stderr.print(f"  agent: {text}", highlight=False)
+        stderr.print(f"  agent: {escape(text)}", highlight=False)
 
 
 def _positive(value: float | None, option: str) -> float | None:
@@ -198,7 +199,7 @@ def deploy(
     print_result(outcome.record)
     if "profile" in outcome.record:
         print_profile(outcome.record["profile"])
-    stdout.print(f"wrote [bold]{shown(outcome.path)}[/]", highlight=False)
+    stdout.print(f"wrote [bold]{escape(shown(outcome.path))}[/]", highlight=False)
     if outcome.run_id is not None:
         tags = f" tagged {', '.join(tag)}" if tag else ""
         stdout.print(f"recorded as run {outcome.run_id}{tags} in {outcome.record['history']['path']}", highlight=False)
@@ -217,7 +218,9 @@ def print_profile(profile: dict[str, Any], count: int = 10) -> None:
 
     if "error" in profile:
         error = profile["error"]
-        stderr.print(f"[yellow]warning:[/] no profile: {error['class']}: {error['message']}", highlight=False)
+        stderr.print(
+            f"[yellow]warning:[/] no profile: {error['class']}: {escape(str(error['message']))}", highlight=False
+        )
         return
     emulated = "  [yellow](emulated: not the board's speed)[/]" if profile["emulated"] else ""
     table = Table("#", "operator", "layer", "time", "share", "MACs", "bytes", "bound", box=None, pad_edge=False,

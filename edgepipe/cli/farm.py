@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from edgepipe.cli.console import shown, stderr, stdout
@@ -62,7 +63,7 @@ class ConsoleFarmEvents(FarmEvents):
                 self.live.update(self._table())
             elif previous is None or previous[:2] != (state, detail):
                 stamp = f"{time.monotonic() - self.started:7.1f}s"
-                stderr.print(f"{stamp}  {board:<14} {state:<12} {detail}", highlight=False, soft_wrap=True)
+                stderr.print(f"{stamp}  {board:<14} {state:<12} {escape(detail)}", highlight=False, soft_wrap=True)
 
     def phase(self, board: str, text: str) -> None:
         with self.lock:
@@ -73,19 +74,20 @@ class ConsoleFarmEvents(FarmEvents):
 
     def job_ended(self, model: str, pool: str, board: str, outcome: str, detail: str) -> None:
         style = OUTCOME_STYLE.get(outcome, "")
-        line = f"{model} on {pool} ({board}): [{style}]{outcome}[/] {detail}"
+        line = f"{model} on {pool} ({board}): [{style}]{outcome}[/] {escape(detail)}"
         with self.lock:
             (self.live.console if self.live is not None else stderr).print(line, highlight=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         with self.lock:
-            (self.live.console if self.live is not None else stderr).print(text, highlight=False, soft_wrap=True)
+            console = self.live.console if self.live is not None else stderr
+            console.print(escape(text), highlight=False, soft_wrap=True)
 
     def _table(self) -> Table:
         table = Table("board", "state", "for", "detail", box=None, pad_edge=False)
         now = time.monotonic()
         for board, (state, detail, since) in sorted(self.states.items()):
-            table.add_row(board, state, f"{now - since:.0f}s", detail[:90])
+            table.add_row(board, state, f"{now - since:.0f}s", escape(detail[:90]))
         return table
 
 

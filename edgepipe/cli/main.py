@@ -11,6 +11,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgepipe.cli import agent as agent_command
 from edgepipe.cli import compare as compare_command
@@ -110,9 +111,9 @@ def main() -> None:
             stderr.print("[red]interrupted[/]: nothing half-written was left in place of a result")
         sys.exit(code if isinstance(code, int) else 0)
     except EdgepipeError as exc:
-        stderr.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            stderr.print(f"[yellow]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+            stderr.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print("[red]interrupted[/]: nothing half-written was left in place of a result")

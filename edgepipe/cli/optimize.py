@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichBar
 from rich.table import Table
@@ -39,14 +40,14 @@ class ConsoleProgress(Progress):
     def phase(self, text: str) -> None:
         self.finish()
         self._phase, self._phase_started = text, time.perf_counter()
-        stderr.print(f"[cyan]>[/] {text}", highlight=False)
+        stderr.print(f"[cyan]>[/] {escape(text)}", highlight=False)
 
     def finish(self, failed: bool = False) -> None:
         """Close the current phase line: ``done`` with its duration, or ``failed`` when an error ends it."""
         if self._phase is not None:
             seconds = time.perf_counter() - self._phase_started
             verdict = "[red]failed[/]" if failed else "[green]done[/]"
-            stderr.print(f"  {verdict} {self._phase} [dim]({seconds:.1f}s)[/]", highlight=False)
+            stderr.print(f"  {verdict} {escape(self._phase)} [dim]({seconds:.1f}s)[/]", highlight=False)
             self._phase = None
 
     def training_started(self, label: str, epochs: int) -> None:
@@ -84,7 +85,7 @@ class ConsoleProgress(Progress):
         self._epochs = None
 
     def note(self, text: str) -> None:
-        stderr.print(f"  [yellow]note:[/] {text}", highlight=False)
+        stderr.print(f"  [yellow]note:[/] {escape(text)}", highlight=False)
 
 
 def _epoch_metric(logs: Mapping[str, float]) -> str:
@@ -118,7 +119,7 @@ def optimize(
             progress.finish()
         if isinstance(failed.outcome, pipeline.Outcome):  # the run finished: show what it measured
             print_summary(failed.outcome.result)
-            stdout.print(f"kept [bold]{failed.outcome.directory}[/] for inspection", highlight=False)
+            stdout.print(f"kept [bold]{escape(str(failed.outcome.directory))}[/] for inspection", highlight=False)
         raise
     except BaseException:
         if isinstance(progress, ConsoleProgress):

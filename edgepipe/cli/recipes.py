@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgepipe import shipped
@@ -53,4 +54,4 @@ def copy_recipe(
         raise ConfigError(f"{destination} exists; not overwriting it", hint="name another file") from None
     except OSError as exc:
         raise ConfigError(f"cannot write {destination}: {exc.strerror}") from None
-    stdout.print(f"wrote [bold]{destination}[/] (from preset {name})", highlight=False)
+    stdout.print(f"wrote [bold]{escape(str(destination))}[/] (from preset {name})", highlight=False)

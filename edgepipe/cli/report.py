@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgepipe.cli.console import stdout
@@ -30,7 +31,7 @@ def report(
     print_report(files.document)
     for label, path in (("HTML report", files.html), ("Markdown summary", files.markdown), ("JSON", files.json)):
         if path is not None:
-            stdout.print(f"{label}: [bold]{path}[/]", highlight=False)
+            stdout.print(f"{label}: [bold]{escape(str(path))}[/]", highlight=False)
 
 
 def print_report(document: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ Field names are the recipe's YAML keys; see ``recipes/*.yaml`` for documented pr
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -70,6 +71,17 @@ class ModelSource(_Strict):
     # Split every SeparableConv2D into DepthwiseConv2D + Conv2D 1x1 (exact) before any stage, so that pruning
     # and clustering see the two kernels as the separate layers they are on the board.
     split_separable_conv: bool = False
+    # Modules defining the custom layers (activations, constraints, ...) a saved model file uses, imported from
+    # the recipe's folder before it is loaded; "module:name" registers one object. A factory needs none.
+    custom_objects: list[str] = Field(default_factory=list)
+
+    @field_validator("custom_objects")
+    @classmethod
+    def _module_names(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", entry):
+                raise ValueError(f"{entry!r} is not a module name (mylayers) or module:name (mylayers:mish)")
+        return entries
 
 
 class DataSource(_Strict):

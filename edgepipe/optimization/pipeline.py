@@ -47,7 +47,7 @@ from edgepipe.optimization.base import History, StageContext, StageOutcome
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
 from edgepipe.rundir import MARKER, RunDirectory
-from edgepipe.sources import EntryPoint, resolve
+from edgepipe.sources import EntryPoint, check_importable, resolve
 from edgepipe.tasks import Task
 
 SCHEMA = "edgepipe.optimize/1"
@@ -100,6 +100,9 @@ def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
     data_source = resolve(recipe.data.source, base, file, "data.source", "an .npz file or module:function")
     if isinstance(model_source, EntryPoint):
         model_source.check(file, "model.source")  # a wrong factory name fails now, without importing TF here
+    for index, entry in enumerate(recipe.model.custom_objects):
+        module, _, name = entry.partition(":")
+        check_importable(module, name or None, base, file, f"model.custom_objects[{index}]", kind="object")
     _check_teachers(recipe, base, file)
     data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data, base)
@@ -268,7 +271,14 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     for note in data.notes:
         progress.note(note)
     loaded: list[str] = []
-    model = models.load_source(prepared.model_source, data, str(prepared.recipe_path), notes=loaded)
+    model = models.load_source(
+        prepared.model_source,
+        data,
+        str(prepared.recipe_path),
+        notes=loaded,
+        custom_objects=recipe.model.custom_objects,
+        search_dir=prepared.base_dir,
+    )
     for line in loaded:
         progress.note(line)
     head = data.head(64)
