@@ -20,6 +20,7 @@ from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras3_import import convert_keras3, is_keras3_model
 from edgepipe.keras_compat import keras
+from edgepipe.precision import float32_model
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
 from edgepipe.tasks import Score, Task, answer_width, ends_with_softmax, output_layers
@@ -54,11 +55,15 @@ def load_source(
         register_model_classes(model)
     else:
         model = load_file(source)
+    head = data.head(64)
+    sample = head[0] if len(head) == 1 else list(head)
     if is_keras3_model(model):
-        head = data.head(64)
-        model, rebuilt = convert_keras3(model, head[0] if len(head) == 1 else list(head))
+        model, rebuilt = convert_keras3(model, sample)
         if notes is not None:
             notes.extend(rebuilt)
+    model, rebuilt = float32_model(model, sample)
+    if notes is not None:
+        notes.extend(rebuilt)
     k = keras()
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")

@@ -309,3 +309,48 @@ def test_lambda_layers_from_the_recipes_own_code_train_and_a_saved_one_is_refuse
     assert refused.returncode == 3, refused.stderr[-2000:]
     said = _words(refused.stderr)
     assert "has a Lambda layer" in said and "module:function" in said and "Traceback" not in said
+
+
+def test_a_model_trained_in_mixed_precision_is_computed_in_float32(tmp_path: Path, digits: Any) -> None:
+    """Before: the float TFLite conversion failed ("'tf.Conv2D' op is neither a custom op nor a flex op")."""
+    k = keras()
+    k.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = k.Sequential(
+            [
+                k.layers.Input((8, 8, 1)),
+                k.layers.Conv2D(16, 3, padding="same", use_bias=False),
+                k.layers.BatchNormalization(),
+                k.layers.ReLU(),
+                k.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+                k.layers.Flatten(),
+                k.layers.Dense(10),
+                k.layers.Activation("softmax", dtype="float32"),  # as the mixed-precision guide writes a head
+            ]
+        )
+        model.compile("adam", "sparse_categorical_crossentropy")
+        model.fit(digits.x_train[0], digits.y_train[0], epochs=4, verbose=0)
+        model.save(tmp_path / "mixed.keras")
+    finally:
+        k.mixed_precision.set_global_policy("float32")
+    half = float(np.mean(model.predict(digits.x_test[0], verbose=0).argmax(1) == digits.y_test[0]))
+    recipe = write_recipe(
+        tmp_path,
+        """
+        name: mixed
+        model: {source: mixed.keras}
+        data: {source: edgepipe.examples.digits:load}
+        fine_tune: {epochs: 1}
+        stages: [{kind: qat}]
+        convert: {representative_samples: 64}
+        gates: {max_accuracy_drop: null}
+        """,
+    )
+    done = run_cli("optimize", str(recipe), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "optimize.json").read_text())
+    assert any("mixed_float16" in line and "float32" in line for line in record["baseline"]["rewrites"])
+    assert abs(record["baseline"]["keras_accuracy"] - half) <= 0.01  # float32 computes what float16 rounded
+    assert record["final"]["conformance"]["passed"]
+    types = {t.dtype for t in TfliteModel.read(tmp_path / "run" / "model.tflite").tensors}
+    assert "float16" not in types, types

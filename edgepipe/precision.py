@@ -1,0 +1,77 @@
+"""Models trained in mixed precision, rebuilt to compute in float32 before any stage.
+
+A model trained on a GPU with ``mixed_float16`` (or ``mixed_bfloat16``) keeps its variables in float32 but
+records the policy in every layer's config, so a loaded model still computes in half precision. The int8
+converter then failed on the float TFLite model ("'tf.Conv2D' op is neither a custom op nor a flex op": the
+half-precision kernels have no TFLite builtin), and QAT would fake-quantize half-precision tensors. The same
+layers with the float32 policy compute what the half-precision ones approximate, from the same variables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgepipe.errors import ModelError
+
+_HALF = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
+
+
+def float32_model(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """``model`` itself when every layer computes in float32; else its float32 twin and the note that says so."""
+    half = [layer.name for layer in _all_layers(model) if _policy_name(layer) != "float32"]
+    if not half:
+        return model, []
+    policies = sorted({_policy_name(layer) for layer in _all_layers(model)} - {"float32"})
+    config = model.get_config()
+    _set_float32(config)
+    try:
+        rebuilt = type(model).from_config(config)
+        rebuilt.set_weights(model.get_weights())
+    except Exception as exc:  # a layer whose config the swap does not fit: say which policy blocks it
+        raise ModelError(
+            f"the model computes in {', '.join(policies)} ({len(half)} layers), which TFLite's int8 converter "
+            f"cannot take, and rebuilding it in float32 failed: {type(exc).__name__}: {exc}",
+            hint="load it under tf_keras.mixed_precision.set_global_policy('float32'), rebuild and save it again",
+        ) from None
+    before = [np.asarray(out, np.float32) for out in _as_list(model(sample, training=False))]
+    after = [np.asarray(out) for out in _as_list(rebuilt(sample, training=False))]
+    largest = max(float(np.max(np.abs(a - b))) for a, b in zip(before, after, strict=True))
+    scale = max(float(np.max(np.abs(b))) for b in before) or 1.0
+    return rebuilt, [
+        f"{len(half)} layers computed in {', '.join(policies)} (mixed precision): rebuilt in float32, the same "
+        f"weights (outputs differ by at most {largest:.3g}, {largest / scale:.2%} of their largest value: "
+        "half precision's rounding)"
+    ]
+
+
+def _policy_name(layer: Any) -> str:
+    policy = getattr(layer, "dtype_policy", None)
+    return str(getattr(policy, "name", "float32"))
+
+
+def _set_float32(node: Any) -> None:
+    """Every layer's ``dtype`` in a model config set to float32 (nested models included)."""
+    if isinstance(node, dict):
+        dtype = node.get("dtype")
+        name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+        if name in _HALF:
+            node["dtype"] = "float32"
+        for value in node.values():
+            _set_float32(value)
+    elif isinstance(node, list):
+        for value in node:
+            _set_float32(value)
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in getattr(model, "layers", []):
+        layers.append(layer)
+        layers += _all_layers(layer)
+    return layers
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
