@@ -13,7 +13,8 @@ The data-source contract (what ``data.source`` must give), for ``task``:
 A model with several inputs takes ``x_train_0, x_train_1, ...`` (and ``x_test_0, ...``) in the order of the
 model's inputs; several outputs take ``y_train_0, y_train_1, ...`` likewise. A ``module:function`` entry point
 is called with no arguments and returns a ``Dataset`` or a mapping of those names to arrays, where
-``x_train``/``y_train``/... may also be lists or tuples of arrays (one per input or output).
+``x_train``/``y_train``/... may also be lists or tuples of arrays (one per input or output); or it returns
+two ``tf.data`` pipelines, ``(train, test)`` or ``{"train": ..., "test": ...}``, read into arrays (``tf_data``).
 
 Checks happen here, before any model is trained, so a wrong file fails in a second and names the array.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from edgepipe.errors import ConfigError
 from edgepipe.sources import EntryPoint
 from edgepipe.tasks import TaskKind
+from edgepipe.tf_data import arrays_from_pipelines, is_pipeline, pipelines_of
 
 Arrays = tuple[np.ndarray, ...]
 
@@ -150,6 +152,21 @@ def load_dataset(
                 checked.x_test,
                 checked.y_test,
                 notes=produced.notes + checked.notes,
+            )
+        pipelines = pipelines_of(produced)
+        if pipelines is not None:
+            arrays, read = arrays_from_pipelines(*pipelines, str(source), file, field)
+            checked = from_arrays(arrays, str(source), file, field, task=task)
+            return replace(checked, notes=(*read, *checked.notes))
+        if is_pipeline(produced) or (isinstance(produced, Mapping) and any(map(is_pipeline, produced.values()))):
+            found = ", ".join(sorted(map(str, produced))) if isinstance(produced, Mapping) else "one pipeline"
+            raise ConfigError.at(
+                file,
+                field,
+                f"{source} returned tf.data pipelines edgepipe cannot tell apart ({found}): it needs a train and a "
+                "test split",
+                hint="return (train, test) or {'train': train, 'test': test}; image_dataset_from_directory("
+                "..., validation_split=0.2, subset='both', seed=0) gives the pair",
             )
         if not isinstance(produced, Mapping):
             raise ConfigError.at(
