@@ -20,7 +20,7 @@ from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras3_import import convert_keras3, is_keras3_model
 from edgepipe.keras_compat import keras
-from edgepipe.precision import float32_model
+from edgepipe.precision import float32_model, float_inputs
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
 from edgepipe.tasks import Score, Task, answer_width, ends_with_softmax, output_layers
@@ -62,6 +62,9 @@ def load_source(
         if notes is not None:
             notes.extend(rebuilt)
     model, rebuilt = float32_model(model, sample)
+    if hasattr(model, "input_names") and "layers" in model.get_config():  # a Functional or Sequential graph
+        model, declared = float_inputs(model)
+        rebuilt += declared
     if notes is not None:
         notes.extend(rebuilt)
     k = keras()

@@ -354,3 +354,50 @@ def test_a_model_trained_in_mixed_precision_is_computed_in_float32(tmp_path: Pat
     assert record["final"]["conformance"]["passed"]
     types = {t.dtype for t in TfliteModel.read(tmp_path / "run" / "model.tflite").tensors}
     assert "float16" not in types, types
+
+
+UINT8_MODELS = """
+import tf_keras as k
+
+
+def camera():
+    pixels = k.layers.Input((8, 8, 1), dtype="uint8", name="pixels")
+    x = k.layers.Rescaling(1 / 255)(pixels)
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    return k.Model(pixels, k.layers.Dense(10)(k.layers.Flatten()(x)))
+"""
+
+
+def test_an_integer_image_input_is_declared_float32_and_an_index_input_is_not(tmp_path: Path, digits: Any) -> None:
+    """Before: a uint8 input converted to uint8 -> CAST -> QUANTIZE, refused as not integer-only."""
+    from edgepipe.precision import float_inputs
+
+    k = keras()
+    ids = k.layers.Input((4,), dtype="int32")
+    tokens = k.Model(ids, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Embedding(16, 3)(ids))))
+    assert float_inputs(tokens) == (tokens, [])  # token ids stay integers
+
+    (tmp_path / "uint8_models.py").write_text(UINT8_MODELS)
+    images = np.round(np.concatenate([digits.x_train[0], digits.x_test[0]]) / digits.x_train[0].max() * 255)
+    labels = np.concatenate([digits.y_train[0], digits.y_test[0]])
+    np.savez(tmp_path / "frames.npz", x_train=images[:1200].astype(np.uint8), y_train=labels[:1200],
+             x_test=images[1200:].astype(np.uint8), y_test=labels[1200:])  # fmt: skip
+    recipe = write_recipe(
+        tmp_path,
+        """
+        name: camera
+        model: {source: uint8_models:camera, train: {epochs: 3}}
+        data: {source: frames.npz}
+        stages: [{kind: ptq}]
+        gates: {max_accuracy_drop: null}
+        """,
+    )
+    done = run_cli("optimize", str(recipe), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "integer input pixels (uint8) declared float32" in _words(done.stderr)
+    record = json.loads((tmp_path / "run" / "optimize.json").read_text())
+    assert record["final"]["conformance"]["passed"]
+    converted = TfliteModel.read(tmp_path / "run" / "model.tflite")
+    first = converted.tensors[converted.ops[0].inputs[0]]
+    assert first.dtype == "int8" and (float(first.scale[0]), int(first.zero_point[0])) == (1.0, -128)  # uint8 - 128
+    assert "CAST" not in [op.name for op in converted.ops]
