@@ -262,14 +262,14 @@ def test_qat_names_every_unsupported_layer_in_one_message(digits: object) -> Non
     x = k.layers.GroupNormalization(groups=2, name="groups")(x)
     x = k.layers.Flatten()(x)
     x = k.layers.Dense(8, name="dense")(x)
-    x = k.layers.UnitNormalization(name="norm")(x)
+    x = k.layers.EinsumDense("ab,bc->ac", 8, name="mix")(x)
     model = k.Model(inputs, k.layers.Dense(10, name="logits")(x))
     with pytest.raises(ModelError) as caught:
         qat.apply(model, QatStage(kind="qat"), stage_context(digits))
     message = caught.value.message
-    assert "'groups' (GroupNormalization)" in message and "'norm' (UnitNormalization)" in message
+    assert "'groups' (GroupNormalization)" in message and "'mix' (EinsumDense)" in message
     assert "input_bn" not in message and "conv_bn" not in message and "conv'" not in message
-    assert "exclude: ['groups', 'norm']" in (caught.value.hint or "")
+    assert "exclude: ['groups', 'mix']" in (caught.value.hint or "")
 
 
 def test_a_softmax_head_is_fine_tuned_on_probabilities_even_when_wrapped() -> None:

@@ -170,7 +170,7 @@ def _model_with_unsupported_layer() -> Any:
             k.layers.Input((8, 8, 1)),
             k.layers.Flatten(),
             k.layers.Dense(16, activation="relu", name="dense_1"),
-            k.layers.UnitNormalization(name="norm"),
+            k.layers.EinsumDense("ab,bc->ac", 16, name="mix"),
             k.layers.Dense(10, name="logits"),
         ]
     )
@@ -180,11 +180,11 @@ def test_qat_names_unsupported_layer_and_the_fix(digits: Any) -> None:
     model = _model_with_unsupported_layer()
     with pytest.raises(ModelError) as caught:
         qat.apply(model, QatStage(kind="qat"), context(digits, epochs=1))
-    assert "'norm' (UnitNormalization)" in caught.value.message
+    assert "'mix' (EinsumDense)" in caught.value.message
     assert "layers.exclude" in (caught.value.hint or "")
     # Following the hint works: the layer is left out of QAT and training proceeds.
-    outcome = qat.apply(model, QatStage(kind="qat", layers=LayerSelection(exclude=["norm"])), context(digits, epochs=1))
-    assert outcome.details["left_out"] == ["norm"]
+    outcome = qat.apply(model, QatStage(kind="qat", layers=LayerSelection(exclude=["mix"])), context(digits, epochs=1))
+    assert outcome.details["left_out"] == ["mix"]
 
 
 def test_pattern_matching_no_layer_is_a_config_error(digits: Any, trained_mlp: Any) -> None:

@@ -91,3 +91,17 @@ def test_corrupt_keras_file_is_a_model_error(tmp_path: Path, digits: Any) -> Non
     path.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ModelError, match=r"not a valid \.keras file"):
         load_source(path, digits)
+
+
+def test_a_model_whose_kernels_fail_in_the_interpreter_is_a_model_error(digits: Any) -> None:
+    """A GroupNormalization converted with a free batch fails preparing its BROADCAST_TO: the host's evaluation
+    said so with a traceback and "internal error" (exit 70); now it is the model's error, naming the operator."""
+    from edgepipe.convert.evaluate import raw_outputs
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    inputs = k.layers.Input((8, 8, 1))
+    x = k.layers.GroupNormalization(groups=2)(k.layers.Conv2D(4, 3)(inputs))
+    model = k.Model(inputs, k.layers.Dense(10)(k.layers.Flatten()(x)))
+    with pytest.raises(ModelError, match=r"fails in the LiteRT interpreter .*BROADCAST_TO"):
+        raw_outputs(to_float_tflite(model), [digits.x_test[0][:8]])

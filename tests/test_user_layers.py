@@ -85,6 +85,16 @@ def sensor():
     return k.Model(i, k.layers.Dense(10)(k.layers.GlobalAveragePooling1D()(x)), name="sensor")
 
 
+def grouped():
+    return k.Sequential([
+        k.layers.Input((8, 8, 1)),
+        k.layers.Conv2D(8, 3, padding="same"),
+        k.layers.GroupNormalization(groups=2, name="groups"),
+        k.layers.Flatten(),
+        k.layers.Dense(10),
+    ], name="grouped")
+
+
 def rows():
     d = digits.load()
     return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
@@ -133,6 +143,33 @@ def resized():
         k.layers.Activation("relu"),
         k.layers.Dense(10),
     ], name="resized")
+
+
+def attention():
+    """A transformer block over the digit rows (8 steps of 8 pixels), as small keyword-spotting and sensor
+    transformers have; a UnitNormalization before the head."""
+    rows = k.layers.Input((8, 8))
+    x = k.layers.Dense(16)(rows)
+    x = k.layers.Add()([x, k.layers.MultiHeadAttention(2, 8, name="attend")(x, x)])
+    x = k.layers.LayerNormalization()(x)
+    x = k.layers.GlobalAveragePooling1D()(x)
+    x = k.layers.UnitNormalization()(x)
+    return k.Model(rows, k.layers.Dense(10)(k.layers.Dense(32, activation="relu")(x)), name="attention")
+
+
+def grouped():
+    return k.Sequential([
+        k.layers.Input((8, 8, 1)),
+        k.layers.Conv2D(8, 3, padding="same"),
+        k.layers.GroupNormalization(groups=2, name="groups"),
+        k.layers.Flatten(),
+        k.layers.Dense(10),
+    ], name="grouped")
+
+
+def rows():
+    d = digits.load()
+    return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
 
 
 def unlabelled():
@@ -443,3 +480,43 @@ def test_resizing_prelu_and_layernorm_train_with_quantization_into_integer_opera
     assert json.loads((out / "optimize.json").read_text())["final"]["conformance"]["passed"]
     ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
     assert {"RESIZE_BILINEAR", "PRELU", "RSQRT"} <= set(ops) and "DEQUANTIZE" not in ops, ops
+
+
+def test_attention_and_unit_normalization_train_with_quantization_into_integer_operators(tmp_path: Path) -> None:
+    """QAT refused MultiHeadAttention and UnitNormalization (named, with the exclude; an output-quantizing
+    wrapper cannot even hold the attention layer). Now the attention trains in float inside the QAT model and
+    the converter quantizes it; UnitNormalization is quantized at its output (int8 L2_NORMALIZATION)."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = """
+    name: attention
+    model: {source: models:attention, train: {epochs: 4, learning_rate: 0.003}}
+    data: {source: models:rows}
+    fine_tune: {epochs: 1, learning_rate: 0.0005}
+    stages: [{kind: qat}]
+    gates: {max_accuracy_drop: null}
+    """
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    assert record["stages"][0]["details"]["left_to_converter"] == ["attend"]
+    assert record["final"]["conformance"]["passed"]
+    ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
+    assert {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"} <= set(ops) and "DEQUANTIZE" not in ops, ops
+
+
+def test_group_normalization_is_refused_before_training_with_what_to_use_instead(tmp_path: Path) -> None:
+    """Before: exit 70 measuring the float model (its free-batch BROADCAST_TO fails in the interpreter); at a
+    fixed batch its SQUARE stays float in the int8 model, so no stage can give an integer-only model."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = """
+    name: grouped
+    model: {source: models:grouped, train: {epochs: 1}}
+    data: {source: edgepipe.examples.digits:load}
+    stages: [{kind: ptq}]
+    """
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 4, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert "full-integer conversion of groups (GroupNormalization)" in said and "SQUARE" in said
+    assert "use LayerNormalization" in said and "Traceback" not in said and not (tmp_path / "run").exists()

@@ -62,6 +62,19 @@ def _interpreter(model_content: bytes, threads: int = 1) -> Any:
         raise ModelError(f"the LiteRT interpreter cannot load the model: {exc}") from None
 
 
+def _checked(step: Any, batch: int) -> None:
+    """An interpreter step whose kernel fails (a shape it cannot prepare, say) as the model's error, not ours."""
+    try:
+        step()
+    except RuntimeError as exc:
+        first = " ".join(str(exc).split())
+        raise ModelError(
+            f"the converted model fails in the LiteRT interpreter (batch of {batch}): {first}",
+            hint="a layer converted to operators that do not run; the message names the operator: replace that "
+            "layer, or report the model shape to edgepipe",
+        ) from None
+
+
 def io_order(model_content: bytes, input_names: Sequence[str], output_names: Sequence[str]) -> IoOrder:
     """Where Keras' inputs and outputs (by name) sit in the interpreter's lists, read from the signature."""
     interpreter = _interpreter(model_content)
@@ -106,7 +119,7 @@ def raw_outputs(
         size = min(batch, count - start)
         for keras_index, position in enumerate(order.inputs):  # the data's own shape: a dimension may be free
             interpreter.resize_tensor_input(sources[position]["index"], [size, *x[keras_index].shape[1:]])
-        interpreter.allocate_tensors()
+        _checked(interpreter.allocate_tensors, size)
         details_in = interpreter.get_input_details()
         for keras_index, position in enumerate(order.inputs):
             detail = details_in[position]
@@ -115,7 +128,7 @@ def raw_outputs(
             interpreter.set_tensor(detail["index"], quantize(chunk, detail["dtype"], scale, zero))
         if stateful:  # a fused LSTM would start from the previous sample's state
             interpreter.reset_all_variables()
-        interpreter.invoke()
+        _checked(interpreter.invoke, size)
         details_out = interpreter.get_output_details()
         for keras_index, position in enumerate(order.outputs):
             chunks[keras_index].append(interpreter.get_tensor(details_out[position]["index"]).copy())

@@ -88,6 +88,37 @@ def refuse_looped_recurrent(model: Any) -> None:
         )
 
 
+# Layers whose int8 form cannot be integer-only (TF 2.21's converter), and what to use instead.
+FLOAT_ONLY_LAYERS = {
+    "GroupNormalization": (
+        "its variance becomes a SQUARE, which TFLite has no int8 kernel for (the model would keep DEQUANTIZE -> "
+        "SQUARE -> QUANTIZE), and converted with a free batch size its BROADCAST_TO fails in the interpreter",
+        "use LayerNormalization (its SQUARED_DIFFERENCE is int8) or BatchNormalization",
+    ),
+}
+
+
+def refuse_unconvertible(model: Any) -> None:
+    """Before any training: refuse what no full-integer model can come out of, by name, with the fix."""
+    refuse_looped_recurrent(model)
+    found = [(layer.name, type(layer).__name__) for layer in _all_layers(model)]
+    blocked = [(name, kind) for name, kind in found if kind in FLOAT_ONLY_LAYERS]
+    if blocked:
+        kind = blocked[0][1]
+        why, fix = FLOAT_ONLY_LAYERS[kind]
+        raise ConversionError(
+            f"full-integer conversion of {', '.join(f'{name} ({kind})' for name, kind in blocked)}: {why}",
+            hint=fix,
+        )
+
+
+def _all_layers(model: Any) -> list[Any]:
+    layers = []
+    for layer in getattr(model, "layers", []):
+        layers += [layer, *_all_layers(layer)]
+    return layers
+
+
 def converter_for(model: Any) -> Any:
     """``from_keras_model``, except for a recurrent model: the converter turns a Keras LSTM into TFLite's fused
     UNIDIRECTIONAL_SEQUENCE_LSTM only when the batch is static (with a dynamic one it leaves TensorList ops it
@@ -120,7 +151,7 @@ def to_float_tflite(model: Any) -> bytes:
 def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:
     """Full-integer TFLite; ``representative`` samples (from the training split, one array per input)
     calibrate the activation ranges."""
-    refuse_looped_recurrent(model)
+    refuse_unconvertible(model)
     tensorflow = tf()
     converter = converter_for(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]

@@ -24,7 +24,7 @@ from edgepipe import models
 from edgepipe.config import DistillSettings, Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
-from edgepipe.convert.tflite import refuse_looped_recurrent, to_float_tflite, to_int8_tflite
+from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
 from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
@@ -296,7 +296,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         rewrites += split
     task = Task.of(model, recipe.task, data.y_train)
     _refuse_unsupported_distillation(task, data, recipe, str(prepared.recipe_path))
-    refuse_looped_recurrent(model)  # before training: its int8 conversion would crash after it
+    refuse_unconvertible(model)  # before training: no full-integer model could come out of it
     teachers = _load_teachers(prepared, model)
     baseline_training: dict[str, list[float]] = {}
     reestimated = 0

@@ -248,6 +248,11 @@ def _looks_up_input_ids(layer: Any) -> bool:
     return bool(sources) and all(type(s).__name__ == "InputLayer" and not s.dtype.startswith("float") for s in sources)
 
 
+# Layers TF-MOT's QuantizeWrapper cannot hold at all (it asks MultiHeadAttention for its output shape from one
+# input shape, and the layer needs two): they stay float in the QAT model, and the converter quantizes them.
+UNWRAPPABLE = ("MultiHeadAttention",)
+
+
 def _output_quantized_only(layer: Any) -> bool:
     """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
     two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
@@ -259,6 +264,7 @@ def _output_quantized_only(layer: Any) -> bool:
         "Resizing",
         "PReLU",
         "LayerNormalization",
+        "UnitNormalization",
     ):
         return True
     if kind == "BatchNormalization":
@@ -341,7 +347,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    annotated_names, left_out, folded, lookups = [], [], [], []
+    annotated_names, left_out, folded, lookups, unwrappable = [], [], [], [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
             continue
@@ -351,11 +357,19 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         if _looks_up_input_ids(layer):
             lookups.append(layer.name)
             continue
+        if type(layer).__name__ in UNWRAPPABLE and is_selected(layer, stage.layers):
+            unwrappable.append(layer.name)
+            continue
         (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
     if lookups:
         ctx.progress.note(
             f"{ctx.where}: {', '.join(lookups)} read token ids, which TF-MOT's QAT cannot fake-quantize (it has no "
             "Embedding either): left to the converter, which quantizes the table (int8 GATHER)"
+        )
+    if unwrappable:
+        ctx.progress.note(
+            f"{ctx.where}: {', '.join(unwrappable)}: TF-MOT's QAT cannot wrap a MultiHeadAttention; trained without "
+            "fake quantization here and quantized by the converter from the representative data"
         )
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
         raise ModelError(
@@ -406,7 +420,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: TF-MOT cannot apply {SCHEME_NAMES[scheme]} to this model: {exc}",
             hint=f"leave the offending layer out with {ctx.where}.layers.exclude",
         ) from None
-    frozen = _freeze_left_out(quantized, left_out + lookups) if scheme != "default" else []
+    frozen = _freeze_left_out(quantized, left_out + lookups + unwrappable) if scheme != "default" else []
     if frozen:
         ctx.progress.note(
             f"{ctx.where}: not trained here, being left out of QAT: {', '.join(frozen)}; so their zeros and shared "
@@ -431,6 +445,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
+            "left_to_converter": unwrappable,  # layers TF-MOT cannot wrap (MultiHeadAttention)
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
         },
