@@ -279,6 +279,12 @@ def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_chann
     assert _group_of(plan, "b").blocked_by == ["shared (called 2 times: shared weights)"]
     assert not [g for g in plan.groups if "shared" in g.producers]  # its own filters are not a group either
 
+    grouped = k.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(a)  # ResNeXt, RegNet
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(grouped))))
+    assert _group_of(plan, "a").blocked_by == [
+        "grouped (Conv2D, grouped: groups=4 would have to lose channels evenly per group)"
+    ]
+
 
 def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
     """Zero half the channels of every prunable group wherever they are produced: the producers' kernels and

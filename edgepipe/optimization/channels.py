@@ -237,7 +237,7 @@ def analyze(model: Any) -> Plan:
             spatial = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
             carries[layer.name] = ("flat", traced[0][1], spatial)
         else:
-            block(f"{layer.name} ({kind})")
+            block(f"{layer.name} ({_kind_and_why(layer)})")
             carries[layer.name] = None
             continue
         if layer.name in output_layers and carries[layer.name] is not None:
@@ -310,6 +310,16 @@ def _elementwise(layer: Any, tensors: int) -> bool:
     arguments = [*node.call_args, *(v for key, v in node.call_kwargs.items() if key != "name")]
     scalars = [a for a in arguments if isinstance(a, int | float | np.number) or getattr(a, "shape", None) == ()]
     return len(arguments) - len(scalars) == tensors
+
+
+def _kind_and_why(layer: Any) -> str:
+    """A layer's class, and what about it channel pruning cannot follow when the class alone does not say."""
+    kind = type(layer).__name__
+    if kind in CONVOLUTIONS and getattr(layer, "groups", 1) != 1:
+        return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
+    if kind in CONVOLUTIONS and getattr(layer, "data_format", "channels_last") != "channels_last":
+        return f"{kind}, channels_first"
+    return kind
 
 
 def _simple(layer: Any) -> bool:
