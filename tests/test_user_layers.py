@@ -95,6 +95,17 @@ def grouped():
     ], name="grouped")
 
 
+def masked():
+    rows = k.layers.Input((8, 8))
+    return k.Model(rows, k.layers.Dense(10)(k.layers.LSTM(8)(k.layers.Masking(0.0)(rows))), name="masked")
+
+
+def masked_ids():
+    ids = k.layers.Input((64,), dtype="int32")
+    x = k.layers.Embedding(65, 4, mask_zero=True)(ids)
+    return k.Model(ids, k.layers.Dense(10)(k.layers.GlobalAveragePooling1D()(x)), name="masked_ids")
+
+
 def rows():
     d = digits.load()
     return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
@@ -155,21 +166,6 @@ def attention():
     x = k.layers.GlobalAveragePooling1D()(x)
     x = k.layers.UnitNormalization()(x)
     return k.Model(rows, k.layers.Dense(10)(k.layers.Dense(32, activation="relu")(x)), name="attention")
-
-
-def grouped():
-    return k.Sequential([
-        k.layers.Input((8, 8, 1)),
-        k.layers.Conv2D(8, 3, padding="same"),
-        k.layers.GroupNormalization(groups=2, name="groups"),
-        k.layers.Flatten(),
-        k.layers.Dense(10),
-    ], name="grouped")
-
-
-def rows():
-    d = digits.load()
-    return Dataset("rows", d.x_train[0][..., 0], d.y_train[0], d.x_test[0][..., 0], d.y_test[0])
 
 
 def unlabelled():
@@ -505,18 +501,30 @@ def test_attention_and_unit_normalization_train_with_quantization_into_integer_o
     assert {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"} <= set(ops) and "DEQUANTIZE" not in ops, ops
 
 
-def test_group_normalization_is_refused_before_training_with_what_to_use_instead(tmp_path: Path) -> None:
-    """Before: exit 70 measuring the float model (its free-batch BROADCAST_TO fails in the interpreter); at a
-    fixed batch its SQUARE stays float in the int8 model, so no stage can give an integer-only model."""
+@pytest.mark.parametrize(
+    ("factory", "data", "said", "fix"),
+    [
+        # was exit 70 measuring the float model (its free-batch BROADCAST_TO fails in the interpreter); at a
+        # fixed batch its SQUARE stays float in the int8 model
+        ("grouped", "edgepipe.examples.digits:load", "groups (GroupNormalization)", "use LayerNormalization"),
+        # was a SIGSEGV in the converter, after training
+        ("masked", "models:rows", "masking (Masking): TFLite has no masks", "remove the Masking layer"),
+        # was "not integer-only: CAST ..." after training
+        ("masked_ids", "models:tokens", "embedding (Embedding, mask_zero=True)", "mask_zero=False"),
+    ],
+)
+def test_a_layer_no_integer_model_can_come_from_is_refused_before_training(
+    tmp_path: Path, factory: str, data: str, said: str, fix: str
+) -> None:
     (tmp_path / "models.py").write_text(MODELS)
-    recipe = """
-    name: grouped
-    model: {source: models:grouped, train: {epochs: 1}}
-    data: {source: edgepipe.examples.digits:load}
-    stages: [{kind: ptq}]
+    recipe = f"""
+    name: refused
+    model: {{source: "models:{factory}", train: {{epochs: 1}}}}
+    data: {{source: "{data}"}}
+    stages: [{{kind: ptq}}]
     """
     done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
     assert done.returncode == 4, done.stderr[-3000:]
-    said = " ".join(done.stderr.split())
-    assert "full-integer conversion of groups (GroupNormalization)" in said and "SQUARE" in said
-    assert "use LayerNormalization" in said and "Traceback" not in said and not (tmp_path / "run").exists()
+    words = " ".join(done.stderr.split())
+    assert f"full-integer conversion of {said}" in words and fix in words, words
+    assert "training the float model" not in words and "Traceback" not in words and not (tmp_path / "run").exists()

@@ -88,12 +88,18 @@ def refuse_looped_recurrent(model: Any) -> None:
         )
 
 
-# Layers whose int8 form cannot be integer-only (TF 2.21's converter), and what to use instead.
-FLOAT_ONLY_LAYERS = {
+# Layers no integer-only model can come out of (TF 2.21's converter): why, and what to use instead.
+UNCONVERTIBLE_LAYERS = {
     "GroupNormalization": (
         "its variance becomes a SQUARE, which TFLite has no int8 kernel for (the model would keep DEQUANTIZE -> "
         "SQUARE -> QUANTIZE), and converted with a free batch size its BROADCAST_TO fails in the interpreter",
         "use LayerNormalization (its SQUARED_DIFFERENCE is int8) or BatchNormalization",
+    ),
+    "Masking": (
+        "TFLite has no masks: the mask becomes float NOT_EQUAL and CAST operators (not integer-only), and an LSTM "
+        "reading it the loop the converter crashes on (SIGSEGV, TF 2.21)",
+        "remove the Masking layer and train on the padded sequences as they are (the padding is then data the "
+        "model learns to ignore), or cut the sequences to a fixed length",
     ),
 }
 
@@ -101,11 +107,19 @@ FLOAT_ONLY_LAYERS = {
 def refuse_unconvertible(model: Any) -> None:
     """Before any training: refuse what no full-integer model can come out of, by name, with the fix."""
     refuse_looped_recurrent(model)
+    masked = [layer.name for layer in _all_layers(model) if getattr(layer, "mask_zero", False)]
+    if masked:
+        raise ConversionError(
+            f"full-integer conversion of {', '.join(masked)} (Embedding, mask_zero=True): TFLite has no masks: the "
+            "mask becomes float CAST operators (not integer-only), and an LSTM reading it the loop the converter "
+            "crashes on (SIGSEGV, TF 2.21)",
+            hint="build the Embedding with mask_zero=False and train on the padded sequences as they are",
+        )
     found = [(layer.name, type(layer).__name__) for layer in _all_layers(model)]
-    blocked = [(name, kind) for name, kind in found if kind in FLOAT_ONLY_LAYERS]
+    blocked = [(name, kind) for name, kind in found if kind in UNCONVERTIBLE_LAYERS]
     if blocked:
         kind = blocked[0][1]
-        why, fix = FLOAT_ONLY_LAYERS[kind]
+        why, fix = UNCONVERTIBLE_LAYERS[kind]
         raise ConversionError(
             f"full-integer conversion of {', '.join(f'{name} ({kind})' for name, kind in blocked)}: {why}",
             hint=fix,
