@@ -91,10 +91,11 @@ def unknown_classes(path: Path) -> list[Unknown]:
     unknown: dict[str, Unknown] = {}
     for entry in _class_entries(config):
         module, name = entry.get("module"), entry.get("registered_name") or entry["class_name"]
-        if module is not None and _is_builtin(str(module)):
-            continue
+        if (module is not None and _is_builtin(str(module))) or name.startswith("__"):
+            continue  # "__keras_tensor__": Keras 3's record of a tensor argument, not a class
         if not _known(name, entry["class_name"], legacy=module is None):
-            unknown.setdefault(name, Unknown(str(entry["class_name"]), None if module is None else str(module)))
+            shown = str(entry["class_name"]).rpartition(">")[2]  # HDF5 keeps "package>Class" as the class name
+            unknown.setdefault(name, Unknown(shown, None if module is None else str(module)))
     return list(unknown.values())
 
 

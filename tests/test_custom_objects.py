@@ -163,3 +163,24 @@ def test_a_wrong_custom_objects_entry_is_one_line_before_tensorflow_starts(
     assert done.returncode == 2, done.stderr[-2000:]
     assert said in _words(done.stderr) and "Traceback" not in done.stderr
     assert "starting TensorFlow" not in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_only_classes_outside_keras_are_reported_unknown(tmp_path: Path) -> None:
+    """Keras 3 records tensor arguments as "__keras_tensor__" entries, and HDF5 keeps a registered class as
+    "package>Class": neither may be mistaken for (or hide) the user's class in the message."""
+    from edgepipe.custom_objects import unknown_classes
+    from edgepipe.keras_compat import keras
+
+    keras()
+    import keras as keras3
+
+    inputs = keras3.Input((8, 8, 1))
+    x = keras3.layers.Conv2D(4, 3, padding="same")(inputs)
+    keras3.Model(inputs, keras3.layers.Add()([x, x])).save(tmp_path / "builtin.keras")
+    assert unknown_classes(tmp_path / "builtin.keras") == []
+
+    layers = _acme(tmp_path)  # Scale registers itself on import (as "acme>Scale"); Offset never does
+    layers.build().save(tmp_path / "acme.h5")
+    assert [str(u) for u in unknown_classes(tmp_path / "acme.h5")] == ["Offset"]
+    keras().saving.get_custom_objects().pop("acme>Scale")
+    assert [str(u) for u in unknown_classes(tmp_path / "acme.h5")] == ["Scale", "Offset"]
