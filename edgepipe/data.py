@@ -290,7 +290,17 @@ def _check_y(
 ) -> tuple[np.ndarray, str | None]:
     """Targets for ``task``: integer class labels (one-hot accepted, with a note) or finite float values."""
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
-        raise ConfigError.at(file, field, f"{origin}: {label} must be numeric, got dtype {y.dtype}")
+        names = y.dtype.kind in "US" or (y.dtype == object and all(isinstance(v, str) for v in y.flat[:100]))
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin}: {label} must be numeric, got dtype {y.dtype}"
+            + (f" (class names such as {str(y.flat[0])!r})" if names and y.size else ""),
+            hint="give each class its number, in the order the model's outputs follow (for a model trained "
+            "elsewhere, the order it was trained with), e.g. classes, y = np.unique(names, return_inverse=True)"
+            if names
+            else None,
+        )
     _check_finite(y, label, origin, file, field)
     if task == "regression":
         if y.ndim < 1:

@@ -222,6 +222,10 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     with pytest.raises(ConfigError, match=r"y_train\[1\] must hold integer class labels") as mixed:
         from_arrays(arrays, "d", "r", "data")
     assert "mixed tasks" in (mixed.value.hint or "")
+    names = np.array(["cat", "dog", "cat", "owl", "dog", "cat"])  # class names, as a CSV gives them
+    with pytest.raises(ConfigError, match=r"y_train must be numeric, got dtype <U3 \(class names such as 'cat'\)") as n:
+        from_arrays({"x_train": x, "y_train": names, "x_test": x, "y_test": labels}, "d", "r", "data")
+    assert "np.unique(names, return_inverse=True)" in (n.value.hint or "")
 
 
 @pytest.mark.slow
