@@ -256,3 +256,25 @@ def test_a_mirror_that_stops_answering_ends_the_build_in_time(tmp_path: Path) ->
             pass
     leftover = subprocess.run(["pgrep", "-f", f"apt-get.*{tmp_path}"], capture_output=True, text=True).stdout
     assert leftover == ""
+
+
+def test_the_emulators_crash_on_a_dense_over_a_sequence_is_named_as_the_emulators(
+    built_image: Any, emulator_env: dict, tmp_path: Path
+) -> None:
+    """QEMU 7.2 user mode crashes inside ruy's int8 matrix multiply on a FULLY_CONNECTED over several rows (a
+    Dense on a sequence, as every attention block has), a model the host runs: the hint says it is the
+    emulator's limit, not "rebuild the model"."""
+    import numpy as np
+
+    from edgepipe.convert.tflite import to_int8_tflite
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    steps = k.layers.Input((16, 32))
+    model = k.Model(steps, k.layers.Dense(10)(k.layers.Flatten()(k.layers.Dense(32)(steps))))
+    (tmp_path / "sequence.tflite").write_bytes(to_int8_tflite(model, np.random.default_rng(0).random((32, 16, 32))))
+    done = run_cli("deploy", "--target", "rpi4-emu", "--model", str(tmp_path / "sequence.tflite"), "--repeats", "1",
+                   "--no-history", env=emulator_env)  # fmt: skip
+    assert done.returncode == 23, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert "SIGSEGV" in said and "QEMU user mode" in said and "measure this model on the board" in said

@@ -197,6 +197,12 @@ def deploy_failure(device: dict[str, Any], checks: dict[str, Any], target: Targe
     if error:
         kind, hint = AGENT_ERRORS.get(error.get("class", ""), (DeviceModelError, None))
         hint = hint.replace("NAME", target.name) if hint else None
+        if error.get("class") == "ModelCrash" and target.emulated:
+            hint = (
+                "QEMU user mode (7.2) crashes inside TFLite's optimized int8 matrix multiply (ruy) on a fully "
+                "connected layer over several rows (a Dense on a sequence, attention), with every -cpu and both "
+                "runtimes, though the model runs on the host: an emulator limit; measure this model on the board"
+            )
         return kind(f"on {target.name}: {error.get('class')}: {error.get('message')}", hint=hint)
     parity = checks.get("parity") or {}
     if parity.get("passed") is False:
