@@ -122,6 +122,10 @@ def _recipe_file(
         raise ConfigError(f"recipe must be a path, a preset name, a dict or a Recipe, not {type(recipe).__name__}")
     if model is not None:
         document["model"] = {**dict(document.get("model") or {}), "source": _model_source(model, scratch)}
+        own = _class_modules(model)
+        if own:  # the model's own layer classes, imported by the optimizing process as a recipe names them
+            listed = list(document["model"].get("custom_objects") or [])
+            document["model"]["custom_objects"] = listed + [m for m in own if m not in listed]
     if data is not None:
         document["data"] = {"source": _data_source(data, scratch)}
     # Name a wrong field in the caller's terms, before any file is written.
@@ -144,6 +148,24 @@ def _model_source(model: Any, scratch: Path) -> str:
     path = scratch / "model.keras"
     model.save(path)
     return str(path)
+
+
+def _class_modules(model: Any) -> list[str]:
+    """The modules defining the model's own (non-Keras) classes, which the optimizing process must import to
+    read the saved model. A class defined in ``__main__`` (a notebook, a script) cannot be imported there."""
+    from edgepipe.custom_objects import own_classes
+
+    modules: list[str] = []
+    for cls in own_classes(model):
+        if cls.__module__ == "__main__":
+            raise ConfigError(
+                f"the model's layer class {cls.__name__} is defined in __main__ (a notebook or the script itself), "
+                "which the optimizing process cannot import",
+                hint="move the class into a module (mylayers.py) and import it from there",
+            )
+        if cls.__module__ not in modules:
+            modules.append(cls.__module__)
+    return modules
 
 
 def _data_source(data: PathLike | DataArrays, scratch: Path) -> str:

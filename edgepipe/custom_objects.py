@@ -75,12 +75,17 @@ def register_modules(modules: list[str], search_dir: Path | None, file: str | No
 
 def register_model_classes(model: Any) -> list[str]:
     """Register the classes of a model built in this process whose configs tf_keras could not resolve."""
-    found: dict[str, Any] = {}
+    return _register({_registered_name(cls): cls for cls in own_classes(model)})
+
+
+def own_classes(model: Any) -> list[type]:
+    """The classes of the model's layers (nested ones too) that are not Keras' or TensorFlow's."""
+    found: list[type] = []
     for layer in _all_layers(model):
         cls = type(layer)
-        if not _is_builtin(cls.__module__):
-            found[_registered_name(cls)] = cls
-    return _register(found)
+        if not _is_builtin(cls.__module__) and cls not in found:
+            found.append(cls)
+    return found
 
 
 def unknown_classes(path: Path) -> list[Unknown]:

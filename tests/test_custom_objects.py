@@ -184,3 +184,47 @@ def test_only_classes_outside_keras_are_reported_unknown(tmp_path: Path) -> None
     assert [str(u) for u in unknown_classes(tmp_path / "acme.h5")] == ["Offset"]
     keras().saving.get_custom_objects().pop("acme>Scale")
     assert [str(u) for u in unknown_classes(tmp_path / "acme.h5")] == ["Scale", "Offset"]
+
+
+API_SCRIPT = """
+import edgepipe
+from edgepipe.errors import ConfigError
+from edgepipe.keras_compat import keras
+
+keras()
+import acme_layers
+import tf_keras as k
+
+recipe = {"name": "api-acme", "model": {"train": {"epochs": 2}}, "stages": [{"kind": "ptq"}],
+          "data": {"source": "edgepipe.examples.digits:load"}, "gates": {"max_accuracy_drop": None}}
+run = edgepipe.optimize(recipe, model=acme_layers.build(), out="run")
+print("custom_objects", run.record["recipe"]["model"]["custom_objects"], run.passed)
+
+
+class Local(k.layers.Layer):
+    def call(self, x):
+        return x
+
+
+i = k.layers.Input((8, 8, 1))
+try:
+    edgepipe.optimize(recipe, model=k.Model(i, k.layers.Dense(10)(k.layers.Flatten()(Local()(i)))), out="local")
+except ConfigError as exc:
+    print("refused:", exc.message, "|", exc.hint)
+"""
+
+
+def test_the_python_api_passes_a_models_own_layer_modules_on(tmp_path: Path) -> None:
+    """edgepipe.optimize(model=...) saves the model for the optimizing process, which could not read its custom
+    layers back; their module is now named for it, and a class defined in __main__ is refused with the fix."""
+    import os
+    import subprocess
+
+    (tmp_path / "acme_layers.py").write_text(ACME_LAYERS)
+    (tmp_path / "api_run.py").write_text(API_SCRIPT)
+    done = subprocess.run([sys.executable, "api_run.py"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env={**os.environ})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "custom_objects ['acme_layers'] True" in done.stdout, done.stdout
+    assert "refused: the model's layer class Local is defined in __main__" in done.stdout
+    assert "move the class into a module" in done.stdout and not (tmp_path / "local").exists()
