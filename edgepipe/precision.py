@@ -81,8 +81,13 @@ def float_inputs(model: Any) -> tuple[Any, list[str]]:
 
 
 def _feeds_lookup(model: Any, input_name: str) -> bool:
-    layer = model.get_layer(input_name)
-    return any(type(node.outbound_layer).__name__ in _LOOKUPS for node in layer.outbound_nodes)
+    """Whether a lookup reads the input (a Sequential model does not list its InputLayer among its layers, so
+    the layer is found from the model's input tensors); an input not found is left as it is."""
+    for tensor in model.inputs:
+        layer = tensor._keras_history.layer
+        if layer.name == input_name:
+            return any(type(node.outbound_layer).__name__ in _LOOKUPS for node in layer.outbound_nodes)
+    return True
 
 
 def _policy_name(layer: Any) -> str:

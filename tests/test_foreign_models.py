@@ -376,6 +376,8 @@ def test_an_integer_image_input_is_declared_float32_and_an_index_input_is_not(tm
     ids = k.layers.Input((4,), dtype="int32")
     tokens = k.Model(ids, k.layers.Dense(2)(k.layers.Flatten()(k.layers.Embedding(16, 3)(ids))))
     assert float_inputs(tokens) == (tokens, [])  # token ids stay integers
+    listed = k.Sequential([k.layers.Input((4,), dtype="int32"), k.layers.Embedding(16, 3), k.layers.Flatten()])
+    assert float_inputs(listed) == (listed, [])  # a Sequential model does not list its InputLayer
 
     (tmp_path / "uint8_models.py").write_text(UINT8_MODELS)
     images = np.round(np.concatenate([digits.x_train[0], digits.x_test[0]]) / digits.x_train[0].max() * 255)
