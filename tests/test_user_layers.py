@@ -457,48 +457,38 @@ def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_t
     assert not (tmp_path / "wrong").exists()
 
 
-def test_resizing_prelu_and_layernorm_train_with_quantization_into_integer_operators(tmp_path: Path) -> None:
-    """TF-MOT has no QAT config for Resizing, PReLU or LayerNormalization (the stage refused them, naming the
-    exclude); quantized at their outputs they convert to integer RESIZE_BILINEAR, PRELU and LayerNorm's
-    MEAN / SQUARED_DIFFERENCE / RSQRT."""
+@pytest.mark.parametrize(
+    ("factory", "data", "epochs", "operators", "left_to_converter"),
+    [
+        # TF-MOT has no QAT config for Resizing, PReLU or LayerNormalization (the stage refused them, naming the
+        # exclude); quantized at their outputs: integer RESIZE_BILINEAR, PRELU and LayerNorm's RSQRT, ...
+        ("resized", "edgepipe.examples.digits:load", 3, {"RESIZE_BILINEAR", "PRELU", "RSQRT"}, []),
+        # MultiHeadAttention and UnitNormalization were refused too, and an output-quantizing wrapper cannot even
+        # hold the attention layer: it trains in float inside the QAT model and the converter quantizes it;
+        # UnitNormalization is quantized at its output (int8 L2_NORMALIZATION)
+        ("attention", "models:rows", 4, {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"}, ["attend"]),
+    ],
+)
+def test_layers_tf_mot_has_no_qat_config_for_train_with_quantization_into_integer_operators(
+    tmp_path: Path, factory: str, data: str, epochs: int, operators: set[str], left_to_converter: list[str]
+) -> None:
     (tmp_path / "models.py").write_text(MODELS)
-    recipe = """
-    name: resized
-    model: {source: models:resized, train: {epochs: 3, learning_rate: 0.003}}
-    data: {source: edgepipe.examples.digits:load}
-    fine_tune: {epochs: 1, learning_rate: 0.0005}
-    stages: [{kind: qat}]
-    gates: {max_accuracy_drop: null}
-    """
-    out = tmp_path / "run"
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads((out / "optimize.json").read_text())["final"]["conformance"]["passed"]
-    ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
-    assert {"RESIZE_BILINEAR", "PRELU", "RSQRT"} <= set(ops) and "DEQUANTIZE" not in ops, ops
-
-
-def test_attention_and_unit_normalization_train_with_quantization_into_integer_operators(tmp_path: Path) -> None:
-    """QAT refused MultiHeadAttention and UnitNormalization (named, with the exclude; an output-quantizing
-    wrapper cannot even hold the attention layer). Now the attention trains in float inside the QAT model and
-    the converter quantizes it; UnitNormalization is quantized at its output (int8 L2_NORMALIZATION)."""
-    (tmp_path / "models.py").write_text(MODELS)
-    recipe = """
-    name: attention
-    model: {source: models:attention, train: {epochs: 4, learning_rate: 0.003}}
-    data: {source: models:rows}
-    fine_tune: {epochs: 1, learning_rate: 0.0005}
-    stages: [{kind: qat}]
-    gates: {max_accuracy_drop: null}
+    recipe = f"""
+    name: {factory}
+    model: {{source: "models:{factory}", train: {{epochs: {epochs}, learning_rate: 0.003}}}}
+    data: {{source: "{data}"}}
+    fine_tune: {{epochs: 1, learning_rate: 0.0005}}
+    stages: [{{kind: qat}}]
+    gates: {{max_accuracy_drop: null}}
     """
     out = tmp_path / "run"
     done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "optimize.json").read_text())
-    assert record["stages"][0]["details"]["left_to_converter"] == ["attend"]
+    assert record["stages"][0]["details"]["left_to_converter"] == left_to_converter
     assert record["final"]["conformance"]["passed"]
     ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
-    assert {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"} <= set(ops) and "DEQUANTIZE" not in ops, ops
+    assert operators <= set(ops) and "DEQUANTIZE" not in ops, ops
 
 
 @pytest.mark.parametrize(
