@@ -226,6 +226,13 @@ def test_a_failed_stage_deploy_shows_in_the_report(optimized_run: tuple[Path, di
     assert failed["status"] == "failed" and failed["error"]["class"] == "ModelTimeout"
     assert "failed: ModelTimeout" in (tmp_path / "s.md").read_text()
     assert "ModelTimeout" in done.stdout
+    failed_file = run / "deploy-strict.failed.json"  # as a crash leaves it: the runtime never reported itself
+    crashed = json.loads(failed_file.read_text())
+    crashed["device"].pop("runtime", None)
+    failed_file.write_text(json.dumps(crashed))
+    page = tmp_path / "r.html"
+    assert run_cli("report", str(run), "--html", str(page), env=env).returncode == 0
+    assert "runtime not reported" in page.read_text() and "None None" not in page.read_text()
 
 
 def test_compression_paid_off_is_judged_per_stage(reported: dict[str, Any]) -> None:
