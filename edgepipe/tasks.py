@@ -166,6 +166,14 @@ class Task:
     def agreement(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
         return agreement(self.kind, a, b, self.thresholds, self.classes)
 
+    def discordant(
+        self, a: Sequence[np.ndarray], b: Sequence[np.ndarray], targets: Sequence[np.ndarray]
+    ) -> dict[str, Any] | None:
+        """``discordant`` for a classifier; None for other tasks (their errors are compared instead)."""
+        if self.kind != "classification":
+            return None
+        return discordant(a, b, targets, self.thresholds, self.classes)
+
 
 # ------------------------------------------------------------------------------------------------ scoring
 # The same formulas run in the device agent (device_agents/edgepipe_agent/evaluate.py, ``score``), which has no
@@ -251,6 +259,40 @@ def agreement(
         threshold, width = thresholds[index] if index < len(thresholds) else None, _classes(classes, index)
         same.append(np.mean(answers(x, threshold, width).argmax(axis=1) == answers(y, threshold, width).argmax(axis=1)))
     return round(float(np.mean(same)), 6)
+
+
+def discordant(
+    a: Sequence[np.ndarray],
+    b: Sequence[np.ndarray],
+    targets: Sequence[np.ndarray],
+    thresholds: Sequence[float | None] = (),
+    classes: Sequence[int | None] = (),
+) -> dict[str, Any]:
+    """The answers only one of two classifiers gets right (``a``: the reference, the float model): the only
+    answers that can make their accuracies differ, and McNemar's exact test of them (two-sided binomial, p = 1
+    when there are none). A small p says ``b`` is worse (or better) beyond the chance of a few near-ties
+    rounding the other way; the same test as the board-against-host check."""
+    lost = gained = 0
+    for index, (x, y, target) in enumerate(zip(a, b, targets, strict=True)):
+        threshold, width = thresholds[index] if index < len(thresholds) else None, _classes(classes, index)
+        labels = np.asarray(target).reshape(-1)
+        right_a = answers(np.asarray(x).reshape(len(x), -1), threshold, width).argmax(axis=1) == labels
+        right_b = answers(np.asarray(y).reshape(len(y), -1), threshold, width).argmax(axis=1) == labels
+        lost += int(np.sum(right_a & ~right_b))
+        gained += int(np.sum(~right_a & right_b))
+    return {
+        "reference_right_other_wrong": lost,
+        "reference_wrong_other_right": gained,
+        "p_value": mcnemar(lost, gained),
+    }
+
+
+def mcnemar(lost: int, gained: int) -> float:
+    """McNemar's exact test of the answers two models disagree on: if the second merely rounds near-ties the
+    other way, it turns right answers wrong as often as wrong ones right (a fair coin; p = 1 with none)."""
+    from scipy.stats import binomtest
+
+    return float(f"{binomtest(lost, lost + gained, 0.5).pvalue:.3g}") if lost + gained else 1.0
 
 
 def _classes(classes: Sequence[int | None], index: int) -> int | None:

@@ -4,6 +4,7 @@ QAT cannot take, a softmax head."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -231,7 +232,7 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
 @pytest.mark.slow
 def test_a_failed_gate_still_prints_the_results_table(tmp_path: Path) -> None:
     body = (
-        TINY.replace("gates: {max_accuracy_drop: 10}", "gates: {max_gzip_bytes: 10}")
+        TINY.replace("gates: {max_accuracy_drop: 10}", "gates: {max_gzip_bytes: 10, max_accuracy_drop: 10}")
         .replace("  - kind: prune\n    target_sparsity: 0.5\n  - kind: cluster\n    clusters: 16\n  - kind: qat\n", "")
         .replace("stages:\n", "stages:\n  - kind: ptq\n")
     )
@@ -239,6 +240,41 @@ def test_a_failed_gate_still_prints_the_results_table(tmp_path: Path) -> None:
     assert result.returncode == 6, result.stderr
     assert "1. ptq" in result.stdout and "gate max_gzip_bytes: FAIL" in result.stdout
     assert f"kept {tmp_path / 'run.failed'}" in result.stdout.replace("\n", "")
+    # the accuracy gate says what the answers behind its figure are: lost and gained against the float model
+    record = json.loads((tmp_path / "run.failed" / "optimize.json").read_text())
+    row = next(r for r in record["gates"] if r["gate"] == "max_accuracy_drop")
+    lost, gained = row["discordant"]["reference_right_other_wrong"], row["discordant"]["reference_wrong_other_right"]
+    samples, agreement = record["final"]["agreement"]["test_samples"], record["final"]["agreement"]["top1_agreement"]
+    assert (lost - gained) / samples * 100 == pytest.approx(row["value"], abs=1e-3)  # exactly the drop
+    assert lost + gained <= round((1 - agreement) * samples)  # only answers that changed can differ in rightness
+    said = " ".join(result.stdout.split())
+    assert f"{lost} answers lost and {gained} gained against the float model, McNemar p =" in said
+
+
+def test_an_accuracy_gate_tells_a_drop_beyond_chance_from_one_within_it() -> None:
+    from edgepipe.config.recipe import Gates
+    from edgepipe.optimization import gates
+    from edgepipe.tasks import discordant
+
+    labels = np.arange(400) % 4
+    right = np.eye(4)[labels]
+    wrong = np.eye(4)[(labels + 1) % 4]
+    float_out = np.where((np.arange(400) < 380)[:, None], right, wrong)  # 380 right
+    few = float_out.copy()
+    few[:6], few[380:383] = wrong[:6], right[380:383]  # 6 lost, 3 gained: 0.75 points, a coin could do that
+    many = float_out.copy()
+    many[:30] = wrong[:30]  # 30 lost, none gained: 7.5 points
+    for outputs, lost, gained, verdict in ((few, 6, 3, "within chance"), (many, 30, 0, "beyond chance")):
+        counts = discordant([float_out], [outputs], [labels])
+        assert (counts["reference_right_other_wrong"], counts["reference_wrong_other_right"]) == (lost, gained)
+        drop = (lost - gained) / 4  # points on 400 samples
+        final = {"metric": {"value": 0.95 - drop / 100, "metric": "accuracy"}, "gzip_bytes": 1, "bytes": 1,
+                 "discordant_with_float_keras": counts}  # fmt: skip
+        rows = gates.check(Gates(max_accuracy_drop=0.5), {"value": 0.95}, final, 10)
+        assert not rows[0]["passed"] and verdict in gates.describe_failures(rows)
+        advice = gates.advice(rows, 400)
+        assert ("test on more samples" in advice) == (verdict == "within chance"), advice
+    assert discordant([float_out], [float_out], [labels])["p_value"] == 1.0  # nothing changed
 
 
 def stage_context(data: object) -> StageContext:

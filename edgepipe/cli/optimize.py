@@ -15,6 +15,7 @@ from rich.table import Table
 
 from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.errors import GateFailed
+from edgepipe.optimization import gates
 from edgepipe.progress import Progress
 from edgepipe.shipped import DEFAULT_RECIPE
 
@@ -234,6 +235,9 @@ def print_summary(result: dict[str, Any]) -> None:
     )
     for gate in result["gates"]:
         mark = "[green]pass[/]" if gate["passed"] else "[bold red]FAIL[/]"
+        why = gates.chance(gate)
         stdout.print(
-            f"gate {gate['gate']}: {mark} ({gate['meaning']} {gate['value']}, limit {gate['limit']})", highlight=False
+            f"gate {gate['gate']}: {mark} ({gate['meaning']} {gate['value']}, limit {gate['limit']})"
+            + (f"; {why}" if why else ""),
+            highlight=False,
         )

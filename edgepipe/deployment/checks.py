@@ -20,6 +20,7 @@ from edgepipe.errors import (
     UnsupportedOp,
 )
 from edgepipe.provenance import host
+from edgepipe.tasks import mcnemar
 
 CHANCE = 0.05  # McNemar's p at or above which an accuracy difference is called within chance
 
@@ -100,10 +101,7 @@ def _discordant(agreement: dict[str, Any]) -> dict[str, Any] | None:
     if not pairs:
         return None
     lost, gained = sum(pair[0] for pair in pairs), sum(pair[1] for pair in pairs)
-    from scipy.stats import binomtest
-
-    p_value = binomtest(lost, lost + gained, 0.5).pvalue if lost + gained else 1.0
-    return {"host_right_board_wrong": lost, "host_wrong_board_right": gained, "p_value": float(f"{p_value:.3g}")}
+    return {"host_right_board_wrong": lost, "host_wrong_board_right": gained, "p_value": mcnemar(lost, gained)}
 
 
 def parity_check(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dict[str, Any] | None:

@@ -6,6 +6,8 @@ from typing import Any
 
 from edgepipe.config.recipe import Gates
 
+CHANCE = 0.05  # McNemar's p below which a change in answers is beyond a few near-ties rounding the other way
+
 
 def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
     """One row per configured gate: name, limit, measured value, passed."""
@@ -34,19 +36,50 @@ def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], flo
         if limit is None:
             continue
         value, ok, meaning = measured[name]
-        rows.append(
-            {
-                "gate": name,
-                "meaning": meaning,
-                "limit": limit,
-                "value": value,
-                "passed": bool(value is not None and ok(value, limit)),
-            }
-        )
+        row = {
+            "gate": name,
+            "meaning": meaning,
+            "limit": limit,
+            "value": value,
+            "passed": bool(value is not None and ok(value, limit)),
+        }
+        if name == "max_accuracy_drop" and final.get("discordant_with_float_keras"):
+            row["discordant"] = final["discordant_with_float_keras"]
+        rows.append(row)
     return rows
+
+
+def chance(row: dict[str, Any]) -> str:
+    """What the answers behind an accuracy drop say: how many the int8 model lost and gained against the float
+    model, and whether McNemar's test calls that beyond chance (a few near-ties rounding the other way move
+    0.2 points on 450 samples). Empty for other gates."""
+    counts = row.get("discordant")
+    if not counts:
+        return ""
+    lost, gained, p = (
+        counts["reference_right_other_wrong"],
+        counts["reference_wrong_other_right"],
+        counts["p_value"],
+    )
+    verdict = "beyond chance" if p < CHANCE else "within chance: more test samples would tell"
+    return f"{lost} answers lost and {gained} gained against the float model, McNemar p = {p:g}: {verdict}"
 
 
 def describe_failures(rows: list[dict[str, Any]]) -> str:
     return "; ".join(
-        f"{r['gate']}: {r['meaning']} is {r['value']}, limit {r['limit']}" for r in rows if not r["passed"]
+        f"{r['gate']}: {r['meaning']} is {r['value']}, limit {r['limit']}" + (f" ({chance(r)})" if chance(r) else "")
+        for r in rows
+        if not r["passed"]
     )
+
+
+def advice(rows: list[dict[str, Any]], samples: int) -> str:
+    """What to do about failed gates: when the only failure is an accuracy drop McNemar calls within chance,
+    the test split is too small to tell (one answer of 450 is 0.22 points); otherwise the recipe must change."""
+    failed = [r for r in rows if not r["passed"]]
+    if failed and all((r.get("discordant") or {}).get("p_value", 0.0) >= CHANCE for r in failed):
+        return (
+            f"the accuracy drop is within what {samples:,} test samples can tell apart: test on more samples, "
+            f"or set the limit knowing that one answer is {100 / samples:.2g} points"
+        )
+    return "relax the recipe's gates or its stages"

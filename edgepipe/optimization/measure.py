@@ -63,6 +63,7 @@ def measure_tflite(
     }
     if reference is not None:
         entry["agreement_with_float_keras"] = task.agreement(result.outputs, reference)
+        entry["discordant_with_float_keras"] = task.discordant(reference, result.outputs, data.targets("test"))
     entry["_model"] = parsed  # dropped before writing; saves re-parsing for conformance and analysis
     entry["_order"] = order
     return entry

@@ -232,7 +232,8 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
     if result["status"] != "passed":
         failed = GateFailed(
             f"{prepared.recipe_path}: gates failed: {gates.describe_failures(gate_rows)}",
-            hint=f"the run was kept in {final_dir} for inspection; relax the recipe's gates or its stages",
+            hint=f"the run was kept in {final_dir} for inspection; "
+            + gates.advice(gate_rows, prepared.data.test_samples),
         )
         failed.outcome = Outcome(result, final_dir)  # so that the CLI can still print what was measured
         raise failed
