@@ -61,18 +61,16 @@ def load_source(
         model, rebuilt = convert_keras3(model, sample)
         if notes is not None:
             notes.extend(rebuilt)
-    model, rebuilt = float32_model(model, sample)
-    if hasattr(model, "input_names") and "layers" in model.get_config():  # a Functional or Sequential graph
-        model, declared = float_inputs(model)
-        rebuilt += declared
-    if notes is not None:
-        notes.extend(rebuilt)
     k = keras()
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
     check_wrappable(model)
     if not model.built and len(data.input_shapes) == 1:
         model.build((None, *data.input_shapes[0]))
+    model, rebuilt = float32_model(model, sample)  # half-precision layers, integer image inputs: see precision
+    model, declared = float_inputs(model)
+    if notes is not None:
+        notes.extend(rebuilt + declared)
     check_fits(model, data, file)
     return model
 
