@@ -163,8 +163,9 @@ def test_gates_must_fit_the_task(tmp_path: Path) -> None:
     stages: [{kind: ptq}]
     gates: GATES
     """
-    with pytest.raises(ConfigError, match="max_accuracy_drop is for classification"):
+    with pytest.raises(ConfigError, match="max_accuracy_drop is for classification") as wrong:
         prepare(write_recipe(tmp_path, base.replace("TASK", "regression").replace("GATES", "{max_accuracy_drop: 1}")))
+    assert wrong.value.message.endswith("use gates.max_error_increase")  # no "(got a mapping)" after it
     with pytest.raises(ConfigError, match="max_error_increase is for regression"):
         prepare(
             write_recipe(tmp_path, base.replace("TASK", "classification").replace("GATES", "{max_error_increase: 1}"))

@@ -150,6 +150,8 @@ def _explain(error: Mapping[str, Any]) -> str:
     if kind == "union_tag_not_found":
         return f"a stage needs a 'kind' (one of {_KINDS})"
     message = message.removeprefix("Value error, ")
+    if kind == "value_error" and isinstance(given, (dict, list)):
+        return message  # a validator of a whole section or list, whose message names what is wrong itself
     if isinstance(given, (dict, list)):
         return f"{message} (got {_kind(given)})"
     return f"{message} (got {given!r})"
