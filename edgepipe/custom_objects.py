@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.errors import ConfigError, ModelError
-from edgepipe.keras_compat import keras, select_keras2
+from edgepipe.keras_compat import all_layers, keras, select_keras2
 
 # Packages whose classes tf_keras' deserializer finds without help (module recorded in a .keras config).
 _KNOWN_MODULES = ("keras", "tf_keras", "tensorflow", "tensorflow_model_optimization")
@@ -81,7 +81,7 @@ def register_model_classes(model: Any) -> list[str]:
 def own_classes(model: Any) -> list[type]:
     """The classes of the model's layers (nested ones too) that are not Keras' or TensorFlow's."""
     found: list[type] = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         cls = type(layer)
         if not _is_builtin(cls.__module__) and cls not in found:
             found.append(cls)
@@ -179,15 +179,6 @@ def _registered_name(cls: type) -> str:
 
 def _is_builtin(module: str) -> bool:
     return module.split(".")[0] in _KNOWN_MODULES
-
-
-def _all_layers(model: Any) -> list[Any]:
-    layers = []
-    for layer in getattr(model, "layers", []):
-        layers.append(layer)
-        if hasattr(layer, "layers"):
-            layers += _all_layers(layer)
-    return layers
 
 
 def _saved_config(path: Path) -> dict[str, Any] | None:

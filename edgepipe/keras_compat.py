@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from types import ModuleType
+from typing import Any
 
 from edgepipe.errors import ModelError
 
@@ -73,3 +74,11 @@ def is_graph_tensor(value: object) -> bool:
     from tf_keras.src.engine.keras_tensor import KerasTensor
 
     return isinstance(value, KerasTensor)
+
+
+def all_layers(model: object) -> list[Any]:
+    """Every layer of ``model``, those of models nested in it as layers included (depth first)."""
+    found: list[Any] = []
+    for layer in getattr(model, "layers", []):
+        found += [layer, *all_layers(layer)]
+    return found

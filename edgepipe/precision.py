@@ -22,16 +22,17 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
+from edgepipe.keras_compat import all_layers
 
 _HALF = ("mixed_float16", "mixed_bfloat16", "float16", "bfloat16")
 
 
 def float32_model(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """``model`` itself when every layer computes in float32; else its float32 twin and the note that says so."""
-    half = [layer.name for layer in _all_layers(model) if _policy_name(layer) in _HALF]
+    half = [layer.name for layer in all_layers(model) if _policy_name(layer) in _HALF]
     if not half:
         return model, []
-    policies = sorted({_policy_name(layer) for layer in _all_layers(model)} & set(_HALF))
+    policies = sorted({_policy_name(layer) for layer in all_layers(model)} & set(_HALF))
     config = model.get_config()
     _set_float32(config)
     try:
@@ -107,14 +108,6 @@ def _set_float32(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _set_float32(value)
-
-
-def _all_layers(model: Any) -> list[Any]:
-    layers = []
-    for layer in getattr(model, "layers", []):
-        layers.append(layer)
-        layers += _all_layers(layer)
-    return layers
 
 
 def _as_list(value: Any) -> list[Any]:

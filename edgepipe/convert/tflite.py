@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ConversionError
-from edgepipe.keras_compat import tf
+from edgepipe.keras_compat import all_layers, tf
 from edgepipe.native_log import captured_stderr
 
 
@@ -107,7 +107,7 @@ UNCONVERTIBLE_LAYERS = {
 def refuse_unconvertible(model: Any) -> None:
     """Before any training: refuse what no full-integer model can come out of, by name, with the fix."""
     refuse_looped_recurrent(model)
-    masked = [layer.name for layer in _all_layers(model) if getattr(layer, "mask_zero", False)]
+    masked = [layer.name for layer in all_layers(model) if getattr(layer, "mask_zero", False)]
     if masked:
         raise ConversionError(
             f"full-integer conversion of {', '.join(masked)} (Embedding, mask_zero=True): TFLite has no masks: the "
@@ -115,7 +115,7 @@ def refuse_unconvertible(model: Any) -> None:
             "crashes on (SIGSEGV, TF 2.21)",
             hint="build the Embedding with mask_zero=False and train on the padded sequences as they are",
         )
-    found = [(layer.name, type(layer).__name__) for layer in _all_layers(model)]
+    found = [(layer.name, type(layer).__name__) for layer in all_layers(model)]
     blocked = [(name, kind) for name, kind in found if kind in UNCONVERTIBLE_LAYERS]
     if blocked:
         kind = blocked[0][1]
@@ -124,13 +124,6 @@ def refuse_unconvertible(model: Any) -> None:
             f"full-integer conversion of {', '.join(f'{name} ({kind})' for name, kind in blocked)}: {why}",
             hint=fix,
         )
-
-
-def _all_layers(model: Any) -> list[Any]:
-    layers = []
-    for layer in getattr(model, "layers", []):
-        layers += [layer, *_all_layers(layer)]
-    return layers
 
 
 def converter_for(model: Any) -> Any:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import keras, tf
+from edgepipe.keras_compat import all_layers, keras, tf
 
 TOLERANCE = 1e-4
 
@@ -211,7 +211,7 @@ def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
 def drop_training_only_layers(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """The model without the layers in ``TRAINING_ONLY`` (nested models are inlined on the way), and their
     names with their classes."""
-    if not any(type(layer).__name__ in TRAINING_ONLY for layer in _all_layers(model)):
+    if not any(type(layer).__name__ in TRAINING_ONLY for layer in all_layers(model)):
         return model, []
     rebuilt, _, dropped = _rebuilt(model, skip=TRAINING_ONLY)
     check_same(model, rebuilt, sample, "removing training-only layers", "remove the augmentation layers yourself")
@@ -294,11 +294,6 @@ def _per_feature(norm: Any) -> bool:
         return False
     mean, variance = (np.asarray(w, dtype=np.float64).reshape(-1) for w in weights[:2])
     return bool(np.ptp(mean) > 0 or np.ptp(variance) > 0)
-
-
-def _all_layers(model: Any) -> list[Any]:
-    nested = [_all_layers(layer) for layer in model.layers if isinstance(layer, keras().Model)]
-    return [*model.layers, *(layer for layers in nested for layer in layers)]
 
 
 def _rebuilt(
