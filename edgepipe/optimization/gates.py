@@ -61,8 +61,10 @@ def chance(row: dict[str, Any]) -> str:
         counts["reference_wrong_other_right"],
         counts["p_value"],
     )
-    verdict = "beyond chance" if p < CHANCE else "within chance: more test samples would tell"
-    return f"{lost} answers lost and {gained} gained against the float model, McNemar p = {p:g}: {verdict}"
+    counted = f"{lost} answers lost and {gained} gained against the float model, McNemar p = {p:g}"
+    if row["passed"]:
+        return counted
+    return f"{counted}: " + ("beyond chance" if p < CHANCE else "within chance: more test samples would tell")
 
 
 def describe_failures(rows: list[dict[str, Any]]) -> str:
