@@ -1,7 +1,8 @@
 """Layers no full-integer model can come out of, refused by name before any training, with what to use instead.
 
 Each ended late before: GroupNormalization with an internal error measuring the float model, a Masking layer
-with a converter SIGSEGV after training, an Embedding(mask_zero=True) with "not integer-only" after training.
+with a converter SIGSEGV after training, an Embedding(mask_zero=True), a Conv3D or an ELU with "not
+integer-only" after training.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ pytestmark = pytest.mark.slow
         ("masked", "models:rows", "masking (Masking): TFLite has no masks", "remove the Masking layer"),
         # was "not integer-only: CAST ..." after training
         ("masked_ids", "models:tokens", "embedding (Embedding, mask_zero=True)", "mask_zero=False"),
+        # were float CONV_3D and ELU islands (and a converter failure on tf.MaxPool3D) after training; every
+        # layer named at once, each kind with its reason and fix
+        (
+            "video",
+            "models:clips",
+            "conv3d (Conv3D): TFLite's CONV_3D kernel is float only (the model would keep DEQUANTIZE -> CONV_3D -> "
+            "QUANTIZE); max_pooling3d (MaxPooling3D): TFLite has no 3-D pooling operator (the converter fails on "
+            "tf.MaxPool3D); elu (ELU): the converter keeps ELU in float",
+            "stack the frames on the channel axis and use Conv2D, or run a Conv2D on each frame (TimeDistributed) "
+            "and mix the frames with a Conv1D over time ((2+1)-D); pool each frame with MaxPooling2D "
+            "(TimeDistributed), or use GlobalMaxPooling3D, which converts; use selu",
+        ),
     ],
 )
 def test_a_layer_no_integer_model_can_come_from_is_refused_before_training(

@@ -95,6 +95,31 @@ UNCONVERTIBLE_LAYERS = {
         "SQUARE -> QUANTIZE), and converted with a free batch size its BROADCAST_TO fails in the interpreter",
         "use LayerNormalization (its SQUARED_DIFFERENCE is int8) or BatchNormalization",
     ),
+    "Conv3D": (
+        "TFLite's CONV_3D kernel is float only (the model would keep DEQUANTIZE -> CONV_3D -> QUANTIZE)",
+        "stack the frames on the channel axis and use Conv2D, or run a Conv2D on each frame (TimeDistributed) "
+        "and mix the frames with a Conv1D over time ((2+1)-D)",
+    ),
+    "Conv3DTranspose": (
+        "TFLite's CONV_3D_TRANSPOSE kernel is float only",
+        "upsample each frame with Conv2DTranspose (TimeDistributed), or stack the frames on the channel axis",
+    ),
+    "MaxPooling3D": (
+        "TFLite has no 3-D pooling operator (the converter fails on tf.MaxPool3D)",
+        "pool each frame with MaxPooling2D (TimeDistributed), or use GlobalMaxPooling3D, which converts",
+    ),
+    "AveragePooling3D": (
+        "TFLite has no 3-D pooling operator (the converter fails on tf.AvgPool3D)",
+        "pool each frame with AveragePooling2D (TimeDistributed), or use GlobalAveragePooling3D, which converts",
+    ),
+    "ELU": (
+        "the converter keeps ELU in float (DEQUANTIZE -> ELU -> QUANTIZE), after PTQ as after QAT",
+        "use selu, leaky_relu or relu instead of elu",
+    ),
+    "ThresholdedReLU": (
+        "its comparison becomes a float CAST (not integer-only)",
+        "use ReLU (with max_value or threshold) instead",
+    ),
     "Masking": (
         "TFLite has no masks: the mask becomes float NOT_EQUAL and CAST operators (not integer-only), and an LSTM "
         "reading it the loop the converter crashes on (SIGSEGV, TF 2.21)",
@@ -115,15 +140,24 @@ def refuse_unconvertible(model: Any) -> None:
             "crashes on (SIGSEGV, TF 2.21)",
             hint="build the Embedding with mask_zero=False and train on the padded sequences as they are",
         )
-    found = [(layer.name, type(layer).__name__) for layer in all_layers(model)]
-    blocked = [(name, kind) for name, kind in found if kind in UNCONVERTIBLE_LAYERS]
+    blocked: dict[str, list[str]] = {}  # kind -> "name (what)"
+    for layer in all_layers(model):
+        kind = type(layer).__name__
+        if kind not in UNCONVERTIBLE_LAYERS and _float_only_activation(layer):
+            blocked.setdefault("ELU", []).append(f"{layer.name} ({kind} with activation 'elu')")
+        elif kind in UNCONVERTIBLE_LAYERS:
+            blocked.setdefault(kind, []).append(f"{layer.name} ({kind})")
     if blocked:
-        kind = blocked[0][1]
-        why, fix = UNCONVERTIBLE_LAYERS[kind]
-        raise ConversionError(
-            f"full-integer conversion of {', '.join(f'{name} ({kind})' for name, kind in blocked)}: {why}",
-            hint=fix,
-        )
+        reasons = [f"{', '.join(names)}: {UNCONVERTIBLE_LAYERS[kind][0]}" for kind, names in blocked.items()]
+        fixes = dict.fromkeys(UNCONVERTIBLE_LAYERS[kind][1] for kind in blocked)  # in order, once each
+        raise ConversionError(f"full-integer conversion of {'; '.join(reasons)}", hint="; ".join(fixes))
+
+
+def _float_only_activation(layer: Any) -> bool:
+    """Whether a layer computes ELU as its activation (``Dense(activation="elu")``, ``Activation("elu")``),
+    refused like the ELU layer. A recurrent layer's activations are its gates' and are not checked."""
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "elu" and not hasattr(layer, "cell")
 
 
 def converter_for(model: Any) -> Any:

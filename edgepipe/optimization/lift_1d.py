@@ -1,7 +1,8 @@
 """1-D layers as their 2-D equivalents on a height-1 image, so that quantization-aware training can take them.
 
-TF-MOT 0.8.1's QAT has no Conv1D, no MaxPooling1D or UpSampling1D and no BatchNormalization after a Conv1D
-(its registry lists them commented out), so every sensor or audio model built from Conv1D blocks was refused.
+TF-MOT 0.8.1's QAT has no Conv1D or Conv1DTranspose, no MaxPooling1D or UpSampling1D and no BatchNormalization
+after a Conv1D (its registry lists them commented out), so every sensor or audio model built from Conv1D blocks
+was refused.
 TFLite has no 1-D convolution either: the converter turns each Conv1D into EXPAND_DIMS -> CONV_2D -> SQUEEZE.
 ``lift_1d`` does that once, in Keras, for a whole chain: a sequence ``(steps, channels)`` becomes
 ``(1, steps, channels)`` where the chain starts, each 1-D layer its 2-D twin with a kernel of height 1 (the same
@@ -28,7 +29,7 @@ SAME_ON_4D = frozenset(
 )  # fmt: skip
 ONE_D = frozenset(
     {
-        "Conv1D", "DepthwiseConv1D", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
+        "Conv1D", "DepthwiseConv1D", "Conv1DTranspose", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
         "GlobalMaxPooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "SpatialDropout1D",
     }
 )  # fmt: skip
@@ -36,7 +37,7 @@ ONE_D = frozenset(
 
 # The 1-D layers TF-MOT 0.8.1's QAT registry lacks (it has the 1-D average pooling, padding and cropping): a model
 # is lifted only when it has one of these, and then every 1-D layer of the chain is lifted with them.
-UNSUPPORTED_BY_QAT = frozenset({"Conv1D", "DepthwiseConv1D", "MaxPooling1D", "UpSampling1D"})
+UNSUPPORTED_BY_QAT = frozenset({"Conv1D", "DepthwiseConv1D", "Conv1DTranspose", "MaxPooling1D", "UpSampling1D"})
 
 
 def needs_lift(model: Any) -> bool:
@@ -129,7 +130,8 @@ def _shifted(axis: Any) -> Any:
 
 
 def _kernel_2d(weights: list[np.ndarray]) -> list[np.ndarray]:
-    """A 1-D kernel ``(k, in, out)`` as a 2-D one ``(1, k, in, out)``; biases and other weights as they are."""
+    """A 1-D kernel ``(k, in, out)`` as a 2-D one ``(1, k, in, out)`` (a transposed one's ``(k, out, in)`` likewise);
+    biases and other weights as they are."""
     return [w[None, ...] if w.ndim == 3 else w for w in weights]
 
 
@@ -160,6 +162,16 @@ def _twin_2d(layer: Any) -> Any | None:
         return k.layers.DepthwiseConv2D(
             depth_multiplier=c["depth_multiplier"], depthwise_initializer=c["depthwise_initializer"], **common
         )
+    if kind == "Conv1DTranspose":  # kernel (k, out, in) -> (1, k, out, in), as Conv2DTranspose holds it
+        if c.get("data_format", "channels_last") != "channels_last":
+            return None
+        output_padding = c.get("output_padding")
+        return k.layers.Conv2DTranspose(
+            c["filters"], (1, c["kernel_size"][0]), strides=(1, c["strides"][0]), padding=c["padding"],
+            output_padding=None if output_padding is None else (0, output_padding[0]),
+            dilation_rate=(1, c["dilation_rate"][0]), activation=c["activation"], use_bias=c["use_bias"],
+            kernel_initializer=c["kernel_initializer"], bias_initializer=c["bias_initializer"], name=name,
+        )  # fmt: skip
     if kind in ("MaxPooling1D", "AveragePooling1D"):
         if c.get("data_format", "channels_last") != "channels_last":
             return None

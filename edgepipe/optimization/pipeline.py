@@ -290,6 +290,13 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     for line in functions:
         progress.note(line)
     rewrites += functions
+    model, unwrapped = rewrite.unwrap_time_distributed(model, sample)
+    if unwrapped:
+        progress.note(
+            f"{'; '.join(unwrapped)}: the layer on the whole sequence computes the same (it acts on the last axis), "
+            "and the stages can take it"
+        )
+        rewrites += unwrapped
     if recipe.model.split_separable_conv:
         model, split = rewrite.split_separable_conv(model, sample)
         for line in split:

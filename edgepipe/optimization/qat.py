@@ -130,7 +130,7 @@ def unsupported_layers(annotated: Any, scheme: Any) -> list[tuple[Any, str]]:
     Conv2D 1x1 and fuse Add/Conv -> ReLU, giving the layers they touch a quantize config of their own. What is
     left without one gets the registry's (for the preserving schemes, one that also asks the 8-bit registry
     beneath: ``_TruthfulRegistry``). Finally each config's
-    activations must be ones TF-MOT's QuantizeAwareActivation knows (a Conv2D with ``activation="elu"`` passes
+    activations must be ones TF-MOT's QuantizeAwareActivation knows (a Conv2D with ``activation="selu"`` passes
     the registry and fails inside ``quantize_apply``). This mirrors TF-MOT 0.8.1's own checks but collects
     every refusal instead of raising on the first.
     """
@@ -166,7 +166,7 @@ def unsupported_layers(annotated: Any, scheme: Any) -> list[tuple[Any, str]]:
 def _activation_breaks_output_quantization(layer: Any, registry: Any) -> bool:
     """A layer left out of QAT that TF-MOT would still wrap, and fail on. ``quantize_apply`` gives a left-out
     layer feeding a quantized one its output quantization with the registry's config (``OutputOnlyConfig``),
-    which still wraps the layer's activation: a Conv2D with ``activation="elu"`` left out then fails the
+    which still wraps the layer's activation: a Conv2D with ``activation="selu"`` left out then fails the
     stage with the error that made the user leave it out. Such a layer gets the config that quantizes its
     output and nothing else, from edgepipe, instead."""
     try:
@@ -179,9 +179,6 @@ def _activation_name(activation: Any) -> str:
     return getattr(activation, "__name__", type(activation).__name__)
 
 
-# Activations TF 2.21's converter leaves in float in a full-integer model (DEQUANTIZE -> ELU -> QUANTIZE after
-# PTQ; after QAT a failed conversion or the same island): not split off, refused with what to use instead.
-FLOAT_ONLY_ACTIVATIONS = ("'elu'",)
 # Layers whose ``activation`` TF-MOT wraps in a QuantizeAwareActivation.
 ACTIVATED_LAYERS = frozenset({"Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose"})
 
@@ -256,7 +253,7 @@ UNWRAPPABLE = ("MultiHeadAttention",)
 def _output_quantized_only(layer: Any) -> bool:
     """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
     two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
-    no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize (elu aside)."""
+    no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize."""
     kind = type(layer).__name__
     if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in (
         "Rescaling",
@@ -332,7 +329,6 @@ def _rewritten(
             layer.name in annotated
             and type(layer).__name__ in ACTIVATED_LAYERS
             and _activation_name(layer.activation) not in _known_activations()
-            and repr(_activation_name(layer.activation)) not in FLOAT_ONLY_ACTIVATIONS
         ),
     )
     if split:
@@ -400,17 +396,11 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     refused += unsupported_layers(annotated, _scheme(scheme))
     if refused:
         names = [layer.name for layer, _ in refused]
-        float_only = any(activation in what for _, what in refused for activation in FLOAT_ONLY_ACTIVATIONS)
         raise ModelError(
             f"{ctx.where}: TF-MOT's 8-bit quantization-aware training does not support "
             + ", ".join(f"{layer.name!r} ({what})" for layer, what in refused),
-            hint=(
-                "the converter keeps ELU in float in an int8 model whatever QAT does (after PTQ too): use selu, "
-                "leaky_relu or relu instead of elu"
-                if float_only
-                else f"add them to {ctx.where}.layers.exclude, e.g. exclude: {names} (the converter then "
-                "quantizes them from the representative data), or use a ptq stage instead of qat"
-            ),
+            hint=f"add them to {ctx.where}.layers.exclude, e.g. exclude: {names} (the converter then quantizes "
+            "them from the representative data), or use a ptq stage instead of qat",
         )
     try:
         with quantization.quantize_scope():

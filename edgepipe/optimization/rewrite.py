@@ -24,6 +24,11 @@ multiplier of 10 million, harmless in float (the feature minus its mean is 0) bu
 constant holds every feature's multiplier and the others round to nothing (a tabular digits model: 0.10
 accuracy after PTQ instead of 0.96). Those features' variance is set to 1: the same outputs on the data.
 
+``unwrap_time_distributed``: ``TimeDistributed(Dense(n))`` applies the Dense to each time step; a Dense on the
+whole sequence does the same (it acts on the last axis), and that is what TFLite runs. TF-MOT's QAT has no
+config for the wrapper and channel pruning cannot see into it; the Dense itself both take. The layer keeps the
+wrapper's name (so ``exclude`` patterns still find it); checked numerically.
+
 ``drop_training_only_layers``: data augmentation written into the model (the Keras image-classification
 tutorial's ``RandomFlip``, ``RandomRotation``, ...) and noise layers act only while training and pass their
 input through at inference, but TF-MOT's QAT refuses them and the converter has nothing to convert. Once the
@@ -216,6 +221,39 @@ def drop_training_only_layers(model: Any, sample: Any) -> tuple[Any, list[str]]:
     rebuilt, _, dropped = _rebuilt(model, skip=TRAINING_ONLY)
     check_same(model, rebuilt, sample, "removing training-only layers", "remove the augmentation layers yourself")
     return rebuilt, dropped
+
+
+# Layers that act on the last axis alone, so that TimeDistributed(layer) on (batch, steps, ..., features) equals
+# the layer on the whole tensor.
+LAST_AXIS_LAYERS = frozenset({"Dense", "Activation", "ReLU", "LeakyReLU", "Dropout"})
+
+
+def unwrap_time_distributed(model: Any, sample: Any) -> tuple[Any, list[str]]:
+    """The model with each ``TimeDistributed`` of a layer in ``LAST_AXIS_LAYERS`` replaced by that layer (same
+    name and weights), and a line per replaced wrapper."""
+    k = keras()
+
+    def wrapped(layer: Any) -> bool:
+        return isinstance(layer, k.layers.TimeDistributed) and type(layer.layer).__name__ in LAST_AXIS_LAYERS
+
+    if not any(wrapped(layer) for layer in model.layers):
+        return model, []
+    lines: list[str] = []
+
+    def unwrap(node: Any, layer: Any, args: Any, kwargs: Any) -> Any:
+        if not wrapped(layer):
+            return None
+        inner = layer.layer
+        config = {**inner.get_config(), "name": layer.name}
+        twin = inner.__class__.from_config(config)
+        produced = twin(args[0])
+        twin.set_weights(inner.get_weights())
+        lines.append(f"{layer.name}: TimeDistributed({type(inner).__name__}) -> {type(inner).__name__}")
+        return produced
+
+    unwrapped, _, _ = _rebuilt(model, replace=unwrap)
+    check_same(model, unwrapped, sample, "unwrapping TimeDistributed", "use a ptq stage, or exclude the layer")
+    return unwrapped, lines
 
 
 CONSTANT_STD = 1e-6  # a feature whose standard deviation is below this never varied in the adapted data
