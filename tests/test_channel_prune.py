@@ -286,6 +286,57 @@ def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_chann
     ]
 
 
+def _convnext_block() -> Any:
+    """A ConvNeXt-style block (depthwise conv, then a Dense MLP on every pixel, a residual add) and a transformer
+    MLP on the resulting sequence of 16 pixels."""
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Conv2D(16, 2, strides=2, name="stem")(inputs)
+    x = k.layers.BatchNormalization()(x)
+    h = k.layers.DepthwiseConv2D(3, padding="same")(x)
+    h = k.layers.Dense(64, activation="gelu", name="up")(h)
+    x = k.layers.Add()([x, k.layers.Dense(16, name="down")(h)])
+    s = k.layers.Reshape((16, 16), name="to_sequence")(x)
+    s = k.layers.Dense(8, name="seq_down")(k.layers.Dense(32, activation="relu", name="seq_up")(s))
+    return k.Model(inputs, k.layers.Dense(10, name="logits")(k.layers.GlobalAveragePooling1D()(s)))
+
+
+def test_a_dense_on_pixels_or_a_sequence_prunes_like_a_1x1_convolution_exactly() -> None:
+    """It was left whole ('Dense on a 3-D input'), and so was every Add it fed: a ConvNeXt or transformer MLP,
+    the most prunable part of those models, kept every channel."""
+    rng = np.random.default_rng(0)
+    model = _convnext_block()
+    x = rng.random((16, 8, 8, 1), dtype=np.float32)
+    doomed = _zero_half_of_every_group(model, rng)
+    reference = model.predict(x, verbose=0)
+    plan = channels.analyze(model)
+    assert {g.producers[0]: g.blocked_by for g in plan.groups} == {
+        "stem": ["to_sequence (Reshape)"], "up": [], "seq_up": [], "seq_down": [], "logits": ["logits (a model output)"]
+    }  # fmt: skip
+    assert sorted(_group_of(plan, "stem").producers) == ["down", "stem"]  # the residual add ties them
+    assert len(doomed) == 3
+    pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
+                                                     0.5, {}, False, 1, 1))  # fmt: skip
+    units = {name: pruned.get_layer(name).units for name in ("up", "down", "seq_up", "seq_down")}
+    assert units == {"up": 32, "down": 16, "seq_up": 16, "seq_down": 4}
+    assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
+
+
+def test_a_layer_normalization_or_a_lambda_in_the_way_is_named_with_its_reason() -> None:
+    k = keras()
+    inputs = k.Input((8, 8))
+    a = k.layers.LayerNormalization(name="norm")(k.layers.Conv1D(16, 3, name="a")(inputs))
+    b = k.layers.Lambda(lambda t: t[:, -1, :], name="last_step")(k.layers.Conv1D(16, 3, name="b")(inputs))
+    merged = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(a), b])
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(merged)))
+    assert _group_of(plan, "a").blocked_by == [
+        "norm (LayerNormalization: its mean and variance span the channels, so removing one changes the others)"
+    ]
+    assert _group_of(plan, "b").blocked_by == [
+        "last_step (Lambda: Python code, whose use of the channels cannot be read)"
+    ]
+
+
 def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
     """Zero half the channels of every prunable group wherever they are produced: the producers' kernels and
     biases, the BatchNorm gamma and beta (and depthwise biases) sliced with them, and their segment of every

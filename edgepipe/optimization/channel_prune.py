@@ -47,8 +47,7 @@ def apply(model: Any, stage: ChannelPruneStage, ctx: StageContext) -> StageOutco
                 + ("; ".join(f"{k} blocked by {', '.join(v)}" for k, v in plan.blocked().items()) or "every group "
                    "is at min_channels already")
                 + (f"; channel pruning does not take {', '.join(others)}" if others else ""),
-                hint="lower min_channels or round_to, or split SeparableConv2D (model.split_separable_conv: true)"
-                + ("; for the other layers use prune (magnitude) or low_rank" if others else ""),
+                hint=_nothing_removable_hint(plan, others),
             )  # fmt: skip
         current = channels.rebuild(current, plan)
         recalibrated = reestimate_batchnorm(current, ctx.data.keras_x("train"), BATCHNORM_SAMPLES)
@@ -85,3 +84,19 @@ def _channels(plan: channels.Plan, producer: str) -> int | None:
         if producer in group.producers:
             return group.channels
     return None
+
+
+def _nothing_removable_hint(plan: channels.Plan, others: list[str]) -> str:
+    """What could let channel pruning remove something, from what stopped it: a group free to shrink but at its
+    floor, a SeparableConv2D or a Lambda in the way; otherwise the other stages."""
+    reasons = " ".join(reason for blockers in plan.blocked().values() for reason in blockers)
+    fixes = []
+    if any(not group.blocked_by for group in plan.groups):
+        fixes.append("lower min_channels or round_to")
+    if "(SeparableConv2D)" in reasons:
+        fixes.append("split SeparableConv2D (model.split_separable_conv: true)")
+    if "(Lambda:" in reasons:
+        fixes.append("write what the Lambda computes with Keras layers (Cropping1D, Reshape, ...)")
+    if others or not fixes:
+        fixes.append("use prune (magnitude) or low_rank for what channel pruning cannot take")
+    return "; ".join(fixes)

@@ -185,10 +185,6 @@ def analyze(model: Any) -> Plan:
                 source = traced[0]
                 group = union.groups[union.find(source[1])]
                 group.consumers.append((layer.name, source[2] if source[0] == "flat" else 0))
-            if kind == "Dense" and len(layer.input_shape) != 2:
-                block(f"{layer.name} (Dense on a {len(layer.input_shape) - 1}-D input)")
-                carries[layer.name] = None
-                continue
             channels = layer.filters if kind in CONVOLUTIONS else layer.units
             carries[layer.name] = ("group", union.new(channels, layer.name))
             if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
@@ -319,6 +315,10 @@ def _kind_and_why(layer: Any) -> str:
         return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
     if kind in CONVOLUTIONS and getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{kind}, channels_first"
+    if kind == "LayerNormalization":
+        return f"{kind}: its mean and variance span the channels, so removing one changes the others"
+    if kind == "Lambda":
+        return f"{kind}: Python code, whose use of the channels cannot be read"
     return kind
 
 
