@@ -223,11 +223,15 @@ def from_arrays(
     found = {key: _collect(arrays, key) for key in ("x_train", "y_train", "x_test", "y_test")}
     missing = [key for key in required if found[key] is None]
     if missing:
-        listing = ", ".join(sorted(arrays)) or "nothing"
+        given = sorted(key for key in arrays if key not in missing)  # a Dataset's empty y_train is not "found"
+        listing = ", ".join(given) or "nothing"
+        empty = [key for key in missing if key in arrays]
         raise ConfigError.at(
             file,
             field,
-            f"{origin} has no array {', '.join(repr(m) for m in missing)} "
+            f"{origin} gives no labels ({', '.join(empty)} empty)"
+            if empty and empty == missing
+            else f"{origin} has no array {', '.join(repr(m) for m in missing)} "
             f"(found: {listing}; expected {', '.join(required)}, or numbered ones such as x_train_0 for a "
             "model with several inputs)",
             hint=(
@@ -275,11 +279,18 @@ def from_arrays(
 
 
 def _check_x(x: np.ndarray, label: str, origin: str, file: str | None, field: str) -> np.ndarray:
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2:
+    if not np.issubdtype(x.dtype, np.number):
         raise ConfigError.at(
             file,
             field,
             f"{origin}: {label} must be a numeric array of shape (samples, ...), got dtype {x.dtype} shape {x.shape}",
+        )
+    if x.ndim < 2:  # what a CSV column gives
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin}: {label} has one value per sample (shape {x.shape}); a model input needs a feature axis",
+            hint=f"return {label} as x[:, None] (shape ({len(x) if x.ndim else 'samples'}, 1)) for a model Input((1,))",
         )
     _check_finite(x, label, origin, file, field)
     return x.astype(np.float32)

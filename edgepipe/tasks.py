@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 TaskKind = Literal["classification", "regression", "reconstruction"]
+ErrorLoss = Literal["mse", "mae", "huber"]
 
 
 def output_layers(model: Any) -> list[Any]:
@@ -86,11 +87,19 @@ class Task:
     probabilities: tuple[bool, ...] = (False,)
     thresholds: tuple[float | None, ...] = ()  # per output; empty: no binary output
     classes: tuple[int | None, ...] = ()  # per output: the size of its last axis, which holds the classes
+    error_loss: ErrorLoss = "mse"  # the training loss of a regression or reconstruction model
 
     @classmethod
-    def of(cls, model: Any, kind: TaskKind = "classification", labels: Sequence[np.ndarray] = ()) -> Task:
+    def of(
+        cls,
+        model: Any,
+        kind: TaskKind = "classification",
+        labels: Sequence[np.ndarray] = (),
+        loss: ErrorLoss | Literal["auto"] = "auto",
+    ) -> Task:
         """Decide from the float (unwrapped) model and the labels' shapes (``answer_width``: without labels, an
-        answer per sample); call this before any TF-MOT wrapper is applied."""
+        answer per sample); call this before any TF-MOT wrapper is applied. ``loss`` is the recipe's, for a
+        regression or reconstruction model (``auto``: mse)."""
         heads = output_layers(model)
         thresholds: tuple[float | None, ...] = ()
         classes: tuple[int | None, ...] = ()
@@ -105,7 +114,8 @@ class Task:
                 binary_threshold(layer, -1 if w is None else w) for layer, w in zip(heads, classes, strict=True)
             )
             thresholds = thresholds if any(t is not None for t in thresholds) else ()
-        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds, classes)
+        error_loss: ErrorLoss = "mse" if loss == "auto" else loss
+        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds, classes, error_loss)
 
     @property
     def has_labels(self) -> bool:
@@ -129,7 +139,7 @@ class Task:
 
         losses = keras().losses
         if self.kind != "classification":
-            return [losses.MeanSquaredError() for _ in self.probabilities]
+            return [self.keras_error_loss() for _ in self.probabilities]
         chosen = []
         for index, probabilities in enumerate(self.probabilities):
             threshold = self.threshold(index)
@@ -138,6 +148,15 @@ class Task:
             else:
                 chosen.append(losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
         return chosen
+
+    def keras_error_loss(self) -> Any:
+        """The Keras loss for ``error_loss``."""
+        from edgepipe.keras_compat import keras
+
+        losses = keras().losses
+        return {"mse": losses.MeanSquaredError, "mae": losses.MeanAbsoluteError, "huber": losses.Huber}[
+            self.error_loss
+        ]()
 
     def keras_metric(self) -> str:
         """The metric Keras reports while training (shown in the epoch progress bar)."""

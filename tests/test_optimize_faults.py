@@ -204,6 +204,19 @@ def test_nan_in_the_data_is_refused_at_load_time_naming_split_and_count(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_column_of_one_value_per_sample_is_refused_with_the_feature_axis_to_add(tmp_path: Path) -> None:
+    # was "must be a numeric array of shape (samples, ...), got dtype int64 shape (20,)": it is numeric
+    column = np.arange(20, dtype=np.int64)  # one CSV column
+    np.savez(tmp_path / "d.npz", x_train=column, y_train=column % 2, x_test=column, y_test=column % 2)
+    recipe = write_recipe(tmp_path, TINY.replace("edgepipe.examples.digits:load", "d.npz"))
+    result = run_cli("optimize", str(recipe), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "x_train has one value per sample (shape (20,)); a model input needs a feature axis" in said, said
+    assert "hint: return x_train as x[:, None] (shape (20, 1)) for a model Input((1,))" in said
+    assert "Traceback" not in said and not (tmp_path / "run").exists()
+
+
 def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     x = np.zeros((6, 4), np.float32)
     labels = np.array([0, 2, 1, 2, 0, 1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,47 @@ def test_regression_gate_is_the_relative_error_increase(tmp_path: Path) -> None:
     assert row["value"] == pytest.approx(agreement["relative_change"], abs=1e-4) and row["passed"] is False
 
 
+@pytest.mark.slow
+def test_a_regression_model_trains_with_the_recipes_loss_and_a_compiled_one_is_named(tmp_path: Path) -> None:
+    """edgepipe fine-tuned every regression model with mse, silently, whatever it was compiled with."""
+    from edgepipe.examples.tasks import ink_regressor
+    from edgepipe.keras_compat import keras
+
+    model = ink_regressor()
+    model.compile(loss=keras().losses.Huber(delta=0.5), optimizer="adam")
+    model.save(tmp_path / "ink.keras")
+    body = """
+    name: ink
+    task: regression
+    LOSS
+    model: {source: ink.keras, train: {epochs: 2, learning_rate: 0.003}}
+    data: {source: edgepipe.examples.tasks:ink_data}
+    stages: [{kind: ptq}]
+    gates: {max_error_increase: null}
+    """
+    done = run_cli("optimize", str(write_recipe(tmp_path, body.replace("LOSS", ""))), "--out", str(tmp_path / "a"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert "the model was compiled with loss Huber; edgepipe trains a regression model with mse unless the " in said
+    assert json.loads((tmp_path / "a" / "optimize.json").read_text())["baseline"]["loss"] == "mse"
+
+    mae = write_recipe(tmp_path, body.replace("LOSS", "loss: mae"))
+    done = run_cli("optimize", str(mae), "--out", str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compiled with loss" not in done.stderr
+    baseline = json.loads((tmp_path / "b" / "optimize.json").read_text())["baseline"]
+    assert baseline["loss"] == "mae"
+    # trained on the mean absolute error: the loss Keras reports each epoch is the mae metric beside it
+    assert baseline["training"]["loss"] == pytest.approx(baseline["training"]["mae"], rel=1e-4)
+
+    classifier = body.replace("task: regression", "").replace("LOSS", "loss: huber").replace("ink.keras", "x.keras")
+    done = run_cli("optimize", str(write_recipe(tmp_path, classifier)), "--out", str(tmp_path / "c"))
+    assert done.returncode == 2, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert "loss: huber is for regression and reconstruction; a classifier is trained with the cross-entropy" in said
+    assert "Traceback" not in said and not (tmp_path / "c").exists()
+
+
 def test_gates_must_fit_the_task(tmp_path: Path) -> None:
     from edgepipe.optimization.pipeline import prepare
 
@@ -185,8 +227,11 @@ def test_data_contract_for_several_inputs_and_each_task() -> None:
     assert data.keras_x("test")[1] is data.x_test[1]
     reconstruction = from_arrays({"x_train": a, "x_test": a}, "d", "r.yaml", "data.source", task="reconstruction")
     assert reconstruction.y_train == () and reconstruction.targets("test")[0] is reconstruction.x_test[0]
-    for unlabelled in ({"x_train": a, "x_test": a}, {"x_train": a, "y_train": (), "x_test": a, "y_test": ()}):
-        with pytest.raises(ConfigError, match="has no array 'y_train', 'y_test'") as missing:
+    for unlabelled, said in (
+        ({"x_train": a, "x_test": a}, "has no array 'y_train', 'y_test' (found: x_test, x_train;"),
+        ({"x_train": a, "y_train": (), "x_test": a, "y_test": ()}, "gives no labels (y_train, y_test empty)"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)) as missing:
             from_arrays(unlabelled, "d", "r.yaml", "data.source")
         assert "task: reconstruction" in (missing.value.hint or "")
     floats = from_arrays(

@@ -250,6 +250,9 @@ class Recipe(_Strict):
     seed: int = 0
     # What the model is for: the loss it is fine-tuned with, its metric, and the gates that apply (see tasks.py).
     task: Literal["classification", "regression", "reconstruction"] = "classification"
+    # The training loss of a regression or reconstruction model (a classifier's follows from its head: softmax,
+    # logits or one sigmoid unit). mae and huber (delta 1) weigh outliers less than mse.
+    loss: Literal["auto", "mse", "mae", "huber"] = "auto"
     model: ModelSource
     data: DataSource
     fine_tune: TrainSettings = Field(default_factory=TrainSettings)
@@ -284,6 +287,11 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _gates_fit_the_task(self) -> Recipe:
         if self.task == "classification":
+            if self.loss != "auto":
+                raise ValueError(
+                    f"loss: {self.loss} is for regression and reconstruction; a classifier is trained with the "
+                    "cross-entropy its head asks for (set task: regression for float targets)"
+                )
             if self.gates.max_error_increase is not None:
                 raise ValueError("gates.max_error_increase is for regression and reconstruction; use max_accuracy_drop")
             return self

@@ -80,7 +80,7 @@ def compile_distilled(model: Any, task: Task, settings: DistillSettings, learnin
         metrics = [accuracy]
     else:
         widths = [int(np.prod(shape)) for shape in output_shapes(model)]
-        losses = [_regression_loss(width, alpha) for width in widths]
+        losses = [_regression_loss(width, alpha, task.error_loss) for width in widths]
         metrics = []
     model.compile(
         optimizer=k.optimizers.Adam(learning_rate), loss=losses[0] if len(losses) == 1 else losses, metrics=metrics
@@ -105,14 +105,23 @@ def _classification_loss(temperature: float, alpha: float, student_probabilities
     return loss
 
 
-def _regression_loss(width: int, alpha: float) -> Any:
-    """Mean squared error against the targets and against the teacher, for one output of ``width`` values."""
+def _regression_loss(width: int, alpha: float, error: str = "mse") -> Any:
+    """The recipe's error (mse, mae or huber) against the targets and the mean squared error against the
+    teacher, for one output of ``width`` values."""
     t = tf()
+
+    def against_targets(difference: Any) -> Any:
+        if error == "mae":
+            return t.abs(difference)
+        if error == "huber":  # delta 1, as keras.losses.Huber
+            size = t.abs(difference)
+            return t.where(size <= 1.0, 0.5 * t.square(difference), size - 0.5)
+        return t.square(difference)
 
     def loss(packed: Any, student: Any) -> Any:
         flat = t.reshape(student, (-1, width))
         targets, teacher = packed[:, :width], packed[:, width:]
-        return alpha * t.reduce_mean(t.square(targets - flat), axis=-1) + (1 - alpha) * t.reduce_mean(
+        return alpha * t.reduce_mean(against_targets(targets - flat), axis=-1) + (1 - alpha) * t.reduce_mean(
             t.square(teacher - flat), axis=-1
         )
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe import models
+from edgepipe.compiled_loss import canonical, compiled_loss
 from edgepipe.config import DistillSettings, Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
@@ -282,6 +283,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     )
     for line in loaded:
         progress.note(line)
+    compiled_with = compiled_loss(prepared.model_source, model)  # before any rewrite drops the compile state
     head = data.head(64)
     sample = head[0] if len(head) == 1 else list(head)
     model, rewrites = _inline_nested_models(model, sample, recipe, progress)
@@ -302,7 +304,12 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         for line in split:
             progress.note(f"split {line}")
         rewrites += split
-    task = Task.of(model, recipe.task, data.y_train)
+    task = Task.of(model, recipe.task, data.y_train, recipe.loss)
+    if compiled_with and task.kind != "classification" and recipe.loss == "auto" and canonical(compiled_with) != "mse":
+        progress.note(
+            f"the model was compiled with loss {compiled_with}; edgepipe trains a {task.kind} model with "
+            f"{task.error_loss} unless the recipe sets loss: mae or loss: huber"
+        )
     _refuse_unsupported_distillation(task, data, recipe, str(prepared.recipe_path))
     refuse_unconvertible(model)  # before training: no full-integer model could come out of it
     teachers = _load_teachers(prepared, model)
@@ -343,6 +350,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         **_keras_model_entry(saving.save(model, work / "float", work)),
         "training": baseline_training,
         "rewrites": rewrites,
+        "loss": task.error_loss if task.kind != "classification" else "cross-entropy",
         "batchnorm_recalibrated_on": reestimated,  # after model.train: the moving averages lag short trainings
         "tflite": measure.public(float_tflite),
         "totals": measure.analysis(float_tflite)["total"],
