@@ -130,3 +130,26 @@ def test_a_dense_on_pixels_converts_at_batch_one_without_shape_arithmetic_and_it
         assert total == 16 * (2 * 2 * 16) + 16 * 16 * 64 + 64 * 10, total
     float_outputs = run(to_float_tflite(model), [x])[0]  # the host evaluates a batch-1 model sample by sample
     assert np.abs(float_outputs - model.predict(x, verbose=0)).max() < 1e-4
+
+
+def test_qat_starts_from_the_activation_ranges_the_data_gives_not_tf_mots_six() -> None:
+    """TF-MOT starts every activation range at [-6, 6] and moves it 0.1 % per step: a short fine-tune left a
+    regression output of 0 .. 20 clipped near 6, in training and in the converted model."""
+    from edgepipe.keras_compat import keras, tfmot
+    from edgepipe.optimization import qat_ranges
+
+    k = keras()
+    model = k.Sequential([k.Input((8,)), k.layers.Dense(1, kernel_initializer=k.initializers.Constant(2.5))])
+    x = np.random.default_rng(0).random((600, 8), dtype=np.float32)
+    highest = float(model.predict(x[:512], verbose=0).max())  # the calibration uses the first 512 samples
+    assert highest > 15
+    quantized = tfmot().quantization.keras.quantize_model(model)
+    ranges = {w.name.split("/")[-1]: w for w in quantized.layers[-1].weights if "post_activation" in w.name}
+    assert float(ranges["post_activation_max:0"].numpy()) == 6.0  # TF-MOT's start
+    assert qat_ranges.calibrate(quantized, x) == 512
+    assert float(ranges["post_activation_max:0"].numpy()) == pytest.approx(highest, rel=2e-3)  # inputs fake-quantized
+    assert float(ranges["post_activation_min:0"].numpy()) == 0.0  # the outputs are positive; 0 stays in range
+    converted = TfliteModel.read(to_int8_tflite(quantized, x[:64]))
+    output = converted.tensors[converted.outputs[0]]
+    top = (127 - int(output.zero_point[0])) * float(output.scale[0])
+    assert top == pytest.approx(highest, rel=0.02), top  # the int8 output reaches what the float one does

@@ -21,7 +21,7 @@ from edgepipe.config.recipe import QatStage
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras, tfmot
 from edgepipe.models import BATCHNORM_SAMPLES, copy_model, reestimate_batchnorm, train
-from edgepipe.optimization import rewrite
+from edgepipe.optimization import qat_ranges, rewrite
 from edgepipe.optimization.base import (
     History,
     StageContext,
@@ -416,6 +416,12 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: not trained here, being left out of QAT: {', '.join(frozen)}; so their zeros and shared "
             f"values survive ({SCHEME_NAMES[scheme]} preserves them only in the layers it trains)"
         )
+    ranged_on = qat_ranges.calibrate(quantized, ctx.data.keras_x("train"))
+    if ranged_on:
+        ctx.progress.note(
+            f"{ctx.where}: activation ranges measured on {ranged_on:,} training samples before the fine-tune "
+            "(TF-MOT starts each at [-6, 6] and moves it 0.1 % per step)"
+        )
     with _without_centroid_gradient_warning():
         history = train(quantized, ctx.data, ctx.train, ctx.progress, ctx.label, ctx.task, teacher=ctx.teacher)
     # The fine-tune moved the weights; the BatchNorms' moving averages lag them (a Keras 3 ResNet50 trained 2
@@ -436,6 +442,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
             "left_to_converter": unwrappable,  # layers TF-MOT cannot wrap (MultiHeadAttention)
+            "activation_ranges_measured_on": ranged_on,
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
         },
