@@ -372,6 +372,33 @@ def _check_finite(array: np.ndarray, name: str, origin: str, file: str | None, f
 EVAL_DATA = "eval.npz"
 
 
+def write_checked(path: Path, data: Dataset) -> None:
+    """``data`` as checked, for the optimizing child process: it reads this instead of calling the data function
+    again (an image folder was decoded twice). Uncompressed and without pickles; the name and notes as text."""
+    arrays = {
+        f"{key}_{index}": array
+        for key in ("x_train", "y_train", "x_test", "y_test")
+        for index, array in enumerate(getattr(data, key))
+    }
+    np.savez(path, name=np.array(data.name), notes=np.array(data.notes, dtype=str), **arrays)  # type: ignore[arg-type]
+
+
+def read_checked(path: Path) -> Dataset:
+    """The Dataset ``write_checked`` wrote."""
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+
+    def numbered(key: str) -> tuple[np.ndarray, ...]:
+        count = sum(1 for name in arrays if name.rsplit("_", 1)[0] == key)
+        return tuple(arrays[f"{key}_{index}"] for index in range(count))
+
+    return Dataset(
+        str(arrays["name"]),
+        *(numbered(key) for key in ("x_train", "y_train", "x_test", "y_test")),
+        notes=tuple(str(note) for note in arrays["notes"]),
+    )
+
+
 def eval_arrays(x: Arrays, y: Arrays) -> dict[str, np.ndarray]:
     """The evaluation split under the names a device agent reads: ``x``/``y`` for one input and one output,
     ``x_0, x_1, ...``/``y_0, ...`` for several (in the order of the interpreter's input and output details);

@@ -217,6 +217,43 @@ def test_a_column_of_one_value_per_sample_is_refused_with_the_feature_axis_to_ad
     assert "Traceback" not in said and not (tmp_path / "run").exists()
 
 
+def test_the_data_function_runs_once_per_run_and_the_child_gets_the_checked_arrays(tmp_path: Path) -> None:
+    """It ran twice (the CLI's check, then the optimizing child): an image folder was decoded twice."""
+    (tmp_path / "counted.py").write_text(
+        "from pathlib import Path\n"
+        "from edgepipe.examples import digits\n"
+        "def load():\n"
+        "    with open(Path(__file__).with_name('calls.txt'), 'a') as calls:\n"
+        "        calls.write('called\\n')\n"
+        "    return digits.load()\n"
+    )
+    recipe = TINY.replace("edgepipe.examples.digits:load", "counted:load").replace("  - kind: prune\n", "")
+    recipe = recipe.replace("    target_sparsity: 0.5\n  - kind: cluster\n    clusters: 16\n", "")
+    result = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "calls.txt").read_text().splitlines() == ["called"]
+    assert not list((tmp_path / "run").glob(".checked-data*"))  # the hand-off does not stay in the run
+
+
+def test_checked_data_reaches_the_child_as_it_was(tmp_path: Path) -> None:
+    from edgepipe.data import Dataset, read_checked, write_checked
+
+    rng = np.random.default_rng(0)
+    a, b = rng.random((6, 4), dtype=np.float32), rng.random((6, 2, 3), dtype=np.float32)
+    data = Dataset("two-in", (a, b), (np.arange(6), a[:, :1]), (a[:3], b[:3]), (np.arange(3), a[:3, :1]),
+                   notes=("y_train: one-hot labels read as class indices", "ünïcode"))  # fmt: skip
+    write_checked(tmp_path / "d.npz", data)
+    back = read_checked(tmp_path / "d.npz")
+    assert back.name == "two-in" and back.notes == data.notes
+    for key in ("x_train", "y_train", "x_test", "y_test"):
+        got, want = getattr(back, key), getattr(data, key)
+        assert len(got) == len(want), key
+        assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want, strict=True)), key
+    empty = Dataset("unlabelled", a, (), a, ())
+    write_checked(tmp_path / "e.npz", empty)
+    assert read_checked(tmp_path / "e.npz").y_train == ()
+
+
 def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     x = np.zeros((6, 4), np.float32)
     labels = np.array([0, 2, 1, 2, 0, 1])

@@ -38,8 +38,11 @@ class WorkerBug(RuntimeError):
     """The child failed with an unexpected exception: a bug in edgepipe; the message is its traceback."""
 
 
-def run_isolated(recipe: Path, work: Path, progress: Progress, base_dir: Path | None = None) -> dict[str, Any]:
-    """Optimize ``recipe`` into ``work`` in a child process; returns the result or raises a classified error."""
+def run_isolated(
+    recipe: Path, work: Path, progress: Progress, base_dir: Path | None = None, data: Path | None = None
+) -> dict[str, Any]:
+    """Optimize ``recipe`` into ``work`` in a child process; returns the result or raises a classified error.
+    ``data``: the checked data set (``data.write_checked``), which the child reads instead of loading it."""
     read_fd, write_fd = os.pipe()
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,6 +56,7 @@ def run_isolated(recipe: Path, work: Path, progress: Progress, base_dir: Path | 
                 str(work),
                 str(write_fd),
                 str(base_dir or recipe.resolve().parent),
+                *([str(data)] if data is not None else []),
             ],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,

@@ -26,7 +26,7 @@ from edgepipe.config import DistillSettings, Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
-from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_eval_data
+from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_checked, write_eval_data
 from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
@@ -52,6 +52,7 @@ from edgepipe.sources import EntryPoint, check_importable, resolve
 from edgepipe.tasks import Task
 
 SCHEMA = "edgepipe.optimize/1"
+CHECKED_DATA = ".checked-data.npz"  # handed to the optimizing child inside the partial run directory
 FINAL_MODEL = "model.tflite"
 
 TECHNIQUES: dict[str, Callable[[Any, Any, StageContext], StageOutcome]] = {
@@ -86,8 +87,9 @@ class Outcome:
         return self.result["status"] == "passed"
 
 
-def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
-    """``base_dir``: where relative paths and factory modules of the recipe are found (default: its folder)."""
+def prepare(recipe_path: Path, base_dir: Path | None = None, data: Dataset | None = None) -> Prepared:
+    """``base_dir``: where relative paths and factory modules of the recipe are found (default: its folder);
+    ``data``: the data set as an earlier ``prepare`` checked it (the optimizing child gets it that way)."""
     file = str(recipe_path)
     recipe = load_model(recipe_path, Recipe)
     base = (base_dir or recipe_path.parent).resolve()
@@ -105,7 +107,8 @@ def prepare(recipe_path: Path, base_dir: Path | None = None) -> Prepared:
         module, _, name = entry.partition(":")
         check_importable(module, name or None, base, file, f"model.custom_objects[{index}]", kind="object")
     _check_teachers(recipe, base, file)
-    data = load_dataset(data_source, file, task=recipe.task)
+    if data is None:
+        data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data, base)
 
 
@@ -215,7 +218,12 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
         if isolate:
             from edgepipe.optimization.isolation import run_isolated
 
-            result = run_isolated(prepared.recipe_path, work, progress, prepared.base_dir)
+            checked = work / CHECKED_DATA  # the child reads the data from here rather than loading it again
+            write_checked(checked, prepared.data)
+            try:
+                result = run_isolated(prepared.recipe_path, work, progress, prepared.base_dir, checked)
+            finally:
+                checked.unlink(missing_ok=True)
         else:
             result = optimize_into(prepared, work, progress)
         report = result["final"]["conformance"]

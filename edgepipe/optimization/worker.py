@@ -1,4 +1,5 @@
-"""The child process that trains and converts: ``python -m edgepipe.optimization.worker RECIPE WORKDIR EVENTS_FD``.
+"""The child process that trains and converts:
+``python -m edgepipe.optimization.worker RECIPE WORKDIR EVENTS_FD BASE_DIR [CHECKED_DATA]``.
 
 TF-MOT training and the TFLite converter are native code; a layer they mishandle can kill the process with a
 signal (SIGSEGV, SIGABRT) that no ``try`` catches. The parent (``isolation.py``) owns the run directory and
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from edgepipe.data import read_checked
 from edgepipe.errors import EdgepipeError
 from edgepipe.progress import Progress
 from edgepipe.signals import set_parent_death_signal
@@ -62,6 +64,7 @@ class EventProgress(Progress):
 
 def main(argv: list[str]) -> int:
     recipe, work, fd, base_dir = Path(argv[0]), Path(argv[1]), int(argv[2]), Path(argv[3])
+    checked = Path(argv[4]) if len(argv) > 4 else None  # the data as the parent checked it
     set_parent_death_signal(signal.SIGKILL)  # no training may outlive ``edgepipe optimize``
     faulthandler.enable()
     with open(fd, "w", encoding="utf-8", closefd=True) as channel:
@@ -69,7 +72,8 @@ def main(argv: list[str]) -> int:
         try:
             from edgepipe.optimization import pipeline
 
-            result = pipeline.optimize_into(pipeline.prepare(recipe, base_dir), work, progress)
+            data = read_checked(checked) if checked is not None else None
+            result = pipeline.optimize_into(pipeline.prepare(recipe, base_dir, data), work, progress)
         except EdgepipeError as exc:
             progress.send({"event": "error", "type": type(exc).__name__, "message": exc.message, "hint": exc.hint})
             return 1
