@@ -195,6 +195,9 @@ def _collect(arrays: Mapping[str, Any], key: str) -> tuple[list[np.ndarray], lis
     """``key`` as one array, a list/tuple of arrays, or numbered arrays ``key_0, key_1, ...``; with their names."""
     if key in arrays:
         value = arrays[key]
+        if isinstance(value, Mapping):  # by input or output name: in the order Keras flattens a dict (its keys sorted)
+            names = sorted(value)
+            return [np.asarray(value[name]) for name in names], [f"{key}[{name!r}]" for name in names]
         if isinstance(value, list | tuple):
             if not value:  # a Dataset without labels has y_train = (): no array at all
                 return None

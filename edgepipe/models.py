@@ -65,6 +65,9 @@ def load_source(
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
     check_wrappable(model)
+    model, flattened = flat_io(model)
+    if notes is not None:
+        notes.extend(flattened)
     if not model.built and len(data.input_shapes) == 1:
         model.build((None, *data.input_shapes[0]))
     model, rebuilt = float32_model(model, sample)  # half-precision layers, integer image inputs: see precision
@@ -73,6 +76,23 @@ def load_source(
         notes.extend(rebuilt + declared)
     check_fits(model, data, file)
     return model
+
+
+def flat_io(model: Any) -> tuple[Any, list[str]]:
+    """A functional model built with a dict of inputs or outputs (``Model({"img": ..., "meta": ...}, {...})``) as
+    the same layers with lists: every stage, the converter and the data work with inputs and outputs in order.
+    The order is Keras' own (``model.inputs``: the dict's keys sorted), which is how a dict of data arrays is
+    read too (``data._collect``). A line per rebuilt side, naming the order."""
+    nested_in, nested_out = getattr(model, "_nested_inputs", None), getattr(model, "_nested_outputs", None)
+    if not (isinstance(nested_in, dict) or isinstance(nested_out, dict)):
+        return model, []
+    flat = keras().Model(list(model.inputs), list(model.outputs), name=model.name)
+    lines = [
+        f"model {side} given as a dict, taken in the order {', '.join(sorted(nested))}"
+        for side, nested in (("inputs", nested_in), ("outputs", nested_out))
+        if isinstance(nested, dict)
+    ]
+    return flat, lines
 
 
 def _allow_own_lambdas(model: Any) -> None:

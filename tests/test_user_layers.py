@@ -101,6 +101,24 @@ def sensor():
     return k.Model(i, k.layers.Dense(10)(k.layers.GlobalAveragePooling1D()(x)), name="sensor")
 
 
+def dict_io():
+    """Inputs and outputs given as dicts, as the Keras guides to multi-input models write them."""
+    img, meta = k.layers.Input((8, 8, 1), name="img"), k.layers.Input((2,), name="meta")
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(16, 3, padding="same", activation="relu")(img))
+    x = k.layers.Dense(32, activation="relu")(k.layers.Concatenate()([x, meta]))
+    return k.Model({"meta": meta, "img": img}, {"parity": k.layers.Dense(2, name="parity")(x),
+                                                "digit": k.layers.Dense(10, name="digit")(x)})
+
+
+def dict_data():
+    d = digits.load()
+    meta = lambda x: np.stack([x.mean(axis=(1, 2, 3)), x.std(axis=(1, 2, 3))], axis=1)
+    return {"x_train": {"img": d.x_train[0], "meta": meta(d.x_train[0])},
+            "y_train": {"digit": d.y_train[0], "parity": d.y_train[0] % 2},
+            "x_test": {"meta": meta(d.x_test[0]), "img": d.x_test[0]},
+            "y_test": {"parity": d.y_test[0] % 2, "digit": d.y_test[0]}}
+
+
 def sequence_autoencoder():
     """A strided Conv1D, a Conv1DTranspose back to the length and TimeDistributed(Dense) to the features: none
     of them had a QAT config (TF-MOT has no Conv1DTranspose nor TimeDistributed)."""
@@ -399,6 +417,26 @@ def test_a_sequence_autoencoder_with_conv1d_transpose_and_time_distributed_train
     assert "TRANSPOSE_CONV" in ops and record["final"]["conformance"]["passed"], ops
     agreement = record["final"]["agreement"]
     assert agreement["metric"] == "mse" and agreement["tflite"] <= 1.5 * agreement["float_keras"], agreement
+
+
+def test_a_model_with_dicts_of_inputs_and_outputs_runs_with_data_given_by_name(tmp_path: Path) -> None:
+    """It crashed loading (exit 70: "unhashable type: 'slice'" on the dict of input shapes)."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = SENSOR.replace("models:sensor", "models:dict_io").replace("models:rows", "models:dict_data")
+    recipe = recipe.replace("- {kind: qat}", "- {kind: ptq}").replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 5")
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = _words(done.stderr)
+    assert "model inputs given as a dict, taken in the order img, meta" in said
+    assert "model outputs given as a dict, taken in the order digit, parity" in said
+    record = json.loads((out / "optimize.json").read_text())
+    per_output = record["final"]["metric"]["per_output"]
+    # the digit head (10 classes) and the parity head (2) scored against their own labels, matched by name
+    assert len(per_output) == 2 and per_output[1] > 0.6 and record["final"]["conformance"]["passed"], per_output
+    final = TfliteModel.read(out / "model.tflite")
+    assert sorted(final.tensors[i].shape[-1] for i in final.outputs) == [2, 10]
+    assert _board_accuracy(out, tmp_path) == pytest.approx(record["final"]["accuracy"], abs=1e-6)
 
 
 def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
