@@ -26,6 +26,14 @@ pytestmark = pytest.mark.slow
         ("masked", "models:rows", "masking (Masking): TFLite has no masks", "remove the Masking layer"),
         # was "not integer-only: CAST ..." after training
         ("masked_ids", "models:tokens", "embedding (Embedding, mask_zero=True)", "mask_zero=False"),
+        # the float model trained, then its conversion failed on a tf.DenseBincount / tf.HashTableV2
+        (
+            "encoded",
+            "models:two_columns",
+            "category_encoding (CategoryEncoding): TFLite has no operator for its "
+            "counting (tf.DenseBincount): even the float model would not convert; integer_lookup (IntegerLookup)",
+            "encode in the data function instead",
+        ),
         # were float CONV_3D and ELU islands (and a converter failure on tf.MaxPool3D) after training; every
         # layer named at once, each kind with its reason and fix
         (

@@ -70,6 +70,21 @@ def clips():
     return Dataset("clips", two(d.x_train[0]), d.y_train[0], two(d.x_test[0]), d.y_test[0])
 
 
+def encoded():
+    """A category as one-hot inside the model (CategoryEncoding, IntegerLookup), as Keras' tabular guides do."""
+    num, cat = k.layers.Input((64,)), k.layers.Input((1,), dtype="int64")
+    looked_up = k.layers.IntegerLookup(vocabulary=[0, 1], output_mode="one_hot")(cat)
+    x = k.layers.Concatenate()([num, k.layers.CategoryEncoding(2, output_mode="one_hot")(cat), looked_up])
+    return k.Model([num, cat], k.layers.Dense(10)(x))
+
+
+def two_columns():
+    d = digits.load()
+    flat = lambda x: x.reshape(len(x), -1)
+    return {"x_train": [flat(d.x_train[0]), (d.y_train[0] % 2)[:, None]], "y_train": d.y_train[0],
+            "x_test": [flat(d.x_test[0]), (d.y_test[0] % 2)[:, None]], "y_test": d.y_test[0]}
+
+
 def tokens():
     """Each digit as the positions of its inked pixels (1-64, 0 = none): token ids for an Embedding."""
     d = digits.load()
@@ -490,6 +505,12 @@ def test_an_input_rescaling_folds_into_a_per_feature_normalization_only() -> Non
         kinds = [type(layer).__name__ for layer in folded.layers]
         assert ("Rescaling" not in kinds) == folds and bool(lines) == folds, (mean, kinds)
         assert np.allclose(folded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-4)
+    # a Rescaling read by a Concatenate (a tabular model's numbers beside a category): nothing to fold; it
+    # crashed on the Concatenate's axis, an int where a Normalization's is a list (exit 70)
+    numbers, category = k.Input((4,)), k.Input((2,))
+    joined = k.layers.Concatenate()([k.layers.Rescaling(1 / 16)(numbers), category])
+    model = k.Model([numbers, category], k.layers.Dense(3)(joined))
+    assert fold_input_rescaling(model, [x, x[:, :2]]) == (model, [])
 
 
 def test_a_normalization_input_and_a_batchnorm_nothing_folds_train_with_quantization(tmp_path: Path) -> None:

@@ -120,6 +120,21 @@ UNCONVERTIBLE_LAYERS = {
         "its comparison becomes a float CAST (not integer-only)",
         "use ReLU (with max_value or threshold) instead",
     ),
+    **{
+        kind: (
+            f"TFLite has no operator for its {operation}: even the float model would not convert",
+            "encode in the data function instead (one-hot columns, or integer ids read by an Embedding) and give "
+            "the model the encoded values",
+        )
+        for kind, operation in (
+            ("IntegerLookup", "lookup table (tf.HashTableV2)"),
+            ("StringLookup", "lookup table (tf.HashTableV2)"),
+            ("CategoryEncoding", "counting (tf.DenseBincount)"),
+            ("Hashing", "string hashing (tf.AsString, tf.StringToHashBucketFast)"),
+            ("HashedCrossing", "string hashing"),
+            ("TextVectorization", "string operations"),
+        )
+    },
     "Masking": (
         "TFLite has no masks: the mask becomes float NOT_EQUAL and CAST operators (not integer-only), and an LSTM "
         "reading it the loop the converter crashes on (SIGSEGV, TF 2.21)",

@@ -302,11 +302,12 @@ def fold_input_rescaling(model: Any, sample: Any) -> tuple[Any, list[str]]:
         if type(layer).__name__ != "Rescaling" or len(readers) != 1:
             continue
         norm = readers[0]
+        if type(norm).__name__ != "Normalization":  # (a Concatenate's axis is one int, a Normalization's a list)
+            continue
         sources = [source for node in layer._inbound_nodes for source in _as_list(node.inbound_layers)]
-        last_axis = list(getattr(norm, "axis", [])) in ([-1], [len(norm.input_shape) - 1])
+        last_axis = list(norm.axis) in ([-1], [len(norm.input_shape) - 1])
         if (
-            type(norm).__name__ == "Normalization"
-            and not norm.invert
+            not norm.invert
             and last_axis
             and all(type(source).__name__ == "InputLayer" for source in sources)
             and _per_feature(norm)
