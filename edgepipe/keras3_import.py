@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.errors import ModelError
-from edgepipe.keras_compat import is_graph_tensor, keras, tf
+from edgepipe.keras_compat import flat_io, is_graph_tensor, keras, tf
 
 TOLERANCE = 1e-4  # of the output's largest magnitude: float32 sums in another order differ by ~1e-6 of it
 
@@ -49,6 +49,9 @@ def is_keras3_model(model: Any) -> bool:
 def convert_keras3(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """``model`` rebuilt as a tf_keras Functional model with its weights, checked on ``sample``, and lines saying
     what the rebuild changed in form (inlined models, operations, activations); or ModelError."""
+    import keras as keras3
+
+    model, flattened = flat_io(model, keras3.Model)  # a dict model refuses the list of data arrays
     graph = _graph(model)
     k2 = keras()
     inputs = [k2.Input(batch_shape=tuple(x.shape), dtype=x.dtype, name=x._keras_history[0].name) for x in graph.inputs]
@@ -65,7 +68,7 @@ def convert_keras3(model: Any, sample: Any) -> tuple[Any, list[str]]:
     if replay.operations:
         lines.append(f"{replay.operations} Keras 3 operation(s) as TensorFlow functions")
     lines += [f"{name}: {kind}" for name, kind in replay.activations.items()]
-    return twin, lines
+    return twin, flattened + lines
 
 
 def _graph(model: Any) -> Any:

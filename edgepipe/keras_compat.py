@@ -82,3 +82,22 @@ def all_layers(model: object) -> list[Any]:
     for layer in getattr(model, "layers", []):
         found += [layer, *all_layers(layer)]
     return found
+
+
+def flat_io(model: Any, model_class: Any) -> tuple[Any, list[str]]:
+    """A functional model built with a dict of inputs or outputs (``Model({"img": ..., "meta": ...}, {...})``) as
+    the same layers with lists (``model_class``: tf_keras' or Keras 3's Model): every stage, the converter and the
+    data work with inputs and outputs in order. The order is Keras' own (``model.inputs``: the dict's keys
+    sorted), which is how a dict of data arrays is read too (``data._collect``). A line per rebuilt side."""
+    structures = {
+        side: getattr(model, f"_nested_{side}", None) or getattr(model, f"_{side}_struct", None)  # tf_keras, Keras 3
+        for side in ("inputs", "outputs")
+    }
+    if not any(isinstance(structure, dict) for structure in structures.values()):
+        return model, []
+    flat = model_class(list(model.inputs), list(model.outputs), name=model.name)
+    return flat, [
+        f"model {side} given as a dict, taken in the order {', '.join(sorted(structure))}"
+        for side, structure in structures.items()
+        if isinstance(structure, dict)
+    ]

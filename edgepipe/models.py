@@ -19,7 +19,7 @@ from edgepipe.custom_objects import refuse_unknown, register_model_classes, regi
 from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras3_import import convert_keras3, is_keras3_model
-from edgepipe.keras_compat import keras
+from edgepipe.keras_compat import flat_io, keras
 from edgepipe.precision import float32_model, float_inputs
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
@@ -65,7 +65,7 @@ def load_source(
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
     check_wrappable(model)
-    model, flattened = flat_io(model)
+    model, flattened = flat_io(model, k.Model)
     if notes is not None:
         notes.extend(flattened)
     if not model.built and len(data.input_shapes) == 1:
@@ -76,23 +76,6 @@ def load_source(
         notes.extend(rebuilt + declared)
     check_fits(model, data, file)
     return model
-
-
-def flat_io(model: Any) -> tuple[Any, list[str]]:
-    """A functional model built with a dict of inputs or outputs (``Model({"img": ..., "meta": ...}, {...})``) as
-    the same layers with lists: every stage, the converter and the data work with inputs and outputs in order.
-    The order is Keras' own (``model.inputs``: the dict's keys sorted), which is how a dict of data arrays is
-    read too (``data._collect``). A line per rebuilt side, naming the order."""
-    nested_in, nested_out = getattr(model, "_nested_inputs", None), getattr(model, "_nested_outputs", None)
-    if not (isinstance(nested_in, dict) or isinstance(nested_out, dict)):
-        return model, []
-    flat = keras().Model(list(model.inputs), list(model.outputs), name=model.name)
-    lines = [
-        f"model {side} given as a dict, taken in the order {', '.join(sorted(nested))}"
-        for side, nested in (("inputs", nested_in), ("outputs", nested_out))
-        if isinstance(nested, dict)
-    ]
-    return flat, lines
 
 
 def _allow_own_lambdas(model: Any) -> None:

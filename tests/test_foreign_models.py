@@ -101,6 +101,27 @@ def test_a_keras3_attention_block_and_lstm_are_rebuilt_faithfully(digits: Any) -
     assert {"MultiHeadAttention", "LayerNormalization", "LSTM"} <= kinds
 
 
+def test_a_keras3_model_with_dicts_of_inputs_and_outputs_is_rebuilt_with_lists_in_keras_order(digits: Any) -> None:
+    """A Keras 3 dict model refuses a list of inputs: the rebuild crashed (exit 70) checking its outputs."""
+    import keras as keras3
+    from keras import layers
+
+    from edgepipe.keras3_import import convert_keras3
+
+    image, extra = keras3.Input((8, 8, 1), name="img"), keras3.Input((2,), name="meta")
+    x = layers.Concatenate()([layers.Flatten()(image), extra])
+    original = keras3.Model({"meta": extra, "img": image}, {"parity": layers.Dense(2)(x), "digit": layers.Dense(10)(x)})
+    images = digits.x_test[0][:16]
+    meta = images.reshape(16, -1)[:, :2]
+    rebuilt, lines = convert_keras3(original, [images, meta])  # raises if the outputs differ
+    assert lines[:2] == ["model inputs given as a dict, taken in the order img, meta",
+                         "model outputs given as a dict, taken in the order digit, parity"]  # fmt: skip
+    want = original({"img": images, "meta": meta})
+    got = rebuilt([images, meta])
+    np.testing.assert_allclose(np.asarray(got[0]), np.asarray(want["digit"]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got[1]), np.asarray(want["parity"]), atol=1e-5)
+
+
 KERAS3_LAYERS = {  # each failed to rebuild before its fix, or stands for a family of layers
     "LeakyReLU(negative_slope)": ("image", "LeakyReLU(negative_slope=0.1)"),  # tf_keras calls it alpha
     "RandomFlip": ("image", "RandomFlip()"),  # data_format; and Keras 3 records training=True in the call
