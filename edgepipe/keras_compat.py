@@ -89,10 +89,10 @@ def flat_io(model: Any, model_class: Any) -> tuple[Any, list[str]]:
     the same layers with lists (``model_class``: tf_keras' or Keras 3's Model): every stage, the converter and the
     data work with inputs and outputs in order. The order is Keras' own (``model.inputs``: the dict's keys
     sorted), which is how a dict of data arrays is read too (``data._collect``). A line per rebuilt side."""
-    structures = {
-        side: getattr(model, f"_nested_{side}", None) or getattr(model, f"_{side}_struct", None)  # tf_keras, Keras 3
-        for side in ("inputs", "outputs")
-    }
+    structures = {}  # never tested for truth: a single input is a Keras tensor, which refuses it
+    for side in ("inputs", "outputs"):
+        names = (f"_nested_{side}", f"_{side}_struct")  # tf_keras, Keras 3
+        structures[side] = next((getattr(model, name) for name in names if hasattr(model, name)), None)
     if not any(isinstance(structure, dict) for structure in structures.values()):
         return model, []
     flat = model_class(list(model.inputs), list(model.outputs), name=model.name)
