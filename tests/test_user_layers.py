@@ -222,10 +222,11 @@ def resized():
 
 def attention():
     """A transformer block over the digit rows (8 steps of 8 pixels), as small keyword-spotting and sensor
-    transformers have; a UnitNormalization before the head."""
+    transformers have (multi-head and plain dot-product attention); a UnitNormalization before the head."""
     rows = k.layers.Input((8, 8))
     x = k.layers.Dense(16)(rows)
-    x = k.layers.Add()([x, k.layers.MultiHeadAttention(2, 8, name="attend")(x, x)])
+    attended = k.layers.MultiHeadAttention(2, 8, name="attend")(x, x)
+    x = k.layers.Add()([x, attended, k.layers.Attention(name="dot")([x, x])])
     x = k.layers.LayerNormalization()(x)
     x = k.layers.GlobalAveragePooling1D()(x)
     x = k.layers.UnitNormalization()(x)
@@ -578,10 +579,10 @@ def test_a_binary_classifier_with_one_sigmoid_unit_trains_and_is_scored_by_its_t
         # TF-MOT has no QAT config for Resizing, PReLU or LayerNormalization (the stage refused them, naming the
         # exclude); quantized at their outputs: integer RESIZE_BILINEAR, PRELU and LayerNorm's RSQRT, ...
         ("resized", "edgepipe.examples.digits:load", 3, {"RESIZE_BILINEAR", "PRELU", "RSQRT"}, []),
-        # MultiHeadAttention and UnitNormalization were refused too, and an output-quantizing wrapper cannot even
-        # hold the attention layer: it trains in float inside the QAT model and the converter quantizes it;
-        # UnitNormalization is quantized at its output (int8 L2_NORMALIZATION)
-        ("attention", "models:rows", 4, {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"}, ["attend"]),
+        # MultiHeadAttention, Attention and UnitNormalization were refused too, and an output-quantizing wrapper
+        # cannot even hold an attention layer: it trains in float inside the QAT model and the converter
+        # quantizes it; UnitNormalization is quantized at its output (int8 L2_NORMALIZATION)
+        ("attention", "models:rows", 4, {"L2_NORMALIZATION", "BATCH_MATMUL", "SOFTMAX"}, ["attend", "dot"]),
     ],
 )
 def test_layers_tf_mot_has_no_qat_config_for_train_with_quantization_into_integer_operators(

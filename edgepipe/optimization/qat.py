@@ -245,9 +245,10 @@ def _looks_up_input_ids(layer: Any) -> bool:
     return bool(sources) and all(type(s).__name__ == "InputLayer" and not s.dtype.startswith("float") for s in sources)
 
 
-# Layers TF-MOT's QuantizeWrapper cannot hold at all (it asks MultiHeadAttention for its output shape from one
-# input shape, and the layer needs two): they stay float in the QAT model, and the converter quantizes them.
-UNWRAPPABLE = ("MultiHeadAttention",)
+# Attention layers, which TF-MOT has no config for and its QuantizeWrapper cannot hold at all (it asks the layer
+# for its output shape from one input shape, and attention takes two or three): they stay float in the QAT
+# model, and the converter quantizes them (BATCH_MATMUL, SOFTMAX) from the representative data.
+UNWRAPPABLE = ("MultiHeadAttention", "Attention", "AdditiveAttention")
 
 
 def _output_quantized_only(layer: Any) -> bool:
@@ -364,7 +365,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         )
     if unwrappable:
         ctx.progress.note(
-            f"{ctx.where}: {', '.join(unwrappable)}: TF-MOT's QAT cannot wrap a MultiHeadAttention; trained without "
+            f"{ctx.where}: {', '.join(unwrappable)}: TF-MOT's QAT cannot wrap an attention layer; trained without "
             "fake quantization here and quantized by the converter from the representative data"
         )
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
