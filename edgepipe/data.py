@@ -56,6 +56,10 @@ class Dataset:
     y_test: Arrays
     # What loading changed and the user should know (one-hot labels turned into class indices, say).
     notes: tuple[str, ...] = ()
+    # The names of the x and y arrays when the data gave them as dicts (in the order they are held: sorted);
+    # ``models.in_model_order`` puts them in the model's order when they are its input and output names.
+    input_names: tuple[str, ...] = ()
+    output_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for key in ("x_train", "y_train", "x_test", "y_test"):
@@ -276,8 +280,20 @@ def from_arrays(
                     field,
                     f"{origin}: {which} samples have shape {a.shape[1:]} but the test samples {b.shape[1:]}",
                 )
+    names: dict[str, tuple[str, ...]] = {"x": (), "y": ()}
+    for kind in ("x",) if task == "reconstruction" else ("x", "y"):
+        train, test = arrays.get(f"{kind}_train"), arrays.get(f"{kind}_test")
+        if not (isinstance(train, Mapping) or isinstance(test, Mapping)):
+            continue
+        if not (isinstance(train, Mapping) and isinstance(test, Mapping) and sorted(train) == sorted(test)):
+            raise ConfigError.at(file, field, f"{origin}: {kind}_train and {kind}_test must be dicts of the same names")
+        names[kind] = tuple(sorted(train))
     return Dataset(
-        name, *(tuple(checked[key]) for key in ("x_train", "y_train", "x_test", "y_test")), notes=tuple(notes)
+        name,
+        *(tuple(checked[key]) for key in ("x_train", "y_train", "x_test", "y_test")),
+        notes=tuple(notes),
+        input_names=names["x"],
+        output_names=names["y"],
     )
 
 
@@ -383,7 +399,13 @@ def write_checked(path: Path, data: Dataset) -> None:
         for key in ("x_train", "y_train", "x_test", "y_test")
         for index, array in enumerate(getattr(data, key))
     }
-    np.savez(path, name=np.array(data.name), notes=np.array(data.notes, dtype=str), **arrays)  # type: ignore[arg-type]
+    text = {
+        "name": np.array(data.name),
+        "notes": np.array(data.notes, dtype=str),
+        "input_names": np.array(data.input_names, dtype=str),
+        "output_names": np.array(data.output_names, dtype=str),
+    }
+    np.savez(path, **text, **arrays)  # type: ignore[arg-type]
 
 
 def read_checked(path: Path) -> Dataset:
@@ -399,6 +421,8 @@ def read_checked(path: Path) -> Dataset:
         str(arrays["name"]),
         *(numbered(key) for key in ("x_train", "y_train", "x_test", "y_test")),
         notes=tuple(str(note) for note in arrays["notes"]),
+        input_names=tuple(str(name) for name in arrays["input_names"]),
+        output_names=tuple(str(name) for name in arrays["output_names"]),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,27 @@ def load_source(
     model, declared = float_inputs(model)
     if notes is not None:
         notes.extend(rebuilt + declared)
-    check_fits(model, data, file)
+    check_fits(model, in_model_order(model, data), file)
     return model
+
+
+def in_model_order(model: Any, data: Dataset) -> Dataset:
+    """``data`` with arrays given by name (dicts, held in sorted order) in the order of the model's inputs and
+    outputs, when the names are exactly the model's input and output names (``model.fit({"meta": ...,
+    "img": ...})`` for a model whose inputs are [img, meta] in another order). Other names keep the sorted
+    order, which is a dict-built model's own (``keras_compat.flat_io``)."""
+    changed: dict[str, Any] = {}
+    for field, given, wanted, keys in (
+        ("input_names", data.input_names, list(model.input_names), ("x_train", "x_test")),
+        ("output_names", data.output_names, list(model.output_names), ("y_train", "y_test")),
+    ):
+        if not given or sorted(given) != sorted(wanted) or list(given) == wanted:
+            continue
+        order = [given.index(name) for name in wanted]
+        for key in keys:
+            changed[key] = tuple(getattr(data, key)[i] for i in order)
+        changed[field] = tuple(wanted)
+    return replace(data, **changed) if changed else data
 
 
 def _allow_own_lambdas(model: Any) -> None:

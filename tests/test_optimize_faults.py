@@ -249,6 +249,14 @@ def test_checked_data_reaches_the_child_as_it_was(tmp_path: Path) -> None:
         got, want = getattr(back, key), getattr(data, key)
         assert len(got) == len(want), key
         assert all(np.array_equal(g, w) and g.dtype == w.dtype for g, w in zip(got, want, strict=True)), key
+    named = from_arrays({"x_train": {"b": a, "a": a}, "y_train": np.arange(6), "x_test": {"a": a, "b": a},
+                         "y_test": np.arange(6)}, "d", "r.yaml", "data.source")  # fmt: skip
+    write_checked(tmp_path / "n.npz", named)
+    assert named.input_names == ("a", "b") == read_checked(tmp_path / "n.npz").input_names
+    assert named.output_names == () == read_checked(tmp_path / "n.npz").output_names
+    with pytest.raises(ConfigError, match="x_train and x_test must be dicts of the same names"):
+        from_arrays({"x_train": {"a": a}, "y_train": np.arange(6), "x_test": {"b": a}, "y_test": np.arange(6)},
+                    "d", "r.yaml", "data.source")  # fmt: skip
     empty = Dataset("unlabelled", a, (), a, ())
     write_checked(tmp_path / "e.npz", empty)
     assert read_checked(tmp_path / "e.npz").y_train == ()

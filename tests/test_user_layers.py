@@ -125,6 +125,13 @@ def dict_io():
                                                 "digit": k.layers.Dense(10, name="digit")(x)})
 
 
+def list_io():
+    """The same two inputs and outputs as lists, in an order that is not the names' sorted one."""
+    meta, img = k.layers.Input((2,), name="meta"), k.layers.Input((8, 8, 1), name="img")
+    x = k.layers.Concatenate()([k.layers.Flatten()(img), meta])
+    return k.Model([meta, img], [k.layers.Dense(2, name="parity")(x), k.layers.Dense(10, name="digit")(x)])
+
+
 def dict_data():
     d = digits.load()
     meta = lambda x: np.stack([x.mean(axis=(1, 2, 3)), x.std(axis=(1, 2, 3))], axis=1)
@@ -453,6 +460,19 @@ def test_a_model_with_dicts_of_inputs_and_outputs_runs_with_data_given_by_name(t
     final = TfliteModel.read(out / "model.tflite")
     assert sorted(final.tensors[i].shape[-1] for i in final.outputs) == [2, 10]
     assert _board_accuracy(out, tmp_path) == pytest.approx(record["final"]["accuracy"], abs=1e-6)
+
+
+def test_data_given_by_name_is_put_in_the_order_of_a_list_models_inputs_and_outputs(tmp_path: Path) -> None:
+    """model.fit takes arrays by input name; read in sorted order they went to the wrong inputs ([meta, img]
+    against img, meta: refused by shape) and the digit labels to the parity head."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = SENSOR.replace("models:sensor", "models:list_io").replace("models:rows", "models:dict_data")
+    recipe = recipe.replace("- {kind: qat}", "- {kind: ptq}").replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 5")
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_output = json.loads((out / "optimize.json").read_text())["final"]["metric"]["per_output"]
+    assert per_output[0] > 0.6 and per_output[1] > 0.5, per_output  # parity, then digit: each its own labels
 
 
 def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:

@@ -22,17 +22,16 @@ from typing import Any
 
 from edgepipe import models
 from edgepipe.compiled_loss import canonical, compiled_loss
-from edgepipe.config import DistillSettings, Recipe, load_model, stage_name
+from edgepipe.config import Recipe, load_model, stage_name
 from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_checked, write_eval_data
-from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
+from edgepipe.errors import ConformanceError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
     channel_prune,
     cluster,
-    distill,
     distill_stage,
     gates,
     low_rank,
@@ -42,6 +41,7 @@ from edgepipe.optimization import (
     qat,
     rewrite,
     saving,
+    teachers,
     tf_functions,
 )
 from edgepipe.optimization.base import History, StageContext, StageOutcome
@@ -106,25 +106,10 @@ def prepare(recipe_path: Path, base_dir: Path | None = None, data: Dataset | Non
     for index, entry in enumerate(recipe.model.custom_objects):
         module, _, name = entry.partition(":")
         check_importable(module, name or None, base, file, f"model.custom_objects[{index}]", kind="object")
-    _check_teachers(recipe, base, file)
+    teachers.check_files(recipe, base, file)
     if data is None:
         data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data, base)
-
-
-def _check_teachers(recipe: Recipe, base: Path, file: str) -> None:
-    """A teacher file that does not exist fails now, not after the float model and earlier stages trained."""
-    for index, stage in enumerate(recipe.stages):
-        settings = _distill_settings(recipe, stage)
-        if settings is None or not settings.teacher:
-            continue
-        path = distill.teacher_path(settings.teacher, base)
-        if not path.exists():
-            raise ConfigError(
-                f"{file}: stages[{index}] ({stage_name(stage)}): distill.teacher: {path} does not exist",
-                hint="name a .keras or .h5 file of a trained model (relative paths start at the recipe's folder), "
-                "or leave teacher out to distill from the float model",
-            )
 
 
 def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Progress) -> tuple[Any, list[str]]:
@@ -147,53 +132,6 @@ def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Pro
     for line in lines:
         progress.note(line)
     return flat, lines
-
-
-def _refuse_unsupported_distillation(task: Task, data: Dataset, recipe: Recipe, file: str) -> None:
-    """Distillation matches softened class distributions of one answer per sample: a one-unit (binary) head or
-    a multi-label one has none to soften, and a per-position output (segmentation) has one per position, which
-    its packed targets (``distill.packed_targets``) do not carry."""
-    per_position = task.kind == "classification" and any(labels.ndim > 1 for labels in data.y_train)
-    if not task.binary and not per_position:
-        return
-    for index, stage in enumerate(recipe.stages):
-        if _distill_settings(recipe, stage) is None:
-            continue
-        where = f"{file}: stages[{index}] ({stage_name(stage)})"
-        if task.binary:
-            raise ConfigError(
-                f"{where}: distillation takes classifiers with a unit per class; this model has a one-unit (binary) "
-                "output or a yes/no answer per unit (multi-label)",
-                hint="fine-tune without distill, or give a binary head two units (softmax or logits over 2 classes)",
-            )
-        raise ConfigError(
-            f"{where}: distillation takes one answer per sample; this model answers per position "
-            f"(labels of shape {data.y_train[0].shape[1:]} per sample)",
-            hint="fine-tune without distill",
-        )
-
-
-def _distill_settings(recipe: Recipe, stage: Any) -> DistillSettings | None:
-    return recipe.fine_tune_for(stage).distill if stage.kind != "ptq" else None
-
-
-def _load_teachers(prepared: Prepared, model: Any) -> dict[int, Any]:
-    """Each distilling stage's teacher, by stage index: a named file (loaded and checked against ``model``'s
-    outputs now, before the float model trains) or ``model`` itself, the float model once trained."""
-    teachers: dict[int, Any] = {}
-    for index, stage in enumerate(prepared.recipe.stages):
-        settings = _distill_settings(prepared.recipe, stage)
-        if settings is None:
-            continue
-        if not settings.teacher:
-            teachers[index] = model
-            continue
-        try:
-            teachers[index] = distill.load_teacher(settings.teacher, prepared.base_dir, model)
-        except (ConfigError, ModelError) as exc:
-            where = f"{prepared.recipe_path}: stages[{index}] ({stage_name(stage)})"
-            raise type(exc)(f"{where}: {exc.message}", hint=exc.hint) from None
-    return teachers
 
 
 def resolved_recipe(recipe: Recipe) -> dict[str, Any]:
@@ -291,6 +229,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     )
     for line in loaded:
         progress.note(line)
+    data = models.in_model_order(model, data)  # arrays given by name, in the model's order of inputs and outputs
     compiled_with = compiled_loss(prepared.model_source, model)  # before any rewrite drops the compile state
     head = data.head(64)
     sample = head[0] if len(head) == 1 else list(head)
@@ -318,9 +257,9 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             f"the model was compiled with loss {compiled_with}; edgepipe trains a {task.kind} model with "
             f"{task.error_loss} unless the recipe sets loss: mae or loss: huber"
         )
-    _refuse_unsupported_distillation(task, data, recipe, str(prepared.recipe_path))
+    teachers.refuse_unsupported(task, data, recipe, str(prepared.recipe_path))
     refuse_unconvertible(model)  # before training: no full-integer model could come out of it
-    teachers = _load_teachers(prepared, model)
+    teacher_models = teachers.load(recipe, prepared.recipe_path, prepared.base_dir, model)
     baseline_training: dict[str, list[float]] = {}
     reestimated = 0
     if recipe.model.train:
@@ -375,7 +314,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         progress.phase(label)
         stage_started = time.perf_counter()
         train_settings = recipe.fine_tune_for(stage) if stage.kind != "ptq" else recipe.fine_tune
-        teacher = teachers.get(index)
+        teacher = teacher_models.get(index)
         ctx = StageContext(
             data=data,
             train=train_settings,
