@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -442,18 +443,23 @@ def test_a_sequence_autoencoder_with_conv1d_transpose_and_time_distributed_train
     assert agreement["metric"] == "mse" and agreement["tflite"] <= 1.5 * agreement["float_keras"], agreement
 
 
+def _two_inputs_two_heads(tmp_path: Path, factory: str) -> tuple[str, dict[str, Any]]:
+    """``models:factory`` (an image and two numbers in; a digit head and a parity head out) on ``dict_data``
+    (arrays by name) through ``edgepipe optimize`` with ptq: what it said, and optimize.json."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = SENSOR.replace("models:sensor", f"models:{factory}").replace("models:rows", "models:dict_data")
+    recipe = recipe.replace("- {kind: qat}", "- {kind: ptq}").replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 5")
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return _words(done.stderr), json.loads((tmp_path / "run" / "optimize.json").read_text())
+
+
 def test_a_model_with_dicts_of_inputs_and_outputs_runs_with_data_given_by_name(tmp_path: Path) -> None:
     """It crashed loading (exit 70: "unhashable type: 'slice'" on the dict of input shapes)."""
-    (tmp_path / "models.py").write_text(MODELS)
-    recipe = SENSOR.replace("models:sensor", "models:dict_io").replace("models:rows", "models:dict_data")
-    recipe = recipe.replace("- {kind: qat}", "- {kind: ptq}").replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 5")
+    said, record = _two_inputs_two_heads(tmp_path, "dict_io")
     out = tmp_path / "run"
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    said = _words(done.stderr)
     assert "model inputs given as a dict, taken in the order img, meta" in said
     assert "model outputs given as a dict, taken in the order digit, parity" in said
-    record = json.loads((out / "optimize.json").read_text())
     per_output = record["final"]["metric"]["per_output"]
     # the digit head (10 classes) and the parity head (2) scored against their own labels, matched by name
     assert len(per_output) == 2 and per_output[1] > 0.6 and record["final"]["conformance"]["passed"], per_output
@@ -465,13 +471,8 @@ def test_a_model_with_dicts_of_inputs_and_outputs_runs_with_data_given_by_name(t
 def test_data_given_by_name_is_put_in_the_order_of_a_list_models_inputs_and_outputs(tmp_path: Path) -> None:
     """model.fit takes arrays by input name; read in sorted order they went to the wrong inputs ([meta, img]
     against img, meta: refused by shape) and the digit labels to the parity head."""
-    (tmp_path / "models.py").write_text(MODELS)
-    recipe = SENSOR.replace("models:sensor", "models:list_io").replace("models:rows", "models:dict_data")
-    recipe = recipe.replace("- {kind: qat}", "- {kind: ptq}").replace("max_accuracy_drop: 3.0", "max_accuracy_drop: 5")
-    out = tmp_path / "run"
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    per_output = json.loads((out / "optimize.json").read_text())["final"]["metric"]["per_output"]
+    _, record = _two_inputs_two_heads(tmp_path, "list_io")
+    per_output = record["final"]["metric"]["per_output"]
     assert per_output[0] > 0.6 and per_output[1] > 0.5, per_output  # parity, then digit: each its own labels
 
 
