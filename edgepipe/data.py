@@ -412,14 +412,10 @@ def read_checked(path: Path) -> Dataset:
     """The Dataset ``write_checked`` wrote."""
     with np.load(path, allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
-
-    def numbered(key: str) -> tuple[np.ndarray, ...]:
-        count = sum(1 for name in arrays if name.rsplit("_", 1)[0] == key)
-        return tuple(arrays[f"{key}_{index}"] for index in range(count))
-
+    found = {key: _collect(arrays, key) for key in ("x_train", "y_train", "x_test", "y_test")}  # key_0, key_1, ...
     return Dataset(
         str(arrays["name"]),
-        *(numbered(key) for key in ("x_train", "y_train", "x_test", "y_test")),
+        *(tuple(found[key][0]) if found[key] else () for key in ("x_train", "y_train", "x_test", "y_test")),
         notes=tuple(str(note) for note in arrays["notes"]),
         input_names=tuple(str(name) for name in arrays["input_names"]),
         output_names=tuple(str(name) for name in arrays["output_names"]),
