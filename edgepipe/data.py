@@ -6,6 +6,9 @@ The data-source contract (what ``data.source`` must give), for ``task``:
   per sample (one-hot rows are accepted and turned into labels, with a note).
 - ``regression``: the same four arrays; ``y`` holds float targets, shape ``(samples,)`` or ``(samples, k)``
   matching the model's output.
+- a list, one task per output (``[classification, regression]``: a class head next to a value head): each
+  output's ``y`` is checked as its task asks; given by name (dicts), once they are in the model's output order
+  (``Dataset.for_tasks``).
 - ``reconstruction`` (autoencoders): ``x_train, x_test`` only; each output is compared with the input it
   reconstructs, so ``y`` is not needed (and ignored if given).
 
@@ -32,7 +35,7 @@ import numpy as np
 
 from edgepipe.errors import ConfigError
 from edgepipe.sources import EntryPoint
-from edgepipe.tasks import TaskKind
+from edgepipe.tasks import TaskKind, TaskSpec, per_output
 from edgepipe.tf_data import arrays_from_pipelines, is_pipeline, pipelines_of
 
 Arrays = tuple[np.ndarray, ...]
@@ -115,7 +118,37 @@ class Dataset:
         """Classes per output for integer labels (largest label + 1)."""
         return [int(max(a.max(), b.max())) + 1 for a, b in zip(self.y_train, self.y_test, strict=True)]
 
-    def summary(self, task: TaskKind = "classification") -> dict[str, Any]:
+    def _classes_or_none(self) -> list[int | None]:
+        """``classes`` of the outputs with integer labels, None for float targets."""
+        return [
+            int(max(a.max(), b.max())) + 1 if a.dtype.kind in "iub" else None
+            for a, b in zip(self.y_train, self.y_test, strict=True)
+        ]
+
+    def for_tasks(self, task: TaskSpec, file: str | None = None, field: str = "data.source") -> Dataset:
+        """The targets checked for a task given per output, once they are in the model's output order: data
+        given by name was read in sorted order, so ``from_arrays`` could only check that its targets are finite
+        numbers. Converts integer labels (and one-hot rows) of the classifier outputs; a no-op for one task."""
+        if isinstance(task, str) or not self.y_train:
+            return self
+        kinds = per_output(task, len(self.y_train))
+        checked: dict[str, Any] = {}
+        notes = list(self.notes)
+        for key in ("y_train", "y_test"):
+            arrays = []
+            for index, (y, kind) in enumerate(zip(getattr(self, key), kinds, strict=False)):
+                label = self.output_names[index] if index < len(self.output_names) else f"{key}_{index}"
+                named = f"{key} {label!r}" if self.output_names else label
+                y, note = _check_y(y, named, kind, self.name, file, field, several=True, mixed=True)
+                arrays.append(y)
+                notes.extend([note] if note and note not in notes else [])
+            checked[key] = tuple(arrays)
+        return replace(self, **checked, notes=tuple(notes))
+
+    def summary(self, task: TaskSpec = "classification") -> dict[str, Any]:
+        kinds = per_output(task, len(self.y_test))
+        counts = self._classes_or_none()
+        classes = [count if kind == "classification" else None for count, kind in zip(counts, kinds, strict=True)]
         return {
             "name": self.name,
             "task": task,
@@ -124,9 +157,7 @@ class Dataset:
             "input_shape": list(self.input_shapes[0]),
             "input_shapes": [list(shape) for shape in self.input_shapes],
             "target_shapes": [list(y.shape[1:]) for y in self.y_test],
-            "classes": (self.classes()[0] if len(self.y_test) == 1 else self.classes())
-            if task == "classification"
-            else None,
+            "classes": (classes[0] if len(classes) == 1 else classes) if "classification" in kinds else None,
             "sha256": self.sha256(),
             "notes": list(self.notes),
         }
@@ -136,7 +167,7 @@ def load_dataset(
     source: Path | EntryPoint,
     file: str | None = None,
     field: str = "data.source",
-    task: TaskKind = "classification",
+    task: TaskSpec = "classification",
 ) -> Dataset:
     """Load and check a data set for ``task``; every problem is a ConfigError naming ``file`` and ``field``."""
     if isinstance(source, EntryPoint):
@@ -183,7 +214,7 @@ def load_dataset(
     return _load_npz(source, file, field, task)
 
 
-def _load_npz(path: Path, file: str | None, field: str, task: TaskKind) -> Dataset:
+def _load_npz(path: Path, file: str | None, field: str, task: TaskSpec) -> Dataset:
     if path.is_dir() or path.suffix != ".npz":
         raise ConfigError.at(file, field, f"{path} is not an .npz file (expected an .npz or module:function)")
     try:
@@ -222,9 +253,10 @@ def from_arrays(
     file: str | None,
     field: str,
     origin: str | None = None,
-    task: TaskKind = "classification",
+    task: TaskSpec = "classification",
 ) -> Dataset:
-    """Check the arrays for presence, matching counts and shapes, finite numbers and targets fit for ``task``."""
+    """Check the arrays for presence, matching counts and shapes, finite numbers and targets fit for ``task`` (one
+    task, or one per output)."""
     origin = origin or name
     required = ("x_train", "x_test") if task == "reconstruction" else ("x_train", "y_train", "x_test", "y_test")
     found = {key: _collect(arrays, key) for key in ("x_train", "y_train", "x_test", "y_test")}
@@ -257,8 +289,11 @@ def from_arrays(
         checked[f"y_{split}"] = []
         if task != "reconstruction":
             ys, y_names = found[f"y_{split}"]  # type: ignore[misc]
-            for y, label in zip(ys, y_names, strict=True):
-                y, note = _check_y(y, label, task, origin, file, field, several=len(ys) > 1)
+            kinds = _kinds_for(task, ys, y_names, arrays, origin, file, field)
+            for y, label, kind in zip(ys, y_names, kinds, strict=True):
+                y, note = _check_y(
+                    y, label, kind, origin, file, field, several=len(ys) > 1, mixed=not isinstance(task, str)
+                )
                 checked[f"y_{split}"].append(y)
                 notes.extend([note] if note else [])
             names = [*names, *y_names]
@@ -297,6 +332,34 @@ def from_arrays(
     )
 
 
+def _kinds_for(
+    task: TaskSpec,
+    ys: list[np.ndarray],
+    names: list[str],
+    arrays: Mapping[str, Any],
+    origin: str,
+    file: str | None,
+    field: str,
+) -> tuple[TaskKind, ...]:
+    """How to check each target array: its output's task. A task per output must list one per array; for targets
+    given by name (held in sorted order, not necessarily the model's) only the numbers are checked here, as a
+    regression's are, and ``Dataset.for_tasks`` checks each once the model has put them in its order; so for
+    tasks given by output name (a mapping), which only the model's output names order."""
+    kinds = per_output(list(task.values()) if isinstance(task, Mapping) else task, len(ys))
+    if len(kinds) != len(ys):
+        raise ConfigError.at(
+            file,
+            field,
+            f"{origin}: the recipe lists {len(kinds)} tasks (one per output) but the data gives {len(ys)} target "
+            f"arrays ({', '.join(names)})",
+            hint="give one target array per model output, and list one task per output in the model's order",
+        )
+    by_name = any(isinstance(arrays.get(key), Mapping) for key in ("y_train", "y_test"))
+    if isinstance(task, str) or not (by_name or isinstance(task, Mapping)):
+        return kinds
+    return ("regression",) * len(ys)
+
+
 def _check_x(x: np.ndarray, label: str, origin: str, file: str | None, field: str) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.number):
         raise ConfigError.at(
@@ -315,10 +378,33 @@ def _check_x(x: np.ndarray, label: str, origin: str, file: str | None, field: st
     return x.astype(np.float32)
 
 
+def _float_targets_hint(several: bool, mixed: bool) -> str:
+    """What to do about float targets where class labels were expected."""
+    if mixed:
+        return (
+            "the recipe's task lists this output as classification; list it as regression if it holds values "
+            "(one task per output, in the model's output order)"
+        )
+    return "for float targets set task: regression in the recipe" + (
+        "; for a class head next to a value head list one task per output, in the model's output order: "
+        "task: [classification, regression]"
+        if several
+        else ""
+    )
+
+
 def _check_y(
-    y: np.ndarray, label: str, task: TaskKind, origin: str, file: str | None, field: str, several: bool = False
+    y: np.ndarray,
+    label: str,
+    task: TaskKind,
+    origin: str,
+    file: str | None,
+    field: str,
+    several: bool = False,
+    mixed: bool = False,
 ) -> tuple[np.ndarray, str | None]:
-    """Targets for ``task``: integer class labels (one-hot accepted, with a note) or finite float values."""
+    """Targets for ``task``: integer class labels (one-hot accepted, with a note) or finite float values;
+    ``several``: the model has several outputs, ``mixed``: with a task each."""
     if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
         names = y.dtype.kind in "US" or (y.dtype == object and all(isinstance(v, str) for v in y.flat[:100]))
         raise ConfigError.at(
@@ -346,7 +432,7 @@ def _check_y(
                 file,
                 field,
                 f"{origin}: {label} has shape {y.shape} but is not one-hot (exactly one 1 per row)",
-                hint="give one integer class label per sample, or one-hot rows; for float targets set task: regression",
+                hint="give one integer class label per sample, or one-hot rows; " + _float_targets_hint(several, mixed),
             )
         if np.all(y.sum(axis=1) == 1):
             note = f"{label}: one-hot labels ({y.shape[0]} x {y.shape[1]}) read as class indices"
@@ -360,13 +446,7 @@ def _check_y(
             field,
             f"{origin}: {label} must hold integer class labels (one per sample, or one per position of a "
             f"segmentation model's output), got dtype {y.dtype} shape {y.shape}",
-            hint="for float targets set task: regression in the recipe"
-            + (
-                "; the task is the same for every output: a class head next to a regression head (mixed tasks) "
-                "is not supported"
-                if several
-                else ""
-            ),
+            hint=_float_targets_hint(several, mixed),
         )
     if y.min() < 0:
         raise ConfigError.at(file, field, f"{origin}: {label} has negative labels")
@@ -484,9 +564,10 @@ def read_eval_data(path: Path) -> tuple[Arrays, Arrays]:
     )
 
 
-def infer_task(y: Arrays) -> TaskKind:
+def infer_task(y: Arrays) -> TaskSpec:
     """The task of an evaluation file given without a run: no ``y`` is reconstruction, integer ``y``
-    classification, float ``y`` regression."""
+    classification, float ``y`` regression; outputs of both kinds give a list, one task per output."""
     if not y:
         return "reconstruction"
-    return "classification" if all(a.dtype.kind in "iub" for a in y) else "regression"
+    kinds: list[TaskKind] = ["classification" if a.dtype.kind in "iub" else "regression" for a in y]
+    return kinds[0] if len(set(kinds)) == 1 else kinds  # type: ignore[return-value]

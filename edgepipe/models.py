@@ -341,7 +341,7 @@ def train(
     if settings.distill is not None and teacher is not None:
         from edgepipe.optimization import distill
 
-        packed = distill.packed_targets(teacher, data, task, Task.of(teacher, task.kind, data.y_train))
+        packed = distill.packed_targets(teacher, data, task, Task.of(teacher, task.spec, data.y_train))
         targets = packed[0] if len(packed) == 1 else packed
         distill.compile_distilled(model, task, settings.distill, learning_rate_for(settings, data.train_samples))
     else:

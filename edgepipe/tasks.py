@@ -8,14 +8,31 @@ loss without any error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 TaskKind = Literal["classification", "regression", "reconstruction"]
+OutputKind = Literal["classification", "regression"]  # what each output of a mixed model may be
+# The recipe's ``task``: one kind, or one per output (mixed; a mapping by output name is resolved to this list
+# by ``Recipe.task_per_output`` once the model is loaded).
+TaskSpec = TaskKind | Sequence[OutputKind] | Mapping[str, OutputKind]
 ErrorLoss = Literal["mse", "mae", "huber"]
+MIXED = "mixed"  # Task.kind of a model whose outputs have different tasks (a class head next to a value head)
+
+
+def per_output(spec: TaskSpec | None, outputs: int) -> tuple[TaskKind, ...]:
+    """The task of each of ``outputs`` outputs: the one kind repeated, or the recipe's list (None: classification,
+    an evaluation file's default). A list of another length is the caller's to refuse (``Task.of`` does)."""
+    if spec is None:
+        return ("classification",) * outputs
+    if isinstance(spec, str):
+        return (spec,) * outputs  # type: ignore[return-value]
+    if isinstance(spec, Mapping):
+        raise TypeError("tasks by output name must be put in the model's order first (Recipe.task_per_output)")
+    return tuple(spec)
 
 
 def output_layers(model: Any) -> list[Any]:
@@ -83,39 +100,81 @@ class Task:
     """The task and, for a classifier, whether each output gives probabilities (softmax) or logits, and for a
     binary one (one unit) the threshold above which it answers 1."""
 
-    kind: TaskKind = "classification"
+    kind: TaskKind | Literal["mixed"] = "classification"
     probabilities: tuple[bool, ...] = (False,)
     thresholds: tuple[float | None, ...] = ()  # per output; empty: no binary output
     classes: tuple[int | None, ...] = ()  # per output: the size of its last axis, which holds the classes
-    error_loss: ErrorLoss = "mse"  # the training loss of a regression or reconstruction model
+    error_loss: ErrorLoss = "mse"  # the training loss of a regression or reconstruction model (or output)
+    output_kinds: tuple[TaskKind, ...] = ()  # per output, for a mixed model; empty: every output is ``kind``
 
     @classmethod
     def of(
         cls,
         model: Any,
-        kind: TaskKind = "classification",
+        kind: TaskSpec = "classification",
         labels: Sequence[np.ndarray] = (),
         loss: ErrorLoss | Literal["auto"] = "auto",
     ) -> Task:
         """Decide from the float (unwrapped) model and the labels' shapes (``answer_width``: without labels, an
-        answer per sample); call this before any TF-MOT wrapper is applied. ``loss`` is the recipe's, for a
-        regression or reconstruction model (``auto``: mse)."""
+        answer per sample); call this before any TF-MOT wrapper is applied. ``kind`` is the recipe's task: one
+        for every output, or a list with one per output (a mixed model). ``loss`` is the recipe's, for a
+        regression or reconstruction model or output (``auto``: mse)."""
         heads = output_layers(model)
-        thresholds: tuple[float | None, ...] = ()
-        classes: tuple[int | None, ...] = ()
-        if kind == "classification":
-            shapes = [tuple(tensor.shape)[1:] for tensor in model.outputs]
-            widths = [
-                answer_width(shape, np.shape(labels[i])[1:]) if i < len(labels) else shape[-1]
-                for i, shape in enumerate(shapes)
-            ]
-            classes = tuple(None if w is None else int(w) for w in widths)
-            thresholds = tuple(
-                binary_threshold(layer, -1 if w is None else w) for layer, w in zip(heads, classes, strict=True)
+        kinds = per_output(kind, len(heads))
+        if len(kinds) != len(heads):
+            from edgepipe.errors import ConfigError
+
+            names = ", ".join(repr(layer.name) for layer in heads)
+            raise ConfigError(
+                f"task: {len(kinds)} tasks listed but the model has {len(heads)} outputs ({names})",
+                hint="list one task per output, in the model's output order, e.g. task: [classification, regression]",
             )
-            thresholds = thresholds if any(t is not None for t in thresholds) else ()
+        shapes = [tuple(tensor.shape)[1:] for tensor in model.outputs]
+        widths = [
+            (answer_width(shape, np.shape(labels[i])[1:]) if i < len(labels) else shape[-1])
+            if output_kind == "classification"
+            else None
+            for i, (shape, output_kind) in enumerate(zip(shapes, kinds, strict=True))
+        ]
+        classes = tuple(None if w is None else int(w) for w in widths)
+        thresholds = tuple(
+            binary_threshold(layer, -1 if w is None else w) if output_kind == "classification" else None
+            for layer, w, output_kind in zip(heads, classes, kinds, strict=True)
+        )
+        thresholds = thresholds if any(t is not None for t in thresholds) else ()
+        if "classification" not in kinds:
+            classes = ()
         error_loss: ErrorLoss = "mse" if loss == "auto" else loss
-        return cls(kind, tuple(ends_with_softmax(layer) for layer in heads), thresholds, classes, error_loss)
+        probabilities = tuple(ends_with_softmax(layer) for layer in heads)
+        if len(set(kinds)) > 1:
+            return cls(MIXED, probabilities, thresholds, classes, error_loss, kinds)
+        return cls(kinds[0], probabilities, thresholds, classes, error_loss)
+
+    def kind_of(self, index: int) -> TaskKind:
+        """The task of output ``index``."""
+        return self.output_kinds[index] if self.output_kinds else self.kind  # type: ignore[return-value]
+
+    def classifies(self, index: int) -> bool:
+        return self.kind_of(index) == "classification"
+
+    @property
+    def kinds(self) -> tuple[TaskKind, ...]:
+        """The task of every output."""
+        return tuple(self.kind_of(index) for index in range(self.outputs))
+
+    @property
+    def spec(self) -> TaskSpec:
+        """What the recipe and the agent's job call the task: one kind, or a list of one per output."""
+        return list(self.output_kinds) if self.output_kinds else self.kind  # type: ignore[return-value]
+
+    @property
+    def any_classifier(self) -> bool:
+        return "classification" in self.kinds
+
+    @property
+    def any_error(self) -> bool:
+        """Whether some output is scored by an error (a regression or reconstruction output)."""
+        return any(kind != "classification" for kind in self.kinds)
 
     @property
     def has_labels(self) -> bool:
@@ -138,12 +197,12 @@ class Task:
         from edgepipe.keras_compat import keras
 
         losses = keras().losses
-        if self.kind != "classification":
-            return [self.keras_error_loss() for _ in self.probabilities]
         chosen = []
         for index, probabilities in enumerate(self.probabilities):
             threshold = self.threshold(index)
-            if threshold is not None:
+            if not self.classifies(index):
+                chosen.append(self.keras_error_loss())
+            elif threshold is not None:
                 chosen.append(losses.BinaryCrossentropy(from_logits=threshold == 0.0))
             else:
                 chosen.append(losses.SparseCategoricalCrossentropy(from_logits=not probabilities))
@@ -160,7 +219,7 @@ class Task:
 
     def keras_metric(self) -> str:
         """The metric Keras reports while training (shown in the epoch progress bar)."""
-        return "accuracy" if self.kind == "classification" else "mae"
+        return "accuracy" if self.any_classifier else "mae"
 
     def keras_metrics(self) -> list[Any]:
         """The metric of each output for ``compile``: Keras' "accuracy" would read a logit as a probability."""
@@ -169,29 +228,49 @@ class Task:
         metrics: list[Any] = []
         for index in range(self.outputs):
             threshold = self.threshold(index)
-            binary = (
-                keras().metrics.BinaryAccuracy(name="accuracy", threshold=threshold) if threshold is not None else None
-            )
-            metrics.append(binary or self.keras_metric())
+            if not self.classifies(index):
+                metrics.append("mae")
+            elif threshold is not None:
+                metrics.append(keras().metrics.BinaryAccuracy(name="accuracy", threshold=threshold))
+            else:
+                metrics.append("accuracy")
         return metrics
 
     @property
     def metric(self) -> str:
-        return METRICS[self.kind][0]
+        """The model's headline metric: a mixed model's is the accuracy of its classifier outputs."""
+        return "accuracy" if self.kind == MIXED else METRICS[self.kind][0]
 
     def score(self, outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Score:
-        return score(self.kind, outputs, targets, self.thresholds, self.classes)
+        return score(self.kinds, outputs, targets, self.thresholds, self.classes)
 
     def agreement(self, a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float | None:
-        return agreement(self.kind, a, b, self.thresholds, self.classes)
+        """Top-1 agreement of the classifier outputs (None without any)."""
+        chosen = [i for i in range(self.outputs) if self.classifies(i)]
+        if not chosen:
+            return None
+        return agreement("classification", *self._only(chosen, a, b))
 
     def discordant(
         self, a: Sequence[np.ndarray], b: Sequence[np.ndarray], targets: Sequence[np.ndarray]
     ) -> dict[str, Any] | None:
-        """``discordant`` for a classifier; None for other tasks (their errors are compared instead)."""
-        if self.kind != "classification":
+        """``discordant`` over the classifier outputs; None without any (errors are compared instead)."""
+        chosen = [i for i in range(self.outputs) if self.classifies(i)]
+        if not chosen:
             return None
-        return discordant(a, b, targets, self.thresholds, self.classes)
+        picked_a, picked_b, thresholds, classes = self._only(chosen, a, b)
+        return discordant(picked_a, picked_b, [targets[i] for i in chosen], thresholds, classes)
+
+    def _only(
+        self, chosen: list[int], a: Sequence[np.ndarray], b: Sequence[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float | None], list[int | None]]:
+        """Outputs ``chosen`` of two models, with their thresholds and answer widths."""
+        return (
+            [a[i] for i in chosen],
+            [b[i] for i in chosen],
+            [self.threshold(i) for i in chosen],
+            [_classes(self.classes, i) for i in chosen],
+        )
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -217,23 +296,49 @@ class Score:
     metric: str
     value: float
     per_output: tuple[float, ...]
+    per_output_metric: tuple[str, ...] = ()  # each output's metric; empty: every output's is ``metric``
 
     @property
     def higher_is_better(self) -> bool:
         return self.metric == "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "value": self.value, "per_output": list(self.per_output)}
+        scored = {"metric": self.metric, "value": self.value, "per_output": list(self.per_output)}
+        return scored | ({"per_output_metric": list(self.per_output_metric)} if self.per_output_metric else {})
+
+
+def part(scored: dict[str, Any] | None, metric: str) -> float | None:
+    """The mean of the outputs a score (``Score.to_dict``, or the agent's accuracy block) measures by ``metric``:
+    the headline for a model with one task; for a mixed model, its classifier outputs' accuracy or its value
+    outputs' error. None when no output is measured that way."""
+    if not scored:
+        return None
+    metrics = scored.get("per_output_metric")
+    if not metrics:
+        return scored.get("value") if scored.get("metric") == metric else None
+    values = [v for v, m in zip(scored["per_output"], metrics, strict=True) if m == metric]
+    return round(float(np.mean(values)), 6) if values else None
+
+
+def error_metric(scored: dict[str, Any] | None) -> str | None:
+    """The error metric (mae or mse) a score measures any output by, if any."""
+    if not scored:
+        return None
+    for metric in scored.get("per_output_metric") or [scored.get("metric")]:
+        if metric in ("mae", "mse"):
+            return str(metric)
+    return None
 
 
 def score(
-    kind: TaskKind,
+    kind: TaskKind | Sequence[TaskKind],
     outputs: Sequence[np.ndarray],
     targets: Sequence[np.ndarray],
     thresholds: Sequence[float | None] = (),
     classes: Sequence[int | None] = (),
 ) -> Score:
-    """Score float outputs (dequantized) against targets, output by output.
+    """Score float outputs (dequantized) against targets, output by output (``kind``: one task, or one per
+    output for a mixed model, whose headline value is its classifier outputs' accuracy).
 
     classification: top-1 accuracy of each output against integer labels (a one-unit output answers 1 above its
     threshold, ``answers``; a per-position output, one label per position: the share of positions right);
@@ -242,10 +347,11 @@ def score(
     """
     if len(outputs) != len(targets):
         raise ValueError(f"{len(outputs)} outputs but {len(targets)} targets")
+    kinds = per_output(kind, len(outputs))
     values = []
-    for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
+    for index, (out, target, output_kind) in enumerate(zip(outputs, targets, kinds, strict=True)):
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
-        if kind == "classification":
+        if output_kind == "classification":
             threshold = thresholds[index] if index < len(thresholds) else None
             predicted = answers(flat, threshold, _classes(classes, index)).argmax(axis=1)
             labels = np.asarray(target).reshape(-1)
@@ -256,10 +362,14 @@ def score(
         want = np.asarray(target, dtype=np.float64).reshape(len(target), -1)
         if want.shape != flat.shape:
             raise ValueError(f"outputs of shape {flat.shape[1:]} cannot be compared with targets {want.shape[1:]}")
-        error = np.abs(flat - want) if kind == "regression" else np.square(flat - want)
+        error = np.abs(flat - want) if output_kind == "regression" else np.square(flat - want)
         values.append(float(error.mean()))
-    metric, _ = METRICS[kind]
-    return Score(metric, round(float(np.mean(values)), 6), tuple(round(v, 6) for v in values))
+    rounded = tuple(round(v, 6) for v in values)
+    if len(set(kinds)) == 1:
+        return Score(METRICS[kinds[0]][0], round(float(np.mean(values)), 6), rounded)
+    metrics = tuple(METRICS[k][0] for k in kinds)
+    headline = [v for v, m in zip(values, metrics, strict=True) if m == "accuracy"]
+    return Score("accuracy", round(float(np.mean(headline)), 6), rounded, metrics)
 
 
 def agreement(

@@ -126,6 +126,30 @@ def test_each_output_distills_from_the_teachers_output_at_the_same_place() -> No
         assert float(np.mean(loss(rows, given).numpy())) == pytest.approx(want, rel=1e-4)
 
 
+def test_a_mixed_models_outputs_distill_each_by_its_own_task() -> None:
+    """A class head (softmax) next to a value head: Hinton's loss on the first, alpha * MSE(targets) + (1 -
+    alpha) * MSE(teacher) on the second (the classification loss on every output before)."""
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    inputs = k.Input((4,))
+    student = k.Model(inputs, [k.layers.Dense(3, activation="softmax")(inputs), k.layers.Dense(2)(inputs)])
+    task = Task.of(student, ["classification", "regression"], [np.zeros(4, np.int64), np.zeros((4, 2))])
+    compile_distilled(student, task, DistillSettings(alpha=0.3, temperature=2.0), 0.001)
+    rng = np.random.default_rng(1)
+    labels, teacher = rng.integers(0, 3, 16).astype(np.float32), rng.normal(size=(16, 3)).astype(np.float32)
+    logits = rng.normal(size=(16, 3)).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    packed = np.concatenate([labels[:, None], teacher], axis=1)
+    assert float(np.mean(student.loss[0](packed, probabilities).numpy())) == pytest.approx(
+        _hinton(labels, teacher, logits, 2.0, 0.3), rel=1e-4
+    )
+    targets, taught, values = (rng.normal(size=(16, 2)).astype(np.float32) for _ in range(3))
+    want = 0.3 * np.mean((targets - values) ** 2) + 0.7 * np.mean((taught - values) ** 2)
+    given = np.concatenate([targets, taught], axis=1)
+    assert float(np.mean(student.loss[1](given, values).numpy())) == pytest.approx(want, rel=1e-5)
+
+
 def _teacher_file(path: Path, classes: int) -> Path:
     from edgepipe.keras_compat import keras
 

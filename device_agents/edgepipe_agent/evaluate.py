@@ -56,20 +56,43 @@ def _threshold(thresholds: list[Any], index: int) -> Any:
     return thresholds[index] if index < len(thresholds) else None
 
 
+METRICS = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}
+
+
+def kinds_of(task: Any, outputs: int) -> list[str]:
+    """The task of each output: the job's one task repeated, or its list (a mixed model: one per output)."""
+    if isinstance(task, list):
+        if len(task) != outputs:
+            raise JobFailed("DataMismatch", f"the job lists {len(task)} tasks for a model with {outputs} outputs")
+        return list(task)
+    return [task] * outputs
+
+
+def infer_task(np: Any, ys: list[Any]) -> Any:
+    """Without a task in the job: no targets is reconstruction, integer targets classification, float targets
+    regression; outputs of both kinds give one task per output. The same rule as edgepipe's data.infer_task."""
+    if not ys:
+        return "reconstruction"
+    kinds = ["classification" if y.dtype.kind in "iub" else "regression" for y in ys]
+    return kinds[0] if len(set(kinds)) == 1 else kinds
+
+
 def score(
     np: Any,
-    task: str,
+    task: Any,
     outputs: list[Any],
     targets: list[Any],
     thresholds: list[Any] | None = None,
     classes: list[Any] | None = None,
 ) -> list[float]:
     """Per output: top-1 accuracy (classification), mean absolute error (regression) or mean squared error
-    against the input (reconstruction). The same formulas as edgepipe's tasks.score on the host."""
+    against the input (reconstruction); ``task``: one for every output, or a list with one per output. The
+    same formulas as edgepipe's tasks.score on the host."""
     values = []
+    kinds = kinds_of(task, len(outputs))
     for index, (out, target) in enumerate(zip(outputs, targets, strict=True)):
         flat = np.asarray(out, dtype=np.float64).reshape(len(out), -1)
-        if task == "classification":
+        if kinds[index] == "classification":
             predicted = answers(np, flat, _threshold(thresholds or [], index), _threshold(classes or [], index))
             labels = np.asarray(target).reshape(-1)
             if len(labels) != len(predicted):
@@ -83,7 +106,7 @@ def score(
             raise JobFailed(
                 "DataMismatch", f"outputs {list(flat.shape)} cannot be compared with targets {list(want.shape)}"
             )
-        values.append(float((np.abs(flat - want) if task == "regression" else np.square(flat - want)).mean()))
+        values.append(float((np.abs(flat - want) if kinds[index] == "regression" else np.square(flat - want)).mean()))
     return values
 
 
@@ -102,9 +125,7 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
                 "DataMismatch",
                 f"evaluation samples have shape {list(x.shape[1:])}, model wants {expected}{which} (-1: any)",
             )
-    task = job["task"] or (
-        "reconstruction" if not ys else "classification" if ys[0].dtype.kind in "iub" else "regression"
-    )
+    task = job["task"] or infer_task(np, ys)
     count = len(xs[0])
     batch = 256 if all(list(d.get("shape_signature", [1]))[:1] == [-1] for d in sources) else 1
     chunks: list[list[Any]] = [[] for _ in interpreter.get_output_details()]
@@ -132,30 +153,38 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
     targets = ys if task != "reconstruction" else xs
     if len(targets) != len(raw):
         raise JobFailed("DataMismatch", f"the model has {len(raw)} outputs but the data {len(targets)} target arrays")
+    kinds = kinds_of(task, len(raw))
     classes: list[Any] = []  # per output: how many of its values make one answer
     for index, (output, target) in enumerate(zip(interpreter.get_output_details(), targets, strict=True)):
         shape = [int(d) for d in output["shape"][1:]]
-        width = answer_width(shape, list(np.shape(target)[1:])) if task == "classification" else None
-        if task == "classification" and width is None:
+        width = answer_width(shape, list(np.shape(target)[1:])) if kinds[index] == "classification" else None
+        if kinds[index] == "classification" and width is None:
             raise JobFailed(
                 "DataMismatch",
                 f"labels of shape {list(np.shape(target)[1:])} per sample do not fit output {index} of shape {shape}",
             )
         classes.append(width)
-    per_output = score(np, task, dequantized, targets, thresholds, classes)
-    value = sum(per_output) / len(per_output)
-    metric = {"classification": "accuracy", "regression": "mae", "reconstruction": "mse"}[task]
+    per_output = score(np, kinds, dequantized, targets, thresholds, classes)
+    metrics = [METRICS[kind] for kind in kinds]
+    metric = metrics[0] if len(set(metrics)) == 1 else "accuracy"  # a mixed model's headline: its class outputs
+    headline = [v for v, m in zip(per_output, metrics, strict=True) if m == metric]
+    value = sum(headline) / len(headline)
     report: dict[str, Any] = {
         "samples": count,
         "task": task,
         "metric": metric,
         "value": value,
         "per_output": per_output,
-        "accuracy": value if task == "classification" else None,
+        "accuracy": value if metric == "accuracy" else None,
     }
-    if task == "classification":  # over every output; a per-position output counts its positions
-        answered = [len(np.asarray(t).reshape(-1)) for t in targets]
-        report["correct"] = sum(round(v * n) for v, n in zip(per_output, answered, strict=True))
+    if len(set(metrics)) > 1:
+        report["per_output_metric"] = metrics
+    if metric == "accuracy":  # over every class output; a per-position output counts its positions
+        report["correct"] = sum(
+            round(v * len(np.asarray(t).reshape(-1)))
+            for v, t, kind in zip(per_output, targets, kinds, strict=True)
+            if kind == "classification"
+        )
     if job["outputs"]:
         with open(job["outputs"], "wb") as handle:
             np.savez(handle, **{f"o_{i}": values for i, values in enumerate(raw)})
@@ -165,13 +194,13 @@ def evaluate(np: Any, interpreter: Any, job: dict[str, Any]) -> dict[str, Any]:
         if [r.shape for r in reference] != [r.shape for r in raw]:
             shapes = [list(r.shape) for r in reference], [list(r.shape) for r in raw]
             raise JobFailed("DataMismatch", f"reference outputs {shapes[0]} do not match {shapes[1]}")
-        report["agreement"] = agreement(np, task, reference, raw, targets, raw_thresholds, classes)
+        report["agreement"] = agreement(np, kinds, reference, raw, targets, raw_thresholds, classes)
     return report
 
 
 def agreement(
     np: Any,
-    task: str,
+    task: Any,
     reference: list[Any],
     raw: list[Any],
     targets: list[Any],
@@ -186,13 +215,17 @@ def agreement(
     raw units, ascending). A margin of at most twice the step tolerance is a near-tie that rounding within the
     tolerance can flip; the host decides which changes that explains (``edgepipe.deployment.runner``). And
     ``top1_discordant``: per output, how many answers the host had right and the board wrong, and the reverse
-    (what McNemar's test of the accuracy difference reads). A per-position output (segmentation) answers once
-    per position: ``top1_answers`` says how many answers each output gave, ``top1_changed`` how many changed,
-    and only the ``MARGINS_KEPT`` smallest margins are sent.
+    (what McNemar's test of the accuracy difference reads). A mixed model's lists hold its class outputs only.
+    A per-position output (segmentation) answers once per position: ``top1_answers`` says how many answers
+    each output gave, ``top1_changed`` how many changed, and only the ``MARGINS_KEPT`` smallest margins are
+    sent.
     """
     top1, margins, largest, discordant, answered, changes = [], [], [], [], [], []
+    kinds = kinds_of(task, len(raw))
     for index, (host, board, target) in enumerate(zip(reference, raw, targets, strict=True)):
         largest.append(float(np.abs(host.astype(np.float64) - board.astype(np.float64)).max()))
+        if kinds[index] != "classification":
+            continue  # a value output has no answers to agree on: its error is compared instead
         threshold, width = _threshold(thresholds or [], index), _threshold(classes or [], index)
         wide = answers(np, host, threshold, width).astype(np.float64)
         board_wide = answers(np, board, threshold, width)
@@ -203,11 +236,10 @@ def agreement(
         changes.append(len(changed))
         kept = sorted(float(wide[i, host_answer[i]] - wide[i, board_answer[i]]) for i in changed)[:MARGINS_KEPT]
         margins.append(kept)
-        if task == "classification":
-            labels = np.asarray(target).reshape(-1)
-            host_right, board_right = host_answer == labels, board_answer == labels
-            discordant.append([int(np.sum(host_right & ~board_right)), int(np.sum(~host_right & board_right))])
-    classifier = task == "classification"
+        labels = np.asarray(target).reshape(-1)
+        host_right, board_right = host_answer == labels, board_answer == labels
+        discordant.append([int(np.sum(host_right & ~board_right)), int(np.sum(~host_right & board_right))])
+    classifier = bool(top1)  # the lists hold the class outputs only (all of them but a mixed model's value ones)
     return {
         "top1": sum(top1) / len(top1) if classifier else None,
         "top1_changed_margins": margins if classifier else None,

@@ -7,7 +7,9 @@ Job, protocol ``edgepipe.job/1``::
     data            path of an .npz with the evaluation samples, or null: ``x`` (float32 samples) and ``y``
                     (targets) for a model with one input and one output, else ``x_0, x_1, ...`` and ``y_0, ...``
                     in the order of the interpreter's input and output details; no ``y`` for reconstruction
-    task            "classification" | "regression" | "reconstruction", or null to infer it from the data
+    task            "classification" | "regression" | "reconstruction", a list of "classification" and
+                    "regression" with one per output (a mixed model; agent 1.10), or null to infer it from the
+                    data (integer targets: classification, float: regression, none: reconstruction)
                     (no y: reconstruction; integer y: classification; float y: regression)  (default null)
     reference       path of an .npz with the host's raw outputs for ``x`` (``o_0, o_1, ...``), or null
     outputs         path where the agent saves its own raw outputs for ``x`` (.npz, ``o_0, ...``), or null
@@ -63,7 +65,9 @@ Result, protocol ``edgepipe.result/1``::
                     top1_changed_margins, top1_discordant, max_abs_diff}}:
                     metric "accuracy" (top-1, classification), "mae" (mean absolute error, regression) or "mse"
                     (mean squared error of each output against its input, reconstruction); ``value`` is the
-                    mean over the outputs; ``accuracy`` is ``value`` for a classifier, else null; agreement
+                    mean over the outputs; ``accuracy`` is ``value`` for a classifier, else null. A mixed model
+                    (task per output) adds per_output_metric, one metric per output; its metric is "accuracy"
+                    and its value the mean over its class outputs (agreement's lists: those outputs); agreement
                     (only with a reference): top1 (classifiers; else null), top1_changed_margins (classifiers:
                     per output, the host's margin for its answer over the board's, raw units, for each sample
                     whose answer changed, ascending; else null), top1_discordant (classifiers: per output,
@@ -78,7 +82,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-AGENT_VERSION = "1.9.0"
+AGENT_VERSION = "1.10.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
@@ -154,8 +158,14 @@ def check_job(raw: str) -> dict[str, Any]:
     ):
         raise JobFailed("BadJob", "thresholds must be a list of numbers or nulls, one per output, or null")
     merged = {**JOB_DEFAULTS, **job}
-    if merged["task"] not in (None, *TASKS):
-        raise JobFailed("BadJob", f"task {merged['task']!r}: expected null or one of {', '.join(TASKS)}")
+    task = merged["task"]
+    mixed = isinstance(task, list) and task and all(kind in TASKS[:2] for kind in task)
+    if task not in (None, *TASKS) and not mixed:
+        raise JobFailed(
+            "BadJob",
+            f"task {task!r}: expected null, one of {', '.join(TASKS)}, or a list of classification and "
+            "regression (one per output)",
+        )
     if merged["runtime"] not in ("auto", *RUNTIMES):
         raise JobFailed("BadJob", f"runtime {merged['runtime']!r}: expected auto or one of {', '.join(RUNTIMES)}")
     for field in ("threads", "runs", "max_runs", "memory_limit_mb", "repeats"):

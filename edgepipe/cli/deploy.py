@@ -320,6 +320,12 @@ def print_result(result: dict[str, Any]) -> None:
             f"{checks['device_accuracy']:.4f} on {result['data']['samples']} samples{versus}"
             + (f", top-1 agreement {agreement:.4f}" if agreement is not None else ""),
         )
+        if checks.get("device_error") is not None:  # a mixed model's value outputs
+            host, delta = checks["host_error"], checks["error_relative_delta"]
+            table.add_row(
+                f"{METRIC_MEANING.get(checks['error_metric'], checks['error_metric'])} (value outputs)",
+                f"{checks['device_error']:.5g} vs host {host:.5g} ({delta:+.2%})",
+            )
     parity = checks.get("parity")
     if parity and parity.get("passed") is not None:
         table.add_row(

@@ -17,6 +17,7 @@ from edgepipe.cli.console import shown, stderr, stdout
 from edgepipe.errors import GateFailed
 from edgepipe.optimization import gates
 from edgepipe.progress import Progress
+from edgepipe.reporting.formatting import score_label
 from edgepipe.shipped import DEFAULT_RECIPE
 
 
@@ -90,13 +91,14 @@ class ConsoleProgress(Progress):
 
 
 def _epoch_metric(logs: Mapping[str, float]) -> str:
-    """Accuracy (or mean absolute error) of the epoch; the mean over the outputs of a multi-output model, whose
-    metrics Keras names ``<output>_accuracy``."""
+    """Accuracy and mean absolute error of the epoch, whichever the outputs have; the mean over the outputs of a
+    multi-output model, whose metrics Keras names ``<output>_accuracy``."""
+    shown = ""
     for metric, short in (("accuracy", "acc"), ("mae", "mae")):
         values = [v for key, v in logs.items() if key == metric or key.endswith(f"_{metric}")]
         if values:
-            return f"  {short} {sum(values) / len(values):.4f}"
-    return ""
+            shown += f"  {short} {sum(values) / len(values):.4f}"
+    return shown
 
 
 def optimize(
@@ -146,6 +148,20 @@ def _unique_per_layer(weights: list[dict[str, Any]]) -> str:
         f"{row['layer']}:{row['unique']}"
         + (f"({row['max_unique_per_channel']}/ch)" if row.get("max_unique_per_channel") else "")
         for row in weights
+    )
+
+
+def _per_output(result: dict[str, Any]) -> str:
+    """Each output's metric before and after, for a model with several outputs (the table shows their mean, or a
+    mixed model's class outputs' accuracy); empty for one output."""
+    before, after = result["baseline"]["keras_metric"], result["final"]["metric"]
+    if len(before.get("per_output") or []) < 2:
+        return ""
+    names = result["baseline"].get("output_names") or [f"output {i}" for i in range(len(before["per_output"]))]
+    metrics = before.get("per_output_metric") or [before["metric"]] * len(before["per_output"])
+    return ", ".join(
+        f"{name} {score_label(metric)} {a:.4g} -> {b:.4g}"
+        for name, metric, a, b in zip(names, metrics, before["per_output"], after["per_output"], strict=True)
     )
 
 
@@ -225,6 +241,9 @@ def print_summary(result: dict[str, Any]) -> None:
         + f"  {quality}",
         highlight=False,
     )
+    per_output = _per_output(result)
+    if per_output:
+        stdout.print(f"per output (float Keras -> final): {per_output}", highlight=False)
     totals = result["analysis"]
     stdout.print(
         f"analysis: params {totals['float']['total']['params']:,} -> {totals['final']['total']['params']:,}, "

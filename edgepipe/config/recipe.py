@@ -9,7 +9,7 @@ Field names are the recipe's YAML keys; see ``recipes/*.yaml`` for documented pr
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -249,7 +249,14 @@ class Recipe(_Strict):
     description: str = ""
     seed: int = 0
     # What the model is for: the loss it is fine-tuned with, its metric, and the gates that apply (see tasks.py).
-    task: Literal["classification", "regression", "reconstruction"] = "classification"
+    # A model whose outputs do different jobs (a class head next to a value head) lists one task per output, in
+    # the model's output order: [classification, regression].
+    # By output name instead ({digit: classification, ink: regression}) for a model built with dicts of outputs.
+    task: (
+        Literal["classification", "regression", "reconstruction"]
+        | list[Literal["classification", "regression"]]
+        | dict[str, Literal["classification", "regression"]]
+    ) = "classification"
     # The training loss of a regression or reconstruction model (a classifier's follows from its head: softmax,
     # logits or one sigmoid unit). mae and huber (delta 1) weigh outliers less than mse.
     loss: Literal["auto", "mse", "mae", "huber"] = "auto"
@@ -259,6 +266,41 @@ class Recipe(_Strict):
     stages: list[Stage] = Field(min_length=1)
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
     gates: Gates = Field(default_factory=Gates)
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_per_output(cls, task: Any) -> Any:
+        """A list (or a mapping by output name) of tasks is a mixed model's; one task repeated is that task
+        (nothing is mixed)."""
+        if not isinstance(task, list | dict):
+            return task
+        kinds = list(task.values()) if isinstance(task, dict) else task
+        if not kinds:
+            raise ValueError("empty; give one task, or one per output: [classification, regression]")
+        if "reconstruction" in kinds:
+            raise ValueError(
+                "reconstruction cannot be one output's task among others (its targets are the inputs); "
+                "give that output its targets (the input) in the data and list it as regression"
+            )
+        return kinds[0] if len(set(map(str, kinds))) == 1 else task
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the outputs have different tasks (``task`` is a list or a mapping)."""
+        return isinstance(self.task, list | dict)
+
+    def task_per_output(self, output_names: list[str]) -> str | list[str]:
+        """``task`` as one task, or a list in the order of ``output_names`` (a mapping is matched by name)."""
+        if not isinstance(self.task, dict):
+            return self.task
+        unknown = sorted(set(self.task) - set(output_names))
+        missing = [name for name in output_names if name not in self.task]
+        if unknown or missing:
+            named = f"names {', '.join(unknown)}, which the model does not have" if unknown else ""
+            left = f"leaves out {', '.join(missing)}" if missing else ""
+            said = " and ".join(filter(None, (named, left)))
+            raise ValueError(f"{said} (the model's outputs: {', '.join(output_names)})")
+        return [self.task[name] for name in output_names]
 
     @field_validator("stages")
     @classmethod
@@ -286,6 +328,10 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _gates_fit_the_task(self) -> Recipe:
+        if self.mixed:  # the accuracy gates judge the class outputs, the error gate the value outputs
+            if "max_error_increase" not in self.gates.model_fields_set:
+                object.__setattr__(self, "gates", self.gates.model_copy(update={"max_error_increase": 0.1}))
+            return self
         if self.task == "classification":
             if self.loss != "auto":
                 raise ValueError(

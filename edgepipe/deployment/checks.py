@@ -20,7 +20,7 @@ from edgepipe.errors import (
     UnsupportedOp,
 )
 from edgepipe.provenance import host
-from edgepipe.tasks import mcnemar
+from edgepipe.tasks import error_metric, mcnemar, part
 
 CHANCE = 0.05  # McNemar's p at or above which an accuracy difference is called within chance
 
@@ -57,7 +57,8 @@ def host_checks(
     inputs: DeployInputs, device: dict[str, Any], measure: MeasureSettings, target: Target
 ) -> dict[str, Any]:
     """The board's score against the host's: accuracy in points for a classifier, the relative change of the
-    error (mean absolute or squared) for regression and reconstruction."""
+    error (mean absolute or squared) for regression and reconstruction; a mixed model gets both, for its
+    class outputs and its value outputs."""
     block = device.get("accuracy") or {}
     accuracy = block.get("accuracy")
     host_value = (inputs.host_score or {}).get("value")
@@ -82,8 +83,11 @@ def host_checks(
         checks["accuracy_delta_points"] = delta
         checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
         checks["accuracy_discordant"] = _discordant(block.get("agreement") or {})
-    elif accuracy is None and checks["device_value"] is not None and host_value is not None:
-        relative = (checks["device_value"] - host_value) / host_value if host_value else 0.0
+    error = error_metric(block) or error_metric(inputs.host_score)
+    host_error, device_error = part(inputs.host_score, error or ""), part(block, error or "")
+    if host_error is not None and device_error is not None:  # an error model's, or a mixed model's value outputs
+        checks.update(error_metric=error, host_error=host_error, device_error=device_error)
+        relative = (device_error - host_error) / host_error if host_error else 0.0
         checks["error_relative_delta"] = round(relative, 6)
         checks["error_matches_host"] = abs(relative) <= measure.error_tolerance
     checks["parity"] = parity_check(inputs, device, target)

@@ -42,7 +42,7 @@ class DeployInputs:
     host: dict[str, Any] | None  # the agent's result on this machine
     run_dir: Path | None
     source: dict[str, Any]
-    task: str | None = None  # from the run's recipe, or inferred from the data
+    task: str | list[str] | None = None  # from the run's recipe, or inferred from the data; a list: per output
     host_score: dict[str, Any] | None = None  # the host agent's "accuracy" block: metric, value, per_output ...
 
 
@@ -98,6 +98,9 @@ def stage(
         source["recipe"] = optimize.get("recipe", {}).get("name")
         source["optimize_accuracy"] = optimize.get("final", {}).get("accuracy")
         task = optimize.get("recipe", {}).get("task", "classification")
+        task = None if isinstance(task, dict) else task  # by output name: the agent infers it per output
+        if data_file is not None and data_file.resolve() == (run_dir / EVAL_DATA).resolve():
+            task = optimize.get("eval_data", {}).get("task", task)  # per output in the interpreter's order
     if data_file is None:
         return DeployInputs(model, None, None, 0, None, None, run_dir, source, task)
     x, y = read_eval_data(data_file)

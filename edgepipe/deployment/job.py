@@ -31,7 +31,7 @@ def build_job(
     outputs: str | None = None,
     *,
     baseline: str | None = None,
-    task: str | None = None,
+    task: str | list[str] | None = None,
     profile: dict[str, Any] | None = None,
     stateful: list[str] | None = None,
     thresholds: list[float | None] | None = None,
@@ -61,7 +61,10 @@ def build_job(
         job["profile"] = {**profile, "min_seconds": measure.profile_seconds, "min_rounds": 20}
     if stateful:  # models whose variable tensors the agent resets before each invoke (agent 1.7)
         job["stateful"] = stateful
-    if thresholds and task == "classification":  # a binary classifier's outputs (agent 1.8)
+    if isinstance(task, list) and thresholds:  # a mixed model's: only its class outputs answer yes or no
+        thresholds = [t if kind == "classification" else None for t, kind in zip(thresholds, task, strict=False)]
+    classifier = task == "classification" or isinstance(task, list)
+    if classifier and thresholds and any(t is not None for t in thresholds):  # binary outputs (agent 1.8)
         job["thresholds"] = thresholds
     return job
 

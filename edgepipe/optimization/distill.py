@@ -2,7 +2,8 @@
 
 Classification: ``alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
 (Hinton et al.); the T^2 keeps the soft term's gradients at the scale of the hard one. Regression and
-reconstruction: ``alpha * MSE(targets, student) + (1 - alpha) * MSE(teacher, student)``.
+reconstruction: ``alpha * MSE(targets, student) + (1 - alpha) * MSE(teacher, student)``; a mixed model's
+outputs each take the loss of their own task.
 
 The teacher runs once, in inference mode, over the training split; its outputs travel with the labels as one
 packed target array per output (``[labels | teacher outputs]``), so training stays a plain ``model.fit``: TF-MOT's
@@ -59,7 +60,7 @@ def packed_targets(teacher: Any, data: Dataset, task: Task, teacher_task: Task) 
     packed = []
     for index, (target, output) in enumerate(zip(targets, produced, strict=True)):
         output = np.asarray(output, dtype=np.float32)
-        if task.kind == "classification" and teacher_task.probabilities[index]:
+        if task.classifies(index) and teacher_task.probabilities[index]:
             output = np.log(np.clip(output, 1e-7, 1.0))
         target = np.asarray(target, dtype=np.float32).reshape(samples, -1)
         packed.append(np.concatenate([target, output.reshape(samples, -1)], axis=1))
@@ -71,20 +72,23 @@ def compile_distilled(model: Any, task: Task, settings: DistillSettings, learnin
     label columns."""
     k = keras()
     temperature, alpha = float(settings.temperature), float(settings.alpha)
-    if task.kind == "classification":
-        losses = [_classification_loss(temperature, alpha, probabilities) for probabilities in task.probabilities]
 
-        def accuracy(packed: Any, student: Any) -> Any:
-            return k.metrics.sparse_categorical_accuracy(packed[:, :1], student)
+    def accuracy(packed: Any, student: Any) -> Any:
+        return k.metrics.sparse_categorical_accuracy(packed[:, :1], student)
 
-        metrics = [accuracy]
+    widths = [int(np.prod(shape)) for shape in output_shapes(model)]
+    losses, metrics = [], []
+    for index, (probabilities, width) in enumerate(zip(task.probabilities, widths, strict=True)):
+        if task.classifies(index):
+            losses.append(_classification_loss(temperature, alpha, probabilities))
+            metrics.append([accuracy])
+        else:
+            losses.append(_regression_loss(width, alpha, task.error_loss))
+            metrics.append([])
+    if len(losses) == 1:
+        model.compile(optimizer=k.optimizers.Adam(learning_rate), loss=losses[0], metrics=metrics[0])
     else:
-        widths = [int(np.prod(shape)) for shape in output_shapes(model)]
-        losses = [_regression_loss(width, alpha, task.error_loss) for width in widths]
-        metrics = []
-    model.compile(
-        optimizer=k.optimizers.Adam(learning_rate), loss=losses[0] if len(losses) == 1 else losses, metrics=metrics
-    )
+        model.compile(optimizer=k.optimizers.Adam(learning_rate), loss=losses, metrics=metrics)
 
 
 def _classification_loss(temperature: float, alpha: float, student_probabilities: bool) -> Any:

@@ -5,22 +5,35 @@ from __future__ import annotations
 from typing import Any
 
 from edgepipe.config.recipe import Gates
+from edgepipe.tasks import error_metric, part
 
 CHANCE = 0.05  # McNemar's p below which a change in answers is beyond a few near-ties rounding the other way
 
 
 def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
-    """One row per configured gate: name, limit, measured value, passed."""
-    change = final["metric"]["value"] - float_metric["value"]
-    drop = round(-change * 100, 4) + 0.0  # never "-0.0"
-    increase = round(change / float_metric["value"], 4) if float_metric["value"] else (0.0 if change <= 0 else None)
+    """One row per configured gate: name, limit, measured value, passed. A mixed model's accuracy gates judge its
+    class outputs and its error gate its value outputs (``tasks.part``)."""
+    drop = increase = None
+    before, after = part(float_metric, "accuracy"), part(final["metric"], "accuracy")
+    if before is not None and after is not None:
+        drop = round((before - after) * 100, 4) + 0.0  # never "-0.0"
+    error = error_metric(final["metric"]) or "error"
+    before, after = part(float_metric, error), part(final["metric"], error)
+    if before is not None and after is not None:
+        change = after - before
+        increase = round(change / before, 4) if before else (0.0 if change <= 0 else None)
     ratio = round(float_gzip / final["gzip_bytes"], 4)
+    mixed = bool(final["metric"].get("per_output_metric"))
     measured = {
-        "max_accuracy_drop": (drop, lambda v, limit: v <= limit, "accuracy drop (points)"),
+        "max_accuracy_drop": (
+            drop,
+            lambda v, limit: v <= limit,
+            "accuracy drop of the class outputs (points)" if mixed else "accuracy drop (points)",
+        ),
         "max_error_increase": (
             increase,
             lambda v, limit: v <= limit,
-            f"relative increase of the {final['metric']['metric']} over the float model",
+            f"relative increase of the {error}{' of the value outputs' if mixed else ''} over the float model",
         ),
         "max_tflite_bytes": (final["bytes"], lambda v, limit: v <= limit, ".tflite bytes"),
         "max_gzip_bytes": (final["gzip_bytes"], lambda v, limit: v <= limit, "gzip bytes"),

@@ -56,7 +56,7 @@ def measure_tflite(
     stats = weights.weight_stats(parsed, layer_names)
     entry = {
         **size_entry(content, path, root),
-        "accuracy": result.score.value if task.kind == "classification" else None,
+        "accuracy": result.score.value if task.metric == "accuracy" else None,  # a mixed model's: its class outputs
         "metric": result.score.to_dict(),
         "sparsity": weights.overall_sparsity(stats),
         "weights": stats,
@@ -73,7 +73,7 @@ def keras_entry(model: Any, data: Dataset, task: Task) -> dict[str, Any]:
     """``keras_accuracy`` (classifiers) and ``keras_metric`` of a Keras model on the test split."""
     result = models.score(model, data, task)
     return {
-        "keras_accuracy": result.value if task.kind == "classification" else None,
+        "keras_accuracy": result.value if task.metric == "accuracy" else None,
         "keras_metric": result.to_dict(),
     }
 

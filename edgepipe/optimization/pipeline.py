@@ -27,7 +27,7 @@ from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_checked, write_eval_data
-from edgepipe.errors import ConformanceError, GateFailed, ModelError
+from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
     channel_prune,
@@ -110,6 +110,12 @@ def prepare(recipe_path: Path, base_dir: Path | None = None, data: Dataset | Non
     if data is None:
         data = load_dataset(data_source, file, task=recipe.task)
     return Prepared(recipe, recipe_path, model_source, data, base)
+
+
+def _loss_name(task: Task) -> str | list[str]:
+    """The loss each output fine-tunes with, as optimize.json records it: one name, or one per output."""
+    names = ["cross-entropy" if kind == "classification" else task.error_loss for kind in task.kinds]
+    return names[0] if len(set(names)) == 1 else names
 
 
 def _inline_nested_models(model: Any, sample: Any, recipe: Recipe, progress: Progress) -> tuple[Any, list[str]]:
@@ -230,6 +236,13 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     for line in loaded:
         progress.note(line)
     data = models.in_model_order(model, data)  # arrays given by name, in the model's order of inputs and outputs
+    try:
+        task_spec = recipe.task_per_output(list(model.output_names))  # a mapping by output name, in model order
+    except ValueError as exc:
+        raise ConfigError.at(str(prepared.recipe_path), "task", str(exc)) from None
+    if recipe.mixed:  # each output's targets, checked as its task asks now that they are in the model's order
+        data = data.for_tasks(task_spec, str(prepared.recipe_path))
+        models.check_fits(model, data, str(prepared.recipe_path))
     compiled_with = compiled_loss(prepared.model_source, model)  # before any rewrite drops the compile state
     head = data.head(64)
     sample = head[0] if len(head) == 1 else list(head)
@@ -251,8 +264,9 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         for line in split:
             progress.note(f"split {line}")
         rewrites += split
-    task = Task.of(model, recipe.task, data.y_train, recipe.loss)
-    if compiled_with and task.kind != "classification" and recipe.loss == "auto" and canonical(compiled_with) != "mse":
+    task = Task.of(model, task_spec, data.y_train, recipe.loss)
+    error_model = task.kind in ("regression", "reconstruction")
+    if compiled_with and error_model and recipe.loss == "auto" and canonical(compiled_with) != "mse":
         progress.note(
             f"the model was compiled with loss {compiled_with}; edgepipe trains a {task.kind} model with "
             f"{task.error_loss} unless the recipe sets loss: mae or loss: huber"
@@ -297,7 +311,8 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         **_keras_model_entry(saving.save(model, work / "float", work)),
         "training": baseline_training,
         "rewrites": rewrites,
-        "loss": task.error_loss if task.kind != "classification" else "cross-entropy",
+        "loss": _loss_name(task),
+        "output_names": list(model.output_names),
         "batchnorm_recalibrated_on": reestimated,  # after model.train: the moving averages lag short trainings
         "tflite": measure.public(float_tflite),
         "totals": measure.analysis(float_tflite)["total"],
@@ -359,7 +374,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     progress.phase("verifying the final model")
     final_content = (work / final_entry["path"]).read_bytes()
     (work / FINAL_MODEL).write_bytes(final_content)
-    eval_data = _write_eval_data(work / EVAL_DATA, data, final_entry["_order"])
+    eval_data = _write_eval_data(work / EVAL_DATA, data, final_entry["_order"], task)
     report = conformance.check(final_entry["_model"], recipe.convert.io_type)
     final = {
         **measure.public(final_entry),
@@ -384,7 +399,7 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             "model_source_sha256": sha256_file(prepared.model_source)
             if isinstance(prepared.model_source, Path) and prepared.model_source.is_file()
             else None,
-            "data": data.summary(recipe.task),
+            "data": data.summary(task.spec),
             "tools": tool_versions(),
             "host": host(),
         },
@@ -425,11 +440,13 @@ def _agreement(float_metric: dict[str, Any], final: dict[str, Any], samples: int
     }
 
 
-def _write_eval_data(path: Path, data: Dataset, order: IoOrder) -> dict[str, Any]:
-    """The test split for the board, inputs and outputs in the order the interpreter lists them."""
+def _write_eval_data(path: Path, data: Dataset, order: IoOrder, task: Task) -> dict[str, Any]:
+    """The test split for the board, inputs and outputs in the order the interpreter lists them; ``task`` for
+    the board in that order too (a mixed model's tasks per output)."""
     x = [data.x_test[keras_index] for keras_index in _inverse(order.inputs)]
     y = [data.y_test[keras_index] for keras_index in _inverse(order.outputs)] if data.y_test else []
-    return {**write_eval_data(path, tuple(x), tuple(y)), "layout": "interpreter order"}
+    spec = [task.kind_of(i) for i in _inverse(order.outputs)] if task.output_kinds else task.kind
+    return {**write_eval_data(path, tuple(x), tuple(y)), "layout": "interpreter order", "task": spec}
 
 
 def _inverse(positions: tuple[int, ...]) -> list[int]:

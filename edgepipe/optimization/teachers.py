@@ -41,7 +41,7 @@ def refuse_unsupported(task: Task, data: Dataset, recipe: Recipe, file: str) -> 
     """Distillation matches softened class distributions of one answer per sample: a one-unit (binary) head or
     a multi-label one has none to soften, and a per-position output (segmentation) has one per position, which
     its packed targets (``distill.packed_targets``) do not carry."""
-    per_position = task.kind == "classification" and any(labels.ndim > 1 for labels in data.y_train)
+    per_position = any(task.classifies(i) and labels.ndim > 1 for i, labels in enumerate(data.y_train))
     if not task.binary and not per_position:
         return
     for index, stage in enumerate(recipe.stages):

@@ -1,4 +1,4 @@
-"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/3``).
+"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/4``).
 
 The document is the single source for the HTML page, the Markdown summary and the JSON file: each renderer
 reads only this dict, so the three never disagree. Its schema is ``report.schema.json`` next to this module.
@@ -19,10 +19,10 @@ from edgepipe.analyze import profile_diff
 from edgepipe.analyze.static import analyze
 from edgepipe.provenance import now
 from edgepipe.run_models import RunModel, read_optimize_record, run_models
-from edgepipe.tasks import METRIC_MEANING
+from edgepipe.tasks import METRIC_MEANING, error_metric, part
 from edgepipe.tflite_model import TfliteModel
 
-SCHEMA = "edgepipe.report/3"
+SCHEMA = "edgepipe.report/4"
 LATENCY_FIELDS = ("min", "p50", "p90", "p99", "max", "mean", "count")
 QUANTILES = 101  # latency distribution kept per deployment: percentiles 0, 1, ..., 100
 
@@ -91,9 +91,18 @@ def _profile_changes(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _metric(record: dict[str, Any]) -> dict[str, Any]:
-    """The run's metric, from the float model's entry (runs before tasks existed are classifiers)."""
-    name = (record.get("baseline", {}).get("keras_metric") or {}).get("metric", "accuracy")
-    return {"name": name, "meaning": METRIC_MEANING[name], "higher_is_better": name == "accuracy"}
+    """The run's metric, from the float model's entry (runs before tasks existed are classifiers); for a mixed
+    model (a task per output), ``value_error``: what its value outputs are measured by, next to its class
+    outputs' accuracy."""
+    scored = record.get("baseline", {}).get("keras_metric") or {}
+    name = scored.get("metric", "accuracy")
+    error = error_metric(scored) if scored.get("per_output_metric") else None
+    return {
+        "name": name,
+        "meaning": METRIC_MEANING[name],
+        "higher_is_better": name == "accuracy",
+        "value_error": {"name": error, "meaning": METRIC_MEANING[error]} if error else None,
+    }
 
 
 def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
@@ -115,6 +124,7 @@ def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], di
         },
         "host_accuracy": entry.get("accuracy"),
         "host_score": (entry.get("metric") or {}).get("value", entry.get("accuracy")),
+        "host_value_error": _value_error(entry.get("metric")),
         "params": total.get("params", 0),
         "nonzero_params": total.get("nonzero_params", 0),
         "macs": total.get("macs", 0),
@@ -133,6 +143,13 @@ def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], di
         ],
         "deployments": found,
     }
+
+
+def _value_error(scored: dict[str, Any] | None) -> float | None:
+    """A mixed model's value outputs' error (the mean over them); None for a model with one task."""
+    if not scored or not scored.get("per_output_metric"):
+        return None
+    return part(scored, error_metric(scored) or "")
 
 
 def _deployments(run_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
@@ -176,7 +193,11 @@ def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, 
         "accuracy": checks.get("device_accuracy"),
         "accuracy_delta_points": checks.get("accuracy_delta_points"),
         "score": checks.get("device_value", checks.get("device_accuracy")),
-        "score_relative_delta": checks.get("error_relative_delta"),
+        "score_relative_delta": checks.get("error_relative_delta") if checks.get("device_accuracy") is None else None,
+        "value_error": checks.get("device_error") if checks.get("device_accuracy") is not None else None,
+        "value_error_relative_delta": checks.get("error_relative_delta")
+        if checks.get("device_accuracy") is not None
+        else None,
         "latency_ms": {k: latency[k] for k in LATENCY_FIELDS} if latency else None,
         "latency_quantiles_ms": [float(v) for v in np.quantile(samples, np.linspace(0, 1, QUANTILES))]
         if samples

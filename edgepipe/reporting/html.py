@@ -81,6 +81,8 @@ def render_html(report: dict[str, Any]) -> str:
         changes=[{**change, "shown": _changed(change)} for change in report.get("profile_changes", [])],
         metric=report["metric"]["name"],
         label=score_label(report["metric"]["name"]),
+        error=(report["metric"].get("value_error") or {}).get("name"),  # a mixed model's value outputs
+        error_label=score_label((report["metric"].get("value_error") or {}).get("name") or ""),
         figures=figures(report),
         captions=[(name, text.replace("SCORE", _score_word(report))) for name, text in CAPTIONS],
         emulated_targets=[t["name"] for t in report["targets"] if t["emulated"]],

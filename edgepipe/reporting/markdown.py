@@ -13,24 +13,31 @@ def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str
     lines = [f"### edgepipe: `{run['recipe']}` ({run['status']})", ""]
     metric = report["metric"]["name"]
     label = score_label(metric)
-    header = ["stage", "gzip", "non-zero params", f"host {label}"]
+    error = (report["metric"].get("value_error") or {}).get("name")  # a mixed model's value outputs
+    header = ["stage", "gzip", "non-zero params", f"host {label}"] + ([f"host {score_label(error)}"] if error else [])
     for t in targets:
         mark = " †" if t["emulated"] else ""
-        header += [f"{t['name']}{mark} {label}", f"{t['name']}{mark} p50"]
+        header += [f"{t['name']}{mark} {label}"]
+        header += [f"{t['name']}{mark} {score_label(error)}"] if error else []
+        header += [f"{t['name']}{mark} p50"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join([":--"] + ["--:"] * (len(header) - 1)) + "|")
     for stage in report["stages"]:
         name = f"**{stage['name']}** (final)" if stage["final"] else stage["name"]
         cells = [name, kib(stage["model"]["gzip_bytes"]), f"{stage['nonzero_params']:,}"]
         cells.append(score(stage["host_score"], metric))
+        cells += [score(stage.get("host_value_error"), error)] if error else []
         for t in targets:
             d = next((d for d in stage["deployments"] if d["target"] == t["name"]), None)
+            blank = [""] * (2 if error else 1)
             if d is None:
-                cells += ["", ""]
+                cells += ["", *blank]
             elif d["status"] != "passed":
-                cells += [f"failed: {d['error']['class'] if d['error'] else '?'}", ""]
+                cells += [f"failed: {d['error']['class'] if d['error'] else '?'}", *blank]
             else:
-                cells += [score(d["score"], metric), latency(d["latency_ms"]["p50"])]
+                cells += [score(d["score"], metric)]
+                cells += [score(d.get("value_error"), error)] if error else []
+                cells += [latency(d["latency_ms"]["p50"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     emulated = [t["name"] for t in targets if t["emulated"]]

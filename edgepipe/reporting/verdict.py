@@ -26,6 +26,7 @@ from edgepipe.errors import ConfigError
 from edgepipe.reporting.checks import Check, get
 from edgepipe.reporting.formatting import mib
 from edgepipe.reporting.latency import paired_check, paired_processes, unpaired_check
+from edgepipe.tasks import error_metric, part
 
 
 class VerdictSettings(BaseModel):
@@ -116,6 +117,9 @@ def compare(
         ),
         _paid_off(baseline, candidate, latency),
     ]
+    value_error = _value_error(baseline, candidate, settings)
+    if value_error is not None:
+        checks.insert(checks.index(latency) + 2, value_error)  # right after the class outputs' accuracy
     layers = _layers(baseline, candidate)
     if layers is not None:
         slower = layers["largest_regression"] is not None
@@ -177,6 +181,20 @@ def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: Ver
         return Check("accuracy", "n/a", "no comparable score in one of the runs (deployed without data?)", base, cand)
     check = _growth(metrics[0], base, cand, settings.max_error_increase)
     return Check("accuracy", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
+
+
+def _value_error(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check | None:
+    """A mixed model's value outputs (its accuracy check judges its class outputs): the relative growth of their
+    error. None unless both runs scored such outputs by the same error."""
+    blocks = get(baseline, "device.accuracy"), get(candidate, "device.accuracy")
+    if not all(isinstance(block, dict) and block.get("per_output_metric") for block in blocks):
+        return None
+    metrics = error_metric(blocks[0]), error_metric(blocks[1])
+    if metrics[0] is None or metrics[0] != metrics[1]:
+        return None
+    base, cand = part(blocks[0], metrics[0]), part(blocks[1], metrics[0])
+    check = _growth(metrics[0], base, cand, settings.max_error_increase)
+    return Check("value outputs", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
 
 
 def _has_score(record: dict[str, Any]) -> bool:
