@@ -326,15 +326,44 @@ def test_a_layer_normalization_or_a_lambda_in_the_way_is_named_with_its_reason()
     k = keras()
     inputs = k.Input((8, 8))
     a = k.layers.LayerNormalization(name="norm")(k.layers.Conv1D(16, 3, name="a")(inputs))
-    b = k.layers.Lambda(lambda t: t[:, -1, :], name="last_step")(k.layers.Conv1D(16, 3, name="b")(inputs))
-    merged = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(a), b])
+    b = k.layers.Lambda(lambda t: k.activations.softmax(t), name="spread")(k.layers.Conv1D(16, 3, name="b")(inputs))
+    c = k.layers.Lambda(lambda t: t[..., :8], name="first_half")(k.layers.Conv1D(16, 3, name="c")(inputs))
+    merged = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(t) for t in (a, b, c)])
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(merged)))
     assert _group_of(plan, "a").blocked_by == [
         "norm (LayerNormalization: its mean and variance span the channels, so removing one changes the others)"
     ]
-    assert _group_of(plan, "b").blocked_by == [
-        "last_step (Lambda: Python code, whose use of the channels cannot be read)"
-    ]
+    why = "Lambda: Python code that does not act on each channel alone (tried on random inputs)"
+    assert _group_of(plan, "b").blocked_by == [f"spread ({why})"]
+    assert _group_of(plan, "c").blocked_by == [f"first_half ({why})"]
+
+
+def test_a_lambda_acting_on_each_channel_alone_is_followed_exactly() -> None:
+    """A TCN's ``t[:, -1, :]`` (the last time step) and an arithmetic Lambda: channel pruning stopped at every
+    Lambda ("Python code, whose use of the channels cannot be read"), leaving the convolutions before it whole.
+    One whose zero is not zero (``t - 1``) still stops it, with the reason."""
+    k = keras()
+    rng = np.random.default_rng(0)
+    inputs = k.Input((12, 6))
+    h = k.layers.Conv1D(16, 3, padding="causal", activation="relu", name="conv")(inputs)
+    h = k.layers.Conv1D(16, 3, padding="causal", dilation_rate=2, name="dilated")(h)
+    h = k.layers.Lambda(lambda t: 2.0 * k.activations.relu(t), name="double")(h)
+    shifted = k.layers.Lambda(lambda t: t - 1.0, name="shift")(k.layers.Conv1D(16, 3, name="side")(inputs))
+    last = k.layers.Lambda(lambda t: t[:, -1, :], name="last")
+    side = k.layers.Dense(4, name="side_logits")(k.layers.GlobalAveragePooling1D()(shifted))
+    model = k.Model(inputs, k.layers.Add(name="sum")([k.layers.Dense(4, name="logits")(last(h)), side]))
+    plan = channels.analyze(model)
+    why = "Lambda: Python code that does not act on each channel alone (tried on random inputs)"
+    assert {g.producers[0]: g.blocked_by for g in plan.groups} == {
+        "conv": [], "dilated": [], "side": [f"shift ({why})"], "logits": ["sum (a model output)"]
+    }  # a removed channel would come out of t - 1 as -1 for the next layer  # fmt: skip
+    x = rng.random((8, 12, 6), dtype=np.float32)
+    _zero_half_of_every_group(model, rng)
+    reference = model.predict(x, verbose=0)
+    pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
+                                                     0.5, {}, False, 1, 1))  # fmt: skip
+    assert [pruned.get_layer(name).filters for name in ("conv", "dilated")] == [8, 8]
+    assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
 
 
 def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:

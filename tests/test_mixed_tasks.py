@@ -79,9 +79,10 @@ def test_each_output_trains_and_scores_by_its_own_task_alike_on_host_and_agent(
     task = Task.of(_two_heads(), ["classification", "regression"], [np.zeros(5, np.int64), np.zeros((5, 2))])
     assert task.kind == "mixed" and task.kinds == ("classification", "regression") and task.spec == list(task.kinds)
     cross_entropy, error = task.losses()
-    assert isinstance(cross_entropy, k.losses.SparseCategoricalCrossentropy) and not cross_entropy.get_config()[
-        "from_logits"
-    ]  # the softmax head gives probabilities
+    assert (
+        isinstance(cross_entropy, k.losses.SparseCategoricalCrossentropy)
+        and not cross_entropy.get_config()["from_logits"]
+    )  # the softmax head gives probabilities
     assert isinstance(error, k.losses.MeanSquaredError) and task.keras_metrics() == ["accuracy", "mae"]
 
     probabilities = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])

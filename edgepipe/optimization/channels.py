@@ -217,7 +217,7 @@ def analyze(model: Any) -> Plan:
             for source in traced[1:]:
                 merged = union.union(merged, source[1])
             carries[layer.name] = ("group", merged)
-        elif kind in PASSTHROUGH and len(traced) <= 1:
+        elif (kind in PASSTHROUGH or (kind == "Lambda" and traced and _acts_per_channel(layer))) and len(traced) <= 1:
             if kind == "BatchNormalization" and traced:
                 if traced[0][0] != "group" or layer.axis not in ([-1], [len(layer.input_shape) - 1], -1):
                     block(f"{layer.name} (BatchNormalization not on the channel axis)")
@@ -318,8 +318,41 @@ def _kind_and_why(layer: Any) -> str:
     if kind == "LayerNormalization":
         return f"{kind}: its mean and variance span the channels, so removing one changes the others"
     if kind == "Lambda":
-        return f"{kind}: Python code, whose use of the channels cannot be read"
+        return f"{kind}: Python code that does not act on each channel alone (tried on random inputs)"
     return kind
+
+
+def _acts_per_channel(layer: Any) -> bool:
+    """A Lambda (Python code, ``t[:, -1, :]`` taking a sequence's last step, say) that acts on each channel of
+    one input alone, found by running it on random inputs, since its code cannot be read: it keeps the channels
+    on the last axis, permuting them permutes its output alike, and the kept half computed alone equals the
+    same channels computed with the others zeroed, which stay zero (what removing channels whose weights are
+    zero must keep: ``2 * t - 1`` acts per channel but turns a removed channel into -1 for the next layer)."""
+    shape = layer.input_shape
+    if isinstance(shape, list) or len(shape) < 2 or not shape[-1] or shape[-1] < 2:
+        return False
+    if layer.get_config().get("output_shape") is not None:  # a fixed output shape would not shrink with it
+        return False
+    channels = int(shape[-1])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=[2, *(5 if d is None else int(d) for d in shape[1:])]).astype(np.float32)
+    order, kept = rng.permutation(channels), np.sort(rng.choice(channels, channels // 2, replace=False))
+    zeroed = np.zeros_like(x)
+    zeroed[..., kept] = x[..., kept]
+    try:
+        out = np.asarray(layer(x))
+        if out.ndim < 2 or out.shape[0] != 2 or out.shape[-1] != channels:
+            return False
+        alone, with_zeros = np.asarray(layer(x[..., kept])), np.asarray(layer(zeroed))
+        removed = np.setdiff1d(np.arange(channels), kept)
+        return bool(
+            np.allclose(np.asarray(layer(x[..., order])), out[..., order], atol=1e-5)
+            and alone.shape[-1] == len(kept)
+            and np.allclose(alone, with_zeros[..., kept], atol=1e-5)
+            and not np.any(with_zeros[..., removed])
+        )
+    except Exception:  # the code does not take other shapes: it cannot run on fewer channels either
+        return False
 
 
 def _simple(layer: Any) -> bool:

@@ -344,7 +344,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    annotated_names, left_out, folded, lookups, unwrappable = [], [], [], [], []
+    annotated_names, left_out, folded, lookups, unwrappable, opaque = [], [], [], [], [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
             continue
@@ -357,6 +357,9 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         if type(layer).__name__ in UNWRAPPABLE and is_selected(layer, stage.layers):
             unwrappable.append(layer.name)
             continue
+        if type(layer).__name__ == "Lambda" and not layer.weights and is_selected(layer, stage.layers):
+            opaque.append(layer.name)
+            continue
         (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
     if lookups:
         ctx.progress.note(
@@ -367,6 +370,11 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         ctx.progress.note(
             f"{ctx.where}: {', '.join(unwrappable)}: TF-MOT's QAT cannot wrap an attention layer; trained without "
             "fake quantization here and quantized by the converter from the representative data"
+        )
+    if opaque:
+        ctx.progress.note(
+            f"{ctx.where}: {', '.join(opaque)}: a Lambda layer is Python code TF-MOT's QAT cannot quantize; left "
+            "out of QAT (as layers.exclude would) and quantized by the converter from the representative data"
         )
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
         raise ModelError(
@@ -442,7 +450,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
-            "left_to_converter": unwrappable,  # layers TF-MOT cannot wrap (MultiHeadAttention)
+            "left_to_converter": unwrappable + opaque,  # layers TF-MOT cannot wrap (MultiHeadAttention, Lambda)
             "activation_ranges_measured_on": ranged_on,
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
