@@ -280,7 +280,11 @@ def test_one_hot_labels_are_read_as_classes_and_said_so() -> None:
     arrays = {"x_train": x, "y_train": [labels, ink], "x_test": x, "y_test": [labels, ink]}
     with pytest.raises(ConfigError, match=r"y_train\[1\] must hold integer class labels") as mixed:
         from_arrays(arrays, "d", "r", "data")
-    assert "mixed tasks" in (mixed.value.hint or "")
+    assert "list one task per output, in the model's output order: task: [classification, regression]" in (
+        mixed.value.hint or ""
+    )
+    data = from_arrays(arrays, "d", "r", "data", task=["classification", "regression"])  # what the hint says
+    assert (data.y_train[0].dtype, data.y_train[1].dtype) == (np.int64, np.float32)
     names = np.array(["cat", "dog", "cat", "owl", "dog", "cat"])  # class names, as a CSV gives them
     with pytest.raises(ConfigError, match=r"y_train must be numeric, got dtype <U3 \(class names such as 'cat'\)") as n:
         from_arrays({"x_train": x, "y_train": names, "x_test": x, "y_test": labels}, "d", "r", "data")
