@@ -114,12 +114,8 @@ class Dataset:
         chosen = rng.choice(self.train_samples, size=count, replace=False)
         return tuple(x[chosen] for x in self.x_train)
 
-    def classes(self) -> list[int]:
-        """Classes per output for integer labels (largest label + 1)."""
-        return [int(max(a.max(), b.max())) + 1 for a, b in zip(self.y_train, self.y_test, strict=True)]
-
-    def _classes_or_none(self) -> list[int | None]:
-        """``classes`` of the outputs with integer labels, None for float targets."""
+    def classes(self) -> list[int | None]:
+        """Classes per output with integer labels (largest label + 1); None for an output with float targets."""
         return [
             int(max(a.max(), b.max())) + 1 if a.dtype.kind in "iub" else None
             for a, b in zip(self.y_train, self.y_test, strict=True)
@@ -147,7 +143,7 @@ class Dataset:
 
     def summary(self, task: TaskSpec = "classification") -> dict[str, Any]:
         kinds = per_output(task, len(self.y_test))
-        counts = self._classes_or_none()
+        counts = self.classes()
         classes = [count if kind == "classification" else None for count, kind in zip(counts, kinds, strict=True)]
         return {
             "name": self.name,

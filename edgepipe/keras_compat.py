@@ -95,9 +95,29 @@ def flat_io(model: Any, model_class: Any) -> tuple[Any, list[str]]:
         structures[side] = next((getattr(model, name) for name in names if hasattr(model, name)), None)
     if not any(isinstance(structure, dict) for structure in structures.values()):
         return model, []
+    renamed = _named_by_keys(model, [structures["outputs"]] if isinstance(structures["outputs"], dict) else [])
     flat = model_class(list(model.inputs), list(model.outputs), name=model.name)
     return flat, [
         f"model {side} given as a dict, taken in the order {', '.join(sorted(structure))}"
         for side, structure in structures.items()
         if isinstance(structure, dict)
-    ]
+    ] + ([f"layers named by their dict keys: {', '.join(renamed)}"] if renamed else [])
+
+
+def _named_by_keys(model: Any, structures: list[dict[str, Any]]) -> list[str]:
+    """Name each layer that gives a dict's output by its key, as ``model.fit`` and ``compile(loss={...})`` address
+    them (``{"cls": Dense(10)(x)}`` is the layer ``dense_1``, which a recipe's ``task: {cls: ...}`` and data given
+    by name cannot know); unless another layer has that name. Returns ``old -> new`` per renamed layer."""
+    taken = {layer.name for layer in model.layers}
+    renamed = []
+    for structure in structures:
+        for key, tensor in sorted(structure.items()):
+            history = getattr(tensor, "_keras_history", None)
+            layer = getattr(history, "layer", None) or (history[0] if history else None)
+            if layer is None or layer.name == key or key in taken or type(layer).__name__ == "InputLayer":
+                continue  # an input keeps its name: the converted model's signature carries it
+            renamed.append(f"{layer.name} -> {key}")
+            taken.discard(layer.name)
+            layer._name = key
+            taken.add(key)
+    return renamed

@@ -98,6 +98,20 @@ def in_model_order(model: Any, data: Dataset) -> Dataset:
     return replace(data, **changed) if changed else data
 
 
+def unmatched_names(model: Any, data: Dataset) -> list[str]:
+    """A note for targets given by name (a dict) that are not the model's output names, when there are several:
+    they are taken in sorted order, which the shape and label checks cannot always tell wrong (two heads of one
+    shape). A dict-built model's outputs carry their keys' names (``keras_compat.flat_io``)."""
+    given, wanted = data.output_names, list(model.output_names)
+    if len(given) < 2 or sorted(given) == sorted(wanted):
+        return []
+    pairs = ", ".join(f"{a} to {b}" for a, b in zip(given, wanted, strict=False))
+    return [
+        f"the data's targets are named {', '.join(given)}, the model's outputs {', '.join(wanted)}: taken in "
+        f"sorted order ({pairs}); name them as the model's outputs to have them matched by name"
+    ]
+
+
 def _allow_own_lambdas(model: Any) -> None:
     """Let tf_keras copy the Lambda layers of a model that the recipe's own code built in this process.
 

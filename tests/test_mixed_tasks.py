@@ -66,6 +66,14 @@ gates: {max_accuracy_drop: 3.0, max_error_increase: 0.5}
 """
 
 
+def _optimized(tmp_path: Path, recipe: str) -> tuple[str, dict]:
+    """``recipe`` on the models above through ``edgepipe optimize``: what it printed and optimize.json."""
+    (tmp_path / "heads.py").write_text(MODELS)
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout, json.loads((tmp_path / "run" / "optimize.json").read_text())
+
+
 def _two_heads() -> object:
     k = keras()
     i = k.Input((4,))
@@ -105,11 +113,8 @@ def test_each_output_trains_and_scores_by_its_own_task_alike_on_host_and_agent(
 
 @pytest.mark.slow
 def test_a_value_head_next_to_a_class_head_optimizes_deploys_and_is_gated_per_output(tmp_path: Path) -> None:
-    (tmp_path / "heads.py").write_text(MODELS)
+    printed, record = _optimized(tmp_path, RECIPE)
     out = tmp_path / "run"
-    done = run_cli("optimize", str(write_recipe(tmp_path, RECIPE)), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((out / "optimize.json").read_text())
     final = record["final"]["metric"]
     assert final["per_output_metric"] == ["mae", "accuracy"] and record["baseline"]["loss"] == ["mse", "cross-entropy"]
     ink, digit = final["per_output"]
@@ -119,7 +124,7 @@ def test_a_value_head_next_to_a_class_head_optimizes_deploys_and_is_gated_per_ou
     float_ink = record["baseline"]["keras_metric"]["per_output"][0]
     assert gates["max_error_increase"]["value"] == pytest.approx((ink - float_ink) / float_ink, abs=1e-4)
     assert "of the value outputs" in gates["max_error_increase"]["meaning"] and gates["max_accuracy_drop"]["passed"]
-    said = " ".join(done.stdout.split())
+    said = " ".join(printed.split())
     assert f"per output (float Keras -> final): ink MAE {float_ink:.4g} -> {ink:.4g}, digit accuracy" in said
 
     deployed = run_cli("deploy", str(out), "--target", "local", "--no-history",
@@ -158,13 +163,9 @@ def test_targets_given_by_name_are_checked_by_task_in_the_models_order(tmp_path:
     """Held sorted (digit, ink), the targets met the list [regression, classification] in the wrong order: the
     ink values were refused as class labels. They are checked once the model has put them in its order; tasks
     by output name (as compile(loss={...}) takes losses) are put in that order too."""
-    (tmp_path / "heads.py").write_text(MODELS)
     recipe = RECIPE.replace("heads:value_first", "heads:by_name").replace("[{kind: qat}]", "[{kind: ptq}]")
-    recipe = recipe.replace("[regression, classification]", task)
-    out = tmp_path / "run"
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    ink, digit = json.loads((out / "optimize.json").read_text())["final"]["metric"]["per_output"]
+    _, record = _optimized(tmp_path, recipe.replace("[regression, classification]", task))
+    ink, digit = record["final"]["metric"]["per_output"]
     assert digit > 0.8 and ink < 0.3
 
 
@@ -226,3 +227,27 @@ def test_the_agent_takes_a_task_per_output_and_refuses_what_it_cannot_score(
         return
     with pytest.raises(protocol.JobFailed, match="expected null, one of classification, regression, reconstruction"):
         protocol.check_job(job)
+
+
+def test_a_dict_built_models_outputs_are_named_by_their_keys_and_unmatched_target_names_are_said() -> None:
+    """``task: {cls: ...}`` and targets by name address a dict-built model's outputs by key, as Keras does; the
+    layers were named dense_1, dense, and the mapping was refused ("names cls, value, which the model does not
+    have")."""
+    from edgepipe.data import Dataset
+    from edgepipe.keras_compat import flat_io
+    from edgepipe.models import unmatched_names
+
+    k = keras()
+    inputs = k.Input((4,))
+    built = k.Model({"x": inputs}, {"value": k.layers.Dense(1)(inputs), "cls": k.layers.Dense(3)(inputs)})
+    flat, said = flat_io(built, k.Model)
+    assert list(flat.output_names) == ["cls", "value"]  # Keras' order: the keys sorted
+    assert said[-1].startswith("layers named by their dict keys: dense") and said[-1].endswith("-> value")
+
+    a = np.zeros((4, 4), np.float32)
+    named = Dataset("d", a, (a[:, 0], a[:, :3]), a, (a[:, 0], a[:, :3]), output_names=("first", "second"))
+    assert unmatched_names(flat, named) == [
+        "the data's targets are named first, second, the model's outputs cls, value: taken in sorted order (first "
+        "to cls, second to value); name them as the model's outputs to have them matched by name"
+    ]
+    assert unmatched_names(flat, Dataset("d", a, (a, a), a, (a, a), output_names=("value", "cls"))) == []

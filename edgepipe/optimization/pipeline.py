@@ -236,6 +236,8 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     for line in loaded:
         progress.note(line)
     data = models.in_model_order(model, data)  # arrays given by name, in the model's order of inputs and outputs
+    for line in models.unmatched_names(model, data):
+        progress.note(line)
     try:
         task_spec = recipe.task_per_output(list(model.output_names))  # a mapping by output name, in model order
     except ValueError as exc:
