@@ -245,10 +245,20 @@ def _looks_up_input_ids(layer: Any) -> bool:
     return bool(sources) and all(type(s).__name__ == "InputLayer" and not s.dtype.startswith("float") for s in sources)
 
 
-# Attention layers, which TF-MOT has no config for and its QuantizeWrapper cannot hold at all (it asks the layer
-# for its output shape from one input shape, and attention takes two or three): they stay float in the QAT
-# model, and the converter quantizes them (BATCH_MATMUL, SOFTMAX) from the representative data.
-UNWRAPPABLE = ("MultiHeadAttention", "Attention", "AdditiveAttention")
+# Layers TF-MOT's QAT cannot take and the converter quantizes well: attention, which TF-MOT has no config for
+# and its QuantizeWrapper cannot hold at all (it asks the layer for its output shape from one input shape, and
+# attention takes two or three), and recurrent layers (no config: QAT refused every LSTM, and layers.exclude
+# was the fix it named). They stay float in the QAT model and the converter quantizes them (BATCH_MATMUL,
+# SOFTMAX; one fused sequence LSTM per direction) from the representative data. What each is, for the note.
+UNWRAPPABLE = {
+    "MultiHeadAttention": "an attention layer",
+    "Attention": "an attention layer",
+    "AdditiveAttention": "an attention layer",
+    "LSTM": "a recurrent layer",
+    "GRU": "a recurrent layer",  # unrolled (a looped one is refused before training: convert.tflite)
+    "SimpleRNN": "a recurrent layer",
+    "Bidirectional": "a recurrent layer",
+}
 
 
 def _output_quantized_only(layer: Any) -> bool:
@@ -338,6 +348,15 @@ def _rewritten(
     return work, annotated, functions, {"fused": fused, "lifted_1d": lifted, "split_activations": split}
 
 
+def _own_lambdas() -> Any:
+    """TF-MOT's own rewrites may hold Python lambdas (SeparableConv1D becomes expand_dims -> SeparableConv2D ->
+    squeeze in Lambda layers), which tf_keras refuses to rebuild from a config in its safe mode: every model
+    with a SeparableConv1D ended QAT with an internal error. They are TF-MOT's code, not a file's."""
+    from tf_keras.src.saving import serialization_lib
+
+    return serialization_lib.SafeModeScope(safe_mode=False)
+
+
 def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     quantization = tfmot().quantization.keras
 
@@ -366,10 +385,11 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: {', '.join(lookups)} read token ids, which TF-MOT's QAT cannot fake-quantize (it has no "
             "Embedding either): left to the converter, which quantizes the table (int8 GATHER)"
         )
-    if unwrappable:
+    for what in sorted({UNWRAPPABLE[type(work.get_layer(name)).__name__] for name in unwrappable}):
+        names = [name for name in unwrappable if UNWRAPPABLE[type(work.get_layer(name)).__name__] == what]
         ctx.progress.note(
-            f"{ctx.where}: {', '.join(unwrappable)}: TF-MOT's QAT cannot wrap an attention layer; trained without "
-            "fake quantization here and quantized by the converter from the representative data"
+            f"{ctx.where}: {', '.join(names)}: TF-MOT's QAT cannot wrap {what}; trained without fake quantization "
+            "here and quantized by the converter from the representative data"
         )
     if opaque:
         ctx.progress.note(
@@ -402,7 +422,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             )
     annotated = wrap_layers(work, annotate)
     refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
-    refused += unsupported_layers(annotated, _scheme(scheme))
+    with _own_lambdas():
+        refused += unsupported_layers(annotated, _scheme(scheme))
     if refused:
         names = [layer.name for layer, _ in refused]
         raise ModelError(
@@ -412,7 +433,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "them from the representative data), or use a ptq stage instead of qat",
         )
     try:
-        with quantization.quantize_scope():
+        with quantization.quantize_scope(), _own_lambdas():
             quantized = quantization.quantize_apply(annotated, _scheme(scheme))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ModelError(
@@ -450,7 +471,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
-            "left_to_converter": unwrappable + opaque,  # layers TF-MOT cannot wrap (MultiHeadAttention, Lambda)
+            "left_to_converter": unwrappable + opaque,  # layers TF-MOT cannot wrap (attention, Bidirectional, Lambda)
             "activation_ranges_measured_on": ranged_on,
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
