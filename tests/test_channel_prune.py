@@ -336,6 +336,13 @@ def test_a_layer_normalization_or_a_lambda_in_the_way_is_named_with_its_reason()
     why = "Lambda: Python code that does not act on each channel alone (tried on random inputs)"
     assert _group_of(plan, "b").blocked_by == [f"spread ({why})"]
     assert _group_of(plan, "c").blocked_by == [f"first_half ({why})"]
+    image = k.Input((8, 8, 1))
+    doubled = k.layers.DepthwiseConv2D(3, depth_multiplier=2, name="doubled")(k.layers.Conv2D(4, 3, name="d")(image))
+    plan = channels.analyze(k.Model(image, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(doubled))))
+    assert _group_of(plan, "d").blocked_by == [
+        "doubled (DepthwiseConv2D, depth_multiplier=2: each input channel makes 2 outputs, which the next layer "
+        "reads as channels of their own)"
+    ]
 
 
 def test_a_lambda_acting_on_each_channel_alone_is_followed_exactly() -> None:

@@ -315,6 +315,11 @@ def _kind_and_why(layer: Any) -> str:
         return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
     if kind in CONVOLUTIONS and getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{kind}, channels_first"
+    if kind == "DepthwiseConv2D" and getattr(layer, "depth_multiplier", 1) != 1:
+        return (
+            f"{kind}, depth_multiplier={layer.depth_multiplier}: each input channel makes {layer.depth_multiplier} "
+            "outputs, which the next layer reads as channels of their own"
+        )
     if kind == "LayerNormalization":
         return f"{kind}: its mean and variance span the channels, so removing one changes the others"
     if kind == "Lambda":
