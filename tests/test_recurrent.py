@@ -121,9 +121,14 @@ def test_a_separable_conv1d_and_a_bidirectional_lstm_train_with_quantization(tmp
     """QAT ended with an internal error on every SeparableConv1D (TF-MOT rewrites it with Python lambdas, which
     tf_keras refused to rebuild) and refused the Bidirectional wrapper by name."""
     (tmp_path / "sensor.py").write_text(SENSOR)
-    recipe = LSTM_RECIPE.replace("edgepipe.examples.recurrent:lstm", "sensor:sensor")
-    recipe = recipe.replace("edgepipe.examples.digits:load", "sensor:rows")
-    recipe = recipe.replace("  - {kind: prune, target_sparsity: 0.5}\n", "")
+    recipe = """
+    name: sensor
+    model: {source: sensor:sensor, train: {epochs: 15, learning_rate: 0.003}}
+    data: {source: sensor:rows}
+    fine_tune: {epochs: 1, learning_rate: 0.001}
+    stages: [{kind: qat}]
+    gates: {max_accuracy_drop: 6.0}
+    """
     out = tmp_path / "run"
     done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
