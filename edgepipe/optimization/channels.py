@@ -35,26 +35,20 @@ from typing import Any
 import numpy as np
 
 from edgepipe.keras_compat import keras
+from edgepipe.optimization.channel_rules import (
+    CONVOLUTIONS,
+    MERGES,
+    PASSTHROUGH,
+    acts_per_channel,
+    elementwise,
+    kind_and_why,
+    on_channels,
+    per_channel,
+    same_channels,
+    simple,
+    sliced_along,
+)
 
-PASSTHROUGH = (
-    "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Dropout", "SpatialDropout2D",
-    "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
-    "GaussianNoise", "GaussianDropout", "UpSampling2D", "Cropping2D",
-    # the same on sequences (sensor and audio models): channels are still the last axis
-    "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "ZeroPadding1D",
-    "UpSampling1D", "Cropping1D", "SpatialDropout1D",
-    "Rescaling",  # with one scale and offset for every channel (arithmetic with a constant): see _per_channel
-    "HardSwish", "HardSigmoid",  # edgepipe's own (hard_activations): a Keras 3 Activation("hard_swish") rebuilt
-)  # fmt: skip
-CONVOLUTIONS = ("Conv2D", "Conv1D")  # kernels (..., in, out): sliced on the last two axes
-MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
-# TensorFlow functions (TFOpLambda layers) that act on each element alone: with every argument but the tensor a
-# scalar, channel c of the output depends on channel c of the input only.
-ELEMENTWISE = frozenset({
-    "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv", "math.divide",
-    "math.maximum", "math.minimum", "clip_by_value", "nn.relu", "nn.relu6", "nn.elu", "nn.leaky_relu", "nn.silu",
-    "nn.swish", "nn.gelu", "math.sigmoid", "math.tanh", "math.abs", "math.square",
-})  # fmt: skip
 CRITERIA = ("l1", "l2", "bn_gamma", "activation")
 
 
@@ -178,7 +172,7 @@ def analyze(model: Any) -> Plan:
             continue
 
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
-        if kind in (*CONVOLUTIONS, "Dense") and _simple(layer):
+        if kind in (*CONVOLUTIONS, "Dense") and simple(layer):
             if cat is not None:
                 composite[layer.name] = ("in", cat[1])
             elif traced:
@@ -193,23 +187,23 @@ def analyze(model: Any) -> Plan:
             cat is not None
             and (kind in PASSTHROUGH or (kind == "DepthwiseConv2D" and layer.depth_multiplier == 1))
             and kind not in ("PReLU",)
-            and not _per_channel(layer)
+            and not per_channel(layer)
             and layer.get_config().get("activation") != "softmax"
         ):
             if kind in ("BatchNormalization", "DepthwiseConv2D"):
                 composite[layer.name] = ("out", cat[1])
             carries[layer.name] = cat
-        elif kind == "Concatenate" and traced and len(traced) == len(sources) and _on_channels(layer):
+        elif kind == "Concatenate" and traced and len(traced) == len(sources) and on_channels(layer):
             carries[layer.name] = ("cat", [m for source in traced for m in _members(source)])
             if any(source[0] == "flat" for source in traced):
                 block(f"{layer.name} (Concatenate of flattened tensors)")
                 carries[layer.name] = None
                 continue
-        elif len(sources) == 1 and traced and traced[0][0] == "group" and _sliced_along(layer):
+        elif len(sources) == 1 and traced and traced[0][0] == "group" and sliced_along(layer):
             union.groups[union.find(traced[0][1])].sliced.append(layer.name)
             carries[layer.name] = traced[0]
         elif kind in (*MERGES, "TFOpLambda") and traced and all(s is not None and s[0] == "group" for s in sources):
-            if not _same_channels(layer) or (kind == "TFOpLambda" and not _elementwise(layer, len(sources))):
+            if not same_channels(layer) or (kind == "TFOpLambda" and not elementwise(layer, len(sources))):
                 block(f"{layer.name} ({kind})")
                 carries[layer.name] = None
                 continue
@@ -217,14 +211,14 @@ def analyze(model: Any) -> Plan:
             for source in traced[1:]:
                 merged = union.union(merged, source[1])
             carries[layer.name] = ("group", merged)
-        elif (kind in PASSTHROUGH or (kind == "Lambda" and traced and _acts_per_channel(layer))) and len(traced) <= 1:
+        elif (kind in PASSTHROUGH or (kind == "Lambda" and traced and acts_per_channel(layer))) and len(traced) <= 1:
             if kind == "BatchNormalization" and traced:
                 if traced[0][0] != "group" or layer.axis not in ([-1], [len(layer.input_shape) - 1], -1):
                     block(f"{layer.name} (BatchNormalization not on the channel axis)")
                     carries[layer.name] = None
                     continue
                 union.groups[union.find(traced[0][1])].sliced.append(layer.name)
-            if traced and (kind == "PReLU" or _per_channel(layer) or layer.get_config().get("activation") == "softmax"):
+            if traced and (kind == "PReLU" or per_channel(layer) or layer.get_config().get("activation") == "softmax"):
                 block(f"{layer.name} ({kind}: not channel by channel)")
                 carries[layer.name] = None
                 continue
@@ -233,7 +227,7 @@ def analyze(model: Any) -> Plan:
             spatial = int(np.prod(layer.input_shape[1:-1])) if len(layer.input_shape) > 2 else 1
             carries[layer.name] = ("flat", traced[0][1], spatial)
         else:
-            block(f"{layer.name} ({_kind_and_why(layer)})")
+            block(f"{layer.name} ({kind_and_why(layer)})")
             carries[layer.name] = None
             continue
         if layer.name in output_layers and carries[layer.name] is not None:
@@ -256,10 +250,6 @@ def _members(source: tuple[Any, ...] | None) -> list[int]:
     return list(source[1]) if source[0] == "cat" else [source[1]]
 
 
-def _on_channels(layer: Any) -> bool:
-    return layer.axis in (-1, len(layer.output_shape) - 1)
-
-
 def _calls(model: Any, layer: Any) -> list[int]:
     """The indices of ``layer``'s calls that belong to ``model``'s graph (a layer may also be called elsewhere)."""
     network = getattr(model, "_network_nodes", set())
@@ -270,101 +260,6 @@ def _inbound(layer: Any, call: int = 0) -> list[str]:
     node = layer.inbound_nodes[call]
     inbound = node.inbound_layers
     return [item.name for item in (inbound if isinstance(inbound, list | tuple) else [inbound])]
-
-
-def _sliced_along(layer: Any) -> bool:
-    """A DepthwiseConv2D with depth multiplier 1, or a Reshape that only adds or drops axes of size 1 around the
-    channels (``(C,)`` -> ``(1, 1, C)``): either keeps its input's channels and is cut with them."""
-    kind = type(layer).__name__
-    if kind == "DepthwiseConv2D":
-        return bool(layer.depth_multiplier == 1)
-    if kind != "Reshape":
-        return False
-    before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
-    return bool(before) and before[-1] == after[-1] and all(d == 1 for d in (*before[:-1], *after[:-1]))
-
-
-def _per_channel(layer: Any) -> bool:
-    """A Rescaling with a scale or offset per channel: slicing the channels would have to slice those too."""
-    if type(layer).__name__ != "Rescaling":
-        return False
-    return bool(np.size(layer.scale) != 1 or np.size(layer.offset) != 1)
-
-
-def _same_channels(layer: Any) -> bool:
-    """Every input of a merge has the same number of channels (broadcasting over space is fine, over channels
-    it is not: a one-channel tensor times a 16-channel one cannot share their channels)."""
-    shapes = layer.input_shape if isinstance(layer.input_shape, list) else [layer.input_shape]
-    return len({shape[-1] for shape in shapes}) == 1
-
-
-def _elementwise(layer: Any, tensors: int) -> bool:
-    """A TFOpLambda applying an ``ELEMENTWISE`` function to ``tensors`` tensors, every other argument a scalar."""
-    if layer.get_config().get("function") not in ELEMENTWISE:
-        return False
-    node = layer.inbound_nodes[0]
-    arguments = [*node.call_args, *(v for key, v in node.call_kwargs.items() if key != "name")]
-    scalars = [a for a in arguments if isinstance(a, int | float | np.number) or getattr(a, "shape", None) == ()]
-    return len(arguments) - len(scalars) == tensors
-
-
-def _kind_and_why(layer: Any) -> str:
-    """A layer's class, and what about it channel pruning cannot follow when the class alone does not say."""
-    kind = type(layer).__name__
-    if kind in CONVOLUTIONS and getattr(layer, "groups", 1) != 1:
-        return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
-    if kind in CONVOLUTIONS and getattr(layer, "data_format", "channels_last") != "channels_last":
-        return f"{kind}, channels_first"
-    if kind == "DepthwiseConv2D" and getattr(layer, "depth_multiplier", 1) != 1:
-        return (
-            f"{kind}, depth_multiplier={layer.depth_multiplier}: each input channel makes {layer.depth_multiplier} "
-            "outputs, which the next layer reads as channels of their own"
-        )
-    if kind == "LayerNormalization":
-        return f"{kind}: its mean and variance span the channels, so removing one changes the others"
-    if kind == "Lambda":
-        return f"{kind}: Python code that does not act on each channel alone (tried on random inputs)"
-    return kind
-
-
-def _acts_per_channel(layer: Any) -> bool:
-    """A Lambda (Python code, ``t[:, -1, :]`` taking a sequence's last step, say) that acts on each channel of
-    one input alone, found by running it on random inputs, since its code cannot be read: it keeps the channels
-    on the last axis, permuting them permutes its output alike, and the kept half computed alone equals the
-    same channels computed with the others zeroed, which stay zero (what removing channels whose weights are
-    zero must keep: ``2 * t - 1`` acts per channel but turns a removed channel into -1 for the next layer)."""
-    shape = layer.input_shape
-    if isinstance(shape, list) or len(shape) < 2 or not shape[-1] or shape[-1] < 2:
-        return False
-    if layer.get_config().get("output_shape") is not None:  # a fixed output shape would not shrink with it
-        return False
-    channels = int(shape[-1])
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=[2, *(5 if d is None else int(d) for d in shape[1:])]).astype(np.float32)
-    order, kept = rng.permutation(channels), np.sort(rng.choice(channels, channels // 2, replace=False))
-    zeroed = np.zeros_like(x)
-    zeroed[..., kept] = x[..., kept]
-    try:
-        out = np.asarray(layer(x))
-        if out.ndim < 2 or out.shape[0] != 2 or out.shape[-1] != channels:
-            return False
-        alone, with_zeros = np.asarray(layer(x[..., kept])), np.asarray(layer(zeroed))
-        removed = np.setdiff1d(np.arange(channels), kept)
-        return bool(
-            np.allclose(np.asarray(layer(x[..., order])), out[..., order], atol=1e-5)
-            and alone.shape[-1] == len(kept)
-            and np.allclose(alone, with_zeros[..., kept], atol=1e-5)
-            and not np.any(with_zeros[..., removed])
-        )
-    except Exception:  # the code does not take other shapes: it cannot run on fewer channels either
-        return False
-
-
-def _simple(layer: Any) -> bool:
-    """A convolution edgepipe knows how to slice: ungrouped, channels last."""
-    if type(layer).__name__ in CONVOLUTIONS:
-        return layer.groups == 1 and layer.data_format == "channels_last"
-    return True
 
 
 def importance(model: Any, plan: Plan, criterion: str, sample: np.ndarray | None = None) -> list[np.ndarray]:
