@@ -34,6 +34,15 @@ pytestmark = pytest.mark.slow
             "counting (tf.DenseBincount): even the float model would not convert; integer_lookup (IntegerLookup)",
             "encode in the data function instead",
         ),
+        # were "not integer-only: CAST ..." after training; the ThresholdedReLU's fix named a ReLU with a threshold,
+        # which the converter writes with the same CAST
+        (
+            "thresholds",
+            "edgepipe.examples.digits:load",
+            "shifted (ReLU, threshold=0.2): its comparison with the threshold becomes GREATER -> float CAST "
+            "(not integer-only); gate (ThresholdedReLU): its comparison becomes a float CAST",
+            "use ReLU without a threshold (max_value and negative_slope convert: RELU6, LEAKY_RELU)",
+        ),
         # were float CONV_3D and ELU islands (and a converter failure on tf.MaxPool3D) after training; every
         # layer named at once, each kind with its reason and fix
         (

@@ -55,6 +55,27 @@ def elu():
                          k.layers.Dense(10)], name="elu")
 
 
+def merges():
+    """Merges without weights that TF-MOT's QAT has no config for: the larger, mean and difference of two
+    branches, and the cosine similarity of their pooled features (Dot, normalize=True)."""
+    i = k.layers.Input((8, 8, 1))
+    a = k.layers.Conv2D(8, 3, padding="same", activation="relu")(i)
+    b = k.layers.Conv2D(8, (1, 5), padding="same", activation="relu")(i)
+    x = k.layers.Concatenate()([k.layers.Maximum()([a, b]), k.layers.Average()([a, b]), k.layers.Subtract()([a, b])])
+    pooled_a, pooled_b = k.layers.GlobalAveragePooling2D()(a), k.layers.GlobalAveragePooling2D()(b)
+    similar = k.layers.Dot(axes=1, normalize=True)([pooled_a, pooled_b])
+    x = k.layers.Concatenate()([k.layers.Flatten()(x), similar])
+    return k.Model(i, k.layers.Dense(10)(x), name="merges")
+
+
+def thresholds():
+    """A ReLU with a threshold and a ThresholdedReLU: each comparison becomes a float CAST."""
+    i = k.layers.Input((8, 8, 1))
+    x = k.layers.ReLU(negative_slope=0.1, threshold=0.2, name="shifted")(k.layers.Conv2D(8, 3)(i))
+    x = k.layers.ThresholdedReLU(0.5, name="gate")(k.layers.Conv2D(8, 3)(x))
+    return k.Model(i, k.layers.Dense(10)(k.layers.Flatten()(x)), name="thresholds")
+
+
 def video():
     """Clips of two frames: 3-D convolution and pooling, and an ELU layer, none of which converts to int8."""
     i = k.layers.Input((2, 8, 8, 1))
@@ -269,6 +290,23 @@ def _board_accuracy(run: Path, tmp_path: Path) -> float:
                        env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
     assert deployed.returncode == 0, deployed.stderr[-3000:]
     return json.loads((run / "deploy-local.json").read_text())["checks"]["device_accuracy"]
+
+
+def test_merges_without_weights_train_with_quantization(tmp_path: Path) -> None:
+    """QAT refused Maximum, Average, Subtract and Dot by name (TF-MOT's registry has only Add and Concatenate);
+    like Multiply, each now has its output quantized and nothing else."""
+    (tmp_path / "models.py").write_text(MODELS)
+    recipe = TUTORIAL.replace("models:tutorial", "models:merges").replace(
+        "  - {kind: prune, target_sparsity: 0.5}\n", ""
+    )
+    out = tmp_path / "run"
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "optimize.json").read_text())
+    ops = {op.name for op in TfliteModel.read(out / "model.tflite").ops}
+    assert {"MAXIMUM", "SUB"} <= ops and record["final"]["conformance"]["passed"], ops
+    accuracy = record["final"]["accuracy"]
+    assert accuracy > 0.8 and _board_accuracy(out, tmp_path) == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_the_keras_tutorial_shape_trains_with_quantization_into_an_integer_only_model(tmp_path: Path) -> None:

@@ -118,7 +118,12 @@ UNCONVERTIBLE_LAYERS = {
     ),
     "ThresholdedReLU": (
         "its comparison becomes a float CAST (not integer-only)",
-        "use ReLU (with max_value or threshold) instead",
+        "use ReLU without a threshold (max_value and negative_slope convert: RELU6, LEAKY_RELU)",
+    ),
+    # Not a class: a ReLU built with threshold != 0 (see _thresholded), which the converter writes the same way.
+    "ReLU with a threshold": (
+        "its comparison with the threshold becomes GREATER -> float CAST (not integer-only)",
+        "use ReLU without a threshold (max_value and negative_slope convert: RELU6, LEAKY_RELU)",
     ),
     **{
         kind: (
@@ -160,12 +165,21 @@ def refuse_unconvertible(model: Any) -> None:
         kind = type(layer).__name__
         if kind not in UNCONVERTIBLE_LAYERS and _float_only_activation(layer):
             blocked.setdefault("ELU", []).append(f"{layer.name} ({kind} with activation 'elu')")
+        elif _thresholded(layer):
+            blocked.setdefault("ReLU with a threshold", []).append(
+                f"{layer.name} (ReLU, threshold={layer.threshold:g})"
+            )
         elif kind in UNCONVERTIBLE_LAYERS:
             blocked.setdefault(kind, []).append(f"{layer.name} ({kind})")
     if blocked:
         reasons = [f"{', '.join(names)}: {UNCONVERTIBLE_LAYERS[kind][0]}" for kind, names in blocked.items()]
         fixes = dict.fromkeys(UNCONVERTIBLE_LAYERS[kind][1] for kind in blocked)  # in order, once each
         raise ConversionError(f"full-integer conversion of {'; '.join(reasons)}", hint="; ".join(fixes))
+
+
+def _thresholded(layer: Any) -> bool:
+    """A ReLU layer with a threshold other than 0 (``ReLU(threshold=0.2)``)."""
+    return type(layer).__name__ == "ReLU" and float(getattr(layer, "threshold", 0.0) or 0.0) != 0.0
 
 
 def _float_only_activation(layer: Any) -> bool:

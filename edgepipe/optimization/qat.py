@@ -261,12 +261,18 @@ UNWRAPPABLE = {
 }
 
 
+# Merges without weights that TF-MOT's registry lacks (it has Add and Concatenate): QAT refused them by name.
+# Like Multiply, they need only their output quantized (int8 SUB, MAXIMUM, MINIMUM; Dot's BATCH_MATMUL).
+WEIGHTLESS_MERGES = ("Subtract", "Average", "Maximum", "Minimum", "Dot")
+
+
 def _output_quantized_only(layer: Any) -> bool:
     """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
     two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
     no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize."""
     kind = type(layer).__name__
     if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in (
+        *WEIGHTLESS_MERGES,
         "Rescaling",
         "Normalization",
         "Resizing",
