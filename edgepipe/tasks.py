@@ -330,6 +330,16 @@ def error_metric(scored: dict[str, Any] | None) -> str | None:
     return None
 
 
+def errors(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[str, float, float] | None:
+    """The error metric two scores measure outputs by (``a``'s, else ``b``'s) and each score's mean over those
+    outputs (``part``): what an error gate or check compares. None when either has no such output."""
+    metric = error_metric(a) or error_metric(b)
+    if metric is None:
+        return None
+    first, second = part(a, metric), part(b, metric)
+    return None if first is None or second is None else (metric, first, second)
+
+
 def score(
     kind: TaskKind | Sequence[TaskKind],
     outputs: Sequence[np.ndarray],

@@ -20,7 +20,7 @@ from edgepipe.errors import (
     UnsupportedOp,
 )
 from edgepipe.provenance import host
-from edgepipe.tasks import error_metric, mcnemar, part
+from edgepipe.tasks import errors, mcnemar
 
 CHANCE = 0.05  # McNemar's p at or above which an accuracy difference is called within chance
 
@@ -83,9 +83,9 @@ def host_checks(
         checks["accuracy_delta_points"] = delta
         checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
         checks["accuracy_discordant"] = _discordant(block.get("agreement") or {})
-    error = error_metric(block) or error_metric(inputs.host_score)
-    host_error, device_error = part(inputs.host_score, error or ""), part(block, error or "")
-    if host_error is not None and device_error is not None:  # an error model's, or a mixed model's value outputs
+    compared = errors(block, inputs.host_score)
+    if compared is not None:  # an error model's, or a mixed model's value outputs
+        error, device_error, host_error = compared
         checks.update(error_metric=error, host_error=host_error, device_error=device_error)
         relative = (device_error - host_error) / host_error if host_error else 0.0
         checks["error_relative_delta"] = round(relative, 6)

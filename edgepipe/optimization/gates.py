@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgepipe.config.recipe import Gates
-from edgepipe.tasks import error_metric, part
+from edgepipe.tasks import errors, part
 
 CHANCE = 0.05  # McNemar's p below which a change in answers is beyond a few near-ties rounding the other way
 
@@ -17,9 +17,10 @@ def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], flo
     before, after = part(float_metric, "accuracy"), part(final["metric"], "accuracy")
     if before is not None and after is not None:
         drop = round((before - after) * 100, 4) + 0.0  # never "-0.0"
-    error = error_metric(final["metric"]) or "error"
-    before, after = part(float_metric, error), part(final["metric"], error)
-    if before is not None and after is not None:
+    compared = errors(final["metric"], float_metric)
+    error = compared[0] if compared else "error"
+    if compared is not None:
+        _, after, before = compared
         change = after - before
         increase = round(change / before, 4) if before else (0.0 if change <= 0 else None)
     ratio = round(float_gzip / final["gzip_bytes"], 4)

@@ -26,7 +26,7 @@ from edgepipe.errors import ConfigError
 from edgepipe.reporting.checks import Check, get
 from edgepipe.reporting.formatting import mib
 from edgepipe.reporting.latency import paired_check, paired_processes, unpaired_check
-from edgepipe.tasks import error_metric, part
+from edgepipe.tasks import errors
 
 
 class VerdictSettings(BaseModel):
@@ -189,12 +189,12 @@ def _value_error(baseline: dict[str, Any], candidate: dict[str, Any], settings: 
     blocks = get(baseline, "device.accuracy"), get(candidate, "device.accuracy")
     if not all(isinstance(block, dict) and block.get("per_output_metric") for block in blocks):
         return None
-    metrics = error_metric(blocks[0]), error_metric(blocks[1])
-    if metrics[0] is None or metrics[0] != metrics[1]:
+    compared = errors(*blocks)
+    if compared is None:
         return None
-    base, cand = part(blocks[0], metrics[0]), part(blocks[1], metrics[0])
-    check = _growth(metrics[0], base, cand, settings.max_error_increase)
-    return Check("value outputs", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
+    metric, base, cand = compared
+    check = _growth(metric, base, cand, settings.max_error_increase)
+    return Check("value outputs", check.status, f"{metric}: {check.message}", base, cand, check.change)
 
 
 def _has_score(record: dict[str, Any]) -> bool:
