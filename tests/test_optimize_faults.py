@@ -89,18 +89,23 @@ def user_project(tmp_path: Path, factory: str, train: bool = True) -> Path:
     return write_recipe(tmp_path, body)
 
 
-def clean_env() -> dict[str, str]:
-    """The environment of a user who exported nothing: no TF_USE_LEGACY_KERAS, no PYTHONPATH."""
-    return {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
+def clean_env(tmp: Path | None = None) -> dict[str, str]:
+    """The environment of a user who exported nothing: no TF_USE_LEGACY_KERAS, no PYTHONPATH (``tmp``: a
+    TMPDIR of its own, created here, to see what a run leaves in it)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_USE_LEGACY_KERAS", "PYTHONPATH")}
+    if tmp is not None:
+        tmp.mkdir()
+        env["TMPDIR"] = str(tmp)
+    return env
 
 
-def run_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def run_in(folder: Path, *args: str, tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edgepipe", *args],
         cwd=folder,
         capture_output=True,
         text=True,
-        env=clean_env(),
+        env=clean_env(tmp),
         timeout=600,
     )
 
@@ -143,7 +148,7 @@ def test_a_factory_name_that_does_not_exist_fails_before_any_training(tmp_path: 
 @pytest.mark.slow
 def test_native_crash_in_a_stage_is_a_classified_error_and_leaves_nothing(tmp_path: Path) -> None:
     recipe = user_project(tmp_path, "model", train=False)
-    result = run_in(tmp_path, "optimize", recipe.name, "--out", "run")
+    result = run_in(tmp_path, "optimize", recipe.name, "--out", "run", tmp=tmp_path.parent / f"{tmp_path.name}-tmp")
     assert result.returncode == 3, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [
@@ -154,6 +159,8 @@ def test_native_crash_in_a_stage_is_a_classified_error_and_leaves_nothing(tmp_pa
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["mymodels.py", "recipe.yaml"]
     assert worker_processes(str(tmp_path)) == []
+    # the crashed child's temporary files (TensorFlow's traced pruning functions) went with it
+    assert list((tmp_path.parent / f"{tmp_path.name}-tmp").iterdir()) == []
 
 
 @pytest.mark.slow
@@ -164,7 +171,7 @@ def test_sigterm_stops_the_worker_and_removes_the_partial_run(tmp_path: Path) ->
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
-        env=clean_env(),
+        env=clean_env(tmp_path.parent / f"{tmp_path.name}-tmp"),
     )
     assert process.stderr is not None
     for line in process.stderr:  # wait until the float model is training
@@ -177,6 +184,7 @@ def test_sigterm_stops_the_worker_and_removes_the_partial_run(tmp_path: Path) ->
     assert process.wait(timeout=60) == 130
     assert not list(tmp_path.glob(".run*")) and not (tmp_path / "run").exists()
     assert worker_processes(str(tmp_path)) == []
+    assert list((tmp_path.parent / f"{tmp_path.name}-tmp").iterdir()) == []  # nor any temporary file
 
 
 def test_partial_runs_of_dead_processes_are_removed_by_the_next_run(tmp_path: Path) -> None:

@@ -10,6 +10,11 @@ The parent keeps the run directory, relays the child's progress, and turns the c
   the partial directory, as for any other failure.
 
 Every wait is bounded: the child is asked to stop (SIGTERM), then killed, when the parent is interrupted.
+
+The child's temporary files live in a directory of the parent's (``TMPDIR``), removed however the child ended:
+TensorFlow's autograph writes a ``__autograph_generated_file*.py`` per traced function into the temporary
+directory and deletes it at exit, which a crashed, terminated or killed child never reaches (18 files per
+interrupted pruning run were left in /tmp before).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import IO, Any
 from edgepipe import errors
 from edgepipe.errors import ConversionError, EdgepipeError, ModelError
 from edgepipe.progress import Progress
+from edgepipe.rundir import temporary_directory
 from edgepipe.signals import sigterm_as_interrupt
 
 STOP_GRACE_S = 10.0
@@ -43,8 +49,15 @@ def run_isolated(
 ) -> dict[str, Any]:
     """Optimize ``recipe`` into ``work`` in a child process; returns the result or raises a classified error.
     ``data``: the checked data set (``data.write_checked``), which the child reads instead of loading it."""
+    with temporary_directory("edgepipe-worker-") as scratch:
+        return _run_child(recipe, work, progress, base_dir, data, Path(scratch))
+
+
+def _run_child(
+    recipe: Path, work: Path, progress: Progress, base_dir: Path | None, data: Path | None, scratch: Path
+) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TMPDIR": str(scratch)}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         child = subprocess.Popen(
