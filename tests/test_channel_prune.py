@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from channel_kit import group_of, zero_half_of_every_group
 from conftest import channel_prune_qat, run_cli, write_recipe
 
 from edgepipe.examples.cnns import ds_cnn, resnet
@@ -22,24 +23,20 @@ from edgepipe.tflite_model import TfliteModel
 pytestmark = pytest.mark.slow
 
 
-def _group_of(plan: channels.Plan, producer: str) -> channels.Group:
-    return next(group for group in plan.groups if producer in group.producers)
-
-
 def test_residual_branches_share_one_group_and_the_output_layer_is_blocked() -> None:
     plan = channels.analyze(resnet())
-    stem = _group_of(plan, "stem_conv")
+    stem = group_of(plan, "stem_conv")
     assert sorted(stem.producers) == ["block1b_conv", "stem_conv"]  # tied by block1_add
     assert sorted(stem.sliced) == ["block1b_bn", "stem_bn"]
     assert {name for name, _ in stem.consumers} == {"block1a_conv", "block2a_conv", "block2_proj_conv"}
-    assert sorted(_group_of(plan, "block2b_conv").producers) == ["block2_proj_conv", "block2b_conv"]
-    assert _group_of(plan, "logits").blocked_by == ["logits (a model output)"]
+    assert sorted(group_of(plan, "block2b_conv").producers) == ["block2_proj_conv", "block2b_conv"]
+    assert group_of(plan, "logits").blocked_by == ["logits (a model output)"]
 
 
 def test_depthwise_follows_its_producer_and_a_separable_conv_is_named_not_pruned() -> None:
     plan = channels.analyze(ds_cnn())
-    assert "ds1_dw" in _group_of(plan, "stem_conv").sliced
-    assert _group_of(plan, "ds2_pw_conv").blocked_by == ["sep_conv (SeparableConv2D)"]
+    assert "ds1_dw" in group_of(plan, "stem_conv").sliced
+    assert group_of(plan, "ds2_pw_conv").blocked_by == ["sep_conv (SeparableConv2D)"]
 
 
 def _concatenating() -> Any:
@@ -57,7 +54,7 @@ def _concatenating() -> Any:
 
 def test_a_concatenation_is_sliced_segment_by_segment() -> None:
     plan = channels.analyze(_concatenating())
-    assert not _group_of(plan, "a").blocked_by and not _group_of(plan, "b").blocked_by
+    assert not group_of(plan, "a").blocked_by and not group_of(plan, "b").blocked_by
     assert plan.composite["cat_bn"][0] == "out" and plan.composite["c"][0] == "in"
     k = keras()
     inputs = k.Input((8, 8, 1))
@@ -66,7 +63,7 @@ def test_a_concatenation_is_sliced_segment_by_segment() -> None:
         [k.layers.Concatenate(name="cat")([a, a]), k.layers.Conv2D(8, 3, name="d")(inputs)]
     )
     model = k.Model(inputs, k.layers.Dense(3, name="out")(k.layers.GlobalAveragePooling2D()(merged)))
-    assert _group_of(channels.analyze(model), "a").blocked_by, "an Add after a Concatenate must block, not prune"
+    assert group_of(channels.analyze(model), "a").blocked_by, "an Add after a Concatenate must block, not prune"
 
 
 def _zero_channels_and_prune(model: Any, zero: Any, criterion: str, ratio: float) -> tuple[Any, channels.Plan]:
@@ -252,10 +249,11 @@ def _squeeze_excite() -> Any:
 def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_channel_constant_blocks() -> None:
     model = _squeeze_excite()
     plan = channels.analyze(model)
-    expand = _group_of(plan, "expand")
+    expand = group_of(plan, "expand")
     assert not expand.blocked_by and sorted(expand.producers) == ["expand", "se_expand"]  # tied by the Multiply
     assert "se_reshape" in expand.sliced and {n for n, _ in expand.consumers} == {"se_reduce", "project"}
-    assert _group_of(plan, "scaled").blocked_by and "(TFOpLambda)" in _group_of(plan, "scaled").blocked_by[0]
+    scaled = group_of(plan, "scaled").blocked_by
+    assert scaled and "(TFOpLambda math.multiply:" in scaled[0]
     pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
                                                      0.5, {}, False, 1, 4))  # fmt: skip
     assert pruned.get_layer("expand").filters == 8 and pruned.get_layer("se_expand").filters == 8
@@ -268,20 +266,24 @@ def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_chann
     gate = k.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="gate")(inputs)
     gated = k.layers.Multiply(name="gated")([k.layers.Conv2D(16, 3, padding="same", name="wide")(inputs), gate])
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(gated))))
-    assert _group_of(plan, "wide").blocked_by == ["gated (Multiply)"] == _group_of(plan, "gate").blocked_by
+    assert (
+        group_of(plan, "wide").blocked_by
+        == group_of(plan, "gate").blocked_by
+        == ["gated (Multiply of 16 and 1 channels: broadcasts the narrower input across the other's channels)"]
+    )
 
     shared = k.layers.Conv2D(8, 3, padding="same", name="shared")  # one set of weights on two branches
     a = k.layers.Conv2D(8, 3, padding="same", name="a")(inputs)
     b = k.layers.Conv2D(8, 3, padding="same", name="b")(inputs)
     merged = k.layers.Concatenate(name="both")([shared(a), shared(b)])
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(merged))))
-    assert _group_of(plan, "a").blocked_by == ["shared (called 2 times: shared weights)"]
-    assert _group_of(plan, "b").blocked_by == ["shared (called 2 times: shared weights)"]
+    assert group_of(plan, "a").blocked_by == ["shared (called 2 times: shared weights)"]
+    assert group_of(plan, "b").blocked_by == ["shared (called 2 times: shared weights)"]
     assert not [g for g in plan.groups if "shared" in g.producers]  # its own filters are not a group either
 
     grouped = k.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(a)  # ResNeXt, RegNet
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(grouped))))
-    assert _group_of(plan, "a").blocked_by == [
+    assert group_of(plan, "a").blocked_by == [
         "grouped (Conv2D, grouped: groups=4 would have to lose channels evenly per group)"
     ]
 
@@ -307,18 +309,20 @@ def test_a_dense_on_pixels_or_a_sequence_prunes_like_a_1x1_convolution_exactly()
     rng = np.random.default_rng(0)
     model = _convnext_block()
     x = rng.random((16, 8, 8, 1), dtype=np.float32)
-    doomed = _zero_half_of_every_group(model, rng)
+    doomed = zero_half_of_every_group(model, rng)
     reference = model.predict(x, verbose=0)
     plan = channels.analyze(model)
     assert {g.producers[0]: g.blocked_by for g in plan.groups} == {
-        "stem": ["to_sequence (Reshape)"], "up": [], "seq_up": [], "seq_down": [], "logits": ["logits (a model output)"]
-    }  # fmt: skip
-    assert sorted(_group_of(plan, "stem").producers) == ["down", "stem"]  # the residual add ties them
-    assert len(doomed) == 3
+        "stem": [], "up": [], "seq_up": [], "seq_down": [], "logits": ["logits (a model output)"]
+    }  # the Reshape (4, 4, 16) -> (16, 16) keeps the channels last: it is sliced with them  # fmt: skip
+    assert "to_sequence" in group_of(plan, "stem").sliced
+    assert sorted(group_of(plan, "stem").producers) == ["down", "stem"]  # the residual add ties them
+    assert len(doomed) == 4
     pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
                                                      0.5, {}, False, 1, 1))  # fmt: skip
     units = {name: pruned.get_layer(name).units for name in ("up", "down", "seq_up", "seq_down")}
-    assert units == {"up": 32, "down": 16, "seq_up": 16, "seq_down": 4}
+    assert units == {"up": 32, "down": 8, "seq_up": 16, "seq_down": 4}
+    assert pruned.get_layer("stem").filters == 8 and pruned.get_layer("to_sequence").target_shape == (16, 8)
     assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
 
 
@@ -330,16 +334,16 @@ def test_a_layer_normalization_or_a_lambda_in_the_way_is_named_with_its_reason()
     c = k.layers.Lambda(lambda t: t[..., :8], name="first_half")(k.layers.Conv1D(16, 3, name="c")(inputs))
     merged = k.layers.Concatenate()([k.layers.GlobalAveragePooling1D()(t) for t in (a, b, c)])
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(merged)))
-    assert _group_of(plan, "a").blocked_by == [
+    assert group_of(plan, "a").blocked_by == [
         "norm (LayerNormalization: its mean and variance span the channels, so removing one changes the others)"
     ]
     why = "Lambda: Python code that does not act on each channel alone (tried on random inputs)"
-    assert _group_of(plan, "b").blocked_by == [f"spread ({why})"]
-    assert _group_of(plan, "c").blocked_by == [f"first_half ({why})"]
+    assert group_of(plan, "b").blocked_by == [f"spread ({why})"]
+    assert group_of(plan, "c").blocked_by == [f"first_half ({why})"]
     image = k.Input((8, 8, 1))
     doubled = k.layers.DepthwiseConv2D(3, depth_multiplier=2, name="doubled")(k.layers.Conv2D(4, 3, name="d")(image))
     plan = channels.analyze(k.Model(image, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(doubled))))
-    assert _group_of(plan, "d").blocked_by == [
+    assert group_of(plan, "d").blocked_by == [
         "doubled (DepthwiseConv2D, depth_multiplier=2: each input channel makes 2 outputs, which the next layer "
         "reads as channels of their own)"
     ]
@@ -365,40 +369,12 @@ def test_a_lambda_acting_on_each_channel_alone_is_followed_exactly() -> None:
         "conv": [], "dilated": [], "side": [f"shift ({why})"], "logits": ["sum (a model output)"]
     }  # a removed channel would come out of t - 1 as -1 for the next layer  # fmt: skip
     x = rng.random((8, 12, 6), dtype=np.float32)
-    _zero_half_of_every_group(model, rng)
+    zero_half_of_every_group(model, rng)
     reference = model.predict(x, verbose=0)
     pruned = channels.rebuild(model, channels.decide(model, plan, channels.importance(model, plan, "l1"),
                                                      0.5, {}, False, 1, 1))  # fmt: skip
     assert [pruned.get_layer(name).filters for name in ("conv", "dilated")] == [8, 8]
     assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * np.abs(reference).max()
-
-
-def _zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Zero half the channels of every prunable group wherever they are produced: the producers' kernels and
-    biases, the BatchNorm gamma and beta (and depthwise biases) sliced with them, and their segment of every
-    BatchNorm that reads a concatenation. Returns the zeroed channels of each group."""
-
-    def zero(layer: Any, names: tuple[str, ...], channels_: np.ndarray) -> None:
-        weights = layer.get_weights()
-        for index, variable in enumerate(layer.weights):
-            if variable.name.split("/")[-1].split(":")[0] in names:
-                weights[index][..., channels_] = 0.0
-        layer.set_weights(weights)
-
-    plan, doomed = channels.analyze(model), {}
-    for index, group in enumerate(plan.groups):
-        if not group.blocked_by:
-            doomed[index] = np.sort(rng.choice(group.channels, group.channels // 2, replace=False))
-            for name in group.producers:
-                zero(model.get_layer(name), ("kernel", "bias"), doomed[index])
-            for name in group.sliced:
-                zero(model.get_layer(name), ("gamma", "beta", "bias"), doomed[index])
-    for name, (role, segments) in plan.composite.items():
-        offsets = np.cumsum([0] + [plan.groups[i].channels for i in segments])
-        spans = [offsets[n] + doomed[i] for n, i in enumerate(segments) if i in doomed]
-        if role == "out" and spans:
-            zero(model.get_layer(name), ("gamma", "beta", "bias"), np.concatenate(spans))
-    return doomed
 
 
 APPLICATIONS = {  # Keras Applications at 32x32, untrained, logits out: the architectures users start from
@@ -427,7 +403,7 @@ def test_keras_applications_prune_exactly_when_the_removed_channels_are_zero(nam
                                rng.uniform(0.5, 1.5, variance)])  # fmt: skip
     x = rng.random((4, 32, 32, 3), dtype=np.float32)
     untouched = model.predict(x, verbose=0)
-    doomed = _zero_half_of_every_group(model, rng)
+    doomed = zero_half_of_every_group(model, rng)
     reference = model.predict(x, verbose=0)
     assert not np.allclose(untouched, reference)
     plan = channels.analyze(model)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from channel_kit import zero_half_of_every_group
 from conftest import run_cli, write_recipe
-from test_channel_prune import _zero_half_of_every_group
 
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import channels
@@ -411,7 +411,7 @@ def test_a_conv1d_model_prunes_exactly_when_the_removed_channels_are_zero(flatte
                                rng.normal(0, 0.1, shapes[2]), rng.uniform(0.5, 1.5, shapes[3])])  # fmt: skip
     x = rng.random((16, 8, 8), dtype=np.float32)
     untouched = model.predict(x, verbose=0)
-    _zero_half_of_every_group(model, rng)
+    zero_half_of_every_group(model, rng)
     reference = model.predict(x, verbose=0)
     assert not np.allclose(untouched, reference)
     plan = channels.analyze(model)

@@ -19,6 +19,7 @@ PASSTHROUGH = (
     "HardSwish", "HardSigmoid",  # edgepipe's own (hard_activations): a Keras 3 Activation("hard_swish") rebuilt
 )  # fmt: skip
 CONVOLUTIONS = ("Conv2D", "Conv1D")  # kernels (..., in, out): sliced on the last two axes
+TRANSPOSED = ("Conv2DTranspose", "Conv1DTranspose")  # kernels (..., out, in): the decoders of U-Nets, autoencoders
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 # TensorFlow functions (TFOpLambda layers) that act on each element alone: with every argument but the tensor a
 # scalar, channel c of the output depends on channel c of the input only.
@@ -29,20 +30,27 @@ ELEMENTWISE = frozenset({
 })  # fmt: skip
 
 
+def kernel_axes(layer: Any) -> tuple[int, int]:
+    """The axes of a convolution's or Dense's kernel that hold its input and its output channels."""
+    return (-1, -2) if type(layer).__name__ in TRANSPOSED else (-2, -1)
+
+
 def on_channels(layer: Any) -> bool:
     return layer.axis in (-1, len(layer.output_shape) - 1)
 
 
 def sliced_along(layer: Any) -> bool:
-    """A DepthwiseConv2D with depth multiplier 1, or a Reshape that only adds or drops axes of size 1 around the
-    channels (``(C,)`` -> ``(1, 1, C)``): either keeps its input's channels and is cut with them."""
+    """A DepthwiseConv2D with depth multiplier 1, or a Reshape that keeps the channels as its last axis
+    (``(C,)`` -> ``(1, 1, C)`` in a squeeze-excitation block, ``(H, W, C)`` -> ``(H * W, C)`` before a
+    transformer): either keeps its input's channels and is cut with them. In row-major order a value's position
+    is ``rest * C + c`` on both sides of such a Reshape, so channel c stays channel c."""
     kind = type(layer).__name__
     if kind == "DepthwiseConv2D":
         return bool(layer.depth_multiplier == 1)
     if kind != "Reshape":
         return False
     before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
-    return bool(before) and before[-1] == after[-1] and all(d == 1 for d in (*before[:-1], *after[:-1]))
+    return bool(before) and bool(after) and before[-1] is not None and before[-1] == after[-1]
 
 
 def per_channel(layer: Any) -> bool:
@@ -72,10 +80,32 @@ def elementwise(layer: Any, tensors: int) -> bool:
 def kind_and_why(layer: Any) -> str:
     """A layer's class, and what about it channel pruning cannot follow when the class alone does not say."""
     kind = type(layer).__name__
-    if kind in CONVOLUTIONS and getattr(layer, "groups", 1) != 1:
+    if kind in (*CONVOLUTIONS, *TRANSPOSED) and getattr(layer, "groups", 1) != 1:
         return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
-    if kind in CONVOLUTIONS and getattr(layer, "data_format", "channels_last") != "channels_last":
+    if kind in (*CONVOLUTIONS, *TRANSPOSED) and getattr(layer, "data_format", "channels_last") != "channels_last":
         return f"{kind}, channels_first"
+    if kind in MERGES and not same_channels(layer):
+        counts = " and ".join(str(shape[-1]) for shape in layer.input_shape)
+        return f"{kind} of {counts} channels: broadcasts the narrower input across the other's channels"
+    if kind == "Concatenate":
+        where = "the channels" if on_channels(layer) else f"axis {layer.axis}"
+        return (
+            f"{kind} on {where} with an input channel pruning does not follow (a model input, a flattened "
+            "tensor or a layer left whole)" + ("" if on_channels(layer) else ": every input keeps equal channels")
+        )
+    if kind == "TFOpLambda":
+        return (
+            f"{kind} {layer.get_config().get('function')}: a TensorFlow function not known to act on each "
+            "channel alone (or given a tensor argument)"
+        )
+    if kind in ("Reshape", "Permute"):
+        before, after = tuple(layer.input_shape[1:]), tuple(layer.output_shape[1:])
+        return f"{kind} {before} -> {after}: moves the channels into other axes"
+    if kind == "Softmax" or (kind == "Activation" and layer.get_config().get("activation") == "softmax"):
+        axis = getattr(layer, "axis", -1)
+        if axis in (-1, len(layer.input_shape) - 1, [-1]):
+            return f"{kind}: normalizes across the channels, so removing one changes the others"
+        return f"{kind} over axis {axis}: turns a removed (all-zero) channel into a constant the next layer reads"
     if kind == "DepthwiseConv2D" and getattr(layer, "depth_multiplier", 1) != 1:
         return (
             f"{kind}, depth_multiplier={layer.depth_multiplier}: each input channel makes {layer.depth_multiplier} "
@@ -123,6 +153,6 @@ def acts_per_channel(layer: Any) -> bool:
 
 def simple(layer: Any) -> bool:
     """A convolution edgepipe knows how to slice: ungrouped, channels last."""
-    if type(layer).__name__ in CONVOLUTIONS:
-        return layer.groups == 1 and layer.data_format == "channels_last"
+    if type(layer).__name__ in (*CONVOLUTIONS, *TRANSPOSED):
+        return getattr(layer, "groups", 1) == 1 and layer.data_format == "channels_last"
     return True

@@ -4,25 +4,27 @@ Removing output channel ``c`` of a convolution is only correct if every layer th
 too. As Torch-Pruning's dependency graph does for PyTorch, the layers are walked in graph order and each tensor's
 last axis is traced back to the *channel group* that produced it:
 
-- a Conv2D or Conv1D or a (non-output) Dense opens a group: its filters are the group's channels;
-- BatchNormalization, activations, dropout, pooling, padding and global pooling pass a group through; a
-  DepthwiseConv2D (depth multiplier 1) passes it through and is sliced with it; so do a Reshape that only adds
-  or drops axes of size 1 around the channels (a squeeze-and-excitation block's ``(C,)`` -> ``(1, 1, C)``) and a
-  TensorFlow function applied element by element with scalar constants (MobileNetV3's hard-swish, ``x + 3`` and
-  ``x * (1/6)``, which Keras records as ``TFOpLambda`` layers);
-- an ``Add`` (and Subtract, Multiply, Average, Maximum, Minimum, and an element-wise TensorFlow function of
-  several tensors, as hard-swish's ``x * relu6(x + 3)``) ties its inputs' groups into one: every branch of a
-  residual add keeps the same channels;
+- a Conv2D or Conv1D, their transposed forms (a U-Net's or an autoencoder's decoder) or a (non-output) Dense
+  opens a group: its filters are the group's channels;
+- BatchNormalization, activations, dropout, pooling, upsampling, padding and global pooling pass a group
+  through; a DepthwiseConv2D (depth multiplier 1) and a PReLU pass it through and are sliced with it; so do a
+  Reshape that keeps the channels as its last axis (a squeeze-and-excitation block's ``(C,)`` -> ``(1, 1, C)``,
+  pixels to a sequence's ``(H, W, C)`` -> ``(H * W, C)``) and a TensorFlow function applied element by element
+  with scalar constants (MobileNetV3's hard-swish, ``x + 3`` and ``x * (1/6)``, which Keras records as
+  ``TFOpLambda`` layers);
+- an ``Add`` (and Subtract, Multiply, Average, Maximum, Minimum, a Concatenate along another axis than the
+  channels, and an element-wise TensorFlow function of several tensors, as hard-swish's ``x * relu6(x + 3)``)
+  ties its inputs' groups into one: every branch of a residual add keeps the same channels;
 - Flatten maps a group to blocks of the next Dense's inputs (channel ``c`` of an HxWxC tensor is every input
   ``i`` with ``i % C == c``);
 - a ``Concatenate`` on the channel axis lays its inputs' groups side by side: whatever reads it (a convolution, a
   BatchNorm, a depthwise convolution) is sliced segment by segment, each group keeping its own channels;
 - a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
 
-What cannot be traced safely (any other Reshape or TensorFlow function, a grouped convolution, a custom layer,
-an Add or Flatten after a Concatenate, a merge of tensors with different channel counts, a layer called more
-than once, a group that reaches a model output) *blocks* the group: it is left whole and named in the stage's
-details, never pruned wrongly.
+What cannot be traced safely (any other Reshape, a Permute, a Softmax, any other TensorFlow function, a grouped
+convolution, a custom layer, an Add or Flatten after a Concatenate, a merge of tensors with different channel
+counts, a layer called more than once, a group that reaches a model output) *blocks* the group: it is left
+whole and named, with the reason, in the stage's details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from edgepipe.optimization.channel_rules import (
     CONVOLUTIONS,
     MERGES,
     PASSTHROUGH,
+    TRANSPOSED,
     acts_per_channel,
     elementwise,
+    kernel_axes,
     kind_and_why,
     on_channels,
     per_channel,
@@ -172,14 +176,14 @@ def analyze(model: Any) -> Plan:
             continue
 
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
-        if kind in (*CONVOLUTIONS, "Dense") and simple(layer):
+        if kind in (*CONVOLUTIONS, *TRANSPOSED, "Dense") and simple(layer):
             if cat is not None:
                 composite[layer.name] = ("in", cat[1])
             elif traced:
                 source = traced[0]
                 group = union.groups[union.find(source[1])]
                 group.consumers.append((layer.name, source[2] if source[0] == "flat" else 0))
-            channels = layer.filters if kind in CONVOLUTIONS else layer.units
+            channels = layer.units if kind == "Dense" else layer.filters
             carries[layer.name] = ("group", union.new(channels, layer.name))
             if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
                 union.groups[carries[layer.name][1]].blocked_by.append(f"{layer.name} (softmax over its channels)")
@@ -202,9 +206,13 @@ def analyze(model: Any) -> Plan:
         elif len(sources) == 1 and traced and traced[0][0] == "group" and sliced_along(layer):
             union.groups[union.find(traced[0][1])].sliced.append(layer.name)
             carries[layer.name] = traced[0]
-        elif kind in (*MERGES, "TFOpLambda") and traced and all(s is not None and s[0] == "group" for s in sources):
+        elif (
+            kind in (*MERGES, "TFOpLambda", "Concatenate")  # a Concatenate here joins along another axis
+            and traced
+            and all(s is not None and s[0] == "group" for s in sources)
+        ):
             if not same_channels(layer) or (kind == "TFOpLambda" and not elementwise(layer, len(sources))):
-                block(f"{layer.name} ({kind})")
+                block(f"{layer.name} ({kind_and_why(layer)})")
                 carries[layer.name] = None
                 continue
             merged = traced[0][1]
@@ -218,8 +226,19 @@ def analyze(model: Any) -> Plan:
                     carries[layer.name] = None
                     continue
                 union.groups[union.find(traced[0][1])].sliced.append(layer.name)
-            if traced and (kind == "PReLU" or per_channel(layer) or layer.get_config().get("activation") == "softmax"):
-                block(f"{layer.name} ({kind}: not channel by channel)")
+            if kind == "PReLU" and traced and layer.get_weights()[0].shape[-1] != 1:  # a slope per channel
+                if traced[0][0] != "group":
+                    after = "Flatten" if traced[0][0] == "flat" else "Concatenate"
+                    block(f"{layer.name} (PReLU after a {after}: its slopes are not sliced there)")
+                    carries[layer.name] = None
+                    continue
+                union.groups[union.find(traced[0][1])].sliced.append(layer.name)
+            if traced and layer.get_config().get("activation") == "softmax":
+                block(f"{layer.name} ({kind_and_why(layer)})")
+                carries[layer.name] = None
+                continue
+            if traced and per_channel(layer):
+                block(f"{layer.name} ({kind}: a scale or offset per channel)")
                 carries[layer.name] = None
                 continue
             carries[layer.name] = traced[0] if traced else None
@@ -275,7 +294,7 @@ def importance(model: Any, plan: Plan, criterion: str, sample: np.ndarray | None
 
 def _producer_score(model: Any, name: str, group: Group, criterion: str, sample: np.ndarray | None) -> np.ndarray:
     layer = model.get_layer(name)
-    kernel = layer.get_weights()[0]
+    kernel = np.moveaxis(layer.get_weights()[0], kernel_axes(layer)[1], -1)  # output channels last
     flat = kernel.reshape(-1, kernel.shape[-1])
     if criterion == "bn_gamma":
         norms = [model.get_layer(n) for n in group.sliced if type(model.get_layer(n)).__name__ == "BatchNormalization"]
@@ -358,7 +377,7 @@ def rebuild(model: Any, plan: Plan) -> Any:
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
-        if layer.name in out_keep and type(layer).__name__ in CONVOLUTIONS:
+        if layer.name in out_keep and type(layer).__name__ in (*CONVOLUTIONS, *TRANSPOSED):
             config["filters"] = len(out_keep[layer.name])
         elif layer.name in out_keep and type(layer).__name__ == "Dense":
             config["units"] = len(out_keep[layer.name])
@@ -379,8 +398,9 @@ def _sliced(
     layer: Any, weights: list[np.ndarray], out: np.ndarray | None, inputs: tuple[np.ndarray, int] | None
 ) -> list[np.ndarray]:
     kind = type(layer).__name__
-    if kind in (*CONVOLUTIONS, "Dense"):
+    if kind in (*CONVOLUTIONS, *TRANSPOSED, "Dense"):
         kernel, rest = weights[0], weights[1:]
+        in_axis, out_axis = kernel_axes(layer)
         if inputs is not None:
             kept, block = inputs
             if kind == "Dense" and block:  # a Flatten in between: channel c is every input row i with i % C == c
@@ -388,13 +408,15 @@ def _sliced(
                 rows = (np.arange(block)[:, None] * channels + kept[None, :]).reshape(-1)
                 kernel = kernel[rows, :]
             else:
-                kernel = np.take(kernel, kept, axis=-2)
+                kernel = np.take(kernel, kept, axis=in_axis)
         if out is not None:
-            kernel = np.take(kernel, out, axis=-1)
+            kernel = np.take(kernel, out, axis=out_axis)
             rest = [np.take(w, out, axis=-1) for w in rest]
         return [kernel, *rest]
     if kind == "DepthwiseConv2D" and out is not None:
         return [np.take(weights[0], out, axis=2), *[np.take(w, out, axis=-1) for w in weights[1:]]]
     if kind == "BatchNormalization" and out is not None:
         return [np.take(w, out, axis=-1) for w in weights]
+    if kind == "PReLU" and out is not None and weights[0].shape[-1] != 1:
+        return [np.take(weights[0], out, axis=-1)]
     return weights

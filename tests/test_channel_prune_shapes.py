@@ -1,0 +1,122 @@
+"""Channel pruning on shapes beyond classifier backbones: a U-Net's decoder (Conv2DTranspose, a skip
+Concatenate, PReLU), a sequence model joined along time and reshaped from pixels; and the reason it names for
+each layer it must stop at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from channel_kit import group_of, zero_half_of_every_group
+
+from edgepipe.keras_compat import keras, tf
+from edgepipe.optimization import channels
+
+pytestmark = pytest.mark.slow
+
+
+def _pruned_exactly(model: Any, x: np.ndarray, round_to: int = 1) -> Any:
+    """Zero half of every group, prune half, and check the pruned model answers as the zeroed one did."""
+    rng = np.random.default_rng(0)
+    zero_half_of_every_group(model, rng)
+    reference = model.predict(x, verbose=0)
+    plan = channels.analyze(model)
+    decided = channels.decide(model, plan, channels.importance(model, plan, "l1"), 0.5, {}, False, 1, round_to)
+    pruned = channels.rebuild(model, decided)
+    assert np.abs(pruned.predict(x, verbose=0) - reference).max() <= 1e-5 * max(np.abs(reference).max(), 1.0)
+    return pruned
+
+
+def _unet() -> Any:
+    """A two-level U-Net with a one-channel mask out: the shape of on-device segmentation models."""
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    skip = k.layers.Conv2D(8, 3, padding="same", name="enc1")(inputs)
+    skip = k.layers.ReLU()(k.layers.BatchNormalization(name="enc1_bn")(skip))
+    x = k.layers.MaxPooling2D()(skip)
+    x = k.layers.PReLU(name="enc2_prelu")(k.layers.Conv2D(16, 3, padding="same", name="enc2")(x))
+    x = k.layers.Conv2DTranspose(8, 2, strides=2, name="up")(x)
+    x = k.layers.Concatenate(name="join")([x, skip])
+    x = k.layers.Conv2D(8, 3, padding="same", activation="relu", name="dec")(x)
+    return k.Model(inputs, k.layers.Conv2D(1, 1, activation="sigmoid", name="mask")(x))
+
+
+def test_a_unet_decoder_is_pruned_through_the_transposed_convolution_exactly() -> None:
+    """Conv2DTranspose stopped every group it read or wrote ("up (Conv2DTranspose)"), and PReLU the group
+    before it: a U-Net's decoder, half its MACs, stayed whole."""
+    model = _unet()
+    plan = channels.analyze(model)
+    assert {g.producers[0]: g.blocked_by for g in plan.groups} == {
+        "enc1": [], "enc2": [], "up": [], "dec": [], "mask": ["mask (a model output)"]
+    }  # fmt: skip
+    assert "enc2_prelu" in group_of(plan, "enc2").sliced
+    x = np.random.default_rng(1).random((4, 8, 8, 1), dtype=np.float32)
+    pruned = _pruned_exactly(model, x)
+    assert [pruned.get_layer(n).filters for n in ("enc1", "enc2", "up", "dec")] == [4, 8, 4, 4]
+    assert pruned.get_layer("up").kernel.shape == (2, 2, 4, 8)  # (.., out, in): both sides cut
+    assert pruned.get_layer("enc2_prelu").alpha.shape == (4, 4, 8)
+    assert pruned.get_layer("join").output_shape == (None, 8, 8, 8)
+
+
+def test_a_sequence_joined_along_time_and_pixels_reshaped_to_a_sequence_are_followed_exactly() -> None:
+    """A Concatenate along time ties its inputs' channels like an Add; a Reshape (H, W, C) -> (H * W, C) keeps
+    channel c as channel c; a Conv1DTranspose decodes. Each used to stop the groups it met."""
+    k = keras()
+    image = k.Input((4, 4, 2))
+    pixels = k.layers.Reshape((16, 12), name="to_sequence")(k.layers.Conv2D(12, 1, name="embed")(image))
+    recent = k.layers.Conv1D(12, 3, padding="same", name="recent")(k.layers.Reshape((16, 2))(image))
+    joined = k.layers.Concatenate(axis=1, name="along_time")([pixels, recent])
+    up = k.layers.Conv1DTranspose(8, 2, strides=2, name="upsample")(joined)
+    out = k.layers.Dense(3, name="logits")(k.layers.GlobalAveragePooling1D()(up))
+    model = k.Model(image, out)
+    plan = channels.analyze(model)
+    assert sorted(group_of(plan, "embed").producers) == ["embed", "recent"]  # tied by the time axis
+    assert "to_sequence" in group_of(plan, "embed").sliced
+    assert not group_of(plan, "embed").blocked_by and not group_of(plan, "upsample").blocked_by
+    x = np.random.default_rng(2).random((4, 4, 4, 2), dtype=np.float32)
+    pruned = _pruned_exactly(model, x)
+    assert pruned.get_layer("to_sequence").target_shape == (16, 6)
+    assert [pruned.get_layer(n).filters for n in ("embed", "recent", "upsample")] == [6, 6, 4]
+
+
+def test_every_layer_that_stops_a_group_says_why() -> None:
+    """Reshape, Permute, Softmax, a TensorFlow function with a tensor argument, a broadcast Multiply and a
+    Concatenate with a model input gave their class name alone ("reshape (Reshape)")."""
+    k = keras()
+    inputs = k.Input((4, 4, 2))
+
+    def conv(name: str, filters: int = 8) -> Any:
+        return k.layers.Conv2D(filters, 1, name=name)(inputs)
+
+    heads = {
+        "moved": k.layers.Reshape((4, 32), name="fold")(conv("moved")),
+        "permuted": k.layers.Permute((3, 1, 2), name="swap")(conv("permuted")),
+        "normed": k.layers.Softmax(name="spread")(conv("normed")),
+        "attended": k.layers.Softmax(axis=1, name="over_rows")(conv("attended")),
+        "weighted": conv("weighted") * tf().constant(np.arange(1.0, 9.0, dtype=np.float32)),
+        "gated": k.layers.Multiply(name="gate")([conv("gated"), conv("gate_map", 1)]),
+        "joined": k.layers.Concatenate(axis=1, name="with_input")([conv("joined", 2), inputs]),
+    }
+    pooled = [k.layers.Flatten()(h) for h in heads.values()]
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.Concatenate()(pooled))))
+    why = {name: group_of(plan, name).blocked_by for name in heads}
+    weighted = why.pop("weighted")
+    assert len(weighted) == 1 and weighted[0].endswith(
+        "(TFOpLambda math.multiply: a TensorFlow function not known to act on each channel alone (or given a "
+        "tensor argument))"
+    )
+    assert why == {
+        "moved": ["fold (Reshape (4, 4, 8) -> (4, 32): moves the channels into other axes)"],
+        "permuted": ["swap (Permute (4, 4, 8) -> (8, 4, 4): moves the channels into other axes)"],
+        "normed": ["spread (Softmax: normalizes across the channels, so removing one changes the others)"],
+        "attended": [
+            "over_rows (Softmax over axis 1: turns a removed (all-zero) channel into a constant the next layer reads)"
+        ],
+        "gated": ["gate (Multiply of 8 and 1 channels: broadcasts the narrower input across the other's channels)"],
+        "joined": [
+            "with_input (Concatenate on axis 1 with an input channel pruning does not follow (a model input, a "
+            "flattened tensor or a layer left whole): every input keeps equal channels)"
+        ],
+    }
+    assert group_of(plan, "gate_map").blocked_by == why["gated"]
