@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgepipe.database import as_location
 from edgepipe.errors import ConfigError, Inconclusive, RegressionFound
+from edgepipe.tasks import parse_option
 
 if TYPE_CHECKING:
     from edgepipe.config import Recipe
@@ -247,6 +248,7 @@ def deploy(
     profile_seconds: float | None = None,
     progress: Progress | None = None,
     on_stage: Callable[[Any], None] | None = None,
+    task: str | Sequence[str] | None = None,
 ) -> DeployResult:
     """Send a model to a board, measure latency, memory and accuracy there, and write the deploy record.
 
@@ -258,6 +260,8 @@ def deploy(
     the run's float and stage models (``DeployResult.stages``). ``profile=True`` measures every operator's time
     on the board too (``record["profile"]``: time, share, MACs, bytes, roofline bound), for at least
     ``profile_seconds`` (default: the target's ``measure.profile_seconds``; longer resolves faster operators).
+    ``task`` scores the outputs by that task (``"regression"``, or one per output: ``"classification,regression"``)
+    instead of the run's recipe or, for ``data`` given alone, the data's types (integer targets: class labels).
     Raises ConfigError, InfrastructureError (exit 10-17: the board, the link, the agent) or DeviceModelError (exit
     20-26: the model on the board).
     """
@@ -268,6 +272,7 @@ def deploy(
     chosen, measure = _board_settings(target, runs, min_seconds, repeats, eval_samples, deadline_s, profile_seconds)
     if stages and run is None:
         raise ConfigError("stages=True (--stages) needs a run directory of 'edgepipe optimize', not a model file")
+    scored_as = parse_option(task) if task is not None else None
     history_path = as_location(history)
     paired = baseline_model(baseline, chosen.name, history_path) if baseline is not None else None
     store = History(history_path) if record else None
@@ -285,6 +290,7 @@ def deploy(
             tags=tags,
             baseline=paired,
             profile=profile,
+            task=scored_as,
         )
     finally:
         if store is not None:

@@ -443,10 +443,18 @@ def read_eval_data(path: Path) -> tuple[Arrays, Arrays]:
     )
 
 
-def infer_task(y: Arrays) -> TaskSpec:
+def infer_task(y: Arrays, widths: Sequence[int | None] = ()) -> TaskSpec:
     """The task of an evaluation file given without a run: no ``y`` is reconstruction, integer ``y``
-    classification, float ``y`` regression; outputs of both kinds give a list, one task per output."""
+    classification, float ``y`` regression; outputs of both kinds give a list, one task per output. With the
+    model's output widths (``widths``, last axis of each output), integers that cannot be that output's class
+    indices (negative, or beyond its width; beyond 1 for a one-unit head) are values: a count, an age."""
     if not y:
         return "reconstruction"
-    kinds: list[TaskKind] = ["classification" if a.dtype.kind in "iub" else "regression" for a in y]
+    kinds: list[TaskKind] = []
+    for index, target in enumerate(y):
+        width = widths[index] if index < len(widths) else None
+        labels = target.dtype.kind in "iub"
+        if labels and width is not None and target.size:
+            labels = int(target.min()) >= 0 and int(target.max()) < max(width, 2)
+        kinds.append("classification" if labels else "regression")
     return kinds[0] if len(set(kinds)) == 1 else kinds  # type: ignore[return-value]

@@ -23,6 +23,23 @@ ErrorLoss = Literal["mse", "mae", "huber"]
 MIXED = "mixed"  # Task.kind of a model whose outputs have different tasks (a class head next to a value head)
 
 
+def parse_option(text: str | Sequence[str]) -> TaskKind | list[TaskKind]:
+    """``deploy --task``: one task (``regression``) or one per output, comma-separated
+    (``classification,regression``) or as a list; an unknown word is a ConfigError naming the choices."""
+    from edgepipe.errors import ConfigError
+
+    words = [w.strip() for w in (text.split(",") if isinstance(text, str) else text)]
+    known = ("classification", "regression", "reconstruction")
+    for word in words:
+        if word not in known:
+            raise ConfigError(
+                f"--task: {word!r} is not a task",
+                hint=f"use {', '.join(known[:-1])} or {known[-1]}; one per output separated by commas "
+                "(classification,regression) for a model whose outputs differ",
+            )
+    return words[0] if len(words) == 1 else words  # type: ignore[return-value]
+
+
 def per_output(spec: TaskSpec | None, outputs: int) -> tuple[TaskKind, ...]:
     """The task of each of ``outputs`` outputs: the one kind repeated, or the recipe's list (None: classification,
     an evaluation file's default). A list of another length is the caller's to refuse (``Task.of`` does)."""

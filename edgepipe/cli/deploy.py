@@ -115,6 +115,14 @@ def deploy(
     min_seconds: Annotated[float | None, typer.Option(help="Keep timing for at least this long.")] = None,
     repeats: Annotated[int | None, typer.Option(help="Measure in this many separate processes.")] = None,
     eval_samples: Annotated[int | None, typer.Option(help="Evaluate on the first N samples only.")] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(
+            "--task",
+            help="Score the outputs as classification, regression or reconstruction (one per output: "
+            "classification,regression) instead of the recipe's task or the data's types (integer y: class labels).",
+        ),
+    ] = None,
     deadline: Annotated[
         float | None,
         typer.Option(
@@ -189,6 +197,7 @@ def deploy(
             profile=profile or profile_seconds is not None,
             profile_seconds=profile_seconds,
             progress=progress,
+            task=task,
         )
     except BaseException:
         if isinstance(progress, ConsoleProgress):

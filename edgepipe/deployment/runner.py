@@ -76,8 +76,10 @@ def deploy(
     tags: Sequence[str] = (),
     baseline: BaselineModel | None = None,
     profile: bool = False,
+    task: str | list[str] | None = None,
 ) -> DeployOutcome:
     """Deploy and measure; when ``history`` is given, the run is recorded there (complete or failed).
+    ``task``: how to score each output (``deploy --task``) instead of the run's recipe or the data's types.
 
     With ``profile``, each operator's time is measured too (``record["profile"]``: see
     ``edgepipe.analyze.profile``), with its memory traffic and its place on the target's roofline.
@@ -93,7 +95,9 @@ def deploy(
     started = time.perf_counter()
     with temporary_directory("edgepipe-deploy-") as staging:
         progress.phase("evaluating the model on this machine (sandboxed)")
-        inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples)
+        inputs = stage(model_file, data_file, run_dir, Path(staging), measure.eval_samples, task)
+        for note in inputs.notes:
+            progress.note(note)
         return deploy_staged(
             target, inputs, path, measure=measure, deadline_s=deadline_s, progress=progress, history=history,
             tags=tags, baseline=baseline, started=started, profile=profile,
