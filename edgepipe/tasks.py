@@ -324,39 +324,6 @@ class Score:
         return scored | ({"per_output_metric": list(self.per_output_metric)} if self.per_output_metric else {})
 
 
-def part(scored: dict[str, Any] | None, metric: str) -> float | None:
-    """The mean of the outputs a score (``Score.to_dict``, or the agent's accuracy block) measures by ``metric``:
-    the headline for a model with one task; for a mixed model, its classifier outputs' accuracy or its value
-    outputs' error. None when no output is measured that way."""
-    if not scored:
-        return None
-    metrics = scored.get("per_output_metric")
-    if not metrics:
-        return scored.get("value") if scored.get("metric") == metric else None
-    values = [v for v, m in zip(scored["per_output"], metrics, strict=True) if m == metric]
-    return round(float(np.mean(values)), 6) if values else None
-
-
-def error_metric(scored: dict[str, Any] | None) -> str | None:
-    """The error metric (mae or mse) a score measures any output by, if any."""
-    if not scored:
-        return None
-    for metric in scored.get("per_output_metric") or [scored.get("metric")]:
-        if metric in ("mae", "mse"):
-            return str(metric)
-    return None
-
-
-def errors(a: dict[str, Any] | None, b: dict[str, Any] | None) -> tuple[str, float, float] | None:
-    """The error metric two scores measure outputs by (``a``'s, else ``b``'s) and each score's mean over those
-    outputs (``part``): what an error gate or check compares. None when either has no such output."""
-    metric = error_metric(a) or error_metric(b)
-    if metric is None:
-        return None
-    first, second = part(a, metric), part(b, metric)
-    return None if first is None or second is None else (metric, first, second)
-
-
 def score(
     kind: TaskKind | Sequence[TaskKind],
     outputs: Sequence[np.ndarray],

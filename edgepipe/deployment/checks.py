@@ -20,7 +20,8 @@ from edgepipe.errors import (
     UnsupportedOp,
 )
 from edgepipe.provenance import host
-from edgepipe.tasks import errors, mcnemar
+from edgepipe.score_parts import error_changes, errors, largest_difference
+from edgepipe.tasks import mcnemar
 
 CHANCE = 0.05  # McNemar's p at or above which an accuracy difference is called within chance
 
@@ -89,7 +90,15 @@ def host_checks(
         checks.update(error_metric=error, host_error=host_error, device_error=device_error)
         relative = (device_error - host_error) / host_error if host_error else 0.0
         checks["error_relative_delta"] = round(relative, 6)
-        checks["error_matches_host"] = abs(relative) <= measure.error_tolerance
+        # each output against the host's, not their mean: one output's error may be a thousandth of another's
+        changes = error_changes(block, inputs.host_score)
+        differs = largest_difference(changes)
+        within = differs is None or (differs.relative is not None and abs(differs.relative) <= measure.error_tolerance)
+        checks["error_matches_host"] = abs(relative) <= measure.error_tolerance and within
+        if len(changes) > 1 and differs is not None:
+            checks["error_largest_difference"] = {
+                "output": differs.output, "host": differs.before, "device": differs.after, "relative": differs.relative
+            }  # fmt: skip
     checks["parity"] = parity_check(inputs, device, target)
     return checks
 
@@ -215,9 +224,16 @@ def deploy_failure(device: dict[str, Any], checks: dict[str, Any], target: Targe
             f"{parity['host']['runtime_version']} here; compare runtimes, or relax the target's parity section",
         )
     if checks["error_matches_host"] is False:
+        worst = checks.get("error_largest_difference")
+        where = (
+            f"; output {worst['output']}: {worst['device']:.5g} against {worst['host']:.5g}"
+            + (f" ({worst['relative']:+.2%})" if worst["relative"] is not None else "")
+            if worst
+            else ""
+        )
         return AccuracyMismatch(
-            f"on {target.name}: {checks['metric']} {checks['device_value']:.5g} differs from the host's "
-            f"{checks['host_value']:.5g} by {checks['error_relative_delta']:+.2%} "
+            f"on {target.name}: {checks['error_metric']} {checks['device_error']:.5g} differs from the host's "
+            f"{checks['host_error']:.5g} by {checks['error_relative_delta']:+.2%}{where} "
             f"(tolerance {checks['error_tolerance']:.2%})",
             hint="the board's runtime computes differently: compare runtime versions, or raise error_tolerance",
         )

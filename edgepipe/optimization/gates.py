@@ -5,26 +5,30 @@ from __future__ import annotations
 from typing import Any
 
 from edgepipe.config.recipe import Gates
-from edgepipe.tasks import errors, part
+from edgepipe.score_parts import error_changes, error_metric, part, worst_growth
 
 CHANCE = 0.05  # McNemar's p below which a change in answers is beyond a few near-ties rounding the other way
 
 
 def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], float_gzip: int) -> list[dict[str, Any]]:
     """One row per configured gate: name, limit, measured value, passed. A mixed model's accuracy gates judge its
-    class outputs and its error gate its value outputs (``tasks.part``)."""
+    class outputs and its error gate its value outputs (``score_parts.part``)."""
     drop = increase = None
     before, after = part(float_metric, "accuracy"), part(final["metric"], "accuracy")
     if before is not None and after is not None:
         drop = round((before - after) * 100, 4) + 0.0  # never "-0.0"
-    compared = errors(final["metric"], float_metric)
-    error = compared[0] if compared else "error"
-    if compared is not None:
-        _, after, before = compared
-        change = after - before
-        increase = round(change / before, 4) if before else (0.0 if change <= 0 else None)
+    changes = error_changes(final["metric"], float_metric)
+    error = error_metric(final["metric"]) or "error"
+    worst = worst_growth(changes)
+    if worst is not None:
+        increase = None if worst.relative is None else round(worst.relative, 4)
     ratio = round(float_gzip / final["gzip_bytes"], 4)
     mixed = bool(final["metric"].get("per_output_metric"))
+    whose = f"the {error}"
+    if len(changes) > 1:  # each output against its own float error: the largest growth decides
+        whose = f"the {error} of output {worst.output} (the value output that grew most)" if worst else whose
+    elif mixed:
+        whose += " of the value output"
     measured = {
         "max_accuracy_drop": (
             drop,
@@ -34,7 +38,7 @@ def check(gates: Gates, float_metric: dict[str, Any], final: dict[str, Any], flo
         "max_error_increase": (
             increase,
             lambda v, limit: v <= limit,
-            f"relative increase of the {error}{' of the value outputs' if mixed else ''} over the float model",
+            f"relative increase of {whose} over the float model",
         ),
         "max_tflite_bytes": (final["bytes"], lambda v, limit: v <= limit, ".tflite bytes"),
         "max_gzip_bytes": (final["gzip_bytes"], lambda v, limit: v <= limit, "gzip bytes"),

@@ -19,7 +19,8 @@ from edgepipe.analyze import profile_diff
 from edgepipe.analyze.static import analyze
 from edgepipe.provenance import now
 from edgepipe.run_models import RunModel, read_optimize_record, run_models
-from edgepipe.tasks import METRIC_MEANING, error_metric, part
+from edgepipe.score_parts import error_metric, part
+from edgepipe.tasks import METRIC_MEANING
 from edgepipe.tflite_model import TfliteModel
 
 SCHEMA = "edgepipe.report/4"

@@ -26,7 +26,7 @@ from edgepipe.errors import ConfigError
 from edgepipe.reporting.checks import Check, get
 from edgepipe.reporting.formatting import mib
 from edgepipe.reporting.latency import paired_check, paired_processes, unpaired_check
-from edgepipe.tasks import errors
+from edgepipe.score_parts import error_changes, errors, worst_growth
 
 
 class VerdictSettings(BaseModel):
@@ -180,7 +180,8 @@ def _accuracy(baseline: dict[str, Any], candidate: dict[str, Any], settings: Ver
     if base is None or cand is None or metrics[0] != metrics[1] or metrics[0] == "accuracy":
         return Check("accuracy", "n/a", "no comparable score in one of the runs (deployed without data?)", base, cand)
     check = _growth(metrics[0], base, cand, settings.max_error_increase)
-    return Check("accuracy", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
+    check = Check("accuracy", check.status, f"{metrics[0]}: {check.message}", base, cand, check.change)
+    return _per_output(check, metrics[0], baseline, candidate, settings.max_error_increase)
 
 
 def _value_error(baseline: dict[str, Any], candidate: dict[str, Any], settings: VerdictSettings) -> Check | None:
@@ -194,7 +195,22 @@ def _value_error(baseline: dict[str, Any], candidate: dict[str, Any], settings: 
         return None
     metric, base, cand = compared
     check = _growth(metric, base, cand, settings.max_error_increase)
-    return Check("value outputs", check.status, f"{metric}: {check.message}", base, cand, check.change)
+    check = Check("value outputs", check.status, f"{metric}: {check.message}", base, cand, check.change)
+    return _per_output(check, metric, baseline, candidate, settings.max_error_increase)
+
+
+def _per_output(check: Check, metric: str, baseline: dict[str, Any], candidate: dict[str, Any], limit: float) -> Check:
+    """An error check re-judged output by output when several outputs are measured by it: the mean lets the
+    output with the largest errors decide, so one output 20 % worse can hide behind another's unchanged
+    larger error. The message names the output that grew most."""
+    changes = error_changes(get(candidate, "device.accuracy"), get(baseline, "device.accuracy"))
+    worst = worst_growth(changes)
+    if len(changes) < 2 or worst is None or check.status == "n/a":
+        return check
+    grew = worst.relative is None or worst.relative > limit
+    status = "fail" if grew else check.status
+    message = f"{check.message}; grown most: {worst.describe(metric)}"
+    return Check(check.name, status, message, check.baseline, check.candidate, check.change)
 
 
 def _has_score(record: dict[str, Any]) -> bool:

@@ -1,0 +1,81 @@
+"""Several outputs measured by an error (a box in [0, 1] beside an age in years): each is judged against its own
+error, by the optimize gate, the board-against-host check and ``compare``. Judged by their mean, the age's
+error decided: the box 25 % worse moved the mean 0.2 % and passed all three."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from test_compare import synthetic
+
+from edgepipe.config.recipe import Gates
+from edgepipe.config.target import Target
+from edgepipe.deployment.checks import deploy_failure, host_checks
+from edgepipe.errors import AccuracyMismatch
+from edgepipe.optimization import gates
+from edgepipe.reporting.verdict import VerdictSettings, compare
+from edgepipe.score_parts import error_changes, worst_growth
+
+
+def _scored(box: float, age: float, mixed: bool = False) -> dict[str, Any]:
+    """A score of a model with a box output and an age output (and, ``mixed``, a class output between them)."""
+    if mixed:
+        return {"metric": "accuracy", "value": 0.9, "per_output": [box, 0.9, age],
+                "per_output_metric": ["mae", "accuracy", "mae"]}  # fmt: skip
+    return {"metric": "mae", "value": round((box + age) / 2, 6), "per_output": [box, age]}
+
+
+def _error_gate(float_metric: dict[str, Any], final: dict[str, Any]) -> dict[str, Any]:
+    rows = gates.check(Gates(max_accuracy_drop=None, max_error_increase=0.1), float_metric, final, 10)
+    return next(row for row in rows if row["gate"] == "max_error_increase")
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["regression", "mixed"])
+def test_the_gate_judges_each_value_output_against_its_own_float_error(mixed: bool) -> None:
+    final = {"metric": _scored(0.1, 10.0, mixed), "gzip_bytes": 10, "bytes": 10}
+    row = _error_gate(_scored(0.08, 10.0, mixed), final)
+    assert row["value"] == pytest.approx(0.25) and row["passed"] is False  # the mean grew 0.2 %
+    assert row["meaning"] == (
+        "relative increase of the mae of output 0 (the value output that grew most) over the float model"
+    )
+    within = {"metric": _scored(0.085, 10.5, mixed), "gzip_bytes": 10, "bytes": 10}
+    row = _error_gate(_scored(0.08, 10.0, mixed), within)
+    assert row["value"] == pytest.approx(0.0625) and row["passed"] is True  # each output within 10 %
+
+
+def test_an_error_grown_from_exactly_zero_is_the_worst_growth() -> None:
+    changes = error_changes(_scored(0.01, 10.0), _scored(0.0, 5.0))
+    assert [c.relative for c in changes] == [None, 1.0]
+    worst = worst_growth(changes)
+    assert worst is not None and worst.output == 0
+    assert worst.describe("mae") == "output 0: mae 0 -> 0.01 (from 0)"
+    assert error_changes(_scored(0.1, 10.0), {"metric": "mae", "value": 1.0, "per_output": [1.0]}) == []
+
+
+def test_the_board_check_fails_on_one_output_its_mean_would_hide() -> None:
+    host, board = _scored(0.1, 10.0), _scored(0.13, 10.0)  # the box 30 % worse on the board, the mean 0.3 %
+    device = {"accuracy": {**board, "samples": 450}, "board": {}}
+    inputs = SimpleNamespace(task="regression", host_accuracy=None, host={}, host_score=host)
+    target = Target(name="board", transport="local")
+    checks = host_checks(inputs, device, target.measure, target)  # type: ignore[arg-type]
+    assert abs(checks["error_relative_delta"]) < target.measure.error_tolerance  # the mean alone would pass
+    assert checks["error_matches_host"] is False
+    assert checks["error_largest_difference"] == {"output": 0, "host": 0.1, "device": 0.13, "relative": 0.3}
+    error = deploy_failure({}, checks, target)
+    assert isinstance(error, AccuracyMismatch)
+    assert "mae 5.065 differs from the host's 5.05 by +0.30%; output 0: 0.13 against 0.1 (+30.00%)" in error.message
+
+
+def test_compare_fails_a_candidate_whose_one_value_output_grew_beyond_the_limit() -> None:
+    base, cand = synthetic([1.0] * 3, seed=12), synthetic([1.0] * 3, seed=12)
+    for mixed, name in ((False, "accuracy"), (True, "value outputs")):
+        base["device"]["accuracy"] = _scored(0.1, 10.0, mixed)
+        cand["device"]["accuracy"] = _scored(0.125, 10.0, mixed)  # the mean: +0.25 %, limit +5 %
+        verdict = compare(base, cand, VerdictSettings())
+        failed = [c for c in verdict.checks if c.status == "fail"]
+        assert verdict.status == "regression" and [c.name for c in failed] == [name]
+        assert failed[0].message.endswith("; grown most: output 0: mae 0.1 -> 0.125 (+25.0%)")
+        cand["device"]["accuracy"] = _scored(0.102, 10.1, mixed)  # each output within 5 %
+        assert compare(base, cand, VerdictSettings()).status == "pass"
