@@ -79,3 +79,20 @@ def test_compare_fails_a_candidate_whose_one_value_output_grew_beyond_the_limit(
         assert failed[0].message.endswith("; grown most: output 0: mae 0.1 -> 0.125 (+25.0%)")
         cand["device"]["accuracy"] = _scored(0.102, 10.1, mixed)  # each output within 5 %
         assert compare(base, cand, VerdictSettings()).status == "pass"
+
+
+def test_the_farm_matrix_shows_a_mixed_models_value_error_beside_its_accuracy() -> None:
+    """The matrix cell said only "acc 90.00 %" for a class head beside two value heads."""
+    from edgepipe.farm.jobs import _summary
+    from edgepipe.farm.report import _job_row, cell_text
+
+    scored = {**_scored(0.1, 0.3, mixed=True), "accuracy": 0.9}  # the agent's block: the class outputs' accuracy
+    record = {"device": {"accuracy": scored, "timing": {"latency_ms": {"p50": 0.5}}}}
+    summary = _summary(record)
+    assert (summary["error_metric"], summary["value_error"]) == ("mae", 0.2)  # the two value outputs' mean
+    job = {"model": "m", "pool": "p", "state": "done", "outcome": "pass", "exit_code": 0, "board": "b1",
+           "run_id": 1, "baseline_run_id": None, "summary": summary}  # fmt: skip
+    assert (
+        cell_text(_job_row(job, [{"board": "b1", "outcome": "pass"}]))
+        == "pass · p50 500.0 µs · acc 90.00 % · mae 0.2 · on b1"
+    )

@@ -177,14 +177,20 @@ def _failed_record(exc: EdgepipeError, folder: Path, target: Target) -> dict[str
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
+    from edgepipe.score_parts import error_metric, part
+
     device = record.get("device") or {}
     latency = (device.get("timing") or {}).get("latency_ms") or {}
+    scored = device.get("accuracy") or {}
+    error = error_metric(scored) if scored.get("per_output_metric") else None  # a mixed model's value outputs
     return {
         "p50_ms": latency.get("p50"),
         "peak_rss_kb": ((device.get("memory") or {}).get("vmhwm_kb") or {}).get("after_runs"),
-        "accuracy": (device.get("accuracy") or {}).get("accuracy"),
-        "metric": (device.get("accuracy") or {}).get("metric"),
-        "value": (device.get("accuracy") or {}).get("value"),
+        "accuracy": scored.get("accuracy"),
+        "metric": scored.get("metric"),
+        "value": scored.get("value"),
+        "error_metric": error,
+        "value_error": part(scored, error) if error else None,
         "model_bytes": (record.get("model") or {}).get("bytes"),
         "emulated": (device.get("board") or {}).get("emulated"),
     }

@@ -107,6 +107,8 @@ def _job_row(job: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, A
         "accuracy": summary.get("accuracy"),
         "metric": summary.get("metric"),
         "value": summary.get("value"),
+        "error_metric": summary.get("error_metric"),  # a mixed model's value outputs: their error beside accuracy
+        "value_error": summary.get("value_error"),
         "emulated": summary.get("emulated"),
         "message": summary.get("message"),
         "checks": verdict.get("checks", []),
@@ -141,6 +143,8 @@ def cell_text(row: dict[str, Any]) -> str:
         parts.append(mib(row["peak_rss_kb"]))
     if row["accuracy"] is not None:
         parts.append(f"acc {pct(row['accuracy'])}")
+        if row.get("value_error") is not None:
+            parts.append(f"{row['error_metric']} {row['value_error']:.4g}")
     elif row["value"] is not None:
         parts.append(f"{row['metric']} {row['value']:.4g}")
     if row["board"]:

@@ -318,6 +318,10 @@ def _detail(result: JobResult) -> str:
         parts.append(f"p50 {summary['p50_ms']:.3f} ms")
     if summary.get("accuracy") is not None:
         parts.append(f"accuracy {summary['accuracy']:.4f}")
+    if summary.get("value_error") is not None:
+        parts.append(f"{summary['error_metric']} {summary['value_error']:.4g}")
+    elif summary.get("accuracy") is None and summary.get("value") is not None:
+        parts.append(f"{summary['metric']} {summary['value']:.4g}")
     if "verdict" in summary:
         parts.append(str(summary["message"]))
     return ", ".join(parts)
