@@ -177,6 +177,13 @@ def _registered_name(cls: type) -> str:
     return str(keras().saving.get_registered_name(cls))
 
 
+def is_users_layer(layer: Any) -> bool:
+    """A layer of a class of the user's (or another package's) own, not Keras', TensorFlow's, TF-MOT's or one
+    edgepipe puts in a model: no stage knows what it computes."""
+    module = type(layer).__module__
+    return not _is_builtin(module) and module.split(".")[0] != "edgepipe"
+
+
 def _is_builtin(module: str) -> bool:
     return module.split(".")[0] in _KNOWN_MODULES
 

@@ -20,7 +20,7 @@ from edgepipe.custom_objects import refuse_unknown, register_model_classes, regi
 from edgepipe.data import Dataset
 from edgepipe.errors import ConfigError, ModelError
 from edgepipe.keras3_import import convert_keras3, is_keras3_model
-from edgepipe.keras_compat import flat_io, keras
+from edgepipe.keras_compat import flat_io, keras, tf
 from edgepipe.precision import float32_model, float_inputs
 from edgepipe.progress import Progress
 from edgepipe.sources import EntryPoint
@@ -66,6 +66,7 @@ def load_source(
     if not isinstance(model, k.Model):
         raise ModelError(f"{file}: {field}: {source} gave a {type(model).__name__}, not a Keras model")
     check_wrappable(model)
+    check_rebuildable(model)
     model, flattened = flat_io(model, k.Model)
     if notes is not None:
         notes.extend(flattened)
@@ -298,6 +299,34 @@ def check_wrappable(model: Any) -> None:
         )
 
 
+# Layers Keras records for TensorFlow functions and tensor methods: they keep their constant arguments in a form
+# Keras rebuilds (``x * np.arange(8)``).
+TENSORFLOW_CALLS = ("TFOpLambda", "SlicingOpLambda", "InstanceMethod", "InstanceProperty", "ClassMethod")
+
+
+def check_rebuildable(model: Any) -> None:
+    """Refuse, before any training, a layer of the model's own called on a constant tensor beside the model's
+    tensors (``Add()([x, positions])`` with ``positions`` computed outside the model): Keras records the constant
+    in the model's config and cannot rebuild the model from it, which every stage does (``copy_model``)."""
+    t = tf()
+    found = []
+    for layer in model.layers:
+        if type(layer).__name__ in TENSORFLOW_CALLS:
+            continue
+        for node in layer.inbound_nodes:
+            inputs = t.nest.flatten(node.call_args[0] if node.call_args else [])
+            if any((t.is_tensor(a) or isinstance(a, np.ndarray)) and not hasattr(a, "_keras_history") for a in inputs):
+                found.append(f"{layer.name} ({type(layer).__name__})")
+    if found:
+        raise ModelError(
+            f"model {model.name!r}: {', '.join(found)} takes a constant tensor beside the model's own: a tensor "
+            "computed outside the model (a NumPy array, or a layer called on one) is recorded as a fixed value, "
+            "never trained, and Keras cannot rebuild the model from its config, which every stage does",
+            hint="compute it inside the model: a layer of your own that holds it as a weight (as Keras' ViT "
+            "example's PatchEncoder does for position embeddings), or a model Input fed with the data",
+        )
+
+
 def copy_model(model: Any) -> Any:
     """An independent copy with the same weights.
 
@@ -305,7 +334,15 @@ def copy_model(model: Any) -> Any:
     the float baseline would silently turn into the pruned model.
     """
     k = keras()
-    twin = k.models.clone_model(model)
+    try:
+        twin = k.models.clone_model(model)
+    except Exception as exc:  # Keras cannot rebuild it from its config: say so, not "a bug in edgepipe"
+        raise ModelError(
+            f"Keras cannot copy model {model.name!r} (clone_model, which rebuilds it from its config): "
+            f"{type(exc).__name__}: {exc}",
+            hint="every stage works on a copy; a layer whose get_config() misses an argument of its __init__, or "
+            "a constant tensor passed to a layer, are the usual causes",
+        ) from None
     twin.build(model.input_shape)
     twin.set_weights(model.get_weights())
     return twin

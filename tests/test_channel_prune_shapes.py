@@ -80,9 +80,19 @@ def test_a_sequence_joined_along_time_and_pixels_reshaped_to_a_sequence_are_foll
     assert [pruned.get_layer(n).filters for n in ("embed", "recent", "upsample")] == [6, 6, 4]
 
 
+def _doubler() -> type:
+    class Doubler(keras().layers.Layer):
+        """A user's own layer: what it does to the channels cannot be read."""
+
+        def call(self, x: Any) -> Any:
+            return 2.0 * x
+
+    return Doubler
+
+
 def test_every_layer_that_stops_a_group_says_why() -> None:
-    """Reshape, Permute, Softmax, a TensorFlow function with a tensor argument, a broadcast Multiply and a
-    Concatenate with a model input gave their class name alone ("reshape (Reshape)")."""
+    """Reshape, Permute, Softmax, a TensorFlow function with a tensor argument, a broadcast Multiply, an Add or a
+    Concatenate with a model input and a user's own layer gave their class name alone ("reshape (Reshape)")."""
     k = keras()
     inputs = k.Input((4, 4, 2))
 
@@ -97,10 +107,18 @@ def test_every_layer_that_stops_a_group_says_why() -> None:
         "weighted": conv("weighted") * tf().constant(np.arange(1.0, 9.0, dtype=np.float32)),
         "gated": k.layers.Multiply(name="gate")([conv("gated"), conv("gate_map", 1)]),
         "joined": k.layers.Concatenate(axis=1, name="with_input")([conv("joined", 2), inputs]),
+        "residual": k.layers.Add(name="plus_input")([conv("residual", 2), inputs]),
+        "doubled": _doubler()(name="doubler")(conv("doubled")),
     }
     pooled = [k.layers.Flatten()(h) for h in heads.values()]
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.Concatenate()(pooled))))
     why = {name: group_of(plan, name).blocked_by for name in heads}
+    assert why.pop("residual") == [
+        "plus_input (Add with an input channel pruning does not follow (a model input or a layer left whole): "
+        "every input of a merge keeps equal channels)"
+    ]
+    doubled = "doubler (Doubler: a layer class of your own, whose use of the channels cannot be read)"
+    assert why.pop("doubled") == [doubled]
     weighted = why.pop("weighted")
     assert len(weighted) == 1 and weighted[0].endswith(
         "(TFOpLambda math.multiply: a TensorFlow function not known to act on each channel alone (or given a "

@@ -72,3 +72,36 @@ def test_a_layer_no_integer_model_can_come_from_is_refused_before_training(
     words = " ".join(done.stderr.split())
     assert f"full-integer conversion of {said}" in words and fix in words, words
     assert "training the float model" not in words and "Traceback" not in words and not (tmp_path / "run").exists()
+
+
+CONSTANT_INPUT = '''
+import numpy as np
+
+
+def positions():
+    """A ViT-like model adding position embeddings computed outside the model: a constant, never trained."""
+    from edgepipe.keras_compat import keras
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.Reshape((16, 8))(k.layers.Conv2D(8, 2, strides=2)(inputs))
+    fixed = k.layers.Embedding(16, 8)(np.arange(16)[None])
+    x = k.layers.Add(name="with_positions")([x, fixed])
+    return k.Model(inputs, k.layers.Dense(10)(k.layers.GlobalAveragePooling1D()(x)))
+'''
+
+
+def test_a_layer_called_on_a_tensor_computed_outside_the_model_is_refused_when_it_loads(tmp_path: Path) -> None:
+    """Every stage ended with an internal error (exit 70: Keras' clone_model cannot rebuild the model)."""
+    (tmp_path / "models.py").write_text(CONSTANT_INPUT)
+    recipe = """
+    name: constant
+    model: {source: "models:positions", train: {epochs: 1}}
+    data: {source: edgepipe.examples.digits:load}
+    stages: [{kind: ptq}]
+    """
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 3, done.stderr[-3000:]
+    words = " ".join(done.stderr.split())
+    assert "error: model 'model': with_positions (Add) takes a constant tensor beside the model's own" in words
+    assert "hint: compute it inside the model: a layer of your own that holds it as a weight" in words
+    assert "training the float model" not in words and "Traceback" not in words and not (tmp_path / "run").exists()

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from edgepipe.custom_objects import is_users_layer
+
 PASSTHROUGH = (
     "BatchNormalization", "ReLU", "Activation", "LeakyReLU", "PReLU", "ELU", "Dropout", "SpatialDropout2D",
     "MaxPooling2D", "AveragePooling2D", "ZeroPadding2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
@@ -87,6 +89,13 @@ def kind_and_why(layer: Any) -> str:
     if kind in MERGES and not same_channels(layer):
         counts = " and ".join(str(shape[-1]) for shape in layer.input_shape)
         return f"{kind} of {counts} channels: broadcasts the narrower input across the other's channels"
+    if kind in MERGES:  # the same channels in, one of them from something channel pruning does not follow
+        return (
+            f"{kind} with an input channel pruning does not follow (a model input or a layer left whole): every "
+            "input of a merge keeps equal channels"
+        )
+    if is_users_layer(layer):
+        return f"{kind}: a layer class of your own, whose use of the channels cannot be read"
     if kind == "Concatenate":
         where = "the channels" if on_channels(layer) else f"axis {layer.axis}"
         return (

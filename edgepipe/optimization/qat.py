@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from edgepipe.config.recipe import QatStage
+from edgepipe.custom_objects import is_users_layer
 from edgepipe.errors import ModelError
 from edgepipe.keras_compat import keras, tfmot
 from edgepipe.models import BATCHNORM_SAMPLES, copy_model, reestimate_batchnorm, train
@@ -33,6 +34,18 @@ from edgepipe.optimization.base import (
 )
 from edgepipe.optimization.hard_activations import fuse_hard_activations, layers
 from edgepipe.optimization.lift_1d import lift_1d
+from edgepipe.optimization.qat_layers import (
+    ACTIVATED_LAYERS,
+    UNWRAPPABLE,
+    activation_breaks_output_quantization,
+    activation_name,
+    follows_a_foldable_layer,
+    known_activations,
+    looks_up_input_ids,
+    output_quantized_only,
+    scales_an_input,
+    unsupported_activation,
+)
 
 
 def _output_only() -> Any:
@@ -157,133 +170,10 @@ def unsupported_layers(annotated: Any, scheme: Any) -> list[tuple[Any, str]]:
         if config is None and not registry.supports(layer):
             refused.append((layer, type(layer).__name__))
             continue
-        activation = _unsupported_activation(layer, config or registry.get_quantize_config(layer))
+        activation = unsupported_activation(layer, config or registry.get_quantize_config(layer))
         if activation:
             refused.append((layer, f"{type(layer).__name__} with activation {activation!r}"))
     return refused
-
-
-def _activation_breaks_output_quantization(layer: Any, registry: Any) -> bool:
-    """A layer left out of QAT that TF-MOT would still wrap, and fail on. ``quantize_apply`` gives a left-out
-    layer feeding a quantized one its output quantization with the registry's config (``OutputOnlyConfig``),
-    which still wraps the layer's activation: a Conv2D with ``activation="selu"`` left out then fails the
-    stage with the error that made the user leave it out. Such a layer gets the config that quantizes its
-    output and nothing else, from edgepipe, instead."""
-    try:
-        return bool(registry.supports(layer) and _unsupported_activation(layer, registry.get_quantize_config(layer)))
-    except (ValueError, RuntimeError):
-        return False
-
-
-def _activation_name(activation: Any) -> str:
-    return getattr(activation, "__name__", type(activation).__name__)
-
-
-# Layers whose ``activation`` TF-MOT wraps in a QuantizeAwareActivation.
-ACTIVATED_LAYERS = frozenset({"Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose"})
-
-
-def _known_activations() -> frozenset[str]:
-    """The activations TF-MOT's QuantizeAwareActivation fake-quantizes (TF-MOT 0.8.1: linear, relu, swish,
-    gelu, softmax, sigmoid, tanh)."""
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_aware_activation import (
-        QuantizeAwareActivation as Aware,
-    )
-
-    return Aware._PRE_QUANT_ACTIVATIONS | Aware._POST_QUANT_ACTIVATIONS | Aware._NO_QUANTIZE_ACTIVATIONS
-
-
-def _unsupported_activation(layer: Any, config: Any) -> str | None:
-    """The name of an activation of ``layer`` that its quantize config cannot quantize, if any."""
-    known = _known_activations()
-    try:
-        activations = [activation for activation, _ in config.get_activations_and_quantizers(layer)]
-        config.get_output_quantizers(layer)  # an Activation layer's config refuses an unknown one here
-    except (ValueError, RuntimeError, AttributeError):
-        return _activation_name(getattr(layer, "activation", None))
-    for activation in activations:
-        if _activation_name(activation) not in known:
-            return _activation_name(activation)
-    return None
-
-
-def _sources(layer: Any) -> list[Any]:
-    inbound = [node.inbound_layers for node in layer._inbound_nodes]
-    return [source for group in inbound for source in (group if isinstance(group, list) else [group])]
-
-
-def _follows_a_foldable_layer(layer: Any) -> bool:
-    """A BatchNormalization right after a Conv2D, DepthwiseConv2D or Dense: QAT folds it when it is annotated."""
-    if type(layer).__name__ != "BatchNormalization":
-        return False
-    return any(type(source).__name__ in ("Conv2D", "DepthwiseConv2D", "Dense") for source in _sources(layer))
-
-
-# Layers that are a fixed per-channel affine map at inference (x * a + b), which TF-MOT's registry lacks (but for
-# a BatchNormalization its transforms fold into the Conv2D/DepthwiseConv2D/Dense before it).
-AFFINE = ("Rescaling", "Normalization", "BatchNormalization")
-
-
-def _scales_an_input(layer: Any) -> bool:
-    """An affine layer that reads a model input (``Rescaling(1/127.5, offset=-1)`` first, as in the Keras
-    tutorials and Keras Applications; a ``Normalization`` adapted to the data; a BatchNormalization in front).
-    Only the first: the converter gives a tensor between two such layers no range of its own (a Normalization
-    after a Rescaling, both left to it: its output in [-0.5, 0.5], 0.87 accuracy instead of 0.96), so the
-    second gets its output quantized (``_output_quantized_only``).
-    Quantized at its output a Rescaling becomes DEQUANTIZE -> QUANTIZE at the int8 input whenever it has an
-    offset (measured, TF 2.21): not integer-only. Left out of QAT, the converter quantizes it from the
-    calibration data (integer MUL and ADD, or folded into the input's scale and zero point)."""
-    return type(layer).__name__ in AFFINE and all(type(s).__name__ == "InputLayer" for s in _sources(layer))
-
-
-def _looks_up_input_ids(layer: Any) -> bool:
-    """An Embedding reading an integer model input (token ids): TF-MOT would put a fake-quantizing layer on the
-    ids, which fails ("FakeQuantWithMinMaxVars ... int32"), and has no Embedding config besides."""
-    if type(layer).__name__ != "Embedding":
-        return False
-    sources = _sources(layer)
-    return bool(sources) and all(type(s).__name__ == "InputLayer" and not s.dtype.startswith("float") for s in sources)
-
-
-# Layers TF-MOT's QAT cannot take and the converter quantizes well: attention, which TF-MOT has no config for
-# and its QuantizeWrapper cannot hold at all (it asks the layer for its output shape from one input shape, and
-# attention takes two or three), and recurrent layers (no config: QAT refused every LSTM, and layers.exclude
-# was the fix it named). They stay float in the QAT model and the converter quantizes them (BATCH_MATMUL,
-# SOFTMAX; one fused sequence LSTM per direction) from the representative data. What each is, for the note.
-UNWRAPPABLE = {
-    "MultiHeadAttention": "an attention layer",
-    "Attention": "an attention layer",
-    "AdditiveAttention": "an attention layer",
-    "LSTM": "a recurrent layer",
-    "GRU": "a recurrent layer",  # unrolled (a looped one is refused before training: convert.tflite)
-    "SimpleRNN": "a recurrent layer",
-    "Bidirectional": "a recurrent layer",
-}
-
-
-# Merges without weights that TF-MOT's registry lacks (it has Add and Concatenate): QAT refused them by name.
-# Like Multiply, they need only their output quantized (int8 SUB, MAXIMUM, MINIMUM; Dot's BATCH_MATMUL).
-WEIGHTLESS_MERGES = ("Subtract", "Average", "Maximum", "Minimum", "Dot")
-
-
-def _output_quantized_only(layer: Any) -> bool:
-    """Layers QAT takes with their output quantized and nothing else: hard-swish and hard-sigmoid, a product of
-    two tensors (squeeze-and-excitation's gate), an affine layer in the middle of the model (a BatchNormalization
-    no layer before it can fold), and an Activation whose function TF-MOT cannot fake-quantize."""
-    kind = type(layer).__name__
-    if isinstance(layer, (*layers(), keras().layers.Multiply)) or kind in (
-        *WEIGHTLESS_MERGES,
-        "Rescaling",
-        "Normalization",
-        "Resizing",
-        "PReLU",
-        "LayerNormalization",
-        "UnitNormalization",
-    ):
-        return True
-    if kind == "BatchNormalization":
-        return not _follows_a_foldable_layer(layer)
-    return kind == "Activation" and _activation_name(layer.activation) not in _known_activations()
 
 
 def _freeze_left_out(quantized: Any, left_out: list[str]) -> list[str]:
@@ -345,7 +235,7 @@ def _rewritten(
         lambda layer: (
             layer.name in annotated
             and type(layer).__name__ in ACTIVATED_LAYERS
-            and _activation_name(layer.activation) not in _known_activations()
+            and activation_name(layer.activation) not in known_activations()
         ),
     )
     if split:
@@ -369,14 +259,14 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     scheme = choose_scheme(stage.scheme, ctx.history)
     work = copy_model(model)
     check_patterns(work, stage.layers, ctx.where)
-    annotated_names, left_out, folded, lookups, unwrappable, opaque = [], [], [], [], [], []
+    annotated_names, left_out, folded, lookups, unwrappable, opaque, own = [], [], [], [], [], [], []
     for layer in work.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        if _scales_an_input(layer):
+        if scales_an_input(layer):
             folded.append(layer.name)
             continue
-        if _looks_up_input_ids(layer):
+        if looks_up_input_ids(layer):
             lookups.append(layer.name)
             continue
         if type(layer).__name__ in UNWRAPPABLE and is_selected(layer, stage.layers):
@@ -384,6 +274,10 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             continue
         if type(layer).__name__ == "Lambda" and not layer.weights and is_selected(layer, stage.layers):
             opaque.append(layer.name)
+            continue
+        if is_users_layer(layer) and is_selected(layer, stage.layers):  # TF-MOT has no quantize config for it
+            own.append(layer.name)
+            left_out.append(layer.name)
             continue
         (annotated_names if is_selected(layer, stage.layers) else left_out).append(layer.name)
     if lookups:
@@ -397,11 +291,12 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: {', '.join(names)}: TF-MOT's QAT cannot wrap {what}; trained without fake quantization "
             "here and quantized by the converter from the representative data"
         )
-    if opaque:
-        ctx.progress.note(
-            f"{ctx.where}: {', '.join(opaque)}: a Lambda layer is Python code TF-MOT's QAT cannot quantize; left "
-            "out of QAT (as layers.exclude would) and quantized by the converter from the representative data"
-        )
+    for names, what in ((opaque, "a Lambda layer is Python code"), (own, "a layer class of your own is one")):
+        if names:
+            ctx.progress.note(
+                f"{ctx.where}: {', '.join(names)}: {what} TF-MOT's QAT cannot quantize; left out of QAT (as "
+                "layers.exclude would) and quantized by the converter from the representative data"
+            )
     if not any(has_weights(layer) for layer in work.layers if layer.name in annotated_names):
         raise ModelError(
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
@@ -412,16 +307,16 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     registry = _scheme(scheme).get_quantize_registry()
 
     def annotate(layer: Any) -> Any:
-        if layer.name in left_out and _activation_breaks_output_quantization(layer, registry):
+        if layer.name in left_out and activation_breaks_output_quantization(layer, registry):
             return quantization.quantize_annotate_layer(layer, _output_only())
         if layer.name not in annotated_names or layer.name in functions:
             return layer
-        if _output_quantized_only(layer):
+        if output_quantized_only(layer):
             return quantization.quantize_annotate_layer(layer, _output_only())
         return quantization.quantize_annotate_layer(layer)
 
     for name in left_out:
-        if _follows_a_foldable_layer(work.get_layer(name)):
+        if follows_a_foldable_layer(work.get_layer(name)):
             ctx.progress.note(
                 f"{ctx.where}: {name!r} is left out of QAT, so its BatchNormalization is not folded into the layer "
                 "before it: the int8 model keeps extra MUL/ADD operators and runs slower"
@@ -477,7 +372,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
-            "left_to_converter": unwrappable + opaque,  # layers TF-MOT cannot wrap (attention, Bidirectional, Lambda)
+            # layers TF-MOT cannot wrap (attention, Bidirectional, Lambda, the user's own classes)
+            "left_to_converter": unwrappable + opaque + own,
             "activation_ranges_measured_on": ranged_on,
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
