@@ -138,3 +138,28 @@ def test_every_layer_that_stops_a_group_says_why() -> None:
         ],
     }
     assert group_of(plan, "gate_map").blocked_by == why["gated"]
+
+
+def test_a_layer_that_takes_axis_1_for_the_channels_stops_the_group_it_reads() -> None:
+    """Keras' time-series Transformer example pools with GlobalAveragePooling1D(data_format="channels_first"),
+    which averages the last axis (the channels here) and keeps the time steps. It was passed through as if it
+    kept the channels: the next Dense was cut by channel on inputs that are time steps (a wrong model, or a
+    failed rebuild when the counts differ)."""
+    k = keras()
+    series = k.Input((12, 3))
+    x = k.layers.Conv1D(8, 3, padding="same", activation="relu", name="conv")(series)
+    x = k.layers.GlobalAveragePooling1D(data_format="channels_first", name="over_channels")(x)
+    h = k.layers.Dense(6, activation="relu", name="hidden")(x)
+    image = k.Input((4, 4, 2))
+    flat = k.layers.Flatten(data_format="channels_first", name="flat_cf")(k.layers.Conv2D(4, 1, name="pixels")(image))
+    joined = k.layers.Concatenate()([h, k.layers.Dense(5, name="side")(flat)])
+    model = k.Model([series, image], k.layers.Dense(3, name="logits")(joined))
+    plan = channels.analyze(model)
+    axis_1 = "channels_first: it reads axis 1 as the channels and works on the last axis"
+    assert group_of(plan, "conv").blocked_by == [f"over_channels (GlobalAveragePooling1D, {axis_1})"]
+    assert group_of(plan, "pixels").blocked_by == [f"flat_cf (Flatten, {axis_1})"]
+    assert not group_of(plan, "hidden").blocked_by  # the Dense after it is free to shrink
+    rng = np.random.default_rng(3)
+    x = [rng.random((4, 12, 3), dtype=np.float32), rng.random((4, 4, 4, 2), dtype=np.float32)]
+    pruned = _pruned_exactly(model, x)
+    assert pruned.get_layer("conv").filters == 8 and pruned.get_layer("hidden").units == 3

@@ -84,8 +84,8 @@ def kind_and_why(layer: Any) -> str:
     kind = type(layer).__name__
     if kind in (*CONVOLUTIONS, *TRANSPOSED) and getattr(layer, "groups", 1) != 1:
         return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
-    if kind in (*CONVOLUTIONS, *TRANSPOSED) and getattr(layer, "data_format", "channels_last") != "channels_last":
-        return f"{kind}, channels_first"
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return f"{kind}, channels_first: it reads axis 1 as the channels and works on the last axis"
     if kind in MERGES and not same_channels(layer):
         counts = " and ".join(str(shape[-1]) for shape in layer.input_shape)
         return f"{kind} of {counts} channels: broadcasts the narrower input across the other's channels"

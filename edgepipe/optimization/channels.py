@@ -175,6 +175,11 @@ def analyze(model: Any) -> Plan:
             carries[layer.name] = None
             continue
 
+        if traced and getattr(layer, "data_format", "channels_last") == "channels_first":
+            # a pooling, padding or Flatten that takes axis 1 for the channels: the last axis is not what it keeps
+            block(f"{layer.name} ({kind_and_why(layer)})")
+            carries[layer.name] = None
+            continue
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
         if kind in (*CONVOLUTIONS, *TRANSPOSED, "Dense") and simple(layer):
             if cat is not None:
