@@ -394,8 +394,15 @@ def discordant(
     """The answers only one of two classifiers gets right (``a``: the reference, the float model): the only
     answers that can make their accuracies differ, and McNemar's exact test of them (two-sided binomial, p = 1
     when there are none). A small p says ``b`` is worse (or better) beyond the chance of a few near-ties
-    rounding the other way; the same test as the board-against-host check."""
+    rounding the other way; the same test as the board-against-host check.
+
+    The test counts independent answers: one per sample. Where a sample gives several (a segmentation mask's
+    pixels, a multi-label head's labels, several class outputs) they are not independent, and counted one by
+    one they made a few changed images look like thousands of changes (p = 1e-156 for a mask model whose
+    images changed by chance); the test then counts samples, each lost or gained by which model got more of
+    its answers right (``samples``)."""
     lost = gained = 0
+    right_per_sample: list[np.ndarray] = [np.zeros(0), np.zeros(0)]
     for index, (x, y, target) in enumerate(zip(a, b, targets, strict=True)):
         threshold, width = thresholds[index] if index < len(thresholds) else None, _classes(classes, index)
         labels = np.asarray(target).reshape(-1)
@@ -403,11 +410,17 @@ def discordant(
         right_b = answers(np.asarray(y).reshape(len(y), -1), threshold, width).argmax(axis=1) == labels
         lost += int(np.sum(right_a & ~right_b))
         gained += int(np.sum(~right_a & right_b))
-    return {
-        "reference_right_other_wrong": lost,
-        "reference_wrong_other_right": gained,
-        "p_value": mcnemar(lost, gained),
-    }
+        for side, right in enumerate((right_a, right_b)):
+            counts = right.reshape(len(x), -1).sum(axis=1)
+            right_per_sample[side] = counts if index == 0 else right_per_sample[side] + counts
+    found: dict[str, Any] = {"reference_right_other_wrong": lost, "reference_wrong_other_right": gained}
+    samples = len(right_per_sample[0])
+    if lost + gained and sum(len(np.asarray(t).reshape(-1)) for t in targets) != samples:
+        worse = int(np.sum(right_per_sample[0] > right_per_sample[1]))
+        better = int(np.sum(right_per_sample[0] < right_per_sample[1]))
+        found["samples"] = {"reference_better": worse, "other_better": better}
+        return found | {"p_value": mcnemar(worse, better)}
+    return found | {"p_value": mcnemar(lost, gained)}
 
 
 def mcnemar(lost: int, gained: int) -> float:

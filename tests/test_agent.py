@@ -286,6 +286,7 @@ def test_changed_answers_are_told_apart_into_near_ties_and_real_changes(monkeypa
         "top1": 0.5,
         "top1_changed_margins": [[1.0, 15.0]],
         "top1_discordant": [[1, 1]],  # sample 2 turned wrong, sample 1 turned right
+        "top1_discordant_samples": [1, 1],  # one answer per sample: the same counts
         "top1_answers": [4],  # one answer per sample (a segmentation output answers per position)
         "top1_changed": [2],
         "max_abs_diff": 15.0,

@@ -215,12 +215,15 @@ def agreement(
     raw units, ascending). A margin of at most twice the step tolerance is a near-tie that rounding within the
     tolerance can flip; the host decides which changes that explains (``edgepipe.deployment.runner``). And
     ``top1_discordant``: per output, how many answers the host had right and the board wrong, and the reverse
-    (what McNemar's test of the accuracy difference reads). A mixed model's lists hold its class outputs only.
+    (what McNemar's test of the accuracy difference reads), and ``top1_discordant_samples``: how many samples the
+    host got more of right than the board, and fewer (agent 1.11; the same counts for one answer per sample).
+    A mixed model's lists hold its class outputs only.
     A per-position output (segmentation) answers once per position: ``top1_answers`` says how many answers
     each output gave, ``top1_changed`` how many changed, and only the ``MARGINS_KEPT`` smallest margins are
     sent.
     """
     top1, margins, largest, discordant, answered, changes = [], [], [], [], [], []
+    right_per_sample: list[Any] = []  # host's and board's right answers per sample, over every class output
     kinds = kinds_of(task, len(raw))
     for index, (host, board, target) in enumerate(zip(reference, raw, targets, strict=True)):
         largest.append(float(np.abs(host.astype(np.float64) - board.astype(np.float64)).max()))
@@ -239,11 +242,23 @@ def agreement(
         labels = np.asarray(target).reshape(-1)
         host_right, board_right = host_answer == labels, board_answer == labels
         discordant.append([int(np.sum(host_right & ~board_right)), int(np.sum(~host_right & board_right))])
+        counts = [right.reshape(len(host), -1).sum(axis=1) for right in (host_right, board_right)]
+        right_per_sample = (
+            counts if not right_per_sample else [a + b for a, b in zip(right_per_sample, counts, strict=True)]
+        )
     classifier = bool(top1)  # the lists hold the class outputs only (all of them but a mixed model's value ones)
+    # A sample with several answers (a mask's pixels, several class outputs) is lost or gained as a whole: the
+    # host's McNemar test counts samples, which are independent, where answers within one are not.
+    by_sample = (
+        [int(np.sum(right_per_sample[0] > right_per_sample[1])), int(np.sum(right_per_sample[0] < right_per_sample[1]))]
+        if classifier
+        else None
+    )
     return {
         "top1": sum(top1) / len(top1) if classifier else None,
         "top1_changed_margins": margins if classifier else None,
         "top1_discordant": discordant if classifier else None,
+        "top1_discordant_samples": by_sample,
         "top1_answers": answered if classifier else None,
         "top1_changed": changes if classifier else None,
         "max_abs_diff": max(largest),

@@ -71,8 +71,9 @@ Result, protocol ``edgepipe.result/1``::
                     (only with a reference): top1 (classifiers; else null), top1_changed_margins (classifiers:
                     per output, the host's margin for its answer over the board's, raw units, for each sample
                     whose answer changed, ascending; else null), top1_discordant (classifiers: per output,
-                    [host right and board wrong, host wrong and board right]; else null) and the largest
-                    difference of the raw output values
+                    [host right and board wrong, host wrong and board right]; else null),
+                    top1_discordant_samples (classifiers, agent 1.11: [samples the host got more answers of right
+                    than the board, fewer]; else null) and the largest difference of the raw output values
     sandbox         {pid, exit, signal, wall_s, stderr_tail}
 
 """
@@ -82,7 +83,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-AGENT_VERSION = "1.10.0"
+AGENT_VERSION = "1.11.0"
 JOB_PROTOCOL = "edgepipe.job/1"
 RESULT_PROTOCOL = "edgepipe.result/1"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")

@@ -83,7 +83,7 @@ def host_checks(
         delta = round((accuracy - inputs.host_accuracy) * 100, 4)
         checks["accuracy_delta_points"] = delta
         checks["accuracy_matches_host"] = abs(delta) <= measure.accuracy_tolerance
-        checks["accuracy_discordant"] = _discordant(block.get("agreement") or {})
+        checks["accuracy_discordant"] = _discordant(block.get("agreement") or {}, block.get("samples"))
     compared = errors(block, inputs.host_score)
     if compared is not None:  # an error model's, or a mixed model's value outputs
         error, device_error, host_error = compared
@@ -103,7 +103,7 @@ def host_checks(
     return checks
 
 
-def _discordant(agreement: dict[str, Any]) -> dict[str, Any] | None:
+def _discordant(agreement: dict[str, Any], samples: int | None) -> dict[str, Any] | None:
     """The answers host and board disagree on, by who was right, and McNemar's exact test of them.
 
     Only those answers can make the two accuracies differ. If the board merely rounds near-ties the other way,
@@ -114,7 +114,13 @@ def _discordant(agreement: dict[str, Any]) -> dict[str, Any] | None:
     if not pairs:
         return None
     lost, gained = sum(pair[0] for pair in pairs), sum(pair[1] for pair in pairs)
-    return {"host_right_board_wrong": lost, "host_wrong_board_right": gained, "p_value": mcnemar(lost, gained)}
+    found: dict[str, Any] = {"host_right_board_wrong": lost, "host_wrong_board_right": gained}
+    by_sample = agreement.get("top1_discordant_samples")  # agent 1.11: samples with more or fewer right answers
+    if by_sample and lost + gained and sum(agreement.get("top1_answers") or []) != samples:
+        # several answers per sample (a mask's pixels): they are not independent; the test counts samples
+        found["samples"] = {"host_better": by_sample[0], "board_better": by_sample[1]}
+        return found | {"p_value": mcnemar(*by_sample)}
+    return found | {"p_value": mcnemar(lost, gained)}
 
 
 def parity_check(inputs: DeployInputs, device: dict[str, Any], target: Target) -> dict[str, Any] | None:
@@ -251,9 +257,16 @@ def _disagreements(discordant: dict[str, Any] | None) -> str:
     if discordant is None:
         return ""
     lost, gained = discordant["host_right_board_wrong"], discordant["host_wrong_board_right"]
+    samples = discordant.get("samples")
+    over = (
+        f", in {samples['host_better']} samples with fewer right and {samples['board_better']} with more: McNemar "
+        f"p = {discordant['p_value']:.2g} over samples"
+        if samples
+        else f" (McNemar p = {discordant['p_value']:.2g})"
+    )
     return (
         f": the board got {lost} answer{'s' * (lost != 1)} wrong that the host got right and {gained} right that "
-        f"it got wrong (McNemar p = {discordant['p_value']:.2g})"
+        f"it got wrong{over}"
     )
 
 

@@ -80,6 +80,12 @@ def chance(row: dict[str, Any]) -> str:
         counts["p_value"],
     )
     counted = f"{lost} answers lost and {gained} gained against the float model, McNemar p = {p:g}"
+    samples = counts.get("samples")
+    if samples:  # several answers per sample: the test counts samples
+        counted = (
+            f"{lost} answers lost and {gained} gained against the float model, in {samples['reference_better']} "
+            f"samples with fewer right and {samples['other_better']} with more: McNemar p = {p:g} over samples"
+        )
     if row["passed"]:
         return counted
     return f"{counted}: " + ("beyond chance" if p < CHANCE else "within chance: more test samples would tell")
