@@ -213,6 +213,21 @@ def test_a_record_missing_a_compared_field_is_an_error_naming_it(tmp_path: Path)
     assert compare(base, synthetic([1.0] * 3, seed=22), VerdictSettings()).checks[0].status == "pass"
 
 
+def test_a_model_file_given_for_a_result_says_what_compare_reads(tmp_path: Path) -> None:
+    """A .tflite named as the baseline failed with "'utf-8' codec can't decode byte 0xf0"."""
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3" + bytes(range(256)))  # a flatbuffer's header, then binary
+    result = tmp_path / "cand.json"
+    result.write_text(json.dumps(synthetic([1.0] * 3, seed=23)))
+    (tmp_path / "m.bin").write_bytes(model.read_bytes())  # the same bytes under another name
+    for named in (model, tmp_path / "m.bin"):
+        done = run_cli("compare", "--baseline", str(named), "--candidate", str(result))
+        assert done.returncode == 2, done.stdout + done.stderr
+        said = " ".join(done.stderr.split())
+        assert f"error: {named}: a .tflite model, not a deploy result" in said and "--baseline MODEL.tflite" in said
+        assert "codec" not in said and "Traceback" not in said
+
+
 def test_slow_processes_do_not_raise_false_alarms_but_a_shift_of_all_does() -> None:
     settings = VerdictSettings()
     steady = synthetic([1.0, 1.0, 1.0, 1.0, 1.0], seed=1)

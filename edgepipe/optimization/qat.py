@@ -32,6 +32,7 @@ from edgepipe.optimization.base import (
     is_selected,
     wrap_layers,
 )
+from edgepipe.optimization.fold_batchnorm import fold_batchnorm
 from edgepipe.optimization.hard_activations import fuse_hard_activations, layers
 from edgepipe.optimization.lift_1d import lift_1d
 from edgepipe.optimization.qat_layers import (
@@ -207,6 +208,12 @@ def _rewritten(
     def added(before: set[str]) -> list[str]:
         return [layer.name for layer in work.layers if layer.name not in before]
 
+    # A BatchNorm after a transposed or separable convolution, which TF-MOT does not fold (fold_batchnorm).
+    work, folds = fold_batchnorm(work, sample, lambda layer: layer.name in annotated)
+    if folds:
+        annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
+        ctx.progress.note(f"{ctx.where}: BatchNorm folded (TF-MOT's QAT does not fold it there): " + "; ".join(folds))
+
     # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
     # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and affine
     # layers nothing folds get their output quantized only, which is all they need and TF-MOT has no default for.
@@ -241,7 +248,8 @@ def _rewritten(
     if split:
         annotated += added(before)
         ctx.progress.note(f"{ctx.where}: activations QAT cannot quantize inside a layer: " + "; ".join(split))
-    return work, annotated, functions, {"fused": fused, "lifted_1d": lifted, "split_activations": split}
+    done = {"folded_batchnorms": folds, "fused": fused, "lifted_1d": lifted, "split_activations": split}
+    return work, annotated, functions, done
 
 
 def _own_lambdas() -> Any:

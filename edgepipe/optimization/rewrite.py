@@ -208,7 +208,7 @@ def inline_nested_models(model: Any, sample: Any) -> tuple[Any, list[str]]:
     """The model with every nested model's layers in its own graph, and a line per inlined model."""
     if not any(isinstance(layer, keras().Model) for layer in model.layers):
         return model, []
-    flat, inlined, _ = _rebuilt(model)
+    flat, inlined, _ = replayed(model)
     check_same(model, flat, sample, "inlining nested models", "build the model without nesting models in it")
     return flat, inlined
 
@@ -218,7 +218,7 @@ def drop_training_only_layers(model: Any, sample: Any) -> tuple[Any, list[str]]:
     names with their classes."""
     if not any(type(layer).__name__ in TRAINING_ONLY for layer in all_layers(model)):
         return model, []
-    rebuilt, _, dropped = _rebuilt(model, skip=TRAINING_ONLY)
+    rebuilt, _, dropped = replayed(model, skip=TRAINING_ONLY)
     check_same(model, rebuilt, sample, "removing training-only layers", "remove the augmentation layers yourself")
     return rebuilt, dropped
 
@@ -251,7 +251,7 @@ def unwrap_time_distributed(model: Any, sample: Any) -> tuple[Any, list[str]]:
         lines.append(f"{layer.name}: TimeDistributed({type(inner).__name__}) -> {type(inner).__name__}")
         return produced
 
-    unwrapped, _, _ = _rebuilt(model, replace=unwrap)
+    unwrapped, _, _ = replayed(model, replace=unwrap)
     check_same(model, unwrapped, sample, "unwrapping TimeDistributed", "use a ptq stage, or exclude the layer")
     return unwrapped, lines
 
@@ -315,7 +315,7 @@ def fold_input_rescaling(model: Any, sample: Any) -> tuple[Any, list[str]]:
             pairs.append((layer, norm))
     if not pairs:
         return model, []
-    folded, _, _ = _rebuilt(model, skip=frozenset(rescaling.name for rescaling, _ in pairs))
+    folded, _, _ = replayed(model, skip=frozenset(rescaling.name for rescaling, _ in pairs))
     for rescaling, norm in pairs:
         scale, offset = float(np.asarray(rescaling.scale)), float(np.asarray(rescaling.offset))
         mean, variance, *rest = norm.get_weights()
@@ -335,7 +335,7 @@ def _per_feature(norm: Any) -> bool:
     return bool(np.ptp(mean) > 0 or np.ptp(variance) > 0)
 
 
-def _rebuilt(
+def replayed(
     model: Any, skip: frozenset[str] = frozenset(), replace: Replacer | None = None
 ) -> tuple[Any, list[str], list[str]]:
     """``model`` replayed as one flat Functional model, without the layers whose class is in ``skip``, and with

@@ -67,7 +67,7 @@ def keras_layers_for_tf_functions(model: Any, sample: Any) -> tuple[Any, list[st
         return new(inputs)
 
     try:
-        rebuilt, _, _ = rewrite._rebuilt(model, replace=replace)
+        rebuilt, _, _ = rewrite.replayed(model, replace=replace)
         if replaced:
             rewrite.check_same(model, rebuilt, sample, "replacing TensorFlow functions by Keras layers", "")
     except Exception as exc:  # a call Keras cannot replay, or other outputs: the model stays as the user wrote it

@@ -49,7 +49,14 @@ def resolve_run(name: str, target: str | None, history_path: Location | None) ->
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        record = json.loads(path.read_text())
+        content = path.read_bytes()
+        if path.suffix == ".tflite" or content[4:8] == b"TFL3":  # the flatbuffer's file identifier
+            raise ConfigError(
+                f"{path}: a .tflite model, not a deploy result: compare reads what deploy measured",
+                hint="compare deploy results (deploy-TARGET.json), run directories, run ids or tags; to time two "
+                "models side by side, deploy the candidate with --baseline MODEL.tflite and compare its result",
+            )
+        record = json.loads(content)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a readable deploy result: {exc}") from None
     if not isinstance(record, dict) or record.get("schema") != "edgepipe.deploy/1":
