@@ -89,3 +89,25 @@ def test_qat_of_a_decoder_block_converts_without_a_batchnorm_left(tmp_path: Path
     assert details["folded_batchnorms"] == ["up_bn into up (Conv2DTranspose)"]
     ops = Counter(op.name for op in TfliteModel.read(tmp_path / "run" / "model.tflite").ops)
     assert ops["TRANSPOSE_CONV"] == 1 and ops["MUL"] == 0 and ops["ADD"] == 0, ops  # as in the float model
+
+
+def test_prune_cluster_qat_leaves_a_layer_only_plain_qat_takes_to_the_converter(tmp_path: Path) -> None:
+    """PCQAT refused the decoder's Conv2DTranspose ("does not support 'up' (Conv2DTranspose)"): TF-MOT's
+    cluster-preserving registry has none. It is left out, frozen with its zeros, and not folded under PCQAT."""
+    (tmp_path / "models.py").write_text(DECODER)
+    recipe = """
+    name: decoder-pcqat
+    model: {source: "models:decoder", train: {epochs: 3, learning_rate: 0.003}}
+    data: {source: edgepipe.examples.digits:load}
+    fine_tune: {epochs: 1, learning_rate: 0.0005}
+    stages: [{kind: prune, target_sparsity: 0.5}, {kind: cluster, clusters: 8}, {kind: qat}]
+    gates: {max_accuracy_drop: null}
+    """
+    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = " ".join(done.stderr.split())
+    assert "up: TF-MOT's PCQAT cannot take this layer (plain QAT can); left out of QAT" in said
+    assert "BatchNorm folded" not in said  # a scale per channel would break the clusters PCQAT keeps
+    details = json.loads((tmp_path / "run" / "optimize.json").read_text())["stages"][2]["details"]
+    assert details["scheme"] == "PCQAT" and "up" in details["left_to_converter"] and "up" in details["frozen"]
+    assert details["folded_batchnorms"] == []

@@ -165,8 +165,8 @@ def _inferred(task: str | list[str], y: tuple[Any, ...], widths: list[int | None
         label = "y" if len(y) == 1 else f"y_{index}"
         if target.dtype.kind not in "iub":
             read.append(f"{label} (floats) as {kind}")
-        elif kind == "regression":
-            width = widths[index]
+        elif kind == "regression":  # integers read as values: they do not fit the output (infer_task)
+            width = widths[index] if index < len(widths) else None
             read.append(
                 f"{label} (integers {int(target.min())} to {int(target.max())}, not class indices of an output "
                 f"{width} wide) as regression"

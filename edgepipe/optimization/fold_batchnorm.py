@@ -7,7 +7,8 @@ BatchNorm that the float model's converter folds away (Keras' Oxford-pets U-Net 
 than its float model). In inference mode a BatchNorm is ``x * s + (beta - mean * s)`` per channel with
 ``s = gamma / sqrt(variance + epsilon)``, so the convolution's kernel scaled by ``s`` on its output channels
 and its bias mapped the same way compute both: the qat stage folds them on its own copy, checked numerically,
-and the fine-tune trains the folded convolution.
+and the fine-tune trains the folded convolution. Plain QAT only: a scale per output channel breaks the shared
+values that CQAT and PCQAT preserve.
 """
 
 from __future__ import annotations

@@ -135,6 +135,23 @@ class _TruthfulRegistry:
         return getattr(self._registry, name)
 
 
+def _refused_by_preserving_only(
+    refused: list[tuple[Any, str]], annotated: Any, scheme: str, annotated_names: list[str]
+) -> list[str]:
+    """The layers a preserving scheme (PQAT, CQAT, PCQAT) refuses by their class that plain QAT takes: TF-MOT's
+    cluster-preserving registry has no Conv2DTranspose, say (a U-Net's decoder, refused under PCQAT)."""
+    if scheme == "default" or not refused:
+        return []
+    candidates = [
+        layer.name for layer, what in refused if what == type(layer).__name__ and layer.name in annotated_names
+    ]
+    if not candidates:
+        return []
+    with _own_lambdas():
+        plain = {layer.name for layer, _ in unsupported_layers(annotated, _scheme("default"))}
+    return [name for name in candidates if name not in plain]
+
+
 def unsupported_layers(annotated: Any, scheme: Any) -> list[tuple[Any, str]]:
     """The layers of an annotated model that TF-MOT's ``quantize_apply`` would refuse, all of them at once,
     each with what is refused (its class, or its activation).
@@ -195,7 +212,7 @@ def _freeze_left_out(quantized: Any, left_out: list[str]) -> list[str]:
 
 
 def _rewritten(
-    work: Any, stage: QatStage, ctx: StageContext, annotated: list[str]
+    work: Any, stage: QatStage, ctx: StageContext, annotated: list[str], fold: bool
 ) -> tuple[Any, list[str], list[str], dict[str, list[str]]]:
     """The exact rewrites QAT needs on its own copy, each announced in a note: MobileNetV3's hard activations
     fused, 1-D layers lifted to 2-D, activations TF-MOT cannot fake-quantize inside a layer split off. Returns
@@ -208,8 +225,10 @@ def _rewritten(
     def added(before: set[str]) -> list[str]:
         return [layer.name for layer in work.layers if layer.name not in before]
 
-    # A BatchNorm after a transposed or separable convolution, which TF-MOT does not fold (fold_batchnorm).
-    work, folds = fold_batchnorm(work, sample, lambda layer: layer.name in annotated)
+    # A BatchNorm after a transposed or separable convolution, which TF-MOT does not fold (fold_batchnorm); not
+    # under PQAT/CQAT/PCQAT (``fold`` false): a scale per channel breaks the clusters those preserve, and the
+    # folded layer trained unpreserved (a prune + cluster + QAT U-Net fell from 49 % zeros to 30 % with it).
+    work, folds = fold_batchnorm(work, sample, lambda layer: fold and layer.name in annotated)
     if folds:
         annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
         ctx.progress.note(f"{ctx.where}: BatchNorm folded (TF-MOT's QAT does not fold it there): " + "; ".join(folds))
@@ -310,7 +329,7 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             f"{ctx.where}: no layer with weights is left to train with quantization", hint=f"check {ctx.where}.layers"
         )
 
-    work, annotated_names, functions, rewrites = _rewritten(work, stage, ctx, annotated_names)
+    work, annotated_names, functions, rewrites = _rewritten(work, stage, ctx, annotated_names, scheme == "default")
 
     registry = _scheme(scheme).get_quantize_registry()
 
@@ -333,6 +352,21 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
     refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
     with _own_lambdas():
         refused += unsupported_layers(annotated, _scheme(scheme))
+    preserved_only = _refused_by_preserving_only(refused, annotated, scheme, annotated_names)
+    if preserved_only:  # plain QAT takes them: left out, as an exclude would, and frozen below with the others
+        ctx.progress.note(
+            f"{ctx.where}: {', '.join(preserved_only)}: TF-MOT's {SCHEME_NAMES[scheme]} cannot take "
+            + ("this layer" if len(preserved_only) == 1 else "these layers")
+            + " (plain QAT can); left out of QAT, its zeros and shared values kept, and quantized by the "
+            "converter from the representative data"
+        )
+        annotated_names = [n for n in annotated_names if n not in preserved_only]
+        left_out += preserved_only
+        own += preserved_only
+        annotated = wrap_layers(work, annotate)
+        refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
+        with _own_lambdas():
+            refused += unsupported_layers(annotated, _scheme(scheme))
     if refused:
         names = [layer.name for layer, _ in refused]
         raise ModelError(
