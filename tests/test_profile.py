@@ -23,6 +23,11 @@ from edgepipe.tflite_model import TfliteModel
 pytestmark = pytest.mark.slow
 
 
+# What the operators' times summed over the whole model's may be: an operator timed twice gives about 2, the big
+# operators left out well under 0.5; timing noise on a shared 2-core machine stays inside.
+ACCOUNTED = (0.6, 1.6)
+
+
 def _convert(model: Any, shape: tuple[int, ...], int8: bool = True) -> bytes:
     from edgepipe.keras_compat import tf
 
@@ -165,8 +170,9 @@ def test_deploy_profile_of_a_conv_net_on_the_local_target(conv_net: Path, tmp_pa
     resolved = [row for row in profile["ops"] if row["resolved"]]
     assert {row["layer"] for row in resolved} >= {"stem", "branch"}  # the two 3x3 convs take measurable time
     assert sum(row["share"] for row in profile["ops"]) == pytest.approx(1.0)
-    # The operators' times add up to the model's (timed in the same rounds); the bench measures how closely.
-    assert 0.7 < profile["sum_over_whole"] < 1.3, profile["sum_over_whole"]
+    # The operators' times add up to the model's (timed in the same rounds); the bench measures how closely. The
+    # bounds catch an operator counted twice or left out, not the noise of a shared machine (1.31 seen in CI).
+    assert ACCOUNTED[0] < profile["sum_over_whole"] < ACCOUNTED[1], profile["sum_over_whole"]
     assert profile["deploy_p50_ms"] == record["device"]["timing"]["latency_ms"]["p50"]
     assert not profile["emulated"] and profile["rounds"] >= 20 and profile["seconds"] >= 1
     assert profile["peak_rss_kb"] > record["device"]["memory"]["vmhwm_kb"]["before_load"]
@@ -226,7 +232,7 @@ def test_windows_that_do_not_fit_in_the_memory_limit_are_timed_in_groups(tmp_pat
     assert profile["groups"] > 1 and profile["rounds"] >= 20
     assert [row["op"] for row in profile["ops"]] == ["FULLY_CONNECTED"] * 3
     assert all(row["resolved"] for row in profile["ops"][:2])  # 1 M and 4 M MACs: far above the noise
-    assert 0.7 < (profile["sum_ms"] + profile["overhead_ms"]) / profile["whole_ms"] < 1.3
+    assert ACCOUNTED[0] < (profile["sum_ms"] + profile["overhead_ms"]) / profile["whole_ms"] < ACCOUNTED[1]
 
 
 def test_a_model_made_for_another_batch_size_is_profiled_at_batch_one(tmp_path: Path) -> None:
