@@ -348,10 +348,15 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
                 f"{ctx.where}: {name!r} is left out of QAT, so its BatchNormalization is not folded into the layer "
                 "before it: the int8 model keeps extra MUL/ADD operators and runs slower"
             )
+
+    def refusals(annotated: Any) -> list[tuple[Any, str]]:
+        with _own_lambdas():
+            return [(work.get_layer(name), "TFOpLambda") for name in functions] + unsupported_layers(
+                annotated, _scheme(scheme)
+            )
+
     annotated = wrap_layers(work, annotate)
-    refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
-    with _own_lambdas():
-        refused += unsupported_layers(annotated, _scheme(scheme))
+    refused = refusals(annotated)
     preserved_only = _refused_by_preserving_only(refused, annotated, scheme, annotated_names)
     if preserved_only:  # plain QAT takes them: left out, as an exclude would, and frozen below with the others
         ctx.progress.note(
@@ -362,11 +367,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
         )
         annotated_names = [n for n in annotated_names if n not in preserved_only]
         left_out += preserved_only
-        own += preserved_only
         annotated = wrap_layers(work, annotate)
-        refused = [(work.get_layer(name), "TFOpLambda") for name in functions]
-        with _own_lambdas():
-            refused += unsupported_layers(annotated, _scheme(scheme))
+        refused = refusals(annotated)
     if refused:
         names = [layer.name for layer, _ in refused]
         raise ModelError(
@@ -414,8 +416,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             "frozen": frozen,
             "input_rescaling": folded,  # left to the converter
             "input_lookups": lookups,  # Embeddings of token ids: left to the converter
-            # layers TF-MOT cannot wrap (attention, Bidirectional, Lambda, the user's own classes)
-            "left_to_converter": unwrappable + opaque + own,
+            # layers TF-MOT cannot wrap (attention, Bidirectional, Lambda, the user's own classes), or only plain QAT
+            "left_to_converter": unwrappable + opaque + own + preserved_only,
             "activation_ranges_measured_on": ranged_on,
             "batchnorm_recalibrated_on": recalibrated,
             **rewrites,
