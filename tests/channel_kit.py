@@ -25,7 +25,7 @@ def zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, 
         for index, variable in enumerate(layer.weights):
             role = variable.name.split("/")[-1].split(":")[0]
             if role in names:  # a transposed convolution's kernel holds its output channels second to last
-                axis = kernel_axes(layer)[1] if role == "kernel" else -1
+                axis = kernel_axes(layer)[1] if role == "kernel" else -1  # a pointwise kernel's are last
                 np.moveaxis(weights[index], axis, -1)[..., channels_] = 0.0
         layer.set_weights(weights)
 
@@ -34,7 +34,7 @@ def zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, 
         if not group.blocked_by:
             doomed[index] = np.sort(rng.choice(group.channels, group.channels // 2, replace=False))
             for name in group.producers:
-                zero(model.get_layer(name), ("kernel", "bias"), doomed[index])
+                zero(model.get_layer(name), ("kernel", "pointwise_kernel", "bias"), doomed[index])
             for name in group.sliced:
                 zero(model.get_layer(name), ("gamma", "beta", "bias"), doomed[index])
     for name, (role, segments) in plan.composite.items():

@@ -33,10 +33,32 @@ def test_residual_branches_share_one_group_and_the_output_layer_is_blocked() -> 
     assert group_of(plan, "logits").blocked_by == ["logits (a model output)"]
 
 
-def test_depthwise_follows_its_producer_and_a_separable_conv_is_named_not_pruned() -> None:
+def test_depthwise_follows_its_producer_and_a_separable_conv_reads_and_opens_a_group() -> None:
     plan = channels.analyze(ds_cnn())
     assert "ds1_dw" in group_of(plan, "stem_conv").sliced
-    assert group_of(plan, "ds2_pw_conv").blocked_by == ["sep_conv (SeparableConv2D)"]
+    assert not group_of(plan, "ds2_pw_conv").blocked_by
+    assert ("sep_conv", 0) in group_of(plan, "ds2_pw_conv").consumers
+    assert group_of(plan, "sep_conv").sliced == ["sep_bn"] and not group_of(plan, "sep_conv").blocked_by
+
+
+def test_a_separable_convolution_is_pruned_then_trained_with_quantization_under_its_own_name(tmp_path: Path) -> None:
+    """Without model.split_separable_conv: the DS-CNN's SeparableConv2D loses half its filters and the inputs it
+    reads, and QAT splits it into layers named after it (TF-MOT's own split named them depthwise_conv2d_1 and
+    conv2d_1, which the weights column showed as whole tensor names)."""
+    model = "{source: edgepipe.examples.cnns:ds_cnn, train: {epochs: 2, learning_rate: 0.003}}"
+    done = run_cli(
+        "optimize", str(write_recipe(tmp_path, channel_prune_qat("ds", model))), "--out", str(tmp_path / "run")
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "optimize.json").read_text())
+    prune, qat = record["stages"]
+    assert prune["details"]["channels"]["sep_conv"] == {"before": 64, "after": 32}
+    assert prune["details"]["channels"]["ds2_pw_conv"] == {"before": 32, "after": 16}
+    assert qat["details"]["split_separable"] == ["sep_conv -> sep_conv_dw (DepthwiseConv2D) + sep_conv (Conv2D 1x1)"]
+    shapes = {row["layer"]: (row["op"], row["shape"]) for row in record["final"]["weights"]}
+    assert shapes["sep_conv_dw"] == ("DEPTHWISE_CONV_2D", [1, 3, 3, 16])  # the 16 channels ds2_pw_conv kept
+    assert shapes["sep_conv"] == ("CONV_2D", [32, 1, 1, 16])
+    assert record["final"]["conformance"]["passed"]
 
 
 def _concatenating() -> Any:

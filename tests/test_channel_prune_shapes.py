@@ -163,3 +163,46 @@ def test_a_layer_that_takes_axis_1_for_the_channels_stops_the_group_it_reads() -
     x = [rng.random((4, 12, 3), dtype=np.float32), rng.random((4, 4, 4, 2), dtype=np.float32)]
     pruned = _pruned_exactly(model, x)
     assert pruned.get_layer("conv").filters == 8 and pruned.get_layer("hidden").units == 3
+
+
+def _xception_block() -> Any:
+    """Xception's residual block: SeparableConv2D -> BN -> ReLU -> SeparableConv2D -> BN added to a 1x1 Conv2D
+    projection; the first with a depth multiplier of 2; then a SeparableConv2D that reads a Concatenate."""
+    k = keras()
+    inputs = k.Input((8, 8, 3))
+    stem = k.layers.ReLU()(k.layers.BatchNormalization(name="stem_bn")(k.layers.Conv2D(8, 3, name="stem")(inputs)))
+    x = k.layers.SeparableConv2D(16, 3, padding="same", depth_multiplier=2, use_bias=False, name="sep_a")(stem)
+    x = k.layers.ReLU()(k.layers.BatchNormalization(name="sep_a_bn")(x))
+    x = k.layers.BatchNormalization(name="sep_b_bn")(k.layers.SeparableConv2D(16, 3, padding="same", name="sep_b")(x))
+    shortcut = k.layers.BatchNormalization(name="proj_bn")(k.layers.Conv2D(16, 1, name="proj")(stem))
+    x = k.layers.ReLU()(k.layers.Add(name="residual")([x, shortcut]))
+    x = k.layers.Concatenate(name="join")([x, stem])
+    x = k.layers.SeparableConv2D(8, 3, activation="relu", name="sep_c")(x)
+    return k.Model(inputs, k.layers.Dense(3, name="out")(k.layers.GlobalAveragePooling2D()(x)))
+
+
+def test_separable_convolutions_are_pruned_in_place_exactly() -> None:
+    """A SeparableConv2D stopped every group it touched unless the recipe split it first: Keras' Xception had 1 of
+    29 groups pruned, NASNetMobile none. Its depthwise kernel and its pointwise kernel's rows are now cut on the
+    input channels (``multiplier`` rows per channel), the pointwise columns on its own."""
+    model = _xception_block()
+    plan = channels.analyze(model)
+    assert not plan.blocked().keys() - {"out"}, plan.blocked()
+    stem = group_of(plan, "stem")
+    assert {name for name, _ in stem.consumers} == {"sep_a", "proj"} and plan.composite["sep_c"][0] == "in"
+    assert sorted(group_of(plan, "sep_b").producers) == ["proj", "sep_b"]  # tied by the residual add
+    assert group_of(plan, "sep_a").sliced == ["sep_a_bn"]
+    x = np.random.default_rng(1).random((4, 8, 8, 3), dtype=np.float32)
+    pruned = _pruned_exactly(model, x)
+    depthwise, pointwise = pruned.get_layer("sep_a").get_weights()
+    assert depthwise.shape == (3, 3, 4, 2) and pointwise.shape == (1, 1, 8, 8)  # 4 of 8 inputs, x2; 8 of 16 out
+    depthwise, pointwise, bias = pruned.get_layer("sep_c").get_weights()
+    assert depthwise.shape[2] == 12 and pointwise.shape[2:] == (12, 4) and bias.shape == (4,)  # 8 + 4 read
+
+    k = keras()
+    steps = k.Input((16, 4))  # a sensor model of SeparableConv1D blocks
+    y = k.layers.SeparableConv1D(8, 3, padding="same", activation="relu", name="sep1")(steps)
+    y = k.layers.SeparableConv1D(8, 3, padding="same", activation="relu", name="sep2")(y)
+    sequence = k.Model(steps, k.layers.Dense(2)(k.layers.GlobalAveragePooling1D()(y)))
+    pruned = _pruned_exactly(sequence, np.random.default_rng(2).random((4, 16, 4), dtype=np.float32))
+    assert [pruned.get_layer(name).filters for name in ("sep1", "sep2")] == [4, 4]

@@ -30,12 +30,17 @@ def weight_tensor(model: TfliteModel, op: Op) -> Tensor | None:
 
 
 def layer_name(tensor_name: str, keras_layers: Iterable[str]) -> str:
-    """Best-effort Keras layer for a converted tensor name ("model/quant_dense_1/MatMul;..." -> "dense_1")."""
+    """Best-effort Keras layer for a converted tensor name ("model/quant_dense_1/MatMul;..." -> "dense_1"): one
+    of ``keras_layers`` if named, else the tensor's scope (a layer a stage added, such as QAT's "sep_dw" split
+    off a SeparableConv2D), else the name itself."""
     segments: set[str] = set()
     for part in tensor_name.replace(";", "/").split("/"):
         segments.update({part, part.removeprefix("quant_")})
     candidates = [name for name in keras_layers if name in segments]
-    return max(candidates, key=len) if candidates else tensor_name.split(";")[0]
+    if candidates:
+        return max(candidates, key=len)
+    scope = tensor_name.split(";")[0].split("/")
+    return scope[1].removeprefix("quant_") if len(scope) >= 3 and scope[1] else tensor_name.split(";")[0]
 
 
 # A fused LSTM's weights: input-to-gate and recurrent-to-gate matrices (inputs 1-8) and the projection (16).

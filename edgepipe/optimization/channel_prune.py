@@ -88,13 +88,11 @@ def _channels(plan: channels.Plan, producer: str) -> int | None:
 
 def _nothing_removable_hint(plan: channels.Plan, others: list[str]) -> str:
     """What could let channel pruning remove something, from what stopped it: a group free to shrink but at its
-    floor, a SeparableConv2D or a Lambda in the way; otherwise the other stages."""
+    floor, or a Lambda in the way; otherwise the other stages."""
     reasons = " ".join(reason for blockers in plan.blocked().values() for reason in blockers)
     fixes = []
     if any(not group.blocked_by for group in plan.groups):
         fixes.append("lower min_channels or round_to")
-    if "(SeparableConv2D)" in reasons:
-        fixes.append("split SeparableConv2D (model.split_separable_conv: true)")
     if "(Lambda:" in reasons:
         fixes.append("write what the Lambda computes with Keras layers (Cropping1D, Reshape, ...)")
     if others or not fixes:

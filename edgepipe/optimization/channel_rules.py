@@ -22,6 +22,9 @@ PASSTHROUGH = (
 )  # fmt: skip
 CONVOLUTIONS = ("Conv2D", "Conv1D")  # kernels (..., in, out): sliced on the last two axes
 TRANSPOSED = ("Conv2DTranspose", "Conv1DTranspose")  # kernels (..., out, in): the decoders of U-Nets, autoencoders
+# A depthwise kernel (..., in, multiplier) then a pointwise one (1, ..., in * multiplier, out): Xception, NASNet
+SEPARABLE = ("SeparableConv2D", "SeparableConv1D")
+FILTERS = (*CONVOLUTIONS, *TRANSPOSED, *SEPARABLE)  # the layers with ``filters``: each opens a channel group
 MERGES = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
 # TensorFlow functions (TFOpLambda layers) that act on each element alone: with every argument but the tensor a
 # scalar, channel c of the output depends on channel c of the input only.
@@ -35,6 +38,29 @@ ELEMENTWISE = frozenset({
 def kernel_axes(layer: Any) -> tuple[int, int]:
     """The axes of a convolution's or Dense's kernel that hold its input and its output channels."""
     return (-1, -2) if type(layer).__name__ in TRANSPOSED else (-2, -1)
+
+
+def output_kernel(layer: Any) -> np.ndarray:
+    """The kernel that makes a producer's output channels, with them on its last axis: a separable
+    convolution's pointwise kernel, any other layer's only kernel."""
+    weights = layer.get_weights()
+    if type(layer).__name__ in SEPARABLE:
+        return weights[1]
+    return np.moveaxis(weights[0], kernel_axes(layer)[1], -1)
+
+
+def separable_sliced(weights: list[np.ndarray], out: np.ndarray | None, inputs: np.ndarray | None) -> list[np.ndarray]:
+    """A separable convolution's weights cut to the kept input and output channels. Input channel ``c`` is the
+    depthwise kernel's ``c`` and, for a depth multiplier ``m``, the pointwise kernel's rows ``c * m .. c * m + m - 1``
+    (the order in which the depthwise step lays out its outputs)."""
+    depthwise, pointwise, rest = weights[0], weights[1], weights[2:]
+    if inputs is not None:
+        multiplier = depthwise.shape[-1]
+        rows = (inputs[:, None] * multiplier + np.arange(multiplier)[None, :]).reshape(-1)
+        depthwise, pointwise = np.take(depthwise, inputs, axis=-2), np.take(pointwise, rows, axis=-2)
+    if out is not None:
+        pointwise, rest = np.take(pointwise, out, axis=-1), [np.take(w, out, axis=-1) for w in rest]
+    return [depthwise, pointwise, *rest]
 
 
 def on_channels(layer: Any) -> bool:
@@ -82,7 +108,7 @@ def elementwise(layer: Any, tensors: int) -> bool:
 def kind_and_why(layer: Any) -> str:
     """A layer's class, and what about it channel pruning cannot follow when the class alone does not say."""
     kind = type(layer).__name__
-    if kind in (*CONVOLUTIONS, *TRANSPOSED) and getattr(layer, "groups", 1) != 1:
+    if kind in FILTERS and getattr(layer, "groups", 1) != 1:
         return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return f"{kind}, channels_first: it reads axis 1 as the channels and works on the last axis"
@@ -162,6 +188,6 @@ def acts_per_channel(layer: Any) -> bool:
 
 def simple(layer: Any) -> bool:
     """A convolution edgepipe knows how to slice: ungrouped, channels last."""
-    if type(layer).__name__ in (*CONVOLUTIONS, *TRANSPOSED):
+    if type(layer).__name__ in FILTERS:
         return getattr(layer, "groups", 1) == 1 and layer.data_format == "channels_last"
     return True

@@ -4,8 +4,10 @@ Removing output channel ``c`` of a convolution is only correct if every layer th
 too. As Torch-Pruning's dependency graph does for PyTorch, the layers are walked in graph order and each tensor's
 last axis is traced back to the *channel group* that produced it:
 
-- a Conv2D or Conv1D, their transposed forms (a U-Net's or an autoencoder's decoder) or a (non-output) Dense
-  opens a group: its filters are the group's channels;
+- a Conv2D or Conv1D, their transposed forms (a U-Net's or an autoencoder's decoder), their separable forms
+  (Xception, NASNet: the depthwise kernel and the pointwise kernel's rows are cut on the input channels, the
+  pointwise kernel's columns on the output) or a (non-output) Dense opens a group: its filters are the group's
+  channels;
 - BatchNormalization, activations, dropout, pooling, upsampling, padding and global pooling pass a group
   through; a DepthwiseConv2D (depth multiplier 1) and a PReLU pass it through and are sliced with it; so do a
   Reshape that keeps the channels as its last axis (a squeeze-and-excitation block's ``(C,)`` -> ``(1, 1, C)``,
@@ -22,9 +24,9 @@ last axis is traced back to the *channel group* that produced it:
 - a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
 
 What cannot be traced safely (any other Reshape, a Permute, a Softmax, any other TensorFlow function, a grouped
-convolution, a custom layer, an Add or Flatten after a Concatenate, a merge of tensors with different channel
-counts, a layer called more than once, a group that reaches a model output) *blocks* the group: it is left
-whole and named, with the reason, in the stage's details, never pruned wrongly.
+convolution, a channels-first layer, a custom layer, an Add or Flatten after a Concatenate, a merge of tensors
+with different channel counts, a layer called more than once, a group that reaches a model output) *blocks* the
+group: it is left whole and named, with the reason, in the stage's details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -38,17 +40,19 @@ import numpy as np
 
 from edgepipe.keras_compat import keras
 from edgepipe.optimization.channel_rules import (
-    CONVOLUTIONS,
+    FILTERS,
     MERGES,
     PASSTHROUGH,
-    TRANSPOSED,
+    SEPARABLE,
     acts_per_channel,
     elementwise,
     kernel_axes,
     kind_and_why,
     on_channels,
+    output_kernel,
     per_channel,
     same_channels,
+    separable_sliced,
     simple,
     sliced_along,
 )
@@ -133,7 +137,7 @@ class _Groups:
         return a
 
 
-CHANNEL_LAYERS = ("Conv2D", "Conv1D", "Dense", "DepthwiseConv2D", "SeparableConv2D", "BatchNormalization", "PReLU")
+CHANNEL_LAYERS = (*FILTERS, "Dense", "DepthwiseConv2D", "BatchNormalization", "PReLU")
 
 
 def not_channel_pruned(model: Any) -> list[str]:
@@ -181,7 +185,7 @@ def analyze(model: Any) -> Plan:
             carries[layer.name] = None
             continue
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
-        if kind in (*CONVOLUTIONS, *TRANSPOSED, "Dense") and simple(layer):
+        if kind in (*FILTERS, "Dense") and simple(layer):
             if cat is not None:
                 composite[layer.name] = ("in", cat[1])
             elif traced:
@@ -299,7 +303,7 @@ def importance(model: Any, plan: Plan, criterion: str, sample: np.ndarray | None
 
 def _producer_score(model: Any, name: str, group: Group, criterion: str, sample: np.ndarray | None) -> np.ndarray:
     layer = model.get_layer(name)
-    kernel = np.moveaxis(layer.get_weights()[0], kernel_axes(layer)[1], -1)  # output channels last
+    kernel = output_kernel(layer)
     flat = kernel.reshape(-1, kernel.shape[-1])
     if criterion == "bn_gamma":
         norms = [model.get_layer(n) for n in group.sliced if type(model.get_layer(n)).__name__ == "BatchNormalization"]
@@ -382,7 +386,7 @@ def rebuild(model: Any, plan: Plan) -> Any:
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
-        if layer.name in out_keep and type(layer).__name__ in (*CONVOLUTIONS, *TRANSPOSED):
+        if layer.name in out_keep and type(layer).__name__ in FILTERS:
             config["filters"] = len(out_keep[layer.name])
         elif layer.name in out_keep and type(layer).__name__ == "Dense":
             config["units"] = len(out_keep[layer.name])
@@ -403,7 +407,9 @@ def _sliced(
     layer: Any, weights: list[np.ndarray], out: np.ndarray | None, inputs: tuple[np.ndarray, int] | None
 ) -> list[np.ndarray]:
     kind = type(layer).__name__
-    if kind in (*CONVOLUTIONS, *TRANSPOSED, "Dense"):
+    if kind in SEPARABLE:
+        return separable_sliced(weights, out, None if inputs is None else inputs[0])
+    if kind in (*FILTERS, "Dense"):
         kernel, rest = weights[0], weights[1:]
         in_axis, out_axis = kernel_axes(layer)
         if inputs is not None:

@@ -68,7 +68,9 @@ TRAINING_ONLY = frozenset(
 )
 
 
-def split_separable_conv(model: Any, sample: np.ndarray) -> tuple[Any, list[str]]:
+def split_separable_conv(
+    model: Any, sample: np.ndarray, hint: str = "leave model.split_separable_conv off for this model"
+) -> tuple[Any, list[str]]:
     """The model with every SeparableConv2D split in two, and a line per split layer for the result."""
     separable = [layer for layer in model.layers if type(layer).__name__ == "SeparableConv2D"]
     if not separable:
@@ -91,7 +93,7 @@ def split_separable_conv(model: Any, sample: np.ndarray) -> tuple[Any, list[str]
             split.get_layer(layer.name).set_weights(weights[1:])
         elif layer.weights:
             split.get_layer(layer.name).set_weights(layer.get_weights())
-    check_same(model, split, sample, "splitting SeparableConv2D", "leave model.split_separable_conv off for this model")
+    check_same(model, split, sample, "splitting SeparableConv2D", hint)
     return split, [
         f"{layer.name} -> {layer.name}_dw (DepthwiseConv2D) + {layer.name} (Conv2D 1x1)" for layer in separable
     ]
