@@ -193,6 +193,11 @@ def _float_only_activation(layer: Any) -> bool:
 # or on an image's pixels, attention's projections) with a free batch size, TensorFlow computes the shape of
 # their matrix product at run time.
 LAST_AXIS_PRODUCTS = ("Dense", "EinsumDense", "MultiHeadAttention")
+# Layers whose output shape TensorFlow builds from the batch size at run time when it is free: a Reshape
+# (``tf.shape(x)[0]`` and the target shape: squeeze-and-excitation's ``(C,)`` -> ``(1, 1, C)``, QAT's lifted 1-D
+# layers) and a transposed convolution's output shape (a U-Net's or an autoencoder's decoder) become SHAPE ->
+# STRIDED_SLICE -> PACK at every inference; XNNPACK then leaves such a TRANSPOSE_CONV to TFLite's own kernels.
+BATCH_SHAPED = ("Reshape", "Conv1DTranspose", "Conv2DTranspose")
 
 
 def _shapes_depend_on_the_batch(model: Any) -> bool:
@@ -202,6 +207,8 @@ def _shapes_depend_on_the_batch(model: Any) -> bool:
     block's MACs then counted one row of its Dense layers). QAT's wrappers are looked through."""
     for layer in all_layers(model):
         inner = getattr(layer, "layer", layer)
+        if type(inner).__name__ in BATCH_SHAPED:
+            return True
         if type(inner).__name__ not in LAST_AXIS_PRODUCTS:
             continue
         try:
@@ -218,8 +225,9 @@ def converter_for(model: Any) -> Any:
     """``from_keras_model``, except for a model whose converted form would depend on the batch size: a recurrent
     one (the converter turns a Keras LSTM into TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM only when the batch
     is static; with a dynamic one it leaves TensorList ops it cannot lower, and fails) and one with a Dense on a
-    sequence or an image (``_shapes_depend_on_the_batch``: a ConvNeXt-style block at batch 1 is 53 operators
-    instead of 89, 25 % fewer bytes and 5 % faster on the host; a small ViT 111 instead of 196). Those are
+    sequence or an image, a Reshape or a transposed convolution (``_shapes_depend_on_the_batch``: a
+    ConvNeXt-style block at batch 1 is 53 operators instead of 89, 25 % fewer bytes and 5 % faster on the host; a
+    small ViT 111 instead of 196; bench/batch_one.py times a U-Net and a squeeze-and-excitation model). Those are
     converted from a function of batch 1, the batch a board runs, whose signature keeps the Keras input and
     output names. The fused LSTM keeps its state in variable tensors between invocations, so whoever runs it
     resets them before each one (see ``TfliteModel.stateful``)."""
