@@ -32,7 +32,10 @@ def zero_half_of_every_group(model: Any, rng: np.random.Generator) -> dict[int, 
     plan, doomed = channels.analyze(model), {}
     for index, group in enumerate(plan.groups):
         if not group.blocked_by:
-            doomed[index] = np.sort(rng.choice(group.channels, group.channels // 2, replace=False))
+            width = group.channels // group.parts  # a grouped convolution's parts each lose half
+            doomed[index] = np.sort(np.concatenate([
+                start + rng.choice(width, width // 2, replace=False) for start in range(0, group.channels, width)
+            ]))  # fmt: skip
             for name in group.producers:
                 zero(model.get_layer(name), ("kernel", "pointwise_kernel", "bias"), doomed[index])
             for name in group.sliced:

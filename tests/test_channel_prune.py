@@ -173,10 +173,15 @@ def test_the_fashion_cnn_prunes_through_batchnorm_pooling_and_flatten_exactly() 
 
 
 def test_min_channels_and_rounding() -> None:
-    assert channels._kept(16, 0.9, 4, 4) == 4  # never below min_channels
-    assert channels._kept(16, 0.3, 4, 8) == 16  # 11.2 rounds up to 16: nothing to remove
-    assert channels._kept(32, 0.5, 4, 8) == 16
-    assert channels._kept(24, 0.5, 4, 8) == 16
+    group = channels.Group
+    assert channels._kept(group(16), 0.9, 4, 4) == 4  # never below min_channels
+    assert channels._kept(group(16), 0.3, 4, 8) == 16  # 11.2 rounds up to 16: nothing to remove
+    assert channels._kept(group(32), 0.5, 4, 8) == 16
+    assert channels._kept(group(24), 0.5, 4, 8) == 16
+    # Read by a grouped convolution: a multiple of its groups as well (RegNet's 3 groups of 8; 4 and 6 -> 12)
+    assert channels._kept(group(24, grouped_by=[3]), 0.5, 4, 4) == 12
+    assert channels._kept(group(48, grouped_by=[4, 6]), 0.6, 1, 1) == 24
+    assert channels._kept(group(24, grouped_by=[3]), 0.9, 4, 1) == 6  # min_channels 4, rounded up to 2 per part
 
 
 def test_batchnorm_statistics_are_re_estimated_after_removal() -> None:
@@ -408,14 +413,16 @@ APPLICATIONS = {  # Keras Applications at 32x32, untrained, logits out: the arch
                                                  classifier_activation=None),
     "DenseNet121": lambda a: a.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=10,
                                            classifier_activation=None),
+    "RegNetX002": lambda a: a.RegNetX002(input_shape=(32, 32, 3), weights=None, classes=10,
+                                         classifier_activation=None),  # grouped convolutions
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(APPLICATIONS))
 def test_keras_applications_prune_exactly_when_the_removed_channels_are_zero(name: str) -> None:
     """Inverted residuals (MobileNetV2), hard-swish and squeeze-excitation (MobileNetV3, EfficientNet), dense
-    concatenations (DenseNet): every group but the logits is pruned, and removing exactly the zeroed half of each
-    leaves the logits unchanged."""
+    concatenations (DenseNet), grouped convolutions (RegNet): every group but the logits is pruned, and removing
+    exactly the zeroed half of each leaves the logits unchanged."""
     rng = np.random.default_rng(0)
     model = APPLICATIONS[name](keras().applications)
     for layer in model.layers:  # BatchNorm statistics that are not the identity, so that zeroing is visible

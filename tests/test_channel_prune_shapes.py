@@ -206,3 +206,37 @@ def test_separable_convolutions_are_pruned_in_place_exactly() -> None:
     sequence = k.Model(steps, k.layers.Dense(2)(k.layers.GlobalAveragePooling1D()(y)))
     pruned = _pruned_exactly(sequence, np.random.default_rng(2).random((4, 16, 4), dtype=np.float32))
     assert [pruned.get_layer(name).filters for name in ("sep1", "sep2")] == [4, 4]
+
+
+def test_grouped_convolutions_keep_equal_channels_in_every_group_exactly() -> None:
+    """RegNet's and ResNeXt's blocks: 1x1 -> a 3x3 Conv2D with groups=3 -> 1x1, added to the block's input. Each
+    of the grouped convolution's 3 parts reads only its own third of the channels, so the group it reads and the
+    group it makes each lose the same number of channels in every third; a second grouped convolution (groups=4)
+    on the same channels makes them keep equal numbers in every twelfth. They stopped the groups before."""
+    k = keras()
+    inputs = k.Input((6, 6, 3))
+    stem = k.layers.ReLU()(k.layers.BatchNormalization(name="stem_bn")(k.layers.Conv2D(24, 3, name="stem")(inputs)))
+    x = k.layers.Conv2D(24, 1, activation="relu", name="reduce")(stem)
+    x = k.layers.BatchNormalization(name="grouped_bn")(
+        k.layers.Conv2D(24, 3, padding="same", groups=3, name="grouped")(x)
+    )
+    x = k.layers.Conv2D(24, 1, name="expand")(k.layers.ReLU()(x))
+    x = k.layers.Add(name="residual")([x, stem])
+    side = k.layers.Conv2D(8, 3, groups=4, activation="relu", name="quartered")(x)  # 24 in, 8 out: 4 parts
+    pooled = [k.layers.GlobalAveragePooling2D()(t) for t in (x, side)]
+    steps = k.Input((12, 4))
+    y = k.layers.Conv1D(8, 3, activation="relu", name="seq")(steps)
+    y = k.layers.Conv1D(8, 3, groups=2, activation="relu", name="seq_grouped")(y)
+    heads = k.layers.Concatenate()([*pooled, k.layers.GlobalAveragePooling1D()(y)])
+    model = k.Model([inputs, steps], k.layers.Dense(3, name="out")(heads))
+    plan = channels.analyze(model)
+    assert list(plan.blocked()) == ["out"], plan.blocked()
+    assert group_of(plan, "reduce").parts == 3 and group_of(plan, "grouped").parts == 3
+    assert group_of(plan, "stem").parts == 4 and group_of(plan, "quartered").parts == 4
+    assert group_of(plan, "seq").parts == 2
+    rng = np.random.default_rng(3)
+    x = [rng.random((4, 6, 6, 3), dtype=np.float32), rng.random((4, 12, 4), dtype=np.float32)]
+    pruned = _pruned_exactly(model, x)
+    assert pruned.get_layer("grouped").get_weights()[0].shape == (3, 3, 4, 12)  # 12 of 24 in: 4 per part; 12 out
+    assert pruned.get_layer("quartered").get_weights()[0].shape == (3, 3, 3, 4)
+    assert pruned.get_layer("seq_grouped").get_weights()[0].shape == (3, 2, 4)

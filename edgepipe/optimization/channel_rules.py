@@ -108,10 +108,10 @@ def elementwise(layer: Any, tensors: int) -> bool:
 def kind_and_why(layer: Any) -> str:
     """A layer's class, and what about it channel pruning cannot follow when the class alone does not say."""
     kind = type(layer).__name__
-    if kind in FILTERS and getattr(layer, "groups", 1) != 1:
-        return f"{kind}, grouped: groups={layer.groups} would have to lose channels evenly per group"
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return f"{kind}, channels_first: it reads axis 1 as the channels and works on the last axis"
+    if kind in FILTERS and getattr(layer, "groups", 1) != 1:
+        return f"{kind}, grouped (groups={layer.groups}), reading a Concatenate: its groups would straddle the parts"
     if kind in MERGES and not same_channels(layer):
         counts = " and ".join(str(shape[-1]) for shape in layer.input_shape)
         return f"{kind} of {counts} channels: broadcasts the narrower input across the other's channels"
@@ -187,7 +187,23 @@ def acts_per_channel(layer: Any) -> bool:
 
 
 def simple(layer: Any) -> bool:
-    """A convolution edgepipe knows how to slice: ungrouped, channels last."""
-    if type(layer).__name__ in FILTERS:
-        return getattr(layer, "groups", 1) == 1 and layer.data_format == "channels_last"
+    """A convolution edgepipe knows how to slice: channels last, and grouped only if a plain Conv2D or Conv1D."""
+    kind = type(layer).__name__
+    if kind in FILTERS:
+        return layer.data_format == "channels_last" and (kind in CONVOLUTIONS or getattr(layer, "groups", 1) == 1)
     return True
+
+
+def grouped_sliced(kernel: np.ndarray, groups: int, out: np.ndarray | None, inputs: np.ndarray | None) -> np.ndarray:
+    """A grouped convolution's kernel ``(..., in / groups, out)`` cut to the kept channels. Output channel ``o``
+    belongs to group ``o // (out / groups)`` and reads that group's inputs only, at the kernel's rows
+    ``0 .. in / groups - 1``. The kept inputs come in equal numbers from every group (the plan keeps them so), so
+    each kept output takes the rows of its own group's kept inputs."""
+    rows_per_group, outputs = kernel.shape[-2], kernel.shape[-1]
+    kept_out = np.arange(outputs) if out is None else out
+    if inputs is None:
+        rows = np.tile(np.arange(rows_per_group), (groups, 1))
+    else:
+        rows = inputs.reshape(groups, -1) - (np.arange(groups) * rows_per_group)[:, None]
+    group_of = kept_out // (outputs // groups)
+    return np.stack([kernel[..., rows[group_of[n]], o] for n, o in enumerate(kept_out)], axis=-1)

@@ -21,12 +21,16 @@ last axis is traced back to the *channel group* that produced it:
   ``i`` with ``i % C == c``);
 - a ``Concatenate`` on the channel axis lays its inputs' groups side by side: whatever reads it (a convolution, a
   BatchNorm, a depthwise convolution) is sliced segment by segment, each group keeping its own channels;
-- a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input.
+- a layer that consumes a group (a convolution's input channels, a Dense's input rows) is sliced on its input;
+- a grouped convolution (``groups=g``: RegNet, ResNeXt) reads and makes its channels in g equal parts, each
+  output part from its own input part: the group it reads and the group it opens keep equal numbers of channels
+  in each of their g parts (``Group.parts``), and its kernel is cut part by part.
 
 What cannot be traced safely (any other Reshape, a Permute, a Softmax, any other TensorFlow function, a grouped
-convolution, a channels-first layer, a custom layer, an Add or Flatten after a Concatenate, a merge of tensors
-with different channel counts, a layer called more than once, a group that reaches a model output) *blocks* the
-group: it is left whole and named, with the reason, in the stage's details, never pruned wrongly.
+convolution reading a Concatenate, a channels-first layer, a custom layer, an Add or Flatten after a
+Concatenate, a merge of tensors with different channel counts, a layer called more than once, a group that
+reaches a model output) *blocks* the group: it is left whole and named, with the reason, in the stage's
+details, never pruned wrongly.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from edgepipe.optimization.channel_rules import (
     SEPARABLE,
     acts_per_channel,
     elementwise,
+    grouped_sliced,
     kernel_axes,
     kind_and_why,
     on_channels,
@@ -69,6 +74,14 @@ class Group:
     sliced: list[str] = field(default_factory=list)  # BatchNorm, DepthwiseConv2D: sliced along with them
     consumers: list[tuple[str, int]] = field(default_factory=list)  # (layer, flatten block size or 0)
     blocked_by: list[str] = field(default_factory=list)
+    # The ``groups`` of the grouped convolutions that read or make these channels: each needs equal numbers kept
+    # in each of its equal parts.
+    grouped_by: list[int] = field(default_factory=list)
+
+    @property
+    def parts(self) -> int:
+        """Equal contiguous parts that must each keep the same number of channels (1: no such constraint)."""
+        return math.lcm(*self.grouped_by) if self.grouped_by else 1
 
 
 @dataclass
@@ -134,6 +147,7 @@ class _Groups:
         ga.sliced += gb.sliced
         ga.consumers += gb.consumers
         ga.blocked_by += gb.blocked_by
+        ga.grouped_by += gb.grouped_by
         return a
 
 
@@ -186,14 +200,19 @@ def analyze(model: Any) -> Plan:
             continue
         cat = traced[0] if len(traced) == 1 and traced[0][0] == "cat" else None
         if kind in (*FILTERS, "Dense") and simple(layer):
-            if cat is not None:
+            groups = getattr(layer, "groups", 1)
+            if cat is not None and groups != 1:
+                block(f"{layer.name} ({kind_and_why(layer)})")
+            elif cat is not None:
                 composite[layer.name] = ("in", cat[1])
             elif traced:
                 source = traced[0]
                 group = union.groups[union.find(source[1])]
                 group.consumers.append((layer.name, source[2] if source[0] == "flat" else 0))
+                group.grouped_by += [groups] if groups != 1 else []
             channels = layer.units if kind == "Dense" else layer.filters
             carries[layer.name] = ("group", union.new(channels, layer.name))
+            union.groups[carries[layer.name][1]].grouped_by += [groups] if groups != 1 else []
             if layer.get_config().get("activation") == "softmax":  # normalizes across the channels
                 union.groups[carries[layer.name][1]].blocked_by.append(f"{layer.name} (softmax over its channels)")
         elif (
@@ -343,23 +362,35 @@ def decide(
             continue
         chosen = [r for pattern, r in per_layer.items() for p in group.producers if fnmatch.fnmatchcase(p, pattern)]
         ratios[index] = chosen[0] if chosen else ratio
-    targets = {i: _kept(plan.groups[i].channels, r, min_channels, round_to) for i, r in ratios.items()}
+    groups = plan.groups
+    targets = {i: _kept(groups[i], r, min_channels, round_to) for i, r in ratios.items()}
     if global_ranking and ratios:
         pooled = np.concatenate([scores[i] / (scores[i].mean() or 1.0) for i in ratios])
         threshold = np.quantile(pooled, ratio)
         for i in ratios:
             survivors = int(np.sum(scores[i] / (scores[i].mean() or 1.0) > threshold))
-            targets[i] = _kept(plan.groups[i].channels, 1 - survivors / plan.groups[i].channels, min_channels, round_to)
+            targets[i] = _kept(groups[i], 1 - survivors / groups[i].channels, min_channels, round_to)
     for index, kept in targets.items():
-        if kept < plan.groups[index].channels:
-            order = np.argsort(-scores[index], kind="stable")[:kept]
-            plan.keep[index] = np.sort(order)
+        if kept < groups[index].channels:
+            plan.keep[index] = _most_important(scores[index], kept, groups[index].parts)
     return plan
 
 
-def _kept(channels: int, ratio: float, min_channels: int, round_to: int) -> int:
-    kept = max(min_channels, math.ceil(channels * (1 - ratio) / round_to) * round_to)
-    return min(channels, kept)
+def _kept(group: Group, ratio: float, min_channels: int, round_to: int) -> int:
+    """How many channels a group keeps: at least ``min_channels``, a multiple of ``round_to`` and of its parts."""
+    step = math.lcm(round_to, group.parts)
+    kept = max(min_channels, math.ceil(group.channels * (1 - ratio) / step) * step)
+    return min(group.channels, math.ceil(kept / group.parts) * group.parts)
+
+
+def _most_important(scores: np.ndarray, kept: int, parts: int) -> np.ndarray:
+    """The ``kept`` highest-scoring channels, sorted; ``kept / parts`` of them from each of ``parts`` equal parts."""
+    width = len(scores) // parts
+    chosen = [
+        start + np.argsort(-scores[start : start + width], kind="stable")[: kept // parts]
+        for start in range(0, len(scores), width)
+    ]
+    return np.sort(np.concatenate(chosen))
 
 
 def rebuild(model: Any, plan: Plan) -> Any:
@@ -409,6 +440,9 @@ def _sliced(
     kind = type(layer).__name__
     if kind in SEPARABLE:
         return separable_sliced(weights, out, None if inputs is None else inputs[0])
+    if getattr(layer, "groups", 1) != 1:
+        kernel = grouped_sliced(weights[0], layer.groups, out, None if inputs is None else inputs[0])
+        return [kernel, *[w if out is None else np.take(w, out, axis=-1) for w in weights[1:]]]
     if kind in (*FILTERS, "Dense"):
         kernel, rest = weights[0], weights[1:]
         in_axis, out_axis = kernel_axes(layer)
