@@ -119,7 +119,8 @@ def rows():
 
 def test_a_separable_conv1d_and_a_bidirectional_lstm_train_with_quantization(tmp_path: Path) -> None:
     """QAT ended with an internal error on every SeparableConv1D (TF-MOT rewrites it with Python lambdas, which
-    tf_keras refused to rebuild) and refused the Bidirectional wrapper by name."""
+    tf_keras refused to rebuild) and refused the Bidirectional wrapper by name. The SeparableConv1D is now lifted
+    to 2-D like a Conv1D and split under its own name."""
     (tmp_path / "sensor.py").write_text(SENSOR)
     recipe = """
     name: sensor
@@ -138,3 +139,10 @@ def test_a_separable_conv1d_and_a_bidirectional_lstm_train_with_quantization(tmp
     assert ops.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and "DEPTHWISE_CONV_2D" in ops, ops
     assert record["final"]["conformance"]["passed"] and record["final"]["accuracy"] > 0.7
     assert record["stages"][0]["details"]["left_to_converter"] == ["both_ways"]
+    # Lifted to a SeparableConv2D on a height-1 image and split into layers named after it: TF-MOT's own rewrite
+    # named them depthwise_conv2d_N and conv2d_N, which the weights column could not tie to "separable".
+    assert record["stages"][0]["details"]["lifted_1d"] == ["separable"]
+    assert record["stages"][0]["details"]["split_separable"] == [
+        "separable -> separable_dw (DepthwiseConv2D) + separable (Conv2D 1x1)"
+    ]
+    assert {"separable_dw", "separable"} <= {row["layer"] for row in record["final"]["weights"]}

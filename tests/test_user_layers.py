@@ -515,9 +515,9 @@ def test_data_given_by_name_is_put_in_the_order_of_a_list_models_inputs_and_outp
 
 
 def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
-    """Every 1-D layer kind (a transposed convolution too), a concatenation, a residual add, a Dense on the
-    sequence, a causal dilated conv, an LSTM and Flatten that need the sequence back, and a sequence output: the
-    lifted model computes the same."""
+    """Every 1-D layer kind (a transposed and a causal dilated separable convolution too), a concatenation, a
+    residual add, a Dense on the sequence, a causal dilated conv, an LSTM and Flatten that need the sequence back,
+    and a sequence output: the lifted model computes the same."""
     k = keras()
     inputs = k.Input((16, 6))
     h = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Conv1D(8, 3, padding="same", use_bias=False)(inputs)))
@@ -528,14 +528,16 @@ def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
     h = k.layers.Add()([h, k.layers.Conv1D(16, 1)(h)])
     h = k.layers.ZeroPadding1D(1)(k.layers.UpSampling1D(2)(h))
     h = k.layers.Conv1DTranspose(16, 3, strides=2, padding="same", output_padding=1)(h)
+    h = k.layers.SeparableConv1D(8, 3, padding="causal", dilation_rate=2, depth_multiplier=2)(h)
     h = k.layers.Dense(5)(k.layers.AveragePooling1D(2)(k.layers.Conv1D(4, 3, strides=2)(h)))
     summary = k.layers.Concatenate()([k.layers.LSTM(4)(h), k.layers.Flatten()(h), k.layers.GlobalMaxPooling1D()(h)])
     model = k.Model(inputs, [k.layers.Dense(3)(summary), h])
     x = np.random.default_rng(0).random((8, 16, 6), dtype=np.float32)
     lifted, names = lift_1d(model, x)  # raises if any output differs by more than 1e-4
     kinds = [type(layer).__name__ for layer in lifted.layers]
-    assert not {"Conv1D", "DepthwiseConv1D", "Conv1DTranspose", "MaxPooling1D", "UpSampling1D"} & set(kinds), kinds
-    assert len(names) == 11 and lifted.output_shape[1] == model.output_shape[1]
+    one_d = {"Conv1D", "DepthwiseConv1D", "SeparableConv1D", "Conv1DTranspose", "MaxPooling1D", "UpSampling1D"}
+    assert not one_d & set(kinds), kinds
+    assert len(names) == 12 and lifted.output_shape[1] == model.output_shape[1]
     for want, got in zip(model.predict(x, verbose=0), lifted.predict(x, verbose=0), strict=True):
         assert want.shape == got.shape and np.abs(want - got).max() <= 1e-5 * max(1.0, np.abs(want).max())
 

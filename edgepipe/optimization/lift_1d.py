@@ -29,15 +29,20 @@ SAME_ON_4D = frozenset(
 )  # fmt: skip
 ONE_D = frozenset(
     {
-        "Conv1D", "DepthwiseConv1D", "Conv1DTranspose", "MaxPooling1D", "AveragePooling1D", "GlobalAveragePooling1D",
-        "GlobalMaxPooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D", "SpatialDropout1D",
+        "Conv1D", "DepthwiseConv1D", "SeparableConv1D", "Conv1DTranspose", "MaxPooling1D", "AveragePooling1D",
+        "GlobalAveragePooling1D", "GlobalMaxPooling1D", "UpSampling1D", "ZeroPadding1D", "Cropping1D",
+        "SpatialDropout1D",
     }
 )  # fmt: skip
 
 
 # The 1-D layers TF-MOT 0.8.1's QAT registry lacks (it has the 1-D average pooling, padding and cropping): a model
-# is lifted only when it has one of these, and then every 1-D layer of the chain is lifted with them.
-UNSUPPORTED_BY_QAT = frozenset({"Conv1D", "DepthwiseConv1D", "Conv1DTranspose", "MaxPooling1D", "UpSampling1D"})
+# is lifted only when it has one of these, and then every 1-D layer of the chain is lifted with them. TF-MOT takes
+# a SeparableConv1D through a rewrite of its own, into layers it names depthwise_conv2d_N and conv2d_N; lifted, it
+# is a SeparableConv2D that the qat stage splits into layers named after it.
+UNSUPPORTED_BY_QAT = frozenset(
+    {"Conv1D", "DepthwiseConv1D", "SeparableConv1D", "Conv1DTranspose", "MaxPooling1D", "UpSampling1D"}
+)
 
 
 def needs_lift(model: Any) -> bool:
@@ -162,6 +167,16 @@ def _twin_2d(layer: Any) -> Any | None:
         return k.layers.DepthwiseConv2D(
             depth_multiplier=c["depth_multiplier"], depthwise_initializer=c["depthwise_initializer"], **common
         )
+    if kind == "SeparableConv1D":  # depthwise (k, in, m) -> (1, k, in, m); pointwise (1, in * m, out) -> (1, 1, ...)
+        if c.get("data_format", "channels_last") != "channels_last":
+            return None
+        padding = "valid" if c["padding"] == "causal" else c["padding"]  # the caller pads a causal one
+        return k.layers.SeparableConv2D(
+            c["filters"], (1, c["kernel_size"][0]), strides=(1, c["strides"][0]), padding=padding,
+            dilation_rate=(1, c["dilation_rate"][0]), depth_multiplier=c["depth_multiplier"],
+            activation=c["activation"], use_bias=c["use_bias"], depthwise_initializer=c["depthwise_initializer"],
+            pointwise_initializer=c["pointwise_initializer"], bias_initializer=c["bias_initializer"], name=name,
+        )  # fmt: skip
     if kind == "Conv1DTranspose":  # kernel (k, out, in) -> (1, k, out, in), as Conv2DTranspose holds it
         if c.get("data_format", "channels_last") != "channels_last":
             return None

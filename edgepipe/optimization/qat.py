@@ -233,15 +233,6 @@ def _rewritten(
         annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
         ctx.progress.note(f"{ctx.where}: BatchNorm folded (TF-MOT's QAT does not fold it there): " + "; ".join(folds))
 
-    # TF-MOT splits a SeparableConv2D itself, into layers it names depthwise_conv2d_1 and conv2d_1, which the
-    # table's weights column and the per-layer profile could not tie to the user's layer: split it here instead,
-    # the same two layers, named after it ("sep" -> "sep_dw" + "sep").
-    separable = [name for name in annotated if type(work.get_layer(name)).__name__ == "SeparableConv2D"]
-    work, split_separable = rewrite.split_separable_conv(
-        work, sample, hint=f"exclude {', '.join(separable)} from QAT (layers.exclude)"
-    )
-    annotated += [f"{name}_dw" for name in separable]
-
     # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
     # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and affine
     # layers nothing folds get their output quantized only, which is all they need and TF-MOT has no default for.
@@ -261,6 +252,14 @@ def _rewritten(
             f"{ctx.where}: 1-D layers computed as 2-D ones on a height-1 image, as TFLite runs them (TF-MOT's QAT "
             f"has no Conv1D): {', '.join(lifted)}"
         )
+    # TF-MOT splits a SeparableConv2D itself, into layers it names depthwise_conv2d_1 and conv2d_1, which the
+    # table's weights column and the per-layer profile could not tie to the user's layer: split it here instead
+    # (a lifted SeparableConv1D too), the same two layers, named after it ("sep" -> "sep_dw" + "sep").
+    separable = [name for name in annotated if type(work.get_layer(name)).__name__ == "SeparableConv2D"]
+    work, split_separable = rewrite.split_separable_conv(
+        work, sample, hint=f"exclude {', '.join(separable)} from QAT (layers.exclude)"
+    )
+    annotated += [f"{name}_dw" for name in separable]
     # A Conv2D or Dense with an activation QAT cannot fake-quantize inside the layer (selu, relu6, ...): the
     # activation becomes a layer of its own, quantized at its output only, and the layer trains as usual.
     before = {layer.name for layer in work.layers}
