@@ -107,3 +107,27 @@ def test_a_wrong_task_is_a_one_line_error_that_writes_nothing(
     assert errors == [error] and "Traceback" not in done.stderr
     assert "hint:" in done.stderr
     assert not out.exists() and not list(tmp_path.glob("*.json"))
+
+
+def test_each_value_output_is_printed_against_the_host_beside_their_mean(tmp_path: Path) -> None:
+    """A box in [0, 1] beside a count of 20 to 44: the table printed their mean error alone, which is the
+    count's; each output now has its own row, as the board check judges them."""
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    x = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(4, 3, activation="relu")(inputs))
+    model = k.Model(inputs, [k.layers.Dense(4, name="box")(x), k.layers.Dense(1, name="count")(x)])
+    files = {"boxes": tmp_path / "boxes.tflite", "data": tmp_path / "boxes.npz"}
+    files["boxes"].write_bytes(tf().lite.TFLiteConverter.from_keras_model(model).convert())
+    rng = np.random.default_rng(1)
+    x = rng.random((40, 8, 8, 1), dtype=np.float32)
+    np.savez(files["data"], x=x, y_0=rng.random((40, 4), dtype=np.float32), y_1=20 + rng.random((40, 1)) * 24)
+    done, out = _deploy(files, "boxes", "data", tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checks = json.loads(out.read_text())["checks"]
+    rows = checks["error_per_output"]
+    assert [row["output"] for row in rows] == [0, 1] and rows[0]["device"] < 1 < rows[1]["device"]
+    printed = done.stdout.replace("│", " ")
+    assert "the mean of 2 outputs:" in " ".join(printed.split())
+    for row in rows:
+        line = next(line for line in printed.splitlines() if line.strip().startswith(f"output {row['output']}"))
+        assert f"{row['device']:.5g} vs host {row['host']:.5g}" in line, line

@@ -316,9 +316,11 @@ def print_result(result: dict[str, Any]) -> None:
     if checks["device_accuracy"] is None and checks.get("device_value") is not None:
         host, delta = checks["host_value"], checks["error_relative_delta"]
         versus = f" vs host {host:.5g} ({delta:+.2%})" if host is not None and delta is not None else ""
+        outputs = len(checks.get("error_per_output") or [])
         table.add_row(
             METRIC_MEANING.get(checks["metric"], checks["metric"]),
-            f"{checks['device_value']:.5g} on {result['data']['samples']} samples{versus}",
+            f"{checks['device_value']:.5g} on {result['data']['samples']} samples{versus}"
+            + (f", the mean of {outputs} outputs:" if outputs else ""),
         )
     if checks["device_accuracy"] is not None:
         host = checks["host_accuracy"]
@@ -335,6 +337,9 @@ def print_result(result: dict[str, Any]) -> None:
                 f"{METRIC_MEANING.get(checks['error_metric'], checks['error_metric'])} (value outputs)",
                 f"{checks['device_error']:.5g} vs host {host:.5g} ({delta:+.2%})",
             )
+    for row in checks.get("error_per_output") or []:  # their mean lets the output with the largest errors decide
+        relative = "" if row["relative"] is None else f" ({row['relative']:+.2%})"
+        table.add_row(f"  output {row['output']}", f"{row['device']:.5g} vs host {row['host']:.5g}{relative}")
     parity = checks.get("parity")
     if parity and parity.get("passed") is not None:
         table.add_row(

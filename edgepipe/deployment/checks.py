@@ -99,6 +99,9 @@ def host_checks(
             checks["error_largest_difference"] = {
                 "output": differs.output, "host": differs.before, "device": differs.after, "relative": differs.relative
             }  # fmt: skip
+            checks["error_per_output"] = [
+                {"output": c.output, "host": c.before, "device": c.after, "relative": c.relative} for c in changes
+            ]
     checks["parity"] = parity_check(inputs, device, target)
     return checks
 
