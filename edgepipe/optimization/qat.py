@@ -40,6 +40,7 @@ from edgepipe.optimization.qat_layers import (
     UNWRAPPABLE,
     activation_breaks_output_quantization,
     activation_name,
+    copies_values,
     follows_a_foldable_layer,
     known_activations,
     looks_up_input_ids,
@@ -47,6 +48,7 @@ from edgepipe.optimization.qat_layers import (
     scales_an_input,
     unsupported_activation,
 )
+from edgepipe.optimization.repeated_relu import drop_repeated_relu
 
 
 def _output_only() -> Any:
@@ -56,6 +58,15 @@ def _output_only() -> Any:
     )
 
     return default_8bit_quantize_configs.Default8BitOutputQuantizeConfig()
+
+
+def _not_quantized() -> Any:
+    """TF-MOT's quantize config that quantizes nothing: the layer's output keeps its input's scale."""
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_configs,
+    )
+
+    return default_8bit_quantize_configs.NoOpQuantizeConfig()
 
 
 SCHEME_NAMES = {
@@ -233,6 +244,15 @@ def _rewritten(
         annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
         ctx.progress.note(f"{ctx.where}: BatchNorm folded (TF-MOT's QAT does not fold it there): " + "; ".join(folds))
 
+    # A ReLU of what a ReLU gave changes nothing, but would be an int8 operator of its own (repeated_relu).
+    work, repeated = drop_repeated_relu(work, sample, lambda layer: layer.name in annotated)
+    if repeated:
+        annotated = [n for n in annotated if n in {layer.name for layer in work.layers}]
+        ctx.progress.note(
+            f"{ctx.where}: ReLU layers that change nothing, which QAT would keep as operators of their own, "
+            "dropped: " + "; ".join(repeated)
+        )
+
     # MobileNetV3's hard-swish and hard-sigmoid, written with TensorFlow functions, become one layer each
     # (hard_activations says why); they, a product of two tensors (squeeze-and-excitation's gate) and affine
     # layers nothing folds get their output quantized only, which is all they need and TF-MOT has no default for.
@@ -277,6 +297,7 @@ def _rewritten(
         ctx.progress.note(f"{ctx.where}: activations QAT cannot quantize inside a layer: " + "; ".join(split))
     done = {
         "folded_batchnorms": folds,
+        "dropped_relus": repeated,
         "split_separable": split_separable,
         "fused": fused,
         "lifted_1d": lifted,
@@ -354,6 +375,8 @@ def apply(model: Any, stage: QatStage, ctx: StageContext) -> StageOutcome:
             return layer
         if output_quantized_only(layer):
             return quantization.quantize_annotate_layer(layer, _output_only())
+        if copies_values(layer):
+            return quantization.quantize_annotate_layer(layer, _not_quantized())
         return quantization.quantize_annotate_layer(layer)
 
     for name in left_out:
