@@ -5,6 +5,7 @@ Everything here is real: scikit-learn's digits, tf_keras training, TF-MOT, the L
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -143,6 +144,23 @@ stages:
 convert: {{representative_samples: 64}}
 gates: {{max_accuracy_drop: null}}
 """
+
+
+def qat_of(folder: Path, models: str, function: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``models`` written as ``models.py``, its ``function`` trained 3 epochs on the digits and then one QAT stage,
+    through the CLI into ``folder / "run"``: what optimize said, and the stage's details."""
+    (folder / "models.py").write_text(models)
+    recipe = f"""
+    name: {function}
+    model: {{source: "models:{function}", train: {{epochs: 3, learning_rate: 0.003}}}}
+    data: {{source: edgepipe.examples.digits:load}}
+    fine_tune: {{epochs: 1, learning_rate: 0.0005}}
+    stages: [{{kind: qat}}]
+    gates: {{max_accuracy_drop: null}}
+    """
+    done = run_cli("optimize", str(write_recipe(folder, recipe)), "--out", str(folder / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads((folder / "run" / "optimize.json").read_text())["stages"][0]["details"]
 
 
 def write_recipe(folder: Path, body: str, name: str = "recipe.yaml") -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import qat_of, run_cli, write_recipe
 
 from edgepipe.keras_compat import keras
 from edgepipe.optimization.fold_batchnorm import fold_batchnorm
@@ -73,19 +73,8 @@ def decoder():
 
 
 def test_qat_of_a_decoder_block_converts_without_a_batchnorm_left(tmp_path: Path) -> None:
-    (tmp_path / "models.py").write_text(DECODER)
-    recipe = """
-    name: decoder
-    model: {source: "models:decoder", train: {epochs: 3, learning_rate: 0.003}}
-    data: {source: edgepipe.examples.digits:load}
-    fine_tune: {epochs: 1, learning_rate: 0.0005}
-    stages: [{kind: qat}]
-    gates: {max_accuracy_drop: null}
-    """
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done, details = qat_of(tmp_path, DECODER, "decoder")
     assert "BatchNorm folded (TF-MOT's QAT does not fold it there): up_bn into up" in " ".join(done.stderr.split())
-    details = json.loads((tmp_path / "run" / "optimize.json").read_text())["stages"][0]["details"]
     assert details["folded_batchnorms"] == ["up_bn into up (Conv2DTranspose)"]
     ops = Counter(op.name for op in TfliteModel.read(tmp_path / "run" / "model.tflite").ops)
     assert ops["TRANSPOSE_CONV"] == 1 and ops["MUL"] == 0 and ops["ADD"] == 0, ops  # as in the float model

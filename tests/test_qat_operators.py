@@ -4,13 +4,12 @@ two QUANTIZE operators more, and ran 13 % slower than the PTQ model of the same 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_recipe
+from conftest import qat_of
 
 from edgepipe.keras_compat import keras
 from edgepipe.optimization.repeated_relu import drop_repeated_relu
@@ -41,18 +40,7 @@ def unet():
 
 
 def test_qat_of_keras_unet_example_runs_the_float_models_operators(tmp_path: Path) -> None:
-    (tmp_path / "models.py").write_text(MODELS)
-    recipe = """
-    name: unet
-    model: {source: "models:unet", train: {epochs: 3, learning_rate: 0.003}}
-    data: {source: edgepipe.examples.digits:load}
-    fine_tune: {epochs: 1, learning_rate: 0.0005}
-    stages: [{kind: qat}]
-    gates: {max_accuracy_drop: null}
-    """
-    done = run_cli("optimize", str(write_recipe(tmp_path, recipe)), "--out", str(tmp_path / "run"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    details = json.loads((tmp_path / "run" / "optimize.json").read_text())["stages"][0]["details"]
+    done, details = qat_of(tmp_path, MODELS, "unet")
     assert details["dropped_relus"] == ["block_relu (a ReLU of stem_relu's ReLU output)"]
     assert "ReLU layers that change nothing" in " ".join(done.stderr.split())
     final, float_ = (Counter(op.name for op in TfliteModel.read(path).ops) for path in (
