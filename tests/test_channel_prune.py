@@ -308,10 +308,14 @@ def test_squeeze_excitation_and_elementwise_functions_are_traced_and_a_per_chann
     assert group_of(plan, "b").blocked_by == ["shared (called 2 times: shared weights)"]
     assert not [g for g in plan.groups if "shared" in g.producers]  # its own filters are not a group either
 
-    grouped = k.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(a)  # ResNeXt, RegNet
+    grouped = k.layers.Conv2D(16, 3, padding="same", groups=4, name="grouped")(a)  # ResNeXt, RegNet: followed
     plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(grouped))))
+    assert not group_of(plan, "a").blocked_by and group_of(plan, "a").parts == 4
+    pair = k.layers.Concatenate(name="pair")([a, b])  # 8 + 8 channels in 4 parts of 4: a part would span both
+    straddling = k.layers.Conv2D(16, 3, padding="same", groups=4, name="straddling")(pair)
+    plan = channels.analyze(k.Model(inputs, k.layers.Dense(3)(k.layers.GlobalAveragePooling2D()(straddling))))
     assert group_of(plan, "a").blocked_by == [
-        "grouped (Conv2D, grouped: groups=4 would have to lose channels evenly per group)"
+        "straddling (Conv2D, grouped (groups=4), reading a Concatenate: its groups would straddle the parts)"
     ]
 
 
