@@ -368,7 +368,7 @@ def _board_settings(
 # -------------------------------------------------------------------------------------------------------- report
 @dataclass(frozen=True)
 class ReportResult:
-    """The report's document (schema ``edgepipe.report/4``) and the files written."""
+    """The report's document (schema ``edgepipe.report/5``) and the files written."""
 
     document: dict[str, Any]
     json: Path

@@ -123,7 +123,7 @@ def test_html_renders_in_headless_chromium_with_its_plots(reported: dict[str, An
     page = load(reported["html"], screenshot=screenshot, width=width)
     assert page.console == []
     assert page.page_requests == []
-    assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/4"  # the inline script ran
+    assert body_attribute(page.dom, "data-report-schema") == "edgepipe.report/5"  # the inline script ran
     assert body_attribute(page.dom, "data-plots-drawn") == "4"  # four SVG plots with a non-zero size on screen
     for plot in ("accuracy_vs_size", "accuracy_vs_latency", "latency_distributions", "layers"):
         assert f'id="plot-{plot}"' in page.dom

@@ -4,10 +4,13 @@ error decided: the box 25 % worse moved the mean 0.2 % and passed all three."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from conftest import run_cli, write_recipe
 from test_compare import synthetic
 
 from edgepipe.config.recipe import Gates
@@ -96,3 +99,68 @@ def test_the_farm_matrix_shows_a_mixed_models_value_error_beside_its_accuracy() 
         cell_text(_job_row(job, [{"board": "b1", "outcome": "pass"}]))
         == "pass · p50 500.0 µs · acc 90.00 % · mae 0.2 · on b1"
     )
+
+
+BOXES = '''
+import numpy as np
+import tf_keras as k
+
+
+def model():
+    """A box in [0, 1] and a count of 20 to 44 from one small CNN."""
+    i = k.layers.Input((8, 8, 1))
+    h = k.layers.GlobalAveragePooling2D()(k.layers.Conv2D(8, 3, activation="relu")(i))
+    return k.Model(i, [k.layers.Dense(4, name="box")(h), k.layers.Dense(1, name="count")(h)])
+
+
+def data():
+    rng = np.random.default_rng(3)
+    x = rng.random((240, 8, 8, 1), dtype=np.float32)
+    box = np.stack([x[:, :4].mean(axis=(1, 2, 3)), x[:, 4:].mean(axis=(1, 2, 3)),
+                    x[:, :, :4].mean(axis=(1, 2, 3)), x[:, :, 4:].mean(axis=(1, 2, 3))], axis=1)
+    count = 20 + 24 * x.mean(axis=(1, 2, 3), keepdims=True)
+    return {"x_train": x[:200], "y_train": [box[:200], count[:200]], "x_test": x[200:],
+            "y_test": [box[200:], count[200:]]}
+'''
+
+
+@pytest.mark.slow
+def test_the_report_shows_each_value_output_on_the_host_and_on_the_board(tmp_path: Path) -> None:
+    """The report's error was the outputs' mean, which is the count's: the box's error never showed."""
+    (tmp_path / "boxes.py").write_text(BOXES)
+    recipe = write_recipe(tmp_path, """
+    name: boxes
+    task: regression
+    model: {source: boxes:model, train: {epochs: 40, learning_rate: 0.02}}
+    data: {source: boxes:data}
+    stages: [{kind: ptq}]
+    gates: {max_error_increase: null}
+    """)  # fmt: skip
+    run = tmp_path / "run"
+    assert run_cli("optimize", str(recipe), "--out", str(run)).returncode == 0
+    deployed = run_cli("deploy", "--target", "local", str(run), "--no-history", "--repeats", "1",
+                       env={"EDGEPIPE_LOCAL_WORKDIR": str(tmp_path / "board")})  # fmt: skip
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    reported = run_cli("report", str(run))
+    assert reported.returncode == 0, reported.stderr[-3000:]
+
+    document = json.loads((run / "report.json").read_text())  # validated against the schema before it was written
+    assert document["metric"]["value_outputs"] == [
+        {"output": 0, "name": "box", "metric": "mae"}, {"output": 1, "name": "count", "metric": "mae"}
+    ]  # fmt: skip
+    final = next(stage for stage in document["stages"] if stage["final"])
+    box, count = final["host_errors"]
+    assert box < 1 < count and final["host_score"] == pytest.approx((box + count) / 2, abs=1e-5)
+    errors = final["deployments"][0]["errors"]
+    assert [e["output"] for e in errors] == [0, 1]
+    assert [e["host"] for e in errors] == pytest.approx([box, count], rel=1e-4)  # optimize.json rounds to 6 digits
+
+    page = (run / "report.html").read_text()
+    assert '<th class="output">box MAE</th><th class="output">count MAE</th>' in page
+    assert f'<td class="output">{box:.4g}</td><td class="output">{count:.4g}</td>' in page
+    box_row, count_row = (f"{e['device']:.4g} vs host {e['host']:.4g} (+0.00%)" for e in errors)
+    each = f"box MAE {box_row}; count MAE {count_row}"
+    assert f"Each value output of ptq (final) on local: {each}" in page
+    summary = " ".join((run / "report.md").read_text().split())
+    assert f"Each value output of the final model on the host: box MAE {box:.4g}, count MAE {count:.4g}." in summary
+    assert f"On local: {each}" in summary

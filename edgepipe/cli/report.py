@@ -18,7 +18,7 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", help="Self-contained HTML report with plots.")] = None,
     md: Annotated[Path | None, typer.Option("--md", help="Markdown summary for a pull-request comment.")] = None,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="The report's data (schema edgepipe.report/4); default RUN_DIR.")
+        Path | None, typer.Option("--json", help="The report's data (schema edgepipe.report/5); default RUN_DIR.")
     ] = None,
 ) -> None:
     """Report a run: per stage and target accuracy, size, parameters, MACs, latency and memory, with plots.

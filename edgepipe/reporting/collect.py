@@ -1,4 +1,4 @@
-"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/4``).
+"""Gather one optimize run and every deploy of its models into the report document (``edgepipe.report/5``).
 
 The document is the single source for the HTML page, the Markdown summary and the JSON file: each renderer
 reads only this dict, so the three never disagree. Its schema is ``report.schema.json`` next to this module.
@@ -23,7 +23,7 @@ from edgepipe.score_parts import error_metric, part
 from edgepipe.tasks import METRIC_MEANING
 from edgepipe.tflite_model import TfliteModel
 
-SCHEMA = "edgepipe.report/4"
+SCHEMA = "edgepipe.report/5"
 LATENCY_FIELDS = ("min", "p50", "p90", "p99", "max", "mean", "count")
 QUANTILES = 101  # latency distribution kept per deployment: percentiles 0, 1, ..., 100
 
@@ -32,14 +32,16 @@ def collect(run_dir: Path) -> dict[str, Any]:
     record = read_optimize_record(run_dir)
     models = run_models(run_dir, record)
     deployments = _deployments(run_dir)
-    stages = [_stage(run_dir, model, deployments) for model in models]
+    metric = _metric(record)
+    outputs = [row["output"] for row in metric["value_outputs"] or []]
+    stages = [_stage(run_dir, model, deployments, outputs) for model in models]
     targets = sorted({d["target"] for stage in stages for d in stage["deployments"]})
     provenance = record.get("provenance", {})
     return {
         "schema": SCHEMA,
         "created": now(),
         "edgepipe_version": __version__,
-        "metric": _metric(record),
+        "metric": metric,
         "run": {
             "dir": str(run_dir),
             "status": record.get("status"),
@@ -103,11 +105,29 @@ def _metric(record: dict[str, Any]) -> dict[str, Any]:
         "meaning": METRIC_MEANING[name],
         "higher_is_better": name == "accuracy",
         "value_error": {"name": error, "meaning": METRIC_MEANING[error]} if error else None,
+        "value_outputs": _value_outputs(scored, record.get("baseline", {}).get("output_names")),
     }
 
 
-def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], dict[str, Any]]) -> dict[str, Any]:
+def _value_outputs(scored: dict[str, Any], names: list[str] | None) -> list[dict[str, Any]] | None:
+    """The outputs measured by an error (mae, mse), by index and name, when there are several: their mean error
+    is the headline (or a mixed model's value column), and it is the output with the largest errors' (a count of
+    20 to 44 beside a box in [0, 1]), so the report shows each. None for fewer than two."""
+    values = scored.get("per_output") or []
+    metrics = scored.get("per_output_metric") or [scored.get("metric")] * len(values)
+    found = [index for index, metric in enumerate(metrics) if metric in ("mae", "mse")]
+    if len(found) < 2:
+        return None
+    named = names if names and len(names) == len(values) else [f"output {index}" for index in range(len(values))]
+    return [{"output": index, "name": named[index], "metric": metrics[index]} for index in found]
+
+
+def _stage(
+    run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], dict[str, Any]], value_outputs: list[int]
+) -> dict[str, Any]:
+    """One model of the run; ``value_outputs``: the outputs whose host error is shown one by one (``_metric``)."""
     entry = model.tflite
+    per_output = (entry.get("metric") or {}).get("per_output") or []
     analysis = analyze(TfliteModel.read(model.path)) if model.path.is_file() else {"layers": [], "total": {}}
     total = analysis["total"]
     found = [d for (sha, _), d in sorted(deployments.items()) if sha == entry["sha256"]]
@@ -126,6 +146,9 @@ def _stage(run_dir: Path, model: RunModel, deployments: dict[tuple[str, str], di
         "host_accuracy": entry.get("accuracy"),
         "host_score": (entry.get("metric") or {}).get("value", entry.get("accuracy")),
         "host_value_error": _value_error(entry.get("metric")),
+        "host_errors": [per_output[i] for i in value_outputs]
+        if len(per_output) > max(value_outputs, default=-1)
+        else None,
         "params": total.get("params", 0),
         "nonzero_params": total.get("nonzero_params", 0),
         "macs": total.get("macs", 0),
@@ -199,6 +222,7 @@ def _deployment(run_dir: Path, path: Path, result: dict[str, Any]) -> dict[str, 
         "value_error_relative_delta": checks.get("error_relative_delta")
         if checks.get("device_accuracy") is not None
         else None,
+        "errors": checks.get("error_per_output"),
         "latency_ms": {k: latency[k] for k in LATENCY_FIELDS} if latency else None,
         "latency_quantiles_ms": [float(v) for v in np.quantile(samples, np.linspace(0, 1, QUANTILES))]
         if samples

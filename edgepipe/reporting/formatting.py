@@ -44,6 +44,21 @@ def score_delta(deployment: dict, metric: str) -> str:
     return "n/a" if delta is None else f"{delta:+.2%}"
 
 
+def output_errors(errors: list[dict] | None, value_outputs: list[dict] | None) -> str:
+    """Each value output's error on the board against the host's (a deployment's ``errors``), named by the
+    report's ``metric.value_outputs``: "box MAE 0.05120 vs host 0.05110 (+0.20%); count ...". Empty for none."""
+    if not errors:
+        return ""
+    outputs = {o["output"]: o for o in value_outputs or []}
+    parts = []
+    for row in errors:
+        named = outputs.get(row["output"], {"name": f"output {row['output']}", "metric": ""})
+        grown = "grew from 0" if row["relative"] is None else f"{row['relative']:+.2%}"
+        label = f"{named['name']} {score_label(named['metric'])}".rstrip()
+        parts.append(f"{label} {row['device']:.4g} vs host {row['host']:.4g} ({grown})")
+    return "; ".join(parts)
+
+
 def score_label(metric: str) -> str:
     return {"accuracy": "accuracy", "mae": "MAE", "mse": "MSE"}.get(metric, metric)
 

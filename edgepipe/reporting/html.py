@@ -12,6 +12,7 @@ from edgepipe.reporting.formatting import (
     kib,
     latency,
     mib,
+    output_errors,
     parity_agreement,
     pct,
     points,
@@ -65,6 +66,8 @@ def template_environment(package: str) -> Environment:
         latency=latency,
         score=score,
         score_delta=score_delta,
+        output_errors=output_errors,
+        score_label=score_label,
         signed_time=signed_time,
     )
     return environment
@@ -83,6 +86,7 @@ def render_html(report: dict[str, Any]) -> str:
         label=score_label(report["metric"]["name"]),
         error=(report["metric"].get("value_error") or {}).get("name"),  # a mixed model's value outputs
         error_label=score_label((report["metric"].get("value_error") or {}).get("name") or ""),
+        value_outputs=report["metric"].get("value_outputs") or [],  # several outputs measured by an error
         figures=figures(report),
         captions=[(name, text.replace("SCORE", _score_word(report))) for name, text in CAPTIONS],
         emulated_targets=[t["name"] for t in report["targets"] if t["emulated"]],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgepipe.reporting.formatting import kib, latency, parity_agreement, score, score_label
+from edgepipe.reporting.formatting import kib, latency, output_errors, parity_agreement, score, score_label
 
 
 def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str:
@@ -40,6 +40,7 @@ def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str
                 cells += [latency(d["latency_ms"]["p50"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _outputs_lines(report)
     emulated = [t["name"] for t in targets if t["emulated"]]
     if emulated:
         lines.append(f"† emulated (QEMU): latency is the emulator's, not the board's. {_parity_line(report)}")
@@ -49,6 +50,27 @@ def render_markdown(report: dict[str, Any], html_name: str | None = None) -> str
     if html_name:
         lines.append(f"Full report with plots: `{html_name}`.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _outputs_lines(report: dict[str, Any]) -> list[str]:
+    """The final model's value outputs one by one, when several are measured by an error: the table's error is
+    their mean, which the output with the largest errors decides."""
+    outputs = report["metric"].get("value_outputs")
+    final = next((stage for stage in report["stages"] if stage["final"]), None)
+    if not outputs or final is None:
+        return []
+    lines = []
+    if final.get("host_errors"):
+        each = ", ".join(
+            f"{o['name']} {score_label(o['metric'])} {score(value, o['metric'])}"
+            for o, value in zip(outputs, final["host_errors"], strict=True)
+        )
+        lines.append(f"Each value output of the final model on the host: {each}.")
+    for d in final["deployments"]:
+        if d["status"] == "passed" and d.get("errors"):
+            mark = " †" if d["emulated"] else ""
+            lines.append(f"On {d['target']}{mark}: {output_errors(d['errors'], outputs)}.")
+    return [" ".join(lines), ""] if lines else []
 
 
 def _parity_line(report: dict[str, Any]) -> str:
