@@ -515,7 +515,7 @@ def test_data_given_by_name_is_put_in_the_order_of_a_list_models_inputs_and_outp
 
 
 def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
-    """Every 1-D layer kind (a transposed and a causal dilated separable convolution too), a concatenation, a
+    """Every 1-D layer kind (a transposed, a grouped and a causal dilated separable convolution too), a concatenation, a
     residual add, a Dense on the sequence, a causal dilated conv, an LSTM and Flatten that need the sequence back,
     and a sequence output: the lifted model computes the same."""
     k = keras()
@@ -525,7 +525,7 @@ def test_lifting_1d_layers_keeps_every_output_of_a_branching_model() -> None:
     a = k.layers.Conv1D(8, 3, padding="causal", dilation_rate=2, activation="relu")(h)
     b = k.layers.DepthwiseConv1D(3, padding="same")(h)
     h = k.layers.Concatenate()([a, b])
-    h = k.layers.Add()([h, k.layers.Conv1D(16, 1)(h)])
+    h = k.layers.Add()([h, k.layers.Conv1D(16, 3, padding="same", groups=4)(h)])  # ResNeXt-style, lifted grouped
     h = k.layers.ZeroPadding1D(1)(k.layers.UpSampling1D(2)(h))
     h = k.layers.Conv1DTranspose(16, 3, strides=2, padding="same", output_padding=1)(h)
     h = k.layers.SeparableConv1D(8, 3, padding="causal", dilation_rate=2, depth_multiplier=2)(h)

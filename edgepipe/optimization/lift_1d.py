@@ -154,7 +154,7 @@ def _twin_2d(layer: Any) -> Any | None:
     k, c = keras(), layer.get_config()
     kind, name = type(layer).__name__, layer.name
     if kind in ("Conv1D", "DepthwiseConv1D"):
-        if c.get("data_format", "channels_last") != "channels_last" or c.get("groups", 1) != 1:
+        if c.get("data_format", "channels_last") != "channels_last":
             return None
         padding = "valid" if c["padding"] == "causal" else c["padding"]  # the caller pads a causal one
         common = dict(
@@ -163,7 +163,8 @@ def _twin_2d(layer: Any) -> Any | None:
             bias_initializer=c["bias_initializer"], name=name,
         )  # fmt: skip
         if kind == "Conv1D":
-            return k.layers.Conv2D(c["filters"], kernel_initializer=c["kernel_initializer"], **common)
+            groups = c.get("groups", 1)  # a grouped kernel (k, in / g, out) lifts as any other
+            return k.layers.Conv2D(c["filters"], kernel_initializer=c["kernel_initializer"], groups=groups, **common)
         return k.layers.DepthwiseConv2D(
             depth_multiplier=c["depth_multiplier"], depthwise_initializer=c["depthwise_initializer"], **common
         )
