@@ -666,3 +666,6 @@ def test_layers_tf_mot_has_no_qat_config_for_train_with_quantization_into_intege
     assert record["final"]["conformance"]["passed"]
     ops = [op.name for op in TfliteModel.read(out / "model.tflite").ops]
     assert operators <= set(ops) and "DEQUANTIZE" not in ops, ops
+    if factory == "attention":  # each projection's kernel by its name, not four rows all called "attend"
+        labels = {row["layer"] for row in record["final"]["weights"]}
+        assert {"attend/query", "attend/key", "attend/value", "attend/attention_output"} <= labels, labels

@@ -29,16 +29,26 @@ def weight_tensor(model: TfliteModel, op: Op) -> Tensor | None:
     return tensor if tensor.is_constant else None
 
 
+# The four projections inside a Keras MultiHeadAttention layer: named, so that its kernels are told apart.
+ATTENTION_PARTS = frozenset({"query", "key", "value", "attention_output"})
+
+
 def layer_name(tensor_name: str, keras_layers: Iterable[str]) -> str:
     """Best-effort Keras layer for a converted tensor name ("model/quant_dense_1/MatMul;..." -> "dense_1"): one
-    of ``keras_layers`` if named, else the tensor's scope (a layer a stage added, such as QAT's "sep_dw" split
-    off a SeparableConv2D), else the name itself."""
+    of ``keras_layers`` if named (with its projection for an attention layer's: "mha/query"), else the tensor's
+    scope (a layer a stage added, such as QAT's "sep_dw" split off a SeparableConv2D), else the name itself."""
     segments: set[str] = set()
     for part in tensor_name.replace(";", "/").split("/"):
         segments.update({part, part.removeprefix("quant_")})
     candidates = [name for name in keras_layers if name in segments]
     if candidates:
-        return max(candidates, key=len)
+        found = max(candidates, key=len)
+        for name in tensor_name.split(";"):  # "m/attend/Mul;m/attend/query/add;...": the query's
+            scope = name.split("/")
+            after = scope[scope.index(found) + 1] if found in scope[:-1] else None
+            if after in ATTENTION_PARTS:
+                return f"{found}/{after}"
+        return found
     scope = tensor_name.split(";")[0].split("/")
     return scope[1].removeprefix("quant_") if len(scope) >= 3 and scope[1] else tensor_name.split(";")[0]
 
