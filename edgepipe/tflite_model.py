@@ -7,6 +7,7 @@ Only the main subgraph (index 0) is read; control flow subgraphs are listed as o
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -75,8 +76,10 @@ class TfliteModel:
     subgraphs: int
 
     @classmethod
-    def read(cls, source: bytes | Path) -> TfliteModel:
-        content = source.read_bytes() if isinstance(source, Path) else source
+    def read(cls, source: bytes | str | os.PathLike[str]) -> TfliteModel:
+        """A model from its bytes or from a file (a path as a string too: read as bytes, it was "not a TFLite
+        model")."""
+        content = bytes(source) if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
         return _parse(content)
 
     @property

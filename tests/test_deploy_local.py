@@ -100,6 +100,7 @@ def _with_nan_input_scale(model: Path, out: Path) -> Path:
     assert content.count(scale) >= 1  # the input's and, sharing it, the reshape's
     out.write_bytes(content.replace(scale, struct.pack("<f", float("nan"))))
     assert np.isnan(TfliteModel.read(out).tensors[parsed.inputs[0]].scale[0])
+    assert np.isnan(TfliteModel.read(str(out)).tensors[parsed.inputs[0]].scale[0])  # a path as a string: the file
     return out
 
 
