@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,27 @@ def _saved_model(folder: Path, digits: Any) -> float:
     return float(np.mean(scores.argmax(axis=1) == digits.y_test[0]))
 
 
+def _load_and_predict(saved: Path, inputs: Path) -> np.ndarray:
+    """The saved model loaded as a user would (tf_keras inside TF-MOT's quantize scope), in a fresh process whose
+    path has no acme_layers, predicting ``inputs`` into predicted.npy next to them; returns the same model's
+    outputs computed here, by edgepipe's loader."""
+    script = (
+        "import os, sys, numpy as np; os.environ['TF_USE_LEGACY_KERAS'] = '1'\n"
+        "import tf_keras, tensorflow_model_optimization as tfmot\n"
+        "with tfmot.quantization.keras.quantize_scope():\n"
+        f"    model = tf_keras.models.load_model({str(saved)!r}, compile=False)\n"
+        f"np.save({str(inputs.parent / 'predicted.npy')!r}, model.predict(np.load({str(inputs)!r}), verbose=0))\n"
+    )
+    elsewhere = inputs.parent / "elsewhere"  # not the folder acme_layers.py is in
+    elsewhere.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True,
+                          timeout=300, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    from edgepipe.optimization import saving
+
+    return saving.load(saved).predict(np.load(inputs), verbose=0)
+
+
 def _recipe(folder: Path, model: str, extra: str, stages: str, name: str = "recipe.yaml") -> Path:
     body = f"""
         name: acme
@@ -118,6 +141,14 @@ def test_a_saved_model_with_custom_layers_loads_from_the_modules_the_recipe_name
     assert record["baseline"]["keras_accuracy"] == pytest.approx(accuracy, abs=1e-6)  # the file's own weights
     assert record["final"]["conformance"]["passed"]  # the converter quantized the custom layers' arithmetic
     assert accuracy > 0.8 and record["final"]["agreement"]["accuracy_drop_points"] < 3
+
+    # The QAT stage's SavedModel keeps its traced functions for a class of the user's own: a process that has
+    # never seen acme_layers loads it (as generic layers) and gets the stage's outputs.
+    saved = tmp_path / "run" / record["stages"][0]["keras_model"]
+    np.save(tmp_path / "x.npy", digits.x_test[0][:32])
+    expected = _load_and_predict(saved, tmp_path / "x.npy")
+    assert not list(saved.glob("**/acme*"))  # no copy of the module rode along
+    assert np.array_equal(expected, np.load(tmp_path / "predicted.npy")), "the stage's model, loaded elsewhere"
 
 
 def test_a_factory_model_with_an_unregistered_layer_is_copied_by_every_stage(tmp_path: Path) -> None:

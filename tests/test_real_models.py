@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from edgepipe.keras_compat import keras, tfmot
 from edgepipe.optimization import pipeline, saving
 from edgepipe.tflite_model import TfliteModel
 
@@ -108,6 +109,9 @@ def test_each_saved_keras_model_loads_and_gives_its_recorded_accuracy(run_of: An
     for entry in entries:
         model = saving.load(directory / entry["keras_model"])
         assert models.accuracy(model, data) == pytest.approx(entry["keras_accuracy"], abs=1e-6), entry["keras_model"]
+    with tfmot().quantization.keras.quantize_scope():  # as the README says a user may load it, traced or not
+        model = keras().models.load_model(directory / entries[-1]["keras_model"], compile=False)
+    assert models.accuracy(model, data) == pytest.approx(entries[-1]["keras_accuracy"], abs=1e-6)
 
 
 def test_split_separable_conv_is_exact_for_sequential_and_functional_models() -> None:

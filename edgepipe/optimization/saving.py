@@ -7,6 +7,11 @@ directory restores them all. So:
     float, prune and cluster stages   model.keras       (wrappers already stripped: plain Keras layers)
     qat stage                         model.savedmodel/ (load inside tfmot.quantization.keras.quantize_scope())
 
+A SavedModel normally also holds every layer's traced call functions, which let a layer whose class the loader
+does not know come back as a generic one. Tracing them is most of the save: 5.4 s against 1.6 s without, for
+a small QAT CNN (the same outputs once loaded). A model built only of tf_keras, TensorFlow and TF-MOT classes
+(which any loader knows inside the quantize scope) is saved without them; one with a layer of the user's own
+or edgepipe's hard-swish keeps them, so that a process without that code can still load it.
 ``load`` does the right thing for both. A model that cannot be saved is reported, not fatal: the TFLite model
 is the artifact that matters, and the reason goes into optimize.json.
 """
@@ -17,11 +22,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgepipe.keras_compat import keras, tfmot
+from edgepipe.keras_compat import all_layers, keras, tfmot
 from edgepipe.native_log import captured_stderr
 
 KERAS_FILE = "model.keras"
 SAVED_MODEL_DIR = "model.savedmodel"
+# Where the classes come from that tf_keras rebuilds from their configs alone, inside TF-MOT's quantize scope.
+LOADER_KNOWS = ("tf_keras.", "keras.", "tensorflow.", "tensorflow_model_optimization.")
 
 
 def is_quantization_aware(model: Any) -> bool:
@@ -39,7 +46,7 @@ def save(model: Any, folder: Path, root: Path) -> dict[str, Any]:
     try:
         with captured_stderr(), tfmot().quantization.keras.quantize_scope():
             if quantized:  # the optimizer's slots are not needed to convert or evaluate, and double the size
-                model.save(path, save_format="tf", include_optimizer=False)
+                model.save(path, save_format="tf", include_optimizer=False, save_traces=not _known_classes(model))
             else:  # the native format has no include_optimizer; a model edgepipe compiled saves its optimizer
                 model.save(path)
     except Exception as exc:  # a layer Keras cannot serialise: say which, keep the run
@@ -47,6 +54,13 @@ def save(model: Any, folder: Path, root: Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return {"path": None, "error": f"{type(exc).__name__}: {first}"}
     return {"path": str(path.relative_to(root)), "error": None}
+
+
+def _known_classes(model: Any) -> bool:
+    """Whether every layer of ``model`` (and every layer a QAT wrapper holds) is of a class any tf_keras loader
+    rebuilds from its config: the user's own layers and edgepipe's hard-swish keep their traced functions."""
+    layers = [*all_layers(model), *(getattr(layer, "layer", None) for layer in all_layers(model))]
+    return all(type(layer).__module__.startswith(LOADER_KNOWS) for layer in layers if layer is not None)
 
 
 def load(path: Path) -> Any:
