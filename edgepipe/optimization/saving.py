@@ -59,8 +59,9 @@ def save(model: Any, folder: Path, root: Path) -> dict[str, Any]:
 def _known_classes(model: Any) -> bool:
     """Whether every layer of ``model`` (and every layer a QAT wrapper holds) is of a class any tf_keras loader
     rebuilds from its config: the user's own layers and edgepipe's hard-swish keep their traced functions."""
-    layers = [*all_layers(model), *(getattr(layer, "layer", None) for layer in all_layers(model))]
-    return all(type(layer).__module__.startswith(LOADER_KNOWS) for layer in layers if layer is not None)
+    found = all_layers(model)
+    layers = [*found, *(layer.layer for layer in found if hasattr(layer, "layer"))]
+    return all(type(layer).__module__.startswith(LOADER_KNOWS) for layer in layers)
 
 
 def load(path: Path) -> Any:

@@ -147,7 +147,7 @@ def _stage(
         "host_score": (entry.get("metric") or {}).get("value", entry.get("accuracy")),
         "host_value_error": _value_error(entry.get("metric")),
         "host_errors": [per_output[i] for i in value_outputs]
-        if len(per_output) > max(value_outputs, default=-1)
+        if value_outputs and len(per_output) > max(value_outputs)
         else None,
         "params": total.get("params", 0),
         "nonzero_params": total.get("nonzero_params", 0),

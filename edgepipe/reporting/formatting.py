@@ -46,7 +46,7 @@ def score_delta(deployment: dict, metric: str) -> str:
 
 def output_errors(errors: list[dict] | None, value_outputs: list[dict] | None) -> str:
     """Each value output's error on the board against the host's (a deployment's ``errors``), named by the
-    report's ``metric.value_outputs``: "box MAE 0.05120 vs host 0.05110 (+0.20%); count ...". Empty for none."""
+    report's ``metric.value_outputs``: "box MAE 0.0512 vs host 0.0511 (+0.20%); count ...". Empty for none."""
     if not errors:
         return ""
     outputs = {o["output"]: o for o in value_outputs or []}
