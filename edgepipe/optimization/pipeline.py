@@ -45,6 +45,7 @@ from edgepipe.optimization import (
     tf_functions,
 )
 from edgepipe.optimization.base import History, StageContext, StageOutcome
+from edgepipe.optimization.one_pixel_pooling import flatten_one_pixel_pooling
 from edgepipe.progress import Progress
 from edgepipe.provenance import host, now, sha256_file, tool_versions
 from edgepipe.rundir import MARKER, RunDirectory
@@ -299,6 +300,10 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
             "fine-tune and convert the model without them"
         )
         rewrites += [f"{line} removed (training only)" for line in dropped]
+    model, flattened = flatten_one_pixel_pooling(model, sample)
+    if flattened:
+        progress.note(f"{'; '.join(flattened)}: the same values, without a MEAN over one pixel on the board")
+        rewrites += flattened
     layer_names = [layer.name for layer in model.layers]
     representative = data.representative(recipe.convert.representative_samples, recipe.seed)
 
