@@ -21,12 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from paired import deploy_paired, print_table
+from paired import p50_and_change, print_table
 
 from edgepipe.convert.tflite import to_int8_tflite
 from edgepipe.keras_compat import keras, tf
-from edgepipe.reporting.latency import paired_check
-from edgepipe.reporting.verdict import VerdictSettings
 from edgepipe.tflite_model import TfliteModel
 
 
@@ -81,16 +79,14 @@ def main() -> None:
         fixed.write_bytes(to_int8_tflite(model, sample))
         counts = [collections.Counter(op.name for op in TfliteModel.read(p).ops) for p in (free, fixed)]
         shape_ops = [sum(c[op] for op in ("SHAPE", "STRIDED_SLICE", "PACK")) for c in counts]
-        result = deploy_paired(fixed, free, work / f"{index}.json")
-        check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
-        timing = result["device"]["timing"]
+        p50, change = p50_and_change(fixed, free, work / f"{index}.json")
         rows.append(
             (
                 name,
                 f"{sum(counts[0].values())} -> {sum(counts[1].values())}",
                 f"{shape_ops[0]} -> {shape_ops[1]}",
-                f"{timing['baseline']['latency_ms']['p50'] * 1e3:.1f} -> {timing['latency_ms']['p50'] * 1e3:.1f}",
-                f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)",
+                p50,
+                change,
             )
         )
     header = ("model", "operators", "shape operators", "p50 µs (free -> batch 1)", "latency change (paired)")

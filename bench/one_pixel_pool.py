@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from paired import deploy_paired, print_table
+from paired import p50_and_change, print_table
 
 from edgepipe.convert.tflite import to_int8_tflite
 from edgepipe.keras_compat import keras
 from edgepipe.optimization.one_pixel_pooling import flatten_one_pixel_pooling
-from edgepipe.reporting.latency import paired_check
-from edgepipe.reporting.verdict import VerdictSettings
 from edgepipe.tflite_model import TfliteModel
 
 
@@ -57,16 +55,14 @@ def main() -> None:
         pooled.write_bytes(to_int8_tflite(model, sample))
         flattened.write_bytes(to_int8_tflite(flat, sample))
         means = [collections.Counter(op.name for op in TfliteModel.read(p).ops)["MEAN"] for p in (pooled, flattened)]
-        result = deploy_paired(flattened, pooled, work / f"{index}.json")
-        check = paired_check(result["device"]["timing"]["baseline"]["processes"], VerdictSettings())
-        timing = result["device"]["timing"]
+        p50, change = p50_and_change(flattened, pooled, work / f"{index}.json")
         rows.append(
             (
                 name,
                 f"{len(lines)}",
                 f"{means[0]} -> {means[1]}",
-                f"{timing['baseline']['latency_ms']['p50'] * 1e3:.1f} -> {timing['latency_ms']['p50'] * 1e3:.1f}",
-                f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)",
+                p50,
+                change,
             )
         )
     print_table(("model", "poolings replaced", "MEAN", "p50 µs (pooled -> flatten)", "latency change (paired)"), rows)

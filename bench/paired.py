@@ -17,6 +17,18 @@ def deploy_paired(model: Path, baseline: Path, out: Path, target: str = "local")
     return dict(json.loads(out.read_text()))
 
 
+def p50_and_change(model: Path, baseline: Path, out: Path) -> tuple[str, str]:
+    """``deploy_paired`` to local, as a table shows it: "baseline -> model" p50 in µs, and the median block
+    change (the regression gate's paired measure) with the speed-up it means."""
+    from edgepipe.reporting.latency import paired_check
+    from edgepipe.reporting.verdict import VerdictSettings
+
+    timing = deploy_paired(model, baseline, out)["device"]["timing"]
+    check = paired_check(timing["baseline"]["processes"], VerdictSettings())
+    p50 = f"{timing['baseline']['latency_ms']['p50'] * 1e3:.1f} -> {timing['latency_ms']['p50'] * 1e3:.1f}"
+    return p50, f"{check.change:+.1%} ({1 / (1 + check.change):.2f}x)"
+
+
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
