@@ -125,8 +125,11 @@ def data():
 
 
 @pytest.mark.slow
-def test_the_report_shows_each_value_output_on_the_host_and_on_the_board(tmp_path: Path) -> None:
-    """The report's error was the outputs' mean, which is the count's: the box's error never showed."""
+def test_the_report_shows_each_value_output_on_the_host_and_on_the_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's error was the outputs' mean, which is the count's: the box's error never showed, in the
+    tables or in the plots."""
     (tmp_path / "boxes.py").write_text(BOXES)
     recipe = write_recipe(tmp_path, """
     name: boxes
@@ -161,6 +164,25 @@ def test_the_report_shows_each_value_output_on_the_host_and_on_the_board(tmp_pat
     box_row, count_row = (f"{e['device']:.4g} vs host {e['host']:.4g} (+0.00%)" for e in errors)
     each = f"box MAE {box_row}; count MAE {count_row}"
     assert f"Each value output of ptq (final) on local: {each}" in page
+    assert "<figcaption>Each value output&#39;s error (lower is better; a panel each) on the host" in page
+
+    from edgepipe.reporting import plots
+
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_svg", lambda fig: drawn.append(fig) or "")
+    plots.accuracy_vs_size(document)
+    plots.accuracy_vs_latency(document)
+    by_size, by_latency = drawn
+    labels = ["box MAE (lower is better)", "count MAE (lower is better)"]
+    assert [ax.get_ylabel() for ax in by_size.axes] == labels == [ax.get_ylabel() for ax in by_latency.axes]
+    for place, ax in enumerate(by_size.axes):  # the host's points: each stage's error of this output
+        host = ax.collections[0].get_offsets()[:, 1]
+        assert list(host) == pytest.approx([stage["host_errors"][place] for stage in document["stages"]])
+    for place, ax in enumerate(by_latency.axes):  # the board's point: the final model's error of this output
+        assert list(ax.collections[0].get_offsets()[:, 1]) == pytest.approx([errors[place]["device"]])
+    mixed = {**document, "metric": {**document["metric"], "name": "accuracy"}}  # a class head beside them
+    assert [panel.name for panel in plots.panels(mixed)] == ["accuracy (%)", *labels]
+
     summary = " ".join((run / "report.md").read_text().split())
     assert f"Each value output of the final model on the host: box MAE {box:.4g}, count MAE {count:.4g}." in summary
     assert f"On local: {each}" in summary

@@ -20,7 +20,7 @@ from edgepipe.reporting.formatting import (
     score_delta,
     score_label,
 )
-from edgepipe.reporting.plots import figures, profiled_deployment
+from edgepipe.reporting.plots import figures, panels, plot_title, profiled_deployment
 
 CAPTIONS = (
     (
@@ -110,6 +110,10 @@ def _slowest(deployment: dict[str, Any], count: int = 10) -> list[dict[str, Any]
 def _score_word(report: dict[str, Any]) -> str:
     """What the score plots show, as the start of a sentence: accuracy, or the model's error."""
     metric = report["metric"]
+    drawn = panels(report)
+    if len(drawn) > 1:  # several value outputs: a panel each
+        lower = "errors: lower is better" if drawn[0].accuracy else "lower is better"
+        return f"{plot_title(drawn)} ({lower}; a panel each)"
     return "Accuracy" if metric["name"] == "accuracy" else f"{metric['meaning'].capitalize()} (lower is better)"
 
 

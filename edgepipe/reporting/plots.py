@@ -7,6 +7,9 @@ Every figure reads only the report document. Emulated targets are drawn with hol
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import matplotlib
@@ -118,62 +121,114 @@ def roofline_plot(deployment: dict[str, Any]) -> str:
         axis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
     emulated = " (EMULATED)" if deployment["emulated"] else ""
     ceilings = "" if peak and bandwidth else ": the target states no peak_gops / memory_bandwidth_gbs"
-    return _finish(fig, ax, "arithmetic intensity (ops per byte, log scale)", "GOPS (log scale)",
-                   f"{deployment['target']}{emulated}: roofline{ceilings}")  # fmt: skip
+    return _finish(fig, ax, "arithmetic intensity (ops per byte, log scale)",
+                   f"{deployment['target']}{emulated}: roofline{ceilings}", "GOPS (log scale)")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One score axis of the score plots: the headline (accuracy, or the error of a one-output regressor), or
+    one value output's error when several are measured by an error. Their mean is the output with the largest
+    errors' (a count of 20 to 44 beside a box in [0, 1]): drawn as one axis, the box's change never showed."""
+
+    name: str  # the y label
+    accuracy: bool
+    host: Callable[[dict[str, Any]], float | None]  # a stage's score on the host
+    board: Callable[[dict[str, Any]], float | None]  # a deployment's score on the board
+
+
+def panels(report: dict[str, Any]) -> list[Panel]:
+    """The headline unless it is the mean of several errors (a mixed model keeps its accuracy), then a panel per
+    value output."""
+    metric = report["metric"]
+    outputs = metric.get("value_outputs") or []
+    accuracy = metric["name"] == "accuracy"
+    drawn = []
+    if accuracy or not outputs:
+        name = "accuracy (%)" if accuracy else f"{metric['meaning']} (lower is better)"
+        scale = _pct if accuracy else (lambda value: value)
+        drawn.append(Panel(name, accuracy, lambda s: scale(s["host_score"]), lambda d: scale(d["score"])))
+    for place, output in enumerate(outputs):
+        label = f"{output['name']} {output['metric'].upper()} (lower is better)"
+        drawn.append(Panel(label, False, partial(_host_error, place), partial(_board_error, output["output"])))
+    return drawn
+
+
+def _host_error(place: int, stage: dict[str, Any]) -> float | None:
+    errors = stage.get("host_errors")
+    return errors[place] if errors else None
+
+
+def _board_error(output: int, deployment: dict[str, Any]) -> float | None:
+    row = next((e for e in deployment.get("errors") or [] if e["output"] == output), None)
+    return None if row is None else row["device"]
+
+
+def _panel_axes(count: int) -> tuple[Figure, list[Any]]:
+    """One axis per panel, stacked, sharing the x axis (the same models at the same size or latency)."""
+    fig, axes = plt.subplots(count, 1, figsize=(WIDTH_IN, 3.4 if count == 1 else 0.8 + 2.3 * count), sharex=True,
+                             squeeze=False)  # fmt: skip
+    return fig, list(axes[:, 0])
 
 
 def accuracy_vs_size(report: dict[str, Any]) -> str:
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.4))
     stages = report["stages"]
-    value = _scale(report)
-    host = [(s["model"]["gzip_bytes"] / 1024, value(s["host_score"])) for s in stages]
-    # Points, not a line: the stages are not a series in size (pruning shrinks, QAT may grow a little), and a
-    # line drawn in recipe order zig-zags across the plot.
-    ax.scatter([x for x, _ in host], [y for _, y in host], s=36, color="#444444", label="host (.tflite)", zorder=3)
-    scores = [y for _, y in host]
-    for index, target in enumerate(report["targets"]):
-        points = [
-            (s["model"]["gzip_bytes"] / 1024, value(d["score"]))
-            for s in stages
-            for d in s["deployments"]
-            if d["target"] == target["name"] and d["score"] is not None
-        ]
-        if points:
-            _scatter(ax, points, index, target)
-            scores += [y for _, y in points]
-    _annotate_all(ax, [(_label(s), x, y) for s, (x, y) in zip(stages, host, strict=True) if y is not None])
-    _score_limits(ax, scores, report)
-    name = _axis(report)
-    title = f"{name.split(' (')[0].capitalize()} against compressed size"
-    _log_x(ax, always=False)
-    return _finish(fig, ax, "gzip size (KiB)", name, title)
+    drawn = panels(report)
+    fig, axes = _panel_axes(len(drawn))
+    for panel, ax in zip(drawn, axes, strict=True):
+        host = [(s["model"]["gzip_bytes"] / 1024, panel.host(s)) for s in stages]
+        shown = [(x, y) for x, y in host if y is not None]
+        # Points, not a line: the stages are not a series in size (pruning shrinks, QAT may grow a little), and a
+        # line drawn in recipe order zig-zags across the plot.
+        ax.scatter([x for x, _ in shown], [y for _, y in shown], s=36, color="#444444", label="host (.tflite)",
+                   zorder=3)  # fmt: skip
+        scores = [y for _, y in host]
+        for index, target in enumerate(report["targets"]):
+            points = [
+                (s["model"]["gzip_bytes"] / 1024, panel.board(d))
+                for s in stages
+                for d in s["deployments"]
+                if d["target"] == target["name"] and d["score"] is not None
+            ]
+            if points:
+                _scatter(ax, points, index, target)
+                scores += [y for _, y in points]
+        _annotate_all(ax, [(_label(s), x, y) for s, (x, y) in zip(stages, host, strict=True) if y is not None])
+        _score_limits(ax, scores, panel.accuracy)
+        ax.set_ylabel(panel.name)
+    title = f"{plot_title(drawn)} against compressed size"
+    _log_x(axes[-1], always=False)
+    return _finish(fig, axes, "gzip size (KiB)", title)
 
 
 def accuracy_vs_latency(report: dict[str, Any]) -> str:
-    fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.4))
-    value = _scale(report)
-    scores: list[float | None] = []
-    for index, target in enumerate(report["targets"]):
-        points, labels = [], []
-        for stage in report["stages"]:
-            for d in stage["deployments"]:
-                if d["target"] == target["name"] and d["latency_ms"] and d["score"] is not None:
-                    points.append((d["latency_ms"]["p50"] * 1000, value(d["score"])))
-                    labels.append(_label(stage))
-        if points:
-            _scatter(ax, points, index, target)
-            _annotate_all(ax, [(label, x, y) for label, (x, y) in zip(labels, points, strict=True)])
-            scores += [y for _, y in points]
-    _score_limits(ax, scores, report)
-    name = _axis(report)
-    _log_x(ax, always=True)
-    return _finish(
-        fig,
-        ax,
-        "latency p50 (µs, log scale)",
-        f"{name} on the target",
-        f"{name.split(' (')[0].capitalize()} against latency",
-    )
+    drawn = panels(report)
+    fig, axes = _panel_axes(len(drawn))
+    for panel, ax in zip(drawn, axes, strict=True):
+        scores: list[float | None] = []
+        for index, target in enumerate(report["targets"]):
+            points, labels = [], []
+            for stage in report["stages"]:
+                for d in stage["deployments"]:
+                    if d["target"] == target["name"] and d["latency_ms"] and d["score"] is not None:
+                        points.append((d["latency_ms"]["p50"] * 1000, panel.board(d)))
+                        labels.append(_label(stage))
+            if points:
+                _scatter(ax, points, index, target)
+                _annotate_all(ax, [(label, x, y) for label, (x, y) in zip(labels, points, strict=True)])
+                scores += [y for _, y in points]
+        _score_limits(ax, scores, panel.accuracy)
+        ax.set_ylabel(f"{panel.name} on the target" if len(drawn) == 1 else panel.name)
+    _log_x(axes[-1], always=True)
+    where = "" if len(drawn) == 1 else ", on the target"
+    return _finish(fig, axes, "latency p50 (µs, log scale)", f"{plot_title(drawn)} against latency{where}")
+
+
+def plot_title(drawn: list[Panel]) -> str:
+    """The plotted score for a title: "Accuracy", "Mean absolute error", or "Each value output's error"."""
+    if len(drawn) == 1:
+        return drawn[0].name.split(" (")[0].capitalize()
+    return "Accuracy and each value output's error" if drawn[0].accuracy else "Each value output's error"
 
 
 def latency_distributions(report: dict[str, Any]) -> str:
@@ -237,6 +292,8 @@ def _compact(value: float) -> str:
 
 
 def _scatter(ax: Any, points: list[tuple[float, float | None]], index: int, target: dict[str, Any]) -> None:
+    """One target's points (a point without a score, such as an output the board did not report, is left out)."""
+    points = [p for p in points if p[1] is not None]
     color = COLORS[index % len(COLORS)]
     emulated = target["emulated"]
     ax.scatter(
@@ -267,14 +324,14 @@ def _annotate_all(ax: Any, labels: list[tuple[str, float, float | None]]) -> Non
         )
 
 
-def _score_limits(ax: Any, scores: list[float | None], report: dict[str, Any]) -> None:
+def _score_limits(ax: Any, scores: list[float | None], accuracy: bool) -> None:
     """At least ``MIN_ACCURACY_SPAN`` points for accuracy (within 0-100 %), at least half the largest value for an
     error (from 0 up), so that the axis shows the size of a change, not only its direction."""
     values = [v for v in scores if v is not None]
     if not values:
         return
     low, high = min(values), max(values)
-    if report["metric"]["name"] == "accuracy":
+    if accuracy:
         span = max(MIN_ACCURACY_SPAN, (high - low) * 1.3)
         top = min(100.0, (low + high) / 2 + span / 2)
         bottom = max(0.0, top - span)
@@ -284,13 +341,17 @@ def _score_limits(ax: Any, scores: list[float | None], report: dict[str, Any]) -
         ax.set_ylim(max(0.0, high - span), high + span * 0.1)
 
 
-def _finish(fig: Figure, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
-    """Labels, the legend below the axes (where it covers no point), then the SVG."""
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, loc="left")
-    entries = len(ax.get_legend_handles_labels()[0])
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=max(1, min(entries, 3)), frameon=False)
+def _finish(fig: Figure, axes: Any, xlabel: str, title: str, ylabel: str | None = None) -> str:
+    """Labels, the legend below the lowest axes (where it covers no point), then the SVG; ``axes``: one axis or
+    a stack of panels sharing x (the title on the top one)."""
+    stack = axes if isinstance(axes, list) else [axes]
+    stack[-1].set_xlabel(xlabel)
+    if ylabel is not None:
+        stack[0].set_ylabel(ylabel)
+    stack[0].set_title(title, loc="left")
+    entries = len(stack[-1].get_legend_handles_labels()[0])
+    gap = -0.2 if len(stack) == 1 else -0.3  # the same distance below a shorter panel
+    stack[-1].legend(loc="upper center", bbox_to_anchor=(0.5, gap), ncol=max(1, min(entries, 3)), frameon=False)
     return _svg(fig)
 
 
@@ -331,18 +392,6 @@ def _measured(report: dict[str, Any], target: str) -> bool:
 
 def _label(stage: dict[str, Any]) -> str:
     return f"{stage['name']} (final)" if stage["final"] and stage["name"] != "final" else stage["name"]
-
-
-def _scale(report: dict[str, Any]) -> Any:
-    """How a score is drawn: accuracy in percent, an error as it is."""
-    return _pct if report["metric"]["name"] == "accuracy" else (lambda value: value)
-
-
-def _axis(report: dict[str, Any]) -> str:
-    metric = report["metric"]
-    if metric["name"] == "accuracy":
-        return "accuracy (%)"
-    return f"{metric['meaning']} (lower is better)"
 
 
 def _pct(value: float | None) -> float | None:
