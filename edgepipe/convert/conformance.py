@@ -19,6 +19,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgepipe.convert.weights import layer_name
+from edgepipe.errors import ConformanceError
 from edgepipe.tflite_model import Op, TfliteModel
 
 FLOAT_TYPES = {"float32", "float16", "float64", "bfloat16"}
@@ -73,6 +75,40 @@ class ConformanceReport:
             "islands": [asdict(f) for f in self.findings if f.kind == "island"],
             "bad_scales": [asdict(f) for f in self.bad_scales],
         }
+
+
+# Operators with float kernels only in TFLite (TF 2.21): the converter keeps them in float in a full-integer model
+# whatever the stages did (measured with PTQ and with QAT), so finding one in the float model is enough to stop.
+# What to write instead.
+SPECTROGRAM = (
+    "TFLite's FFT has float kernels only, so an in-model spectrogram (tf.signal.stft) stays in float: compute "
+    "the spectrogram in the data function and give the model the features (on the board, the application "
+    "computes them, as TFLite Micro's audio front end does)"
+)
+FLOAT_ONLY_OPS = {
+    "ELU": "the converter keeps ELU in float (after PTQ as after QAT): use selu, leaky_relu or relu instead of elu",
+    "RFFT2D": SPECTROGRAM,
+    "COMPLEX_ABS": SPECTROGRAM,
+}
+
+
+def refuse_float_only_ops(model: TfliteModel, keras_layers: list[str]) -> None:
+    """Stop at the float model when it has an operator no full-integer model can run in integers (an RFFT2D
+    from tf.signal.stft): every stage would train, and the final check would fail on the same operator. The
+    message names each operator with the Keras layer it came from."""
+    found = [op for op in model.ops if op.name in FLOAT_ONLY_OPS]
+    if not found:
+        return
+    named = []
+    for op in found:
+        outputs = model.op_outputs(op)
+        where = layer_name(outputs[0].name, keras_layers) if outputs else "?"
+        named.append(f"{op.name} #{op.index} (layer {where})")
+    advice = dict.fromkeys(FLOAT_ONLY_OPS[op.name] for op in found)  # in order, once each
+    raise ConformanceError(
+        f"no full-integer model can come out of this one: TFLite runs {', '.join(named)} in float only",
+        hint="; ".join(advice),
+    )
 
 
 def check(model: TfliteModel, io_type: str = "int8") -> ConformanceReport:

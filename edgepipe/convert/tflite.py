@@ -7,7 +7,7 @@ terminal stays readable; its last lines are put in the error when conversion fai
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -221,7 +221,12 @@ def _shapes_depend_on_the_batch(model: Any) -> bool:
     return False
 
 
-def converter_for(model: Any) -> Any:
+def _batch_one(model: Any) -> bool:
+    """Whether ``converter_for`` converts ``model`` at batch 1 whatever is asked (its docstring says why)."""
+    return is_recurrent(model) or _shapes_depend_on_the_batch(model)
+
+
+def converter_for(model: Any, batch_one: bool = False) -> Any:
     """The converter of ``model``'s inference function, from a tf.function traced at a free batch size or, for a
     model whose converted form would depend on it, at batch 1, the batch a board runs. Those are a recurrent
     model (the converter turns a Keras LSTM into TFLite's fused UNIDIRECTIONAL_SEQUENCE_LSTM only when the batch
@@ -236,9 +241,11 @@ def converter_for(model: Any) -> Any:
     the functions' owner) it first exports it as a Keras SavedModel, tracing every layer's call. That was 9.4 s
     of a small QAT CNN's 13.5 s conversion; the variables alone give the same operators and weights (only the
     file's note of what it was converted from differs), a plain CNN's float conversion 0.4 s instead of 2.1 s.
+
+    ``batch_one`` asks for batch 1 whatever the model (see ``_at_batch_one``).
     """
     tensorflow = tf()
-    batch = 1 if is_recurrent(model) or _shapes_depend_on_the_batch(model) else None
+    batch = 1 if batch_one or _batch_one(model) else None
     names_in, names_out = list(model.input_names), list(model.output_names)
     specs = [
         tensorflow.TensorSpec([batch, *tensor.shape[1:]], tensor.dtype, name=name)
@@ -256,17 +263,37 @@ def converter_for(model: Any) -> Any:
     return tensorflow.lite.TFLiteConverter.from_concrete_functions([concrete], variables)
 
 
+def _at_batch_one(model: Any, convert: Callable[[Any], bytes]) -> bytes:
+    """``convert(converter)`` at a free batch size, and again at batch 1, the batch a board runs, when that
+    fails. Some TensorFlow operations convert only when every size is known: an in-model spectrogram front end
+    (``tf.signal.stft`` then ``[..., None]``) leaves a STRIDED_SLICE with a new axis on a tensor of unknown
+    size, which TFLite has no builtin for ("'tf.StridedSlice' op is neither a custom op nor a flex op"), and at
+    batch 1 it converts. When batch 1 fails too, its error is the one raised: it is what the board's model
+    would meet."""
+    if _batch_one(model):  # converted at batch 1 already
+        return convert(converter_for(model))
+    try:
+        return convert(converter_for(model))
+    except ConversionError:
+        pass
+    return convert(converter_for(model, batch_one=True))
+
+
 def to_float_tflite(model: Any) -> bytes:
     """The float32 TFLite model: the size and accuracy reference every stage is compared with."""
-    return _convert(converter_for(model), "float TFLite")
+    return _at_batch_one(model, lambda converter: _convert(converter, "float TFLite"))
 
 
 def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:
     """Full-integer TFLite; ``representative`` samples (from the training split, one array per input)
     calibrate the activation ranges."""
     refuse_unconvertible(model)
+    return _at_batch_one(model, lambda converter: _full_integer(converter, model, representative, io_type))
+
+
+def _full_integer(converter: Any, model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str) -> bytes:
+    """``converter`` (of ``model``) set for int8 kernels only, calibrated on ``representative``, and run."""
     tensorflow = tf()
-    converter = converter_for(model)
     converter.optimizations = [tensorflow.lite.Optimize.DEFAULT]
     arrays = [representative] if isinstance(representative, np.ndarray) else list(representative)
     # an index input (token ids into an Embedding) is int32 in the model and must be calibrated as such

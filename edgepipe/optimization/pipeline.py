@@ -27,7 +27,7 @@ from edgepipe.convert import conformance
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_checked, write_eval_data
-from edgepipe.errors import ConfigError, ConformanceError, GateFailed, ModelError
+from edgepipe.errors import ConfigError, ConformanceError, ConversionError, GateFailed, ModelError
 from edgepipe.keras_compat import keras
 from edgepipe.optimization import (
     channel_prune,
@@ -51,6 +51,7 @@ from edgepipe.provenance import host, now, sha256_file, tool_versions
 from edgepipe.rundir import MARKER, RunDirectory
 from edgepipe.sources import EntryPoint, check_importable, resolve
 from edgepipe.tasks import Task
+from edgepipe.tflite_model import TfliteModel
 
 SCHEMA = "edgepipe.optimize/1"
 CHECKED_DATA = ".checked-data.npz"  # handed to the optimizing child inside the partial run directory
@@ -178,7 +179,7 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
         final_dir = directory.commit(suffix)
     if not report["passed"]:
         float_ops = {finding["op"] for finding in report["float_ops"]}
-        advice = [FLOAT_ONLY_OPS[op] for op in sorted(float_ops) if op in FLOAT_ONLY_OPS]
+        advice = [conformance.FLOAT_ONLY_OPS[op] for op in sorted(float_ops) if op in conformance.FLOAT_ONLY_OPS]
         raise ConformanceError(
             "the final model is not integer-only: " + "; ".join(_problems(report)[:5]),
             hint="; ".join([*advice, f"the run was kept in {final_dir} for inspection"]),
@@ -192,13 +193,6 @@ def run(prepared: Prepared, out: Path, progress: Progress | None = None, isolate
         failed.outcome = Outcome(result, final_dir)  # so that the CLI can still print what was measured
         raise failed
     return Outcome(result, final_dir)
-
-
-# Operators TF 2.21's converter leaves in float in a full-integer model whatever the stages did (measured with
-# PTQ and with QAT), and what to write instead.
-FLOAT_ONLY_OPS = {
-    "ELU": "the converter keeps ELU in float (after PTQ as after QAT): use selu, leaky_relu or relu instead of elu",
-}
 
 
 def _problems(report: dict[str, Any]) -> list[str]:
@@ -276,6 +270,14 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
         )
     teachers.refuse_unsupported(task, data, recipe, str(prepared.recipe_path))
     refuse_unconvertible(model)  # before training: no full-integer model could come out of it
+    if recipe.model.train and saving.python_layers(model):  # what they compute shows only once converted
+        progress.phase("checking what the untrained model converts to")
+        try:
+            converted = TfliteModel.read(to_float_tflite(model))
+        except ConversionError:
+            converted = None  # the trained model may yet convert (rewrites follow training): that conversion says
+        if converted is not None:
+            conformance.refuse_float_only_ops(converted, [layer.name for layer in model.layers])
     teacher_models = teachers.load(recipe, prepared.recipe_path, prepared.base_dir, model)
     baseline_training: dict[str, list[float]] = {}
     reestimated = 0
@@ -310,8 +312,10 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     progress.phase("measuring the float model")
     reference = models.outputs(model, data.keras_x("test"))
     float_keras = measure.keras_entry(model, data, task)
+    float_bytes = to_float_tflite(model)
+    conformance.refuse_float_only_ops(TfliteModel.read(float_bytes), layer_names)  # before any stage trains
     float_tflite = measure.measure_tflite(
-        to_float_tflite(model), work / "float" / "model.tflite", work, data, task, model, layer_names
+        float_bytes, work / "float" / "model.tflite", work, data, task, model, layer_names
     )
     baseline = {
         **float_keras,

@@ -64,6 +64,18 @@ def _known_classes(model: Any) -> bool:
     return all(type(layer).__module__.startswith(LOADER_KNOWS) for layer in layers)
 
 
+def python_layers(model: Any) -> list[str]:
+    """The layers whose computation their class does not tell: a Lambda, a TensorFlow function called on Keras
+    tensors (TFOpLambda) and the user's own layers, by name. An in-model spectrogram (``tf.signal.stft``) is one:
+    only its converted operators show that TFLite runs it in float."""
+    opaque = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+    return [
+        layer.name
+        for layer in all_layers(model)
+        if type(layer).__name__ in opaque or not type(layer).__module__.startswith(LOADER_KNOWS)
+    ]
+
+
 def load(path: Path) -> Any:
     """A saved stage model, QAT layers included (inside TF-MOT's quantize scope), and the hard-swish layers the
     qat stage may have made (registered when ``hard_activations.layers`` first runs)."""
