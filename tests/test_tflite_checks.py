@@ -202,3 +202,40 @@ def test_the_activation_ranges_are_measured_without_dropout_as_the_int8_model_ru
     inner = [getattr(layer, "layer", layer) for layer in quantized.layers]
     dropout = next(layer for layer in inner if type(layer).__name__ == "Dropout")
     assert dropout.rate == 0.5  # switched back on for the fine-tune
+
+
+def test_weights_folded_with_a_batchnorm_are_named_after_the_layer_that_owns_them() -> None:
+    """A BatchNormalization folded into a Dense or a depthwise convolution names the folded kernel
+    ("model/batch_normalization_3/batchnorm/mul_1"): the weights column, the report's layers and the profile
+    called those operators after the BatchNorm."""
+    from edgepipe.analyze.static import analyze
+    from edgepipe.convert.weights import kernel_layers, weight_stats
+    from edgepipe.keras_compat import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 2))
+    x = k.layers.BatchNormalization(name="input_bn")(inputs)  # folded into nothing: MUL and ADD of its own
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Conv2D(4, 3, use_bias=False, name="conv")(x)))
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.DepthwiseConv2D(3, use_bias=False, name="dw")(x)))
+    x = k.layers.Flatten()(k.layers.BatchNormalization()(k.layers.Conv2D(4, 1, name="pw")(x)))
+    x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Dense(8, use_bias=False, name="fc")(x)))
+    model = k.Model(inputs, k.layers.Dense(3, name="out")(x))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # statistics that change the kernels when folded
+        if isinstance(layer, k.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+    names = kernel_layers(model)
+    assert names == ["conv", "dw", "pw", "fc", "out"]  # no normalization
+    for content in (to_float_tflite(model), to_int8_tflite(model, rng.random((16, 8, 8, 2), dtype=np.float32))):
+        converted = TfliteModel.read(content)
+        rows = weight_stats(converted, names)
+        assert [(row["op"], row["layer"]) for row in rows] == [
+            ("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"), ("CONV_2D", "pw"),
+            ("FULLY_CONNECTED", "fc"), ("FULLY_CONNECTED", "out"),
+        ]  # fmt: skip
+        assert "batch_normalization" in rows[1]["tensor"] and "batch_normalization" in rows[3]["tensor"]
+        operators = [(row["op"], row["layer"]) for row in analyze(converted)["layers"]]
+        assert operators == [
+            ("MUL", "input_bn"), ("ADD", "input_bn"), ("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"),
+            ("CONV_2D", "pw"), ("RESHAPE", "flatten"), ("FULLY_CONNECTED", "fc"), ("FULLY_CONNECTED", "out"),
+        ]  # fmt: skip

@@ -111,17 +111,30 @@ def analyze(model: TfliteModel) -> dict[str, Any]:
     }
 
 
+# What a folded BatchNorm or a fused activation calls its part of a tensor's name ("model/bn/batchnorm/mul_1",
+# "model/bn/FusedBatchNormV3", "model/re_lu/Relu"): not the layer that computes the operator.
+FOLDED_INTO_OPERATOR = ("batchnorm", "FusedBatchNorm", "Relu", "Relu6", "LeakyRelu", "Sigmoid", "Tanh", "Elu")
+
+
 def keras_layer(model: TfliteModel, op: Op) -> str | None:
     """The Keras layer an operator came from, read from its tensors' names ("model/quant_dense_1/MatMul;..." ->
-    "dense_1"): the weights first (a folded BatchNorm names the bias, the convolution the filter), then the
-    output. None when no tensor carries a scope (e.g. an output named "StatefulPartitionedCall:0" alone)."""
+    "dense_1"): the weights first, then the output, passing over the parts a folded BatchNorm or a fused
+    activation wrote (a Dense's kernel with a BatchNorm folded in is "model/batch_normalization_3/batchnorm/mul_1",
+    its output "model/fc/MatMul;model/batch_normalization_3/...": the layer is "fc"). A standalone BatchNorm or
+    activation keeps its own name. None when no tensor carries a scope (an output named
+    "StatefulPartitionedCall:0" alone)."""
     tensors = [model.tensors[t] for t in op.inputs if t >= 0 and model.tensors[t].is_constant]
     tensors += model.op_outputs(op)
-    for tensor in tensors:
-        parts = tensor.name.split(";")[0].split("/")
-        if len(parts) >= 2 and parts[1]:
-            return parts[1].removeprefix("quant_")
-    return None
+    scoped = [
+        (parts[1].removeprefix("quant_"), parts[2:])
+        for tensor in tensors
+        for part in tensor.name.split(";")
+        if len(parts := part.split("/")) >= 2 and parts[1]
+    ]
+    for scope, rest in scoped:
+        if not any(segment.startswith(FOLDED_INTO_OPERATOR) for segment in rest):
+            return scope
+    return scoped[0][0] if scoped else None
 
 
 def _lifetimes(model: TfliteModel) -> dict[int, tuple[int, int]]:

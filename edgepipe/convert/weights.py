@@ -37,20 +37,42 @@ def layer_name(tensor_name: str, keras_layers: Iterable[str]) -> str:
     """Best-effort Keras layer for a converted tensor name ("model/quant_dense_1/MatMul;..." -> "dense_1"): one
     of ``keras_layers`` if named (with its projection for an attention layer's: "mha/query"), else the tensor's
     scope (a layer a stage added, such as QAT's "sep_dw" split off a SeparableConv2D), else the name itself."""
+    found = _named_layer(tensor_name, keras_layers)
+    if found is not None:
+        return found
+    scope = tensor_name.split(";")[0].split("/")
+    return scope[1].removeprefix("quant_") if len(scope) >= 3 and scope[1] else tensor_name.split(";")[0]
+
+
+def _named_layer(tensor_name: str, keras_layers: Iterable[str]) -> str | None:
+    """The longest of ``keras_layers`` that a segment of ``tensor_name`` names (an attention layer's with its
+    projection), or None."""
     segments: set[str] = set()
     for part in tensor_name.replace(";", "/").split("/"):
         segments.update({part, part.removeprefix("quant_")})
     candidates = [name for name in keras_layers if name in segments]
-    if candidates:
-        found = max(candidates, key=len)
-        for name in tensor_name.split(";"):  # "m/attend/Mul;m/attend/query/add;...": the query's
-            scope = name.split("/")
-            after = scope[scope.index(found) + 1] if found in scope[:-1] else None
-            if after in ATTENTION_PARTS:
-                return f"{found}/{after}"
-        return found
-    scope = tensor_name.split(";")[0].split("/")
-    return scope[1].removeprefix("quant_") if len(scope) >= 3 and scope[1] else tensor_name.split(";")[0]
+    if not candidates:
+        return None
+    found = max(candidates, key=len)
+    for name in tensor_name.split(";"):  # "m/attend/Mul;m/attend/query/add;...": the query's
+        scope = name.split("/")
+        after = scope[scope.index(found) + 1] if found in scope[:-1] else None
+        if after in ATTENTION_PARTS:
+            return f"{found}/{after}"
+    return found
+
+
+def kernel_layers(model: Any) -> list[str]:
+    """The names of ``model``'s layers that can own a weighted operator's weights (a Dense, a convolution, an
+    attention layer; not a normalization, whose weights the converter folds into the layer before it):
+    what ``weight_stats`` names rows by. A BatchNormalization folded into a Dense or a depthwise convolution
+    names the folded kernel ("model/batch_normalization_3/batchnorm/mul_1"): labelled by every layer's name, the
+    Dense's row was called "batch_normalization_3"."""
+    return [
+        layer.name
+        for layer in model.layers
+        if layer.weights and "Normalization" not in type(getattr(layer, "layer", layer)).__name__
+    ]
 
 
 # A fused LSTM's weights: input-to-gate and recurrent-to-gate matrices (inputs 1-8) and the projection (16).
@@ -86,7 +108,7 @@ def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[d
         )
         rows.append(
             {
-                "layer": layer_name(tensor.name, names),
+                "layer": _weights_layer(model, op, tensor, names),
                 "op": op.name,
                 "tensor": tensor.name,
                 "dtype": tensor.dtype,
@@ -98,6 +120,15 @@ def weight_stats(model: TfliteModel, keras_layers: Iterable[str] = ()) -> list[d
             }
         )
     return rows
+
+
+def _weights_layer(model: TfliteModel, op: Op, tensor: Tensor, names: list[str]) -> str:
+    """The layer that owns ``op``'s weights ``tensor``: named by the tensor, else by the operator's output (a
+    Dense with a BatchNormalization folded in: "model/fc/MatMul;model/batch_normalization_3/..."), else the
+    tensor's scope."""
+    output = model.op_outputs(op)
+    by_output = _named_layer(output[0].name, names) if output else None
+    return _named_layer(tensor.name, names) or by_output or layer_name(tensor.name, names)
 
 
 def _lstm_row(model: TfliteModel, op: Op, names: list[str]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from typing import Any
 from edgepipe import models
 from edgepipe.compiled_loss import canonical, compiled_loss
 from edgepipe.config import Recipe, load_model, stage_name
-from edgepipe.convert import conformance
+from edgepipe.convert import conformance, weights
 from edgepipe.convert.evaluate import IoOrder
 from edgepipe.convert.tflite import refuse_unconvertible, to_float_tflite, to_int8_tflite
 from edgepipe.data import EVAL_DATA, Dataset, load_dataset, write_checked, write_eval_data
@@ -306,14 +306,14 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     if flattened:
         progress.note(f"{'; '.join(flattened)}: the same values, without a MEAN over one pixel on the board")
         rewrites += flattened
-    layer_names = [layer.name for layer in model.layers]
+    layer_names = weights.kernel_layers(model)  # the float model's, for every stage's weights
     representative = data.representative(recipe.convert.representative_samples, recipe.seed)
 
     progress.phase("measuring the float model")
     reference = models.outputs(model, data.keras_x("test"))
     float_keras = measure.keras_entry(model, data, task)
     float_bytes = to_float_tflite(model)
-    conformance.refuse_float_only_ops(TfliteModel.read(float_bytes), layer_names)  # before any stage trains
+    conformance.refuse_float_only_ops(TfliteModel.read(float_bytes), [layer.name for layer in model.layers])
     float_tflite = measure.measure_tflite(
         float_bytes, work / "float" / "model.tflite", work, data, task, model, layer_names
     )
