@@ -217,7 +217,7 @@ def test_weights_folded_with_a_batchnorm_are_named_after_the_layer_that_owns_the
     x = k.layers.BatchNormalization(name="input_bn")(inputs)  # folded into nothing: MUL and ADD of its own
     x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Conv2D(4, 3, use_bias=False, name="conv")(x)))
     x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.DepthwiseConv2D(3, use_bias=False, name="dw")(x)))
-    x = k.layers.Flatten()(k.layers.BatchNormalization()(k.layers.Conv2D(4, 1, name="pw")(x)))
+    x = k.layers.Flatten(name="flat")(k.layers.BatchNormalization()(k.layers.Conv2D(4, 1, name="pw")(x)))
     x = k.layers.ReLU()(k.layers.BatchNormalization()(k.layers.Dense(8, use_bias=False, name="fc")(x)))
     model = k.Model(inputs, k.layers.Dense(3, name="out")(x))
     rng = np.random.default_rng(0)
@@ -237,5 +237,5 @@ def test_weights_folded_with_a_batchnorm_are_named_after_the_layer_that_owns_the
         operators = [(row["op"], row["layer"]) for row in analyze(converted)["layers"]]
         assert operators == [
             ("MUL", "input_bn"), ("ADD", "input_bn"), ("CONV_2D", "conv"), ("DEPTHWISE_CONV_2D", "dw"),
-            ("CONV_2D", "pw"), ("RESHAPE", "flatten"), ("FULLY_CONNECTED", "fc"), ("FULLY_CONNECTED", "out"),
+            ("CONV_2D", "pw"), ("RESHAPE", "flat"), ("FULLY_CONNECTED", "fc"), ("FULLY_CONNECTED", "out"),
         ]  # fmt: skip
