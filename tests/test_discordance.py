@@ -50,6 +50,10 @@ def test_the_optimize_gate_counts_images_not_pixels() -> None:
         "30 answers lost and 5 gained against the float model, in 3 samples with fewer right and 1 with more: "
         "McNemar p = 0.625 over samples: within chance" in said
     ), said
+    one = {"reference_right_other_wrong": 1, "reference_wrong_other_right": 1, "p_value": 1.0}
+    assert gates.chance({"discordant": one, "passed": True}) == (
+        "1 answer lost and 1 gained against the float model, McNemar p = 1"  # "1 answers" before
+    )
     # one answer per sample: nothing changes (the samples are the answers)
     single = discordant([reference.reshape(-1, 2)], [other.reshape(-1, 2)], [labels.reshape(-1)])
     assert "samples" not in single and single["p_value"] == mcnemar(30, 5)

@@ -318,7 +318,8 @@ def test_a_failed_gate_still_prints_the_results_table(tmp_path: Path) -> None:
     assert (lost - gained) / samples * 100 == pytest.approx(row["value"], abs=1e-3)  # exactly the drop
     assert lost + gained <= round((1 - agreement) * samples)  # only answers that changed can differ in rightness
     said = " ".join(result.stdout.split())
-    assert f"{lost} answers lost and {gained} gained against the float model, McNemar p =" in said
+    answers = "answer" if lost == 1 else "answers"  # "1 answers lost" before
+    assert f"{lost} {answers} lost and {gained} gained against the float model, McNemar p =" in said
 
 
 def test_an_accuracy_gate_tells_a_drop_beyond_chance_from_one_within_it() -> None:

@@ -79,12 +79,14 @@ def chance(row: dict[str, Any]) -> str:
         counts["reference_wrong_other_right"],
         counts["p_value"],
     )
-    counted = f"{lost} answers lost and {gained} gained against the float model, McNemar p = {p:g}"
+    answers = f"{lost} {'answer' if lost == 1 else 'answers'} lost and {gained} gained against the float model"
+    counted = f"{answers}, McNemar p = {p:g}"
     samples = counts.get("samples")
     if samples:  # several answers per sample: the test counts samples
+        fewer, more = samples["reference_better"], samples["other_better"]
         counted = (
-            f"{lost} answers lost and {gained} gained against the float model, in {samples['reference_better']} "
-            f"samples with fewer right and {samples['other_better']} with more: McNemar p = {p:g} over samples"
+            f"{answers}, in {fewer} {'sample' if fewer == 1 else 'samples'} with fewer right and {more} with more: "
+            f"McNemar p = {p:g} over samples"
         )
     if row["passed"]:
         return counted
