@@ -263,25 +263,32 @@ def converter_for(model: Any, batch_one: bool = False) -> Any:
     return tensorflow.lite.TFLiteConverter.from_concrete_functions([concrete], variables)
 
 
-def _at_batch_one(model: Any, convert: Callable[[Any], bytes]) -> bytes:
+def _at_batch_one(model: Any, convert: Callable[[Any], bytes], notes: list[str] | None = None) -> bytes:
     """``convert(converter)`` at a free batch size, and again at batch 1, the batch a board runs, when that
     fails. Some TensorFlow operations convert only when every size is known: an in-model spectrogram front end
     (``tf.signal.stft`` then ``[..., None]``) leaves a STRIDED_SLICE with a new axis on a tensor of unknown
     size, which TFLite has no builtin for ("'tf.StridedSlice' op is neither a custom op nor a flex op"), and at
     batch 1 it converts. When batch 1 fails too, its error is the one raised: it is what the board's model
-    would meet."""
+    would meet. ``notes`` gets a line saying why when batch 1 was the way out."""
     if _batch_one(model):  # converted at batch 1 already
         return convert(converter_for(model))
     try:
         return convert(converter_for(model))
-    except ConversionError:
-        pass
-    return convert(converter_for(model, batch_one=True))
+    except ConversionError as error:
+        at_free_batch = error.message.split(" | ")[0]  # without the converter log
+    converted = convert(converter_for(model, batch_one=True))
+    if notes is not None:
+        notes.append(
+            f"converted at batch 1, the batch a board runs: at a free batch size the {at_free_batch} (a new axis "
+            "or a slice on a tensor whose size the free batch leaves unknown)"
+        )
+    return converted
 
 
-def to_float_tflite(model: Any) -> bytes:
-    """The float32 TFLite model: the size and accuracy reference every stage is compared with."""
-    return _at_batch_one(model, lambda converter: _convert(converter, "float TFLite"))
+def to_float_tflite(model: Any, notes: list[str] | None = None) -> bytes:
+    """The float32 TFLite model: the size and accuracy reference every stage is compared with; ``notes`` gets
+    a line when it had to be converted at batch 1."""
+    return _at_batch_one(model, lambda converter: _convert(converter, "float TFLite"), notes)
 
 
 def to_int8_tflite(model: Any, representative: np.ndarray | Sequence[np.ndarray], io_type: str = "int8") -> bytes:

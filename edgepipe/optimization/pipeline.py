@@ -312,7 +312,10 @@ def optimize_into(prepared: Prepared, work: Path, progress: Progress) -> dict[st
     progress.phase("measuring the float model")
     reference = models.outputs(model, data.keras_x("test"))
     float_keras = measure.keras_entry(model, data, task)
-    float_bytes = to_float_tflite(model)
+    converted_notes: list[str] = []
+    float_bytes = to_float_tflite(model, converted_notes)
+    for line in converted_notes:
+        progress.note(line)
     conformance.refuse_float_only_ops(TfliteModel.read(float_bytes), [layer.name for layer in model.layers])
     float_tflite = measure.measure_tflite(
         float_bytes, work / "float" / "model.tflite", work, data, task, model, layer_names
