@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import random
 import sys
@@ -32,7 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 SAMPLES = OUT / "paired-runs.json"
-KEEP = ("status", "target", "model", "baseline", "created")
+# What DeployRecord reads (the verdict refuses an incomplete record)
+KEEP = ("schema", "status", "target", "measure", "model", "provenance", "baseline", "created")
 
 
 def digits_run() -> Path:
@@ -84,12 +86,28 @@ def _slim(result: dict[str, Any]) -> dict[str, Any]:
     return slim
 
 
+def as_another_file(run: dict[str, Any]) -> dict[str, Any]:
+    """The run as if its model were another file: compare passes the very same bytes timed paired whatever was
+    measured (nothing about the model can differ), and these rates are the statistic's own."""
+    other = copy.deepcopy(run)
+    other["model"]["sha256"] = hashlib.sha256(b"another file: " + run["model"]["sha256"].encode()).hexdigest()
+    return other
+
+
+def pooled(run: dict[str, Any]) -> dict[str, Any]:
+    """The run with the pooled copy of its samples that ``_slim`` left out, rebuilt from its repeats."""
+    timing = run["device"]["timing"]
+    timing["samples_ms"] = [s for repeat in timing["repeats"] for s in repeat["samples_ms"]]
+    return run
+
+
 def slowed(run: dict[str, Any], factor: float) -> dict[str, Any]:
     """The candidate's own samples (ordinary and paired) times ``factor``; the baseline's are untouched."""
-    slow = copy.deepcopy(run)
+    slow = as_another_file(run)
     timing = slow["device"]["timing"]
     for repeat in timing["repeats"]:
         repeat["samples_ms"] = [s * factor for s in repeat["samples_ms"]]
+    timing["samples_ms"] = [s * factor for s in timing["samples_ms"]]
     for process in timing["baseline"]["processes"]:
         process["model_ms"] = [s * factor for s in process["model_ms"]]
     return slow
@@ -110,7 +128,8 @@ def main() -> None:
 
     from edgepipe.reporting.verdict import VerdictSettings, compare
 
-    runs = json.loads(SAMPLES.read_text()) if SAMPLES.exists() and not args.record else record(args.runs)
+    recorded = json.loads(SAMPLES.read_text()) if SAMPLES.exists() and not args.record else record(args.runs)
+    runs = [pooled(run) for run in recorded]
     settings = VerdictSettings()
     medians = sorted(r["device"]["timing"]["latency_ms"]["p50"] * 1000 for r in runs)
     print(
@@ -124,7 +143,7 @@ def main() -> None:
         found = 0
         for index, run in enumerate(runs):
             other = runs[index - 1]  # any deploy of the same model: the baseline's record for the other checks
-            candidate = run if factor == 1.0 else slowed(run, factor)
+            candidate = as_another_file(run) if factor == 1.0 else slowed(run, factor)
             verdict = compare(other, candidate, settings)
             latency = next(c for c in verdict.checks if c.name == "latency")
             assert "paired" in latency.message, latency.message

@@ -97,7 +97,13 @@ def compare(
             f"the baseline ran on {base_target!r} and the candidate on {cand_target!r}: compare runs on one target"
         )
     processes = paired_processes(baseline, candidate)
-    latency = paired_check(processes, settings) if processes else unpaired_check(baseline, candidate, settings)
+    same_model = get(baseline, "model.sha256") is not None and get(baseline, "model.sha256") == get(
+        candidate, "model.sha256"
+    )
+    if processes:
+        latency = paired_check(processes, settings, same_model)
+    else:
+        latency = unpaired_check(baseline, candidate, settings)
     checks = [*_state(*typed), latency]
     checks += [
         _accuracy(baseline, candidate, settings),
